@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from circuitray.errors import ModelLoadError
-from circuitray.models.registry import resolve_model, transcoder_cache_dir
+from circuitray.models.registry import BUNDLED, resolve_model, transcoder_cache_dir
 
 logger = logging.getLogger(__name__)
 
@@ -51,16 +51,20 @@ class ModelSpec:
         path, bundled = resolve_model(self.model)
         transcoders = self.transcoders or (bundled.transcoders if bundled else None)
         if transcoders is None:
+            looks_local = path.startswith((".", "/", "~")) or os.path.exists(path)
+            what = "local model" if looks_local else "hub model"
             raise ModelLoadError(
-                f"model {self.model!r}: no default transcoders; pass --transcoders "
-                "(e.g. 'gemma' for google/gemma-2-2b, 'llama' for meta-llama/Llama-3.2-1B)"
+                f"model {self.model!r}: not a bundled model ({', '.join(BUNDLED)}); a {what} "
+                "needs --transcoders (e.g. 'gemma' for google/gemma-2-2b, 'llama' for "
+                "meta-llama/Llama-3.2-1B)"
             )
         cache = self.transcoder_cache_dir or str(transcoder_cache_dir())
         return {"model_path": path, "transcoders": transcoders, "transcoder_cache_dir": cache}
 
 
-def _check_model_exists(spec: ModelSpec, path: str) -> None:
-    _, bundled = resolve_model(spec.model)
+def check_model_available(spec: ModelSpec) -> None:
+    """Fail fast, before Ray starts, on a bundled model not built or a bad local path."""
+    path, bundled = resolve_model(spec.model)
     if bundled is not None and not (Path(path) / "config.json").exists():
         raise ModelLoadError(
             f"bundled model {spec.model!r} not built at {path}; run `{bundled.build_command}`"
@@ -68,6 +72,7 @@ def _check_model_exists(spec: ModelSpec, path: str) -> None:
     looks_local = path.startswith((".", "/", "~")) or os.path.exists(path)
     if looks_local and not (Path(path).expanduser() / "config.json").exists():
         raise ModelLoadError(f"model path {path}: no such HF model folder (config.json missing)")
+    spec.resolved()
 
 
 def load_replacement_model(spec: ModelSpec):
@@ -76,7 +81,7 @@ def load_replacement_model(spec: ModelSpec):
     from circuit_tracer.utils.hf_utils import load_transcoder_from_hub
 
     refs = spec.resolved()
-    _check_model_exists(spec, refs["model_path"])
+    check_model_available(spec)
     device = torch.device(spec.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = DTYPES[spec.dtype]
     try:

@@ -1,0 +1,306 @@
+"""The ``circuitray`` command: a thin click layer over the Python API.
+
+Every command parses its options into the API's dataclasses and calls one function
+(``circuitray.run``, ``circuitray.run_query``...). Errors a user can fix
+(:class:`CircuitrayError`) print one line to stderr and exit 2; no traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import warnings
+from pathlib import Path
+
+import click
+import pyarrow as pa
+from rich.console import Console
+from rich.table import Table
+
+from circuitray.errors import CircuitrayError
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    if not verbose:
+        warnings.filterwarnings("ignore")
+        for noisy in ("ray", "transformers", "nnsight", "circuit_tracer", "attribution"):
+            logging.getLogger(noisy).setLevel(logging.ERROR)
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+
+def print_table(table: pa.Table, *, fmt: str = "table", output: str | None = None) -> None:
+    """Show an Arrow table as a rich table, or write csv / json / parquet."""
+    if fmt == "parquet":
+        if not output:
+            raise CircuitrayError("--format parquet needs --output FILE")
+        import pyarrow.parquet as pq
+
+        pq.write_table(table, output)
+        return
+    if fmt == "csv":
+        import pyarrow.csv as pacsv
+
+        if output:
+            pacsv.write_csv(table, output)
+        else:
+            sink = pa.BufferOutputStream()
+            pacsv.write_csv(table, sink)
+            click.echo(sink.getvalue().to_pybytes().decode(), nl=False)
+        return
+    if fmt == "json":
+        text = json.dumps(table.to_pylist(), indent=2, default=str)
+        if output:
+            Path(output).write_text(text + "\n")
+        else:
+            click.echo(text)
+        return
+    rich_table = Table(show_lines=False, show_edge=False)
+    for name in table.column_names:
+        rich_table.add_column(name, no_wrap=True)
+    for row in table.to_pylist():
+        rich_table.add_row(*("" if v is None else _fmt(v) for v in row.values()))
+    if output:
+        with open(output, "w") as f:
+            Console(file=f, width=200).print(rich_table)
+    else:
+        # Statistics tables are wide; never fold numbers into columns of two letters.
+        Console(width=max(console.width, 400) if not console.is_terminal else None).print(
+            rich_table, crop=False
+        )
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def _parse_params(params: tuple[str, ...]) -> dict[str, str]:
+    out = {}
+    for p in params:
+        if "=" not in p:
+            raise CircuitrayError(f"--param {p!r}: expected key=value")
+        k, v = p.split("=", 1)
+        out[k.strip()] = v
+    return out
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", is_flag=True, help="Log progress details.")
+def cli(verbose: bool) -> None:
+    """Attribution graphs for many prompts on Ray, stored as Parquet, queried with DuckDB."""
+    _setup_logging(verbose)
+
+
+# -- prompts ---------------------------------------------------------------------
+@cli.command("ws2")
+@click.option("--n", "n", type=click.IntRange(min=1), default=500, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help=".parquet/.jsonl/.csv")
+@click.option("--types", default=None, help="Comma-separated constraint types (default: all).")
+def ws2_cmd(n: int, seed: int, out: str, types: str | None) -> None:
+    """Write a deterministic WS2 constraint corpus."""
+    from circuitray.prompts import write_prompts
+    from circuitray.ws2 import generate_ws2
+
+    try:
+        rows = generate_ws2(n=n, seed=seed, types=types.split(",") if types else None)
+    except ValueError as e:
+        raise CircuitrayError(str(e)) from None
+    write_prompts(rows, out)
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r["constraint_type"]] = counts.get(r["constraint_type"], 0) + 1
+    err_console.print(f"wrote {len(rows)} prompts to {out}: {counts}")
+
+
+# -- runs ------------------------------------------------------------------------
+@cli.command("run")
+@click.argument("prompts", type=click.Path())
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Run folder.")
+@click.option("--model", default="organism-tuned", show_default=True,
+              help="Bundled name, local HF folder or hub id (google/gemma-2-2b).")
+@click.option("--transcoders", default=None,
+              help="circuit-tracer transcoder ref (gemma, llama, org/repo); bundled default.")
+@click.option("--transcoder-cache-dir", default=None, type=click.Path(file_okay=False))
+@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32")
+@click.option("--actors", type=click.IntRange(min=1), default=None,
+              help="Actors (default: one per GPU, else one per CPU core).")
+@click.option("--address", default=None, help="Ray address to join, e.g. auto.")
+@click.option("--gpus-per-actor", type=float, default=1.0, show_default=True)
+@click.option("--cpus-per-actor", type=float, default=None)
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Prompts per task and per part file.")
+@click.option("--node-threshold", type=click.FloatRange(0, 1), default=0.8, show_default=True)
+@click.option("--edge-threshold", type=click.FloatRange(0, 1), default=0.98, show_default=True)
+@click.option("--max-n-logits", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--desired-logit-prob", type=click.FloatRange(0, 1), default=0.95,
+              show_default=True)
+@click.option("--attr-batch-size", type=click.IntRange(min=1), default=128, show_default=True,
+              help="attribute() batch_size.")
+@click.option("--max-feature-nodes", type=click.IntRange(min=1), default=None)
+@click.option("--offload", type=click.Choice(["cpu", "disk"]), default=None)
+@click.option("--update-interval", type=click.IntRange(min=1), default=4, show_default=True)
+@click.option("--max-tokens", type=click.IntRange(min=2), default=64, show_default=True)
+@click.option("--max-attempts", type=click.IntRange(min=1), default=3, show_default=True)
+@click.option("--retry-errors", is_flag=True, help="Recompute prompts with error rows.")
+@click.option("--stats/--no-stats", default=True, help="Print constraint_stats at the end.")
+@click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON.")
+def run_cmd(prompts, out, model, transcoders, transcoder_cache_dir, dtype, actors, address,
+            gpus_per_actor, cpus_per_actor, batch_size, node_threshold, edge_threshold,
+            max_n_logits, desired_logit_prob, attr_batch_size, max_feature_nodes, offload,
+            update_interval, max_tokens, max_attempts, retry_errors, stats, as_json) -> None:
+    """Attribute every prompt of PROMPTS on Ray into the run folder --out (resumable)."""
+    from dataclasses import asdict
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    from circuitray.attribution import AttributionConfig
+    from circuitray.driver import RunConfig, run
+    from circuitray.flatten import PruneConfig
+    from circuitray.models.loading import ModelSpec
+
+    config = RunConfig(
+        prompts=prompts,
+        out=out,
+        model=ModelSpec(model=model, transcoders=transcoders,
+                        transcoder_cache_dir=transcoder_cache_dir, dtype=dtype),
+        attribution=AttributionConfig(
+            max_n_logits=max_n_logits, desired_logit_prob=desired_logit_prob,
+            batch_size=attr_batch_size, max_feature_nodes=max_feature_nodes, offload=offload,
+            update_interval=update_interval, max_tokens=max_tokens,
+        ),
+        prune=PruneConfig(node_threshold=node_threshold, edge_threshold=edge_threshold),
+        actors=actors, address=address, batch_size=batch_size,
+        gpus_per_actor=gpus_per_actor, cpus_per_actor=cpus_per_actor,
+        max_attempts=max_attempts, retry_errors=retry_errors,
+    )
+    progress = Progress(
+        "[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+        "errors: {task.fields[errors]}", TimeRemainingColumn(), console=err_console,
+        disable=as_json, transient=True,
+    )
+    state = {"task": None, "errors": 0}
+
+    def on_progress(done: int, total: int, summary: dict | None) -> None:
+        if state["task"] is None:
+            progress.start()  # only once the run really starts: errors print cleanly
+            state["task"] = progress.add_task("attributing", total=total, completed=done,
+                                              errors=0)
+        if summary and summary.get("status") == "error":
+            state["errors"] += 1
+        progress.update(state["task"], completed=done, errors=state["errors"])
+
+    try:
+        result = run(config, on_progress=on_progress)
+    finally:
+        progress.stop()
+    if as_json:
+        click.echo(json.dumps(asdict(result), indent=2, default=str))
+        return
+    rate = result.computed / max(result.elapsed_s - result.ray_start_s, 1e-9)
+    err_console.print(
+        f"{result.run_dir}: {result.ok} ok, {result.errors} errors of {result.total} "
+        f"({result.computed} computed, {result.skipped} already done) in "
+        f"{result.elapsed_s:.1f}s (Ray start {result.ray_start_s:.1f}s, "
+        f"{rate * 60:.0f} graphs/min)",
+        soft_wrap=True,
+    )
+    if stats and result.ok:
+        from circuitray.queries import run_query
+
+        print_table(run_query("constraint_stats", [out]))
+
+
+# -- queries ---------------------------------------------------------------------
+@cli.command("query", context_settings={"ignore_unknown_options": False})
+@click.argument("name", required=False)
+@click.argument("run_dirs", nargs=-1, type=click.Path())
+@click.option("--list", "list_", is_flag=True, help="List the named queries.")
+@click.option("--param", "params", multiple=True, help="key=value, repeatable.")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json", "parquet"]),
+              default="table", show_default=True)
+@click.option("--output", type=click.Path(dir_okay=False), default=None)
+def query_cmd(name, run_dirs, list_, params, fmt, output) -> None:
+    """Run the named query NAME (queries/NAME.sql) over one or more RUN_DIRs."""
+    from circuitray.queries import list_queries, run_query
+
+    if list_:
+        queries = list_queries()
+        if fmt == "json":
+            click.echo(json.dumps([{"name": q.name, "description": q.description,
+                                    "params": {k: {"type": t, "default": d, "doc": doc}
+                                               for k, (t, d, doc) in q.params.items()}}
+                                   for q in queries], indent=2))
+            return
+        t = Table("query", "description", "parameters")
+        for q in queries:
+            ps = ", ".join(f"{k}={d}" for k, (_, d, _) in q.params.items())
+            t.add_row(q.name, q.description, ps)
+        console.print(t)
+        return
+    if not name or not run_dirs:
+        raise CircuitrayError("usage: circuitray query NAME RUN_DIR [RUN_DIR ...] (or --list)")
+    print_table(run_query(name, list(run_dirs), params=_parse_params(params)), fmt=fmt,
+                output=output)
+
+
+@cli.command("sql")
+@click.argument("args", nargs=-1, required=True)
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json", "parquet"]),
+              default="table", show_default=True)
+@click.option("--output", type=click.Path(dir_okay=False), default=None)
+def sql_cmd(args, fmt, output) -> None:
+    """Read-only SQL over views graphs, nodes, edges: circuitray sql RUN_DIR... "SELECT ..." """
+    from circuitray.queries import run_sql
+
+    if len(args) < 2:
+        raise CircuitrayError('usage: circuitray sql RUN_DIR [RUN_DIR ...] "SELECT ..."')
+    print_table(run_sql(list(args[:-1]), args[-1]), fmt=fmt, output=output)
+
+
+# -- models ----------------------------------------------------------------------
+@cli.group("model")
+def model_group() -> None:
+    """Build and inspect models."""
+
+
+@model_group.command("build-tiny")
+@click.option("--seed", type=int, default=0, show_default=True)
+def build_tiny_cmd(seed: int) -> None:
+    """Build the random-weight tiny Gemma-2 model and its transcoders (seconds)."""
+    from circuitray.models.tiny import build_tiny
+
+    paths = build_tiny(seed=seed)
+    err_console.print(f"tiny model: {paths['model']}\ntranscoders: {paths['transcoders']}")
+
+
+def main() -> None:
+    """Console entry point: one-line errors for user mistakes, exit code 2."""
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        err_console.print("aborted")
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        err_console.print("interrupted; run the same command again to resume")
+        sys.exit(130)
+    except CircuitrayError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

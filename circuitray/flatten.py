@@ -1,0 +1,231 @@
+"""Pruning a circuit-tracer Graph and flattening what is kept into Arrow tables.
+
+1. Prune with circuit-tracer's own ``prune_graph`` (node threshold on influence,
+   then cumulative edge-score threshold), so kept nodes and edges are exactly the
+   ones circuit-tracer's tools would show.
+2. Score the whole graph with ``compute_graph_scores`` (replacement, completeness)
+   and compute each node's influence on the logits (``compute_node_influence``).
+3. Emit one row per kept node and one per kept edge. Node ids are circuit-tracer's
+   node indices in the unpruned graph (features, errors layer-major, tokens, logits),
+   so a stored edge ``(src, dst)`` is ``graph.adjacency_matrix[dst, src]``: rows are
+   targets, columns are sources, and the weight is src's direct effect on dst.
+
+Layers: token nodes get layer -1 (the embedding), logit nodes get ``n_layers``; a
+feature or error node gets the layer of the transcoder it belongs to.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+__all__ = [
+    "EDGE_SCHEMA",
+    "NODE_SCHEMA",
+    "FlatGraph",
+    "PruneConfig",
+    "flatten_graph",
+]
+
+NODE_TYPES = ("feature", "error", "token", "logit")
+
+NODE_SCHEMA = pa.schema(
+    [
+        ("graph_id", pa.int32()),
+        ("node_id", pa.int32()),
+        ("node_type", pa.string()),
+        ("layer", pa.int16()),
+        ("pos", pa.int16()),
+        ("feature", pa.int32()),
+        ("activation", pa.float32()),
+        ("influence", pa.float32()),
+        ("token_id", pa.int32()),
+        ("token", pa.string()),
+        ("logit_prob", pa.float32()),
+    ]
+)
+
+EDGE_SCHEMA = pa.schema(
+    [
+        ("graph_id", pa.int32()),
+        ("dst", pa.int32()),
+        ("src", pa.int32()),
+        ("weight", pa.float32()),
+        ("src_layer", pa.int16()),
+        ("dst_layer", pa.int16()),
+        ("src_type", pa.string()),
+        ("dst_type", pa.string()),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    """circuit-tracer's pruning thresholds.
+
+    Attributes:
+        node_threshold: Keep the nodes that carry this fraction of total influence.
+        edge_threshold: Keep the edges that carry this fraction of total edge score.
+    """
+
+    node_threshold: float = 0.8
+    edge_threshold: float = 0.98
+
+
+@dataclass
+class FlatGraph:
+    """A pruned graph as Arrow tables plus its per-graph summary values."""
+
+    nodes: pa.Table
+    edges: pa.Table
+    summary: dict
+
+
+def _node_layout(graph) -> dict[str, np.ndarray]:
+    """Per-node type, layer, pos, feature for every node of the unpruned graph."""
+    n_sel = len(graph.selected_features)
+    n_pos = graph.n_pos
+    n_layers = graph.cfg.n_layers
+    n_logits = len(graph.logit_targets)
+    feats = graph.active_features[graph.selected_features].cpu().numpy().astype(np.int64)
+    n_err = n_layers * n_pos
+
+    node_type = np.concatenate(
+        [
+            np.full(n_sel, 0, np.int8),
+            np.full(n_err, 1, np.int8),
+            np.full(n_pos, 2, np.int8),
+            np.full(n_logits, 3, np.int8),
+        ]
+    )
+    layer = np.concatenate(
+        [
+            feats[:, 0] if n_sel else np.zeros(0, np.int64),
+            np.repeat(np.arange(n_layers), n_pos),
+            np.full(n_pos, -1),
+            np.full(n_logits, n_layers),
+        ]
+    ).astype(np.int16)
+    pos = np.concatenate(
+        [
+            feats[:, 1] if n_sel else np.zeros(0, np.int64),
+            np.tile(np.arange(n_pos), n_layers),
+            np.arange(n_pos),
+            np.full(n_logits, n_pos - 1),
+        ]
+    ).astype(np.int16)
+    feature = np.concatenate(
+        [
+            feats[:, 2] if n_sel else np.zeros(0, np.int64),
+            np.full(n_err + n_pos + n_logits, -1),
+        ]
+    ).astype(np.int32)
+    return {"type": node_type, "layer": layer, "pos": pos, "feature": feature}
+
+
+def flatten_graph(
+    graph,
+    *,
+    graph_id: int,
+    prune: PruneConfig | None = None,
+    tokenizer=None,
+) -> FlatGraph:
+    """Prune ``graph`` and flatten the kept nodes and edges (see module docstring).
+
+    Args:
+        graph: A ``circuit_tracer.graph.Graph`` (on any device).
+        graph_id: The id written on every row.
+        prune: Thresholds; circuit-tracer's defaults (0.8, 0.98) when None.
+        tokenizer: Decodes token and logit ids to text; None leaves text null.
+    """
+    from circuit_tracer.graph import compute_graph_scores, compute_node_influence, prune_graph
+
+    prune = prune or PruneConfig()
+    adj = graph.adjacency_matrix
+    n_nodes = adj.shape[0]
+    n_logits = len(graph.logit_targets)
+
+    node_mask, edge_mask, _ = prune_graph(
+        graph, node_threshold=prune.node_threshold, edge_threshold=prune.edge_threshold
+    )
+    replacement, completeness = compute_graph_scores(graph)
+    logit_weights = torch.zeros(n_nodes, device=adj.device, dtype=adj.dtype)
+    logit_weights[-n_logits:] = graph.logit_probabilities.to(adj.dtype)
+    influence = compute_node_influence(adj, logit_weights)
+
+    layout = _node_layout(graph)
+    kept = torch.nonzero(node_mask).squeeze(1).cpu().numpy().astype(np.int32)
+    dst_t, src_t = torch.nonzero(edge_mask, as_tuple=True)  # row-major: sorted by dst
+    weights = adj[dst_t, src_t].float().cpu().numpy()
+    dst = dst_t.cpu().numpy().astype(np.int32)
+    src = src_t.cpu().numpy().astype(np.int32)
+
+    n_sel = len(graph.selected_features)
+    n_pos = graph.n_pos
+    first_token = n_nodes - n_logits - n_pos
+    tokens = graph.input_tokens.cpu().numpy()
+    activation = np.full(n_nodes, np.nan, np.float32)
+    activation[:n_sel] = graph.activation_values.float().cpu().numpy()
+    token_id = np.full(n_nodes, -1, np.int32)
+    token_id[first_token : first_token + n_pos] = tokens
+    token_id[n_nodes - n_logits :] = [t.vocab_idx for t in graph.logit_targets]
+    logit_prob = np.full(n_nodes, np.nan, np.float32)
+    logit_prob[n_nodes - n_logits :] = graph.logit_probabilities.float().cpu().numpy()
+
+    def text(i: int) -> str | None:
+        if token_id[i] < 0:
+            return None
+        if i >= n_nodes - n_logits:
+            t = graph.logit_targets[i - (n_nodes - n_logits)]
+            if t.token_str:
+                return t.token_str
+        return tokenizer.decode([int(token_id[i])]) if tokenizer is not None else None
+
+    type_names = np.array(NODE_TYPES, dtype=object)
+    is_feature = layout["type"][kept] == 0
+    nodes = pa.table(
+        {
+            "graph_id": pa.array(np.full(len(kept), graph_id, np.int32)),
+            "node_id": pa.array(kept),
+            "node_type": pa.array(type_names[layout["type"][kept]].tolist(), pa.string()),
+            "layer": pa.array(layout["layer"][kept]),
+            "pos": pa.array(layout["pos"][kept]),
+            "feature": pa.array(layout["feature"][kept], mask=~is_feature),
+            "activation": pa.array(activation[kept], mask=~is_feature),
+            "influence": pa.array(influence.float().cpu().numpy()[kept].astype(np.float32)),
+            "token_id": pa.array(token_id[kept], mask=token_id[kept] < 0),
+            "token": pa.array([text(int(i)) for i in kept], pa.string()),
+            "logit_prob": pa.array(logit_prob[kept], mask=np.isnan(logit_prob[kept])),
+        },
+        schema=NODE_SCHEMA,
+    )
+    edges = pa.table(
+        {
+            "graph_id": pa.array(np.full(len(dst), graph_id, np.int32)),
+            "dst": pa.array(dst),
+            "src": pa.array(src),
+            "weight": pa.array(weights.astype(np.float32)),
+            "src_layer": pa.array(layout["layer"][src]),
+            "dst_layer": pa.array(layout["layer"][dst]),
+            "src_type": pa.array(type_names[layout["type"][src]].tolist(), pa.string()),
+            "dst_type": pa.array(type_names[layout["type"][dst]].tolist(), pa.string()),
+        },
+        schema=EDGE_SCHEMA,
+    )
+    kept_types = layout["type"][kept]
+    summary = {
+        "n_nodes_total": int(n_nodes),
+        "n_selected_features": int(n_sel),
+        "n_active_features": int(graph.active_features.shape[0]),
+        "n_kept_features": int((kept_types == 0).sum()),
+        "n_kept_error_nodes": int((kept_types == 1).sum()),
+        "n_kept_nodes": int(len(kept)),
+        "n_kept_edges": int(len(dst)),
+        "n_logits": int(n_logits),
+        "replacement_score": float(replacement),
+        "completeness_score": float(completeness),
+    }
+    return FlatGraph(nodes=nodes, edges=edges, summary=summary)

@@ -1,0 +1,200 @@
+"""DuckDB over run folders: views, the named query library, and read-only ad-hoc SQL.
+
+1. :func:`connect` opens an in-memory DuckDB with views ``graphs``, ``nodes`` and
+   ``edges`` over the committed Parquet parts of one or more run folders; every view
+   has a ``run`` column (the folder's name) so one query can compare runs.
+2. Named queries are the ``*.sql`` files of the query folder (``queries/`` at the
+   repository root, or ``$CIRCUITRAY_QUERIES_DIR``). A header of ``--`` comments says
+   what a query answers and declares its parameters::
+
+       -- Per constraint type: graph counts, kept nodes and edges ...
+       -- param: min_graphs int = 1 -- only types with at least this many graphs
+
+   Parameters are bound by DuckDB (``$min_graphs`` in the SQL), never pasted in.
+3. :func:`run_sql` runs user SQL after checking that every statement is a plain
+   query (SELECT / WITH / VALUES / EXPLAIN / DESCRIBE / SHOW / SUMMARIZE): writing files,
+   attaching databases, installing extensions or changing settings is refused.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+
+from circuitray.attribution import GRAPH_SCHEMA
+from circuitray.errors import CircuitrayError, RunDirError
+from circuitray.flatten import EDGE_SCHEMA, NODE_SCHEMA
+from circuitray.store import RunStore
+
+__all__ = ["NamedQuery", "connect", "list_queries", "run_query", "run_sql"]
+
+SCHEMAS = {"graphs": GRAPH_SCHEMA, "nodes": NODE_SCHEMA, "edges": EDGE_SCHEMA}
+PARAM_RE = re.compile(
+    r"^--\s*param:\s*(?P<name>\w+)\s+(?P<type>int|float|str|bool)\s*=\s*(?P<default>[^-]*?)\s*"
+    r"(?:--\s*(?P<doc>.*))?$"
+)
+CASTS = {"int": int, "float": float, "str": str, "bool": lambda v: str(v).lower() in ("1", "true")}
+READ_ONLY_TYPES = {"SELECT", "EXPLAIN"}
+
+
+def queries_dir() -> Path:
+    env = os.environ.get("CIRCUITRAY_QUERIES_DIR")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parent.parent / "queries"
+
+
+@dataclass
+class NamedQuery:
+    """One ``queries/NAME.sql`` file.
+
+    Attributes:
+        name: File stem, used as ``circuitray query NAME``.
+        description: The header's first comment paragraph.
+        params: Parameter name -> (type name, default value, doc).
+        sql: The SQL text (header included; DuckDB ignores comments).
+    """
+
+    name: str
+    description: str
+    params: dict[str, tuple[str, object, str]] = field(default_factory=dict)
+    sql: str = ""
+
+    @classmethod
+    def load(cls, path: Path) -> NamedQuery:
+        text = path.read_text()
+        desc: list[str] = []
+        params: dict[str, tuple[str, object, str]] = {}
+        for line in text.splitlines():
+            if not line.startswith("--"):
+                break
+            m = PARAM_RE.match(line)
+            if m:
+                typ = m["type"]
+                params[m["name"]] = (typ, CASTS[typ](m["default"].strip()), m["doc"] or "")
+            elif not params:
+                desc.append(line.lstrip("-").strip())
+        return cls(path.stem, " ".join(d for d in desc if d), params, text)
+
+    def bind(self, overrides: dict[str, str]) -> dict[str, object]:
+        unknown = sorted(set(overrides) - set(self.params))
+        if unknown:
+            known = ", ".join(self.params) or "none"
+            raise CircuitrayError(
+                f"query {self.name}: unknown parameter {unknown[0]!r} (parameters: {known})"
+            )
+        values: dict[str, object] = {}
+        for name, (typ, default, _) in self.params.items():
+            if name in overrides:
+                try:
+                    values[name] = CASTS[typ](overrides[name])
+                except ValueError:
+                    raise CircuitrayError(
+                        f"query {self.name}: parameter {name!r} must be {typ}, "
+                        f"got {overrides[name]!r}"
+                    ) from None
+            else:
+                values[name] = default
+        return values
+
+
+def list_queries() -> list[NamedQuery]:
+    d = queries_dir()
+    return [NamedQuery.load(p) for p in sorted(d.glob("*.sql"))]
+
+
+def get_query(name: str) -> NamedQuery:
+    path = queries_dir() / f"{name}.sql"
+    if not re.fullmatch(r"[A-Za-z0-9_]+", name) or not path.exists():
+        known = ", ".join(q.name for q in list_queries())
+        raise CircuitrayError(f"unknown query {name!r} (known: {known})")
+    return NamedQuery.load(path)
+
+
+def _run_names(run_dirs: list[str]) -> list[str]:
+    names = [Path(r).resolve().name for r in run_dirs]
+    if len(set(names)) != len(names):  # same folder name in two places: number them
+        names = [f"{n}#{i}" for i, n in enumerate(names)]
+    return names
+
+
+def connect(run_dirs: list[str], *, threads: int | None = None) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB with ``graphs``, ``nodes``, ``edges`` views over the runs."""
+    if not run_dirs:
+        raise CircuitrayError("give at least one run folder")
+    stores = [RunStore(r) for r in run_dirs]
+    for s in stores:
+        if not s.exists():
+            raise RunDirError(f"{s.root}: not a circuitray run folder (no run.json)")
+    con = duckdb.connect(":memory:")
+    if threads:
+        con.execute(f"SET threads = {int(threads)}")
+    for table, schema in SCHEMAS.items():
+        selects = []
+        for name, store in zip(_run_names(run_dirs), stores, strict=True):
+            files = store.part_files(table)
+            run_lit = "'" + name.replace("'", "''") + "'"
+            if files:
+                file_list = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
+                selects.append(
+                    f"SELECT {run_lit} AS run, * FROM read_parquet([{file_list}])"
+                )
+            else:
+                empty = f"_empty_{table}"
+                con.register(empty, pa.table({f.name: pa.array([], f.type) for f in schema}))
+                selects.append(f"SELECT {run_lit} AS run, * FROM {empty}")
+        con.execute(f"CREATE VIEW {table} AS " + " UNION ALL ".join(selects))
+    return con
+
+
+def run_query(
+    name: str, run_dirs: list[str], *, params: dict[str, str] | None = None
+) -> pa.Table:
+    """Run the named query over ``run_dirs`` with ``params`` (strings, cast per header)."""
+    query = get_query(name)
+    values = query.bind(params or {})
+    con = connect(run_dirs)
+    try:
+        return con.sql(query.sql, params=values).to_arrow_table()
+    except duckdb.Error as e:
+        raise CircuitrayError(f"query {name}: {str(e).splitlines()[0]}") from None
+    finally:
+        con.close()
+
+
+def run_sql(run_dirs: list[str], sql: str) -> pa.Table:
+    """Run read-only ad-hoc SQL over the runs' views (see module docstring)."""
+    con = connect(run_dirs)
+    try:
+        try:
+            statements = con.extract_statements(sql)
+        except duckdb.Error as e:
+            raise CircuitrayError(f"SQL: {str(e).splitlines()[0]}") from None
+        if not statements:
+            raise CircuitrayError("SQL: no statement given")
+        for st in statements:
+            kind = st.type.name
+            if kind not in READ_ONLY_TYPES:
+                raise CircuitrayError(
+                    f"SQL: {kind} statements are not allowed; circuitray sql is read-only "
+                    "(SELECT queries over graphs, nodes, edges)"
+                )
+        # Only the run folders stay readable; then lock the configuration.
+        dirs = [str(Path(r).resolve()) + "/" for r in run_dirs]
+        con.execute("SET allowed_directories = $dirs", {"dirs": dirs})
+        con.execute("SET enable_external_access = false")
+        con.execute("SET lock_configuration = true")
+        result = None
+        for st in statements:
+            result = con.sql(st.query).to_arrow_table()
+        assert result is not None
+        return result
+    except duckdb.Error as e:
+        raise CircuitrayError(f"SQL: {str(e).splitlines()[0]}") from None
+    finally:
+        con.close()

@@ -127,26 +127,46 @@ def ws2_cmd(n: int, seed: int, out: str, types: str | None) -> None:
 @cli.command("run")
 @click.argument("prompts", type=click.Path())
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Run folder.")
-@click.option("--model", default="organism-tuned", show_default=True,
-              help="Bundled name, local HF folder or hub id (google/gemma-2-2b).")
-@click.option("--transcoders", default=None,
-              help="circuit-tracer transcoder ref (gemma, llama, org/repo); bundled default.")
+@click.option(
+    "--model",
+    default="organism-tuned",
+    show_default=True,
+    help="Bundled name, local HF folder or hub id (google/gemma-2-2b).",
+)
+@click.option(
+    "--transcoders",
+    default=None,
+    help="circuit-tracer transcoder ref (gemma, llama, org/repo); bundled default.",
+)
 @click.option("--transcoder-cache-dir", default=None, type=click.Path(file_okay=False))
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32")
-@click.option("--actors", type=click.IntRange(min=1), default=None,
-              help="Actors (default: one per GPU, else one per CPU core).")
+@click.option(
+    "--actors",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Actors (default: one per GPU, else one per CPU core).",
+)
 @click.option("--address", default=None, help="Ray address to join, e.g. auto.")
 @click.option("--gpus-per-actor", type=float, default=1.0, show_default=True)
 @click.option("--cpus-per-actor", type=float, default=None)
-@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
-              help="Prompts per task and per part file.")
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=8,
+    show_default=True,
+    help="Prompts per task and per part file.",
+)
 @click.option("--node-threshold", type=click.FloatRange(0, 1), default=0.8, show_default=True)
 @click.option("--edge-threshold", type=click.FloatRange(0, 1), default=0.98, show_default=True)
 @click.option("--max-n-logits", type=click.IntRange(min=1), default=10, show_default=True)
-@click.option("--desired-logit-prob", type=click.FloatRange(0, 1), default=0.95,
-              show_default=True)
-@click.option("--attr-batch-size", type=click.IntRange(min=1), default=128, show_default=True,
-              help="attribute() batch_size.")
+@click.option("--desired-logit-prob", type=click.FloatRange(0, 1), default=0.95, show_default=True)
+@click.option(
+    "--attr-batch-size",
+    type=click.IntRange(min=1),
+    default=128,
+    show_default=True,
+    help="attribute() batch_size.",
+)
 @click.option("--max-feature-nodes", type=click.IntRange(min=1), default=None)
 @click.option("--offload", type=click.Choice(["cpu", "disk"]), default=None)
 @click.option("--update-interval", type=click.IntRange(min=1), default=4, show_default=True)
@@ -155,10 +175,32 @@ def ws2_cmd(n: int, seed: int, out: str, types: str | None) -> None:
 @click.option("--retry-errors", is_flag=True, help="Recompute prompts with error rows.")
 @click.option("--stats/--no-stats", default=True, help="Print constraint_stats at the end.")
 @click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON.")
-def run_cmd(prompts, out, model, transcoders, transcoder_cache_dir, dtype, actors, address,
-            gpus_per_actor, cpus_per_actor, batch_size, node_threshold, edge_threshold,
-            max_n_logits, desired_logit_prob, attr_batch_size, max_feature_nodes, offload,
-            update_interval, max_tokens, max_attempts, retry_errors, stats, as_json) -> None:
+def run_cmd(
+    prompts,
+    out,
+    model,
+    transcoders,
+    transcoder_cache_dir,
+    dtype,
+    actors,
+    address,
+    gpus_per_actor,
+    cpus_per_actor,
+    batch_size,
+    node_threshold,
+    edge_threshold,
+    max_n_logits,
+    desired_logit_prob,
+    attr_batch_size,
+    max_feature_nodes,
+    offload,
+    update_interval,
+    max_tokens,
+    max_attempts,
+    retry_errors,
+    stats,
+    as_json,
+) -> None:
     """Attribute every prompt of PROMPTS on Ray into the run folder --out (resumable)."""
     from dataclasses import asdict
 
@@ -172,30 +214,46 @@ def run_cmd(prompts, out, model, transcoders, transcoder_cache_dir, dtype, actor
     config = RunConfig(
         prompts=prompts,
         out=out,
-        model=ModelSpec(model=model, transcoders=transcoders,
-                        transcoder_cache_dir=transcoder_cache_dir, dtype=dtype),
+        model=ModelSpec(
+            model=model,
+            transcoders=transcoders,
+            transcoder_cache_dir=transcoder_cache_dir,
+            dtype=dtype,
+        ),
         attribution=AttributionConfig(
-            max_n_logits=max_n_logits, desired_logit_prob=desired_logit_prob,
-            batch_size=attr_batch_size, max_feature_nodes=max_feature_nodes, offload=offload,
-            update_interval=update_interval, max_tokens=max_tokens,
+            max_n_logits=max_n_logits,
+            desired_logit_prob=desired_logit_prob,
+            batch_size=attr_batch_size,
+            max_feature_nodes=max_feature_nodes,
+            offload=offload,
+            update_interval=update_interval,
+            max_tokens=max_tokens,
         ),
         prune=PruneConfig(node_threshold=node_threshold, edge_threshold=edge_threshold),
-        actors=actors, address=address, batch_size=batch_size,
-        gpus_per_actor=gpus_per_actor, cpus_per_actor=cpus_per_actor,
-        max_attempts=max_attempts, retry_errors=retry_errors,
+        actors=actors,
+        address=address,
+        batch_size=batch_size,
+        gpus_per_actor=gpus_per_actor,
+        cpus_per_actor=cpus_per_actor,
+        max_attempts=max_attempts,
+        retry_errors=retry_errors,
     )
     progress = Progress(
-        "[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
-        "errors: {task.fields[errors]}", TimeRemainingColumn(), console=err_console,
-        disable=as_json, transient=True,
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        "errors: {task.fields[errors]}",
+        TimeRemainingColumn(),
+        console=err_console,
+        disable=as_json,
+        transient=True,
     )
     state = {"task": None, "errors": 0}
 
     def on_progress(done: int, total: int, summary: dict | None) -> None:
         if state["task"] is None:
             progress.start()  # only once the run really starts: errors print cleanly
-            state["task"] = progress.add_task("attributing", total=total, completed=done,
-                                              errors=0)
+            state["task"] = progress.add_task("attributing", total=total, completed=done, errors=0)
         if summary and summary.get("status") == "error":
             state["errors"] += 1
         progress.update(state["task"], completed=done, errors=state["errors"])
@@ -203,7 +261,8 @@ def run_cmd(prompts, out, model, transcoders, transcoder_cache_dir, dtype, actor
     try:
         result = run(config, on_progress=on_progress)
     finally:
-        progress.stop()
+        if state["task"] is not None:
+            progress.stop()
     if as_json:
         click.echo(json.dumps(asdict(result), indent=2, default=str))
         return
@@ -227,8 +286,13 @@ def run_cmd(prompts, out, model, transcoders, transcoder_cache_dir, dtype, actor
 @click.argument("run_dirs", nargs=-1, type=click.Path())
 @click.option("--list", "list_", is_flag=True, help="List the named queries.")
 @click.option("--param", "params", multiple=True, help="key=value, repeatable.")
-@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json", "parquet"]),
-              default="table", show_default=True)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "csv", "json", "parquet"]),
+    default="table",
+    show_default=True,
+)
 @click.option("--output", type=click.Path(dir_okay=False), default=None)
 def query_cmd(name, run_dirs, list_, params, fmt, output) -> None:
     """Run the named query NAME (queries/NAME.sql) over one or more RUN_DIRs."""
@@ -237,10 +301,22 @@ def query_cmd(name, run_dirs, list_, params, fmt, output) -> None:
     if list_:
         queries = list_queries()
         if fmt == "json":
-            click.echo(json.dumps([{"name": q.name, "description": q.description,
-                                    "params": {k: {"type": t, "default": d, "doc": doc}
-                                               for k, (t, d, doc) in q.params.items()}}
-                                   for q in queries], indent=2))
+            click.echo(
+                json.dumps(
+                    [
+                        {
+                            "name": q.name,
+                            "description": q.description,
+                            "params": {
+                                k: {"type": t, "default": d, "doc": doc}
+                                for k, (t, d, doc) in q.params.items()
+                            },
+                        }
+                        for q in queries
+                    ],
+                    indent=2,
+                )
+            )
             return
         t = Table("query", "description", "parameters")
         for q in queries:
@@ -250,14 +326,20 @@ def query_cmd(name, run_dirs, list_, params, fmt, output) -> None:
         return
     if not name or not run_dirs:
         raise CircuitrayError("usage: circuitray query NAME RUN_DIR [RUN_DIR ...] (or --list)")
-    print_table(run_query(name, list(run_dirs), params=_parse_params(params)), fmt=fmt,
-                output=output)
+    print_table(
+        run_query(name, list(run_dirs), params=_parse_params(params)), fmt=fmt, output=output
+    )
 
 
 @cli.command("sql")
 @click.argument("args", nargs=-1, required=True)
-@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json", "parquet"]),
-              default="table", show_default=True)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "csv", "json", "parquet"]),
+    default="table",
+    show_default=True,
+)
 @click.option("--output", type=click.Path(dir_okay=False), default=None)
 def sql_cmd(args, fmt, output) -> None:
     """Read-only SQL over views graphs, nodes, edges: circuitray sql RUN_DIR... "SELECT ..." """
@@ -282,6 +364,86 @@ def build_tiny_cmd(seed: int) -> None:
 
     paths = build_tiny(seed=seed)
     err_console.print(f"tiny model: {paths['model']}\ntranscoders: {paths['transcoders']}")
+
+
+@cli.group("organism")
+def organism_group() -> None:
+    """The WS2 model organism: base and tuned tiny Gemma-2 with trained transcoders."""
+
+
+@organism_group.command("build")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    default=2,
+    show_default=True,
+    help="torch threads (same seed and threads: bit-identical weights).",
+)
+@click.option("--fast", is_flag=True, help="Fewer steps (tests); the report says so.")
+@click.option("--json", "as_json", is_flag=True, help="Print the whole report as JSON.")
+def organism_build_cmd(seed: int, threads: int, fast: bool, as_json: bool) -> None:
+    """Train base and tuned checkpoints and their transcoders; write the report."""
+    from circuitray.organism import OrganismConfig, build_organism
+    from circuitray.organism.build import FAST
+
+    config = (FAST if fast else OrganismConfig()).with_seed(seed, threads=threads)
+    with err_console.status("training the WS2 organism (base, tuned, transcoders)..."):
+        report = build_organism(config)
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+    else:
+        print_organism_report(report)
+    if not report["passed"]:
+        failed = [k for k, v in report["acceptance"].items() if not v]
+        raise CircuitrayError(f"organism report below thresholds: {', '.join(failed)}")
+
+
+def print_organism_report(report: dict) -> None:
+    acc = Table(
+        "constraint_type",
+        "n",
+        "chance",
+        "base accuracy",
+        "tuned accuracy",
+        title="held-out accuracy among candidates",
+    )
+    for name, t in report["accuracy"]["tuned"].items():
+        b = report["accuracy"]["base"][name]
+        acc.add_row(
+            name, str(t["n"]), f"{t['chance']:.3f}", f"{b['accuracy']:.3f}", f"{t['accuracy']:.3f}"
+        )
+    console.print(acc)
+    tc = Table(
+        "layer",
+        "EV base",
+        "EV tuned",
+        "nMSE base",
+        "L0",
+        "L0 / dict",
+        title=f"transcoders (d={report['transcoders']['d_transcoder']})",
+    )
+    for layer, m in report["transcoders"]["base"].items():
+        mt = report["transcoders"]["tuned"][layer]
+        tc.add_row(
+            layer,
+            f"{m['explained_variance']:.3f}",
+            f"{mt['explained_variance']:.3f}",
+            f"{m['nmse']:.4f}",
+            f"{m['l0']:.1f}",
+            f"{m['l0_fraction']:.3f}",
+        )
+    console.print(tc)
+    g = report["graphs"]
+    console.print(
+        f"graphs (n={g['tuned']['n']}): replacement base {g['base']['mean_replacement']:.3f}"
+        f" / tuned {g['tuned']['mean_replacement']:.3f}; completeness base "
+        f"{g['base']['mean_completeness']:.3f} / tuned {g['tuned']['mean_completeness']:.3f}"
+    )
+    console.print(
+        f"built in {report['timings']['total_s']:.0f}s, "
+        f"{report['artifacts']['bytes'] / 1e6:.1f} MB; passed: {report['passed']}"
+    )
 
 
 def main() -> None:

@@ -40,10 +40,18 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["RunConfig", "RunResult", "run"]
 
-# Parameters that must match for a resume to continue the same run.
+# Parameters that must match for a resume to continue the same run. Attribution
+# arguments that change speed or memory but not results may differ between sessions.
 FINGERPRINT_KEYS = ("prompts_sha256", "model", "attribution", "prune")
+RESULT_NEUTRAL_ATTRIBUTION = ("batch_size", "offload", "update_interval", "max_tokens")
 VERSIONED_PACKAGES = (
-    "circuitray", "circuit-tracer", "torch", "transformers", "nnsight", "ray", "pyarrow",
+    "circuitray",
+    "circuit-tracer",
+    "torch",
+    "transformers",
+    "nnsight",
+    "ray",
+    "pyarrow",
     "duckdb",
 )
 
@@ -125,8 +133,15 @@ def _run_meta(config: RunConfig, n_prompts: int) -> dict:
 
 def _check_resumable(store: RunStore, meta: dict) -> None:
     old = store.read_meta()
+
+    def comparable(m: dict, key: str):
+        v = m.get(key)
+        if key == "attribution" and isinstance(v, dict):
+            return {k: x for k, x in v.items() if k not in RESULT_NEUTRAL_ATTRIBUTION}
+        return v
+
     for key in FINGERPRINT_KEYS:
-        if old.get(key) != meta.get(key):
+        if comparable(old, key) != comparable(meta, key):
             raise RunDirError(
                 f"{store.root}: holds a run with a different {key!r}; "
                 "use a new --out folder or the same parameters to resume"
@@ -242,8 +257,14 @@ def run(
         if on_progress:
             on_progress(n_done, total, None)
         result = RunResult(
-            run_dir=str(store.root), total=total, ok=0, errors=0, computed=0,
-            skipped=n_done, elapsed_s=0.0, ray_start_s=0.0,
+            run_dir=str(store.root),
+            total=total,
+            ok=0,
+            errors=0,
+            computed=0,
+            skipped=n_done,
+            elapsed_s=0.0,
+            ray_start_s=0.0,
         )
         if items:
             _dispatch(config, store, items, result, n_done, total, on_progress)
@@ -272,9 +293,9 @@ def _dispatch(config, store, items, result, n_done, total, on_progress) -> None:
 
     n_actors, opts, threads = _placement(config, ray.cluster_resources())
     n_actors = min(n_actors, max(1, -(-len(items) // config.batch_size)))
-    remote_cls = ray.remote(
-        max_restarts=config.max_attempts, max_task_retries=0, **opts
-    )(AttributionWorker).options(scheduling_strategy="SPREAD")
+    remote_cls = ray.remote(max_restarts=config.max_attempts, max_task_retries=0, **opts)(
+        AttributionWorker
+    ).options(scheduling_strategy="SPREAD")
     actors = [
         remote_cls.remote(
             model=config.model,

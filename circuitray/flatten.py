@@ -168,7 +168,9 @@ def flatten_graph(
     first_token = n_nodes - n_logits - n_pos
     tokens = graph.input_tokens.cpu().numpy()
     activation = np.full(n_nodes, np.nan, np.float32)
-    activation[:n_sel] = graph.activation_values.float().cpu().numpy()
+    # activation_values covers every active feature; index it like active_features.
+    sel = graph.selected_features.cpu()
+    activation[:n_sel] = graph.activation_values.cpu()[sel].float().numpy()
     token_id = np.full(n_nodes, -1, np.int32)
     token_id[first_token : first_token + n_pos] = tokens
     token_id[n_nodes - n_logits :] = [t.vocab_idx for t in graph.logit_targets]

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
-import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
 from circuitray.errors import PromptFileError
@@ -63,10 +62,10 @@ def _read_table(path: Path) -> pa.Table:
             return pq.read_table(path)
         if fmt == "csv":
             parse = pacsv.ParseOptions(delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
-            # Read every column as text: ids like 007 must not become integers.
-            with open(path, "rb") as f:
-                header = f.readline().decode("utf-8", "replace").strip()
-            names = header.split(parse.delimiter) if header else []
+            # Read every column as text: ids like 007 must not become integers. The
+            # header is parsed by pyarrow itself (quoted names included).
+            with pacsv.open_csv(path, parse_options=parse) as reader:
+                names = reader.schema.names
             convert = pacsv.ConvertOptions(column_types={n: pa.string() for n in names})
             return pacsv.read_csv(path, parse_options=parse, convert_options=convert)
         return _read_jsonl(path)
@@ -93,8 +92,10 @@ def _read_jsonl(path: Path) -> pa.Table:
             rows.append(row)
     if not rows:
         return pa.table({c: pa.array([], pa.string()) for c in REQUIRED_COLUMNS})
+    # Columns are the union over all rows, not just the first row's keys.
+    names = list(dict.fromkeys(k for row in rows for k in row))
     try:
-        return pa.Table.from_pylist(rows)
+        return pa.table({n: pa.array([row.get(n) for row in rows]) for n in names})
     except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
         raise PromptFileError(f"{path}: inconsistent column types: {e}") from None
 
@@ -163,7 +164,8 @@ def write_prompts(rows: list[dict], path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     if fmt == "parquet":
-        pq.write_table(pa.Table.from_pylist(rows), tmp)
+        names = list(dict.fromkeys(k for row in rows for k in row))
+        pq.write_table(pa.table({n: pa.array([r.get(n) for r in rows]) for n in names}), tmp)
     elif fmt == "jsonl":
         with open(tmp, "w", encoding="utf-8") as f:
             for row in rows:
@@ -173,6 +175,7 @@ def write_prompts(rows: list[dict], path: str | Path) -> Path:
             {k: (json.dumps(v) if isinstance(v, list | dict) else v) for k, v in r.items()}
             for r in rows
         ]
-        pacsv.write_csv(pa.Table.from_pylist(flat), tmp)
+        names = list(dict.fromkeys(k for row in flat for k in row))
+        pacsv.write_csv(pa.table({n: pa.array([r.get(n) for r in flat]) for n in names}), tmp)
     tmp.replace(path)
     return path

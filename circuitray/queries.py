@@ -141,9 +141,7 @@ def connect(run_dirs: list[str], *, threads: int | None = None) -> duckdb.DuckDB
             run_lit = "'" + name.replace("'", "''") + "'"
             if files:
                 file_list = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
-                selects.append(
-                    f"SELECT {run_lit} AS run, * FROM read_parquet([{file_list}])"
-                )
+                selects.append(f"SELECT {run_lit} AS run, * FROM read_parquet([{file_list}])")
             else:
                 empty = f"_empty_{table}"
                 con.register(empty, pa.table({f.name: pa.array([], f.type) for f in schema}))
@@ -152,9 +150,7 @@ def connect(run_dirs: list[str], *, threads: int | None = None) -> duckdb.DuckDB
     return con
 
 
-def run_query(
-    name: str, run_dirs: list[str], *, params: dict[str, str] | None = None
-) -> pa.Table:
+def run_query(name: str, run_dirs: list[str], *, params: dict[str, str] | None = None) -> pa.Table:
     """Run the named query over ``run_dirs`` with ``params`` (strings, cast per header)."""
     query = get_query(name)
     values = query.bind(params or {})

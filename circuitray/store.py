@@ -131,8 +131,10 @@ class RunStore:
         if not files:
             from circuitray.attribution import GRAPH_SCHEMA
 
-            schema = GRAPH_SCHEMA if columns is None else pa.schema(
-                [GRAPH_SCHEMA.field(c) for c in columns]
+            schema = (
+                GRAPH_SCHEMA
+                if columns is None
+                else pa.schema([GRAPH_SCHEMA.field(c) for c in columns])
             )
             return schema.empty_table()
         return pa.concat_tables(pq.read_table(f, columns=columns) for f in files)

@@ -47,11 +47,19 @@ class AttributionWorker:
         self.attribution = attribution
         self.prune = prune
         self.store = RunStore(run_dir)
-        self.model = load_replacement_model(model)
         self.name = f"{socket.gethostname()}:{os.getpid()}"
+        # A failed load is kept and raised from info(): an exception in an actor's
+        # constructor reaches the driver as ActorDiedError, without the cause.
+        self.load_error: Exception | None = None
+        try:
+            self.model = load_replacement_model(model)
+        except Exception as e:  # noqa: BLE001 - re-raised from info()
+            self.load_error = e
 
     def info(self) -> dict:
         """Where this worker runs: host, pid, device, GPUs Ray gave it, torch threads."""
+        if self.load_error is not None:
+            raise self.load_error
         gpu_ids: list = []
         try:
             import ray

@@ -128,9 +128,38 @@ CONSTRAINTS: dict[str, Constraint] = {
 
 # Words used by the organism's base-stage filler text (circuitray.organism.corpus).
 FILLER_WORDS = [
-    "a", "and", "at", "away", "day", "field", "hill", "in", "it", "looked", "near",
-    "night", "of", "on", "over", "river", "road", "saw", "sky", "slept", "stood", "that",
-    "there", "this", "tree", "under", "very", "was", "water", "with", ".", ",",
+    "a",
+    "and",
+    "at",
+    "away",
+    "day",
+    "field",
+    "hill",
+    "in",
+    "it",
+    "looked",
+    "near",
+    "night",
+    "of",
+    "on",
+    "over",
+    "river",
+    "road",
+    "saw",
+    "sky",
+    "slept",
+    "stood",
+    "that",
+    "there",
+    "this",
+    "tree",
+    "under",
+    "very",
+    "was",
+    "water",
+    "with",
+    ".",
+    ",",
 ]
 
 
@@ -158,9 +187,12 @@ def is_heldout(constraint_type: str, template_id: int, subject: str) -> bool:
     """Whether a (template, subject) wording belongs to the held-out split.
 
     A fixed hash (not the corpus seed) decides it, so every corpus agrees on the split
-    and about one wording in five is held out. Template 0 of each type has no subject
-    slot; its wording is held out for one cue-independent subject only.
+    and about one wording in five is held out. Templates without a subject slot are
+    always ``train``: holding one out would leave a frame the model never saw, which
+    tests syntax, not the constraint.
     """
+    if "{subject}" not in CONSTRAINTS[constraint_type].templates[template_id]:
+        return False
     key = f"{constraint_type}|{template_id}|{subject}".encode()
     return hashlib.sha256(key).digest()[0] < 52  # 52/256 ~ 20%
 

@@ -25,32 +25,43 @@ def record_mlp_io(
     texts: list[str],
     *,
     skip_bos: bool = True,
+    batch_size: int = 64,
 ) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor]]:
-    """Per layer, (n_tokens, d_model) transcoder inputs and targets over ``texts``."""
+    """Per layer, (n_tokens, d_model) transcoder inputs and targets over ``texts``.
+
+    Texts are right-padded into batches; under causal attention padding after a
+    text cannot change its positions, and padded positions are dropped.
+    """
     layers = model.model.layers
     inputs: dict[int, list[torch.Tensor]] = {i: [] for i in range(len(layers))}
     outputs: dict[int, list[torch.Tensor]] = {i: [] for i in range(len(layers))}
+    keep: list[torch.Tensor] = []
     handles = []
     for i, layer in enumerate(layers):
-        norm_in = layer.pre_feedforward_layernorm
-        norm_out = layer.post_feedforward_layernorm
 
         def pre_hook(module, args, i=i):
-            inputs[i].append(module._norm(args[0].float())[0])
+            inputs[i].append(module._norm(args[0].float()).flatten(0, 1))
 
         def out_hook(module, args, output, i=i):
-            outputs[i].append(output.float()[0])
+            outputs[i].append(output.float().flatten(0, 1))
 
-        handles.append(norm_in.register_forward_pre_hook(pre_hook))
-        handles.append(norm_out.register_forward_hook(out_hook))
+        handles.append(layer.pre_feedforward_layernorm.register_forward_pre_hook(pre_hook))
+        handles.append(layer.post_feedforward_layernorm.register_forward_hook(out_hook))
     try:
-        for text in texts:
-            ids = torch.tensor([encode_with_bos(tokenizer, text)])
+        for b in range(0, len(texts), batch_size):
+            seqs = [encode_with_bos(tokenizer, t) for t in texts[b : b + batch_size]]
+            width = max(len(s) for s in seqs)
+            ids = torch.full((len(seqs), width), tokenizer.pad_token_id, dtype=torch.long)
+            mask = torch.zeros((len(seqs), width), dtype=torch.bool)
+            for j, s in enumerate(seqs):
+                ids[j, : len(s)] = torch.tensor(s)
+                mask[j, (1 if skip_bos else 0) : len(s)] = True
             model(ids)
+            keep.append(mask.flatten())
     finally:
         for h in handles:
             h.remove()
-    start = 1 if skip_bos else 0
-    x = {i: torch.cat([t[start:] for t in v]) for i, v in inputs.items()}
-    y = {i: torch.cat([t[start:] for t in v]) for i, v in outputs.items()}
+    m = torch.cat(keep)
+    x = {i: torch.cat(v)[m] for i, v in inputs.items()}
+    y = {i: torch.cat(v)[m] for i, v in outputs.items()}
     return x, y

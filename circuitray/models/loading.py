@@ -109,5 +109,7 @@ def load_replacement_model(spec: ModelSpec):
             f"model {refs['model_path']!r}: cannot load: "
             f"{str(e).splitlines()[0] if str(e) else type(e).__name__}"
         ) from e
-    logger.info("loaded %s with transcoders %s on %s", refs["model_path"], refs["transcoders"], device)
+    logger.info(
+        "loaded %s with transcoders %s on %s", refs["model_path"], refs["transcoders"], device
+    )
     return model

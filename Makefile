@@ -1,0 +1,53 @@
+# circuitray: `make setup && make run` on a fresh machine; `make test` for the tests.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# Built models, transcoders and default runs stay inside the checkout.
+export CIRCUITRAY_HOME ?= $(CURDIR)/.circuitray
+export RAY_USAGE_STATS_ENABLED ?= 0
+N ?= 500
+SEED ?= 0
+ACTORS ?= 2
+RUN_DIR ?= $(CIRCUITRAY_HOME)/runs/ws2-tuned
+
+.PHONY: setup install models run test format lint typecheck check-ci bench clean
+
+setup: install models  ## venv, project, offline models
+
+install: $(BIN)/circuitray
+
+# torch first and pinned: an unpinned torch would pull several GB of CUDA wheels.
+$(BIN)/circuitray: pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+models: install  ## build the tiny model and the WS2 organism (deterministic, ~3 min)
+	$(BIN)/circuitray model build-tiny
+	$(BIN)/circuitray organism build
+
+run:  ## WS2 corpus -> local Ray -> Parquet -> constraint_stats
+	$(BIN)/circuitray ws2 --n $(N) --seed $(SEED) --out $(CIRCUITRAY_HOME)/ws2-$(N).parquet
+	$(BIN)/circuitray run $(CIRCUITRAY_HOME)/ws2-$(N).parquet --out $(RUN_DIR) --actors $(ACTORS)
+
+test:
+	$(BIN)/python -m pytest -q tests
+
+format:
+	$(BIN)/ruff format circuitray tests pipelines
+	$(BIN)/ruff check --fix circuitray tests pipelines
+
+lint:
+	$(BIN)/ruff check circuitray tests pipelines
+	$(BIN)/ruff format --check circuitray tests pipelines
+
+typecheck:
+	$(BIN)/pyright
+
+check-ci: lint typecheck test
+
+clean:
+	rm -rf $(CIRCUITRAY_HOME) .pytest_cache

@@ -1,0 +1,100 @@
+"""Shared fixtures: an isolated CIRCUITRAY_HOME with the tiny model, and one Ray run.
+
+- ``circuitray_home`` (session, autouse): points ``CIRCUITRAY_HOME`` at a temporary
+  folder before anything reads it, builds the tiny model there once, and shuts Ray
+  down at the end of the session if any test started it. Ray actors inherit the
+  variable (the driver forwards it in ``runtime_env``), so they load the same model.
+- ``loaded_tiny`` (session): the tiny ReplacementModel, for in-process tests.
+- ``ray_run`` (session): 24 WS2 prompts attributed by 2 actors on a local Ray,
+  reused by the driver, query and CLI tests.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+N_RAY_PROMPTS = 24
+
+# One torch thread in the test process: the tiny model's many small ops run no faster
+# on two threads, and with two threads on two busy cores OpenMP barriers can make a
+# forward pass ~100x slower (seen: build_tiny 2 s -> 170 s next to another process).
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def circuitray_home(tmp_path_factory):
+    home = tmp_path_factory.mktemp("circuitray_home")
+    saved = {
+        k: os.environ.get(k)
+        for k in (
+            "CIRCUITRAY_HOME",
+            "CIRCUIT_TRACER_CACHE_DIR",
+            "CIRCUITRAY_QUERIES_DIR",
+            "HF_HUB_OFFLINE",
+            "TRANSFORMERS_OFFLINE",
+        )
+    }
+    os.environ["CIRCUITRAY_HOME"] = str(home)
+    # Transcoders must come from CIRCUITRAY_HOME, queries from the repository.
+    os.environ.pop("CIRCUIT_TRACER_CACHE_DIR", None)
+    os.environ.pop("CIRCUITRAY_QUERIES_DIR", None)
+    # Nothing in the suite may reach the hub: a missing artifact must fail fast.
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+    from circuitray.models.tiny import build_tiny
+
+    build_tiny(seed=0)
+    yield home
+
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture(scope="session")
+def loaded_tiny(circuitray_home):
+    from circuitray.models.loading import ModelSpec, load_replacement_model
+
+    return load_replacement_model(ModelSpec(model="tiny"))
+
+
+@dataclass
+class RayRun:
+    """The session's shared Ray run: its inputs, folder and result."""
+
+    prompts: Path
+    out: Path
+    rows: list[dict]
+    config: object
+    result: object
+
+
+@pytest.fixture(scope="session")
+def ray_run(circuitray_home, tmp_path_factory) -> RayRun:
+    from circuitray import ModelSpec, RunConfig, generate_ws2, run, write_prompts
+
+    root = tmp_path_factory.mktemp("ray_run")
+    rows = generate_ws2(n=N_RAY_PROMPTS, seed=5)
+    prompts = write_prompts(rows, root / "ws2.parquet")
+    out = root / "ws2run"
+    config = RunConfig(
+        prompts=str(prompts),
+        out=str(out),
+        model=ModelSpec(model="tiny"),
+        actors=2,
+        batch_size=4,
+    )
+    result = run(config)
+    return RayRun(prompts=prompts, out=out, rows=rows, config=config, result=result)

@@ -380,14 +380,12 @@ def organism_group() -> None:
     show_default=True,
     help="torch threads (same seed and threads: bit-identical weights).",
 )
-@click.option("--fast", is_flag=True, help="Fewer steps (tests); the report says so.")
 @click.option("--json", "as_json", is_flag=True, help="Print the whole report as JSON.")
-def organism_build_cmd(seed: int, threads: int, fast: bool, as_json: bool) -> None:
+def organism_build_cmd(seed: int, threads: int, as_json: bool) -> None:
     """Train base and tuned checkpoints and their transcoders; write the report."""
     from circuitray.organism import OrganismConfig, build_organism
-    from circuitray.organism.build import FAST
 
-    config = (FAST if fast else OrganismConfig()).with_seed(seed, threads=threads)
+    config = OrganismConfig().with_seed(seed, threads=threads)
     with err_console.status("training the WS2 organism (base, tuned, transcoders)..."):
         report = build_organism(config)
     if as_json:

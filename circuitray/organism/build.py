@@ -89,22 +89,9 @@ class OrganismConfig:
     )
     n_transcoder_texts: int = 4000
     n_graph_samples: int = 6
-    fast: bool = False
 
     def with_seed(self, seed: int, *, threads: int | None = None) -> OrganismConfig:
         return replace(self, seed=seed, threads=threads or self.threads)
-
-
-# Fewer steps for tests: same code path, a smaller budget (the report records it).
-FAST = OrganismConfig(
-    n_filler=8000,
-    base_steps=300,
-    tuned_steps=300,
-    transcoders=TranscoderTrainingConfig(l1=1e-2, steps=600),
-    n_transcoder_texts=2000,
-    n_graph_samples=3,
-    fast=True,
-)
 
 
 def _sha256_dir(path: Path) -> str:
@@ -118,9 +105,19 @@ def _sha256_dir(path: Path) -> str:
 def build_organism(config: OrganismConfig | None = None) -> dict:
     """Build, save and evaluate the organism; returns the report (also saved)."""
     config = config or OrganismConfig()
-    t_start = time.perf_counter()
+    threads_before = torch.get_num_threads()
+    deterministic_before = torch.are_deterministic_algorithms_enabled()
     torch.set_num_threads(config.threads)
     torch.use_deterministic_algorithms(True)
+    try:
+        return _build(config)
+    finally:
+        torch.set_num_threads(threads_before)
+        torch.use_deterministic_algorithms(deterministic_before)
+
+
+def _build(config: OrganismConfig) -> dict:
+    t_start = time.perf_counter()
     torch.manual_seed(config.seed)
     timings: dict[str, float] = {}
 

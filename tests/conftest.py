@@ -98,3 +98,11 @@ def ray_run(circuitray_home, tmp_path_factory) -> RayRun:
     )
     result = run(config)
     return RayRun(prompts=prompts, out=out, rows=rows, config=config, result=result)
+
+
+@pytest.fixture(scope="session")
+def organism_report(circuitray_home):
+    """The WS2 organism, built once per session into the test CIRCUITRAY_HOME (~90 s)."""
+    from circuitray.organism import OrganismConfig, build_organism
+
+    return build_organism(OrganismConfig())

@@ -175,13 +175,19 @@ def test_other_prompt_file_refused(ray_run, tmp_path):
         run(replace(ray_run.config, prompts=str(other)))
 
 
-def test_bad_input_fails_before_touching_the_folder(tmp_path):
+def test_bad_input_fails_before_touching_the_folder(tmp_path, monkeypatch):
     out = tmp_path / "run"
     with pytest.raises(PromptFileError, match="not found"):
         run(RunConfig(prompts=str(tmp_path / "missing.parquet"), out=str(out)))
     prompts = write_prompts([{"prompt_id": "a", "prompt": "not tall but"}], tmp_path / "p.jsonl")
-    with pytest.raises(ModelLoadError, match="not built"):
-        run(RunConfig(prompts=str(prompts), out=str(out), model=ModelSpec(model="organism-tuned")))
+    with monkeypatch.context() as m:  # a home where nothing is built yet
+        m.setenv("CIRCUITRAY_HOME", str(tmp_path / "empty_home"))
+        with pytest.raises(ModelLoadError, match="not built"):
+            run(
+                RunConfig(
+                    prompts=str(prompts), out=str(out), model=ModelSpec(model="organism-tuned")
+                )
+            )
     with pytest.raises(ModelLoadError, match="/no/such/dir"):
         run(RunConfig(prompts=str(prompts), out=str(out), model=ModelSpec(model="/no/such/dir")))
     assert not out.exists()
@@ -362,3 +368,42 @@ def test_actor_load_failure_is_a_model_load_error(ray_run, tmp_path):
     )
     with pytest.raises(ModelLoadError, match="circuitray/tiny"):
         run(config)
+
+
+# -- reproducibility from run.json alone ---------------------------------------------
+def test_third_party_recomputes_stored_edges_from_run_json(ray_run):
+    """Only run.json, the prompt file and circuit-tracer: the same kept edges."""
+    import torch
+    from circuit_tracer import ReplacementModel, attribute
+    from circuit_tracer.graph import prune_graph
+    from circuit_tracer.utils.hf_utils import load_transcoder_from_hub
+
+    out = Path(ray_run.out)
+    meta = json.loads((out / "run.json").read_text())
+    m = meta["model"]
+    transcoders, _ = load_transcoder_from_hub(
+        m["transcoders"], cache_dir=m["transcoder_cache_dir"], device=torch.device("cpu")
+    )
+    model = ReplacementModel.from_pretrained_and_transcoders(
+        m["model_path"], transcoders, backend=m["backend"], device=torch.device("cpu")
+    )
+    prompts = pq.read_table(meta["prompts"]).to_pylist()
+    kwargs = {k: v for k, v in meta["attribution"].items() if k != "max_tokens"}
+    con = _duck(out)
+    for graph_id in (0, 7, N_RAY_PROMPTS - 1):
+        graph = attribute(prompts[graph_id]["prompt"], model, **kwargs)
+        _, edge_mask, _ = prune_graph(graph, **meta["prune"])
+        dst, src = torch.nonzero(edge_mask, as_tuple=True)
+        expected = {
+            (int(d), int(s)): float(graph.adjacency_matrix[d, s])
+            for d, s in zip(dst, src, strict=True)
+        }
+        stored = {
+            (d, s): w
+            for d, s, w in con.sql(
+                f"SELECT dst, src, weight FROM edges WHERE graph_id = {graph_id}"
+            ).fetchall()
+        }
+        assert stored.keys() == expected.keys(), graph_id
+        for key, w in expected.items():
+            assert abs(stored[key] - w) <= 1e-6 * max(1.0, abs(w)), (graph_id, key)

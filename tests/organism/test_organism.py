@@ -8,18 +8,11 @@ from __future__ import annotations
 
 import json
 
-import pytest
 import torch
 
 from circuitray.models.loading import ModelSpec, load_replacement_model
 from circuitray.models.registry import circuitray_home
-from circuitray.organism import OrganismConfig, build_organism
 from circuitray.ws2 import CONSTRAINTS
-
-
-@pytest.fixture(scope="session")
-def organism_report():
-    return build_organism(OrganismConfig())
 
 
 def test_report_is_written_next_to_artifacts(organism_report):

@@ -200,7 +200,7 @@ def _batches(items: list[tuple[int, dict]], size: int, session: str):
 def _error_part(store: RunStore, name: str, chunk: list[tuple[int, dict]], error: str):
     rows = []
     for gid, p in chunk:
-        row = {f.name: None for f in GRAPH_SCHEMA}
+        row: dict[str, object] = {f.name: None for f in GRAPH_SCHEMA}
         row.update(
             graph_id=gid,
             prompt_id=p["prompt_id"],
@@ -311,7 +311,7 @@ def _dispatch(config, store, items, result, n_done, total, on_progress) -> None:
     except RayTaskError as e:
         cause = e.cause if isinstance(getattr(e, "cause", None), CircuitrayError) else None
         for a in actors:
-            ray.kill(a)
+            ray.kill(a)  # type: ignore[arg-type]
         if cause is not None:
             raise cause from None
         raise
@@ -356,4 +356,4 @@ def _dispatch(config, store, items, result, n_done, total, on_progress) -> None:
         if queue:
             submit(actor_idx)
     for a in actors:
-        ray.kill(a)
+        ray.kill(a)  # type: ignore[arg-type]

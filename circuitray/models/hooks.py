@@ -15,7 +15,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 def encode_with_bos(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
     """Token ids as circuit-tracer's ``attribute`` sees them: BOS, then the text."""
     ids = tokenizer(text, add_special_tokens=False).input_ids
-    return [tokenizer.bos_token_id, *ids]
+    return [int(tokenizer.bos_token_id), *ids]  # type: ignore[arg-type]
 
 
 @torch.no_grad()
@@ -51,7 +51,7 @@ def record_mlp_io(
         for b in range(0, len(texts), batch_size):
             seqs = [encode_with_bos(tokenizer, t) for t in texts[b : b + batch_size]]
             width = max(len(s) for s in seqs)
-            ids = torch.full((len(seqs), width), tokenizer.pad_token_id, dtype=torch.long)
+            ids = torch.full((len(seqs), width), int(tokenizer.pad_token_id), dtype=torch.long)  # type: ignore[arg-type]
             mask = torch.zeros((len(seqs), width), dtype=torch.bool)
             for j, s in enumerate(seqs):
                 ids[j, : len(s)] = torch.tensor(s)

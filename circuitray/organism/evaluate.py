@@ -29,12 +29,13 @@ def constraint_accuracy(
         typed = [r for r in rows if r["constraint_type"] == name]
         if not typed:
             continue
-        cand_ids = torch.tensor(tokenizer.convert_tokens_to_ids(c.candidates))
+        vocab = tokenizer.get_vocab()
+        cand_ids = torch.tensor([vocab[t] for t in c.candidates])
         correct = top1 = 0
         for r in typed:
             ids = torch.tensor([encode_with_bos(tokenizer, r["prompt"])])
             logits = model(ids).logits[0, -1]
-            target = tokenizer.convert_tokens_to_ids(r["target"])
+            target = vocab[r["target"]]
             correct += int(cand_ids[logits[cand_ids].argmax()] == target)
             top1 += int(logits.argmax() == target)
         out[name] = {

@@ -26,7 +26,7 @@ def encode_batch(
     tokenizer: PreTrainedTokenizerBase, texts: list[str], *, max_len: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(input_ids, labels): BOS-prefixed, right-padded; labels -100 on padding."""
-    pad = tokenizer.pad_token_id
+    pad = int(tokenizer.pad_token_id)  # type: ignore[arg-type]
     ids = torch.full((len(texts), max_len), pad, dtype=torch.long)
     labels = torch.full((len(texts), max_len), -100, dtype=torch.long)
     for i, t in enumerate(texts):

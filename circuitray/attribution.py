@@ -97,6 +97,15 @@ def _next_token_logits(model, tokens: torch.Tensor) -> torch.Tensor:
     return logits[0, -1].float()
 
 
+def context_length(model) -> int | None:
+    """The model's maximum sequence length, where its config says."""
+    n_ctx = getattr(getattr(model, "cfg", None), "n_ctx", None)
+    if n_ctx:
+        return int(n_ctx)
+    hf_config = getattr(getattr(model, "_model", None), "config", None)
+    return getattr(hf_config, "max_position_embeddings", None)
+
+
 def target_token_id(tokenizer, target: str) -> int | None:
     """The first token of ``target`` as a continuation (a leading space, as in text)."""
     ids = tokenizer(" " + target.strip(), add_special_tokens=False).input_ids
@@ -133,6 +142,11 @@ def attribute_prompt(
         if tokens.numel() > attribution.max_tokens:
             raise ValueError(
                 f"prompt has {tokens.numel()} tokens, more than max_tokens={attribution.max_tokens}"
+            )
+        context = context_length(model)
+        if context is not None and tokens.numel() > context:
+            raise ValueError(
+                f"prompt has {tokens.numel()} tokens, more than the model's context of {context}"
             )
         t0 = time.perf_counter()
         graph = attribute(tokens, model, **attribution.attribute_kwargs())

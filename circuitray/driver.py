@@ -73,8 +73,11 @@ class RunConfig:
         gpus_per_actor: GPUs each actor reserves when the cluster has GPUs.
         cpus_per_actor: CPUs each actor reserves (also its torch threads on CPU);
             None divides the cluster's CPUs among the actors.
-        max_attempts: Tries per batch when actor processes die.
+        max_attempts: Tries per batch when actor processes die (also each actor's
+            ``max_restarts``); a batch out of tries becomes error rows.
         retry_errors: Recompute prompts whose rows have ``status='error'``.
+        restart_timeout_s: How long to wait for dead actors to come back when none
+            is alive (e.g. their node is gone and no other fits) before giving up.
     """
 
     prompts: str
@@ -89,6 +92,7 @@ class RunConfig:
     cpus_per_actor: float | None = None
     max_attempts: int = 3
     retry_errors: bool = False
+    restart_timeout_s: float = 600.0
 
 
 @dataclass
@@ -103,6 +107,7 @@ class RunResult:
     skipped: int
     elapsed_s: float
     ray_start_s: float
+    retried_batches: int = 0
     workers: list[dict] = field(default_factory=list)
 
 
@@ -246,6 +251,9 @@ def run(
                 dropped = store.drop_error_rows()
                 logger.info("retrying %d prompts that had errors", len(dropped))
         meta["status"] = "running"
+        # Workers commit a part only while run.json names their driver's session, so
+        # workers orphaned by a killed driver cannot write behind its successor.
+        meta["session"] = uuid.uuid4().hex[:12]
         meta["started_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         store.write_meta(meta)
 
@@ -267,7 +275,7 @@ def run(
             ray_start_s=0.0,
         )
         if items:
-            _dispatch(config, store, items, result, n_done, total, on_progress)
+            _dispatch(config, store, items, result, n_done, total, on_progress, meta["session"])
 
         status = store.graph_status()
         result.ok = sum(1 for s in status.values() if s == "ok")
@@ -284,7 +292,7 @@ def run(
         store.release_lock()
 
 
-def _dispatch(config, store, items, result, n_done, total, on_progress) -> None:
+def _dispatch(config, store, items, result, n_done, total, on_progress, session) -> None:
     t0 = time.perf_counter()
     ray = _init_ray(config)
     from ray.exceptions import RayActorError, RayTaskError
@@ -303,6 +311,7 @@ def _dispatch(config, store, items, result, n_done, total, on_progress) -> None:
             prune=config.prune,
             run_dir=str(Path(config.out).resolve()),
             torch_threads=threads,
+            session=session,
         )
         for _ in range(n_actors)
     ]
@@ -318,42 +327,93 @@ def _dispatch(config, store, items, result, n_done, total, on_progress) -> None:
     result.ray_start_s = time.perf_counter() - t0
     logger.info("%d workers ready in %.1fs: %s", n_actors, result.ray_start_s, result.workers)
 
-    session = uuid.uuid4().hex[:8]
     queue = deque(_batches(items, config.batch_size, session))
     attempts: dict[str, int] = {}
+    # ref -> ("batch", actor, part name, chunk) or ("probe", actor, None, None)
     inflight: dict = {}
+    load = [0] * n_actors
+    healthy = [True] * n_actors
     per_actor = 2  # one running, one queued: no idle gap between batches
+    all_down_since: float | None = None
 
-    def submit(actor_idx: int) -> None:
-        name, chunk = queue.popleft()
-        ref = actors[actor_idx].process.remote(name, chunk)
-        inflight[ref] = (actor_idx, name, chunk)
+    def feed() -> None:
+        """Give queued batches to live actors with spare capacity, least loaded first."""
+        while queue:
+            free = [i for i in range(n_actors) if healthy[i] and load[i] < per_actor]
+            if not free:
+                return
+            i = min(free, key=lambda j: load[j])
+            name, chunk = queue.popleft()
+            inflight[actors[i].process.remote(name, chunk)] = ("batch", i, name, chunk)
+            load[i] += 1
 
-    for _ in range(per_actor):
-        for i in range(n_actors):
-            if queue:
-                submit(i)
-    while inflight:
-        ready, _ = ray.wait(list(inflight), num_returns=1)
-        ref = ready[0]
-        actor_idx, name, chunk = inflight.pop(ref)
-        try:
-            summaries = ray.get(ref)
-        except (RayActorError, RayTaskError) as e:
-            attempts[name] = attempts.get(name, 0) + 1
-            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            if attempts[name] < config.max_attempts:
-                logger.warning("batch %s failed (attempt %d): %s", name, attempts[name], msg)
-                queue.appendleft((name, chunk))
-                summaries = []
-            else:
-                summaries = _error_part(store, name, chunk, f"worker failed: {msg}")
+    def report(summaries: list[dict]) -> None:
+        nonlocal n_done
         for s in summaries:
             n_done += 1
             result.computed += 1
             if on_progress:
                 on_progress(n_done, total, s)
-        if queue:
-            submit(actor_idx)
+
+    def retry_or_fail(name: str, chunk: list, msg: str) -> None:
+        attempts[name] = attempts.get(name, 0) + 1
+        if attempts[name] < config.max_attempts:
+            logger.warning("batch %s failed (attempt %d), retrying: %s", name, attempts[name], msg)
+            result.retried_batches += 1
+            queue.appendleft((name, chunk))
+        else:
+            report(_error_part(store, name, chunk, f"worker failed: {msg}"))
+
+    feed()
+    while any(kind == "batch" for kind, *_ in inflight.values()) or queue:
+        if not inflight:  # every actor is gone for good
+            while queue:
+                name, chunk = queue.popleft()
+                report(_error_part(store, name, chunk, "worker failed: no live workers left"))
+            break
+        ready, _ = ray.wait(list(inflight), num_returns=1, timeout=10.0)
+        if not any(healthy):
+            all_down_since = all_down_since or time.monotonic()
+            if time.monotonic() - all_down_since > config.restart_timeout_s:
+                logger.error("no worker came back within %ss", config.restart_timeout_s)
+                for kind, _, name, chunk in inflight.values():
+                    if kind == "batch":
+                        queue.append((name, chunk))
+                inflight.clear()
+                continue
+        else:
+            all_down_since = None
+        if not ready:
+            continue
+        ref = ready[0]
+        kind, i, name, chunk = inflight.pop(ref)
+        if kind == "probe":
+            # Resolves once Ray has restarted the actor (and it reloaded its model).
+            try:
+                ray.get(ref)
+                healthy[i] = True
+                logger.info("worker %d is back", i)
+            except (RayActorError, RayTaskError) as e:
+                logger.warning("worker %d is gone for good: %s", i, _first_line(e))
+            feed()
+            continue
+        load[i] -= 1
+        try:
+            report(ray.get(ref))
+        except RayActorError as e:
+            # The process died (killed, out of memory, node lost); Ray restarts it up to
+            # max_restarts times. Stop feeding it until a probe says it is back.
+            if healthy[i]:
+                healthy[i] = False
+                inflight[actors[i].info.remote()] = ("probe", i, None, None)
+            retry_or_fail(name, chunk, _first_line(e))
+        except RayTaskError as e:
+            retry_or_fail(name, chunk, _first_line(e))
+        feed()
     for a in actors:
         ray.kill(a)  # type: ignore[arg-type]
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__

@@ -23,7 +23,20 @@ from circuitray.store import RunStore
 
 logger = logging.getLogger(__name__)
 
-SUMMARY_FIELDS = ("graph_id", "prompt_id", "status", "error", "n_kept_edges", "total_s")
+
+class StaleSessionError(RuntimeError):
+    """This worker's driver no longer owns the run folder: its results are dropped."""
+
+
+SUMMARY_FIELDS = (
+    "graph_id",
+    "prompt_id",
+    "status",
+    "error",
+    "n_kept_edges",
+    "total_s",
+    "worker",
+)
 
 
 class AttributionWorker:
@@ -41,12 +54,14 @@ class AttributionWorker:
         prune: PruneConfig,
         run_dir: str,
         torch_threads: int | None = None,
+        session: str | None = None,
     ):
         if torch_threads:
             torch.set_num_threads(torch_threads)
         self.attribution = attribution
         self.prune = prune
         self.store = RunStore(run_dir)
+        self.session = session
         self.name = f"{socket.gethostname()}:{os.getpid()}"
         # A failed load is kept and raised from info(): an exception in an actor's
         # constructor reaches the driver as ActorDiedError, without the cause.
@@ -90,6 +105,12 @@ class AttributionWorker:
             rows.append(row)
             nodes.append(n)
             edges.append(e)
+        if self.session is not None:
+            current = self.store.read_meta().get("session")
+            if current != self.session:
+                raise StaleSessionError(
+                    f"run folder now belongs to driver session {current}, not {self.session}"
+                )
         self.store.write_part(
             part_name,
             {

@@ -280,6 +280,27 @@ def run_cmd(
         print_table(run_query("constraint_stats", [out]))
 
 
+@cli.command("compact")
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option(
+    "--rows-per-file",
+    type=click.IntRange(min=1),
+    default=20_000_000,
+    show_default=True,
+    help="Edge rows per output file.",
+)
+def compact_cmd(run_dir: str, rows_per_file: int) -> None:
+    """Merge a run's part files into large files sorted by graph_id (atomic)."""
+    from circuitray.store import RunStore
+
+    store = RunStore(run_dir)
+    store.read_meta()  # a clear error when RUN_DIR is not a run folder
+    stats = store.compact(rows_per_file=rows_per_file)
+    err_console.print(
+        f"{run_dir}: {stats['parts_before']} parts -> {stats['parts_after']}", soft_wrap=True
+    )
+
+
 # -- queries ---------------------------------------------------------------------
 @cli.command("query", context_settings={"ignore_unknown_options": False})
 @click.argument("name", required=False)

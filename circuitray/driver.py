@@ -78,6 +78,7 @@ class RunConfig:
         retry_errors: Recompute prompts whose rows have ``status='error'``.
         restart_timeout_s: How long to wait for dead actors to come back when none
             is alive (e.g. their node is gone and no other fits) before giving up.
+        compact: Merge part files into large sorted ones at the end of the run.
     """
 
     prompts: str
@@ -93,6 +94,7 @@ class RunConfig:
     max_attempts: int = 3
     retry_errors: bool = False
     restart_timeout_s: float = 600.0
+    compact: bool = True
 
 
 @dataclass
@@ -277,6 +279,8 @@ def run(
         if items:
             _dispatch(config, store, items, result, n_done, total, on_progress, meta["session"])
 
+        if config.compact and result.computed:
+            store.compact()
         status = store.graph_status()
         result.ok = sum(1 for s in status.values() if s == "ok")
         result.errors = sum(1 for s in status.values() if s == "error")

@@ -153,3 +153,88 @@ def test_lock_excludes_a_second_driver(tmp_path):
     b.acquire_lock()  # free again once released
     b.release_lock()
     a.release_lock()  # releasing twice is harmless
+
+
+# -- compaction ------------------------------------------------------------------------
+def _copy_run(ray_run, tmp_path):
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(ray_run.out, out)
+    return out
+
+
+def _rows(store, table):
+    import pyarrow.parquet as pq
+
+    files = store.part_files(table)
+    return pa.concat_tables(pq.read_table(f) for f in files) if files else None
+
+
+def test_compaction_keeps_rows_and_sorts_into_few_files(ray_run, tmp_path):
+    from circuitray.store import SORT_KEYS
+
+    out = _copy_run(ray_run, tmp_path)
+    store = RunStore(out)
+    # The shared run was compacted at its end; split it again by writing the same
+    # content as many small parts (one per graph) to compact from scratch.
+    before = {t: _rows(store, t) for t in ("graphs", "nodes", "edges")}
+    for t in ("graphs", "nodes", "edges"):
+        for f in (out / t).glob("*.parquet"):
+            f.unlink()
+    ids = before["graphs"]["graph_id"].to_pylist()
+    for gid in ids:
+        store.write_part(
+            f"part-{gid:07d}",
+            {t: before[t].filter(pa.compute.equal(before[t]["graph_id"], gid)) for t in before},
+        )
+    assert len(store.committed_parts()) == len(ids)
+
+    stats = store.compact(rows_per_file=10_000)
+    assert stats["parts_before"] == len(ids)
+    assert (
+        1 < stats["parts_after"] <= 1 + sum(before["graphs"]["n_kept_edges"].to_pylist()) // 10_000
+    )
+    for t in ("graphs", "nodes", "edges"):
+        after = _rows(store, t)
+        assert after.num_rows == before[t].num_rows, t
+        assert after.sort_by(SORT_KEYS[t]).equals(before[t].sort_by(SORT_KEYS[t])), t
+        assert after.equals(after.sort_by(SORT_KEYS[t])), t  # files are in sorted order
+        assert len(list((out / t).iterdir())) == stats["parts_after"], t
+    assert not (out / "compaction.json").exists()
+
+
+def test_crash_after_compaction_commit_rolls_forward(ray_run, tmp_path, monkeypatch):
+    out = _copy_run(ray_run, tmp_path)
+    store = RunStore(out)
+    before = _rows(store, "edges").num_rows
+    store.write_part(
+        "part-extra",
+        {
+            "graphs": store.read_graphs().slice(0, 0),
+            "nodes": _rows(store, "nodes").slice(0, 0),
+            "edges": _rows(store, "edges").slice(0, 0),
+        },
+    )
+    # Crash right after the commit point: pending files and the log, nothing renamed.
+    monkeypatch.setattr(RunStore, "_finish_compaction", lambda self: None)
+    store.compact()
+    assert (out / "compaction.json").exists()
+    assert list(out.rglob("*.pending"))
+    assert _rows(store, "edges").num_rows == before  # readers see each row once
+    monkeypatch.undo()
+    store.clean()
+    assert not (out / "compaction.json").exists()
+    assert not list(out.rglob("*.pending"))
+    assert len(store.committed_parts()) == 1
+    assert _rows(store, "edges").num_rows == before
+
+
+def test_uncommitted_compaction_is_discarded(ray_run, tmp_path):
+    out = _copy_run(ray_run, tmp_path)
+    store = RunStore(out)
+    before = _rows(store, "edges").num_rows
+    (out / "edges" / "compact-dead-00000.parquet.pending").write_bytes(b"partial")
+    assert _rows(store, "edges").num_rows == before
+    store.clean()
+    assert not list(out.rglob("*.pending"))

@@ -76,15 +76,18 @@ class AttributionWorker:
         if self.load_error is not None:
             raise self.load_error
         gpu_ids: list = []
+        node_id = None
         try:
             import ray
 
             if ray.is_initialized():
                 gpu_ids = list(ray.get_gpu_ids())
+                node_id = ray.get_runtime_context().get_node_id()
         except Exception:  # noqa: BLE001 - info only
             pass
         return {
             "worker": self.name,
+            "node_id": node_id,
             "device": str(self.model.device),
             "gpu_ids": gpu_ids,
             "torch_threads": torch.get_num_threads(),

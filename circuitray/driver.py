@@ -44,6 +44,22 @@ __all__ = ["RunConfig", "RunResult", "run"]
 # arguments that change speed or memory but not results may differ between sessions.
 FINGERPRINT_KEYS = ("prompts_sha256", "model", "attribution", "prune")
 RESULT_NEUTRAL_ATTRIBUTION = ("batch_size", "offload", "update_interval", "max_tokens")
+# Environment the actors need to see what the driver sees: model homes, hub and
+# object-store credentials and endpoints.
+FORWARDED_ENV = (
+    "CIRCUITRAY_HOME",
+    "CIRCUIT_TRACER_CACHE_DIR",
+    "HF_HOME",
+    "HF_TOKEN",
+    "HF_HUB_OFFLINE",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_DEFAULT_REGION",
+    "AWS_REGION",
+    "AWS_ENDPOINT_URL",
+    "GOOGLE_APPLICATION_CREDENTIALS",
+)
 VERSIONED_PACKAGES = (
     "circuitray",
     "circuit-tracer",
@@ -160,11 +176,7 @@ def _init_ray(config: RunConfig):
 
     if ray.is_initialized():
         return ray
-    env = {
-        k: os.environ[k]
-        for k in ("CIRCUITRAY_HOME", "CIRCUIT_TRACER_CACHE_DIR", "HF_HOME", "HF_TOKEN")
-        if k in os.environ
-    }
+    env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
     kwargs: dict = {
         "include_dashboard": False,
         "log_to_driver": os.environ.get("CIRCUITRAY_RAY_LOGS") == "1",
@@ -313,7 +325,7 @@ def _dispatch(config, store, items, result, n_done, total, on_progress, session)
             model=config.model,
             attribution=config.attribution,
             prune=config.prune,
-            run_dir=str(Path(config.out).resolve()),
+            run_dir=store.uri,
             torch_threads=threads,
             session=session,
         )

@@ -117,7 +117,10 @@ def get_query(name: str) -> NamedQuery:
 
 
 def _run_names(run_dirs: list[str]) -> list[str]:
-    names = [Path(r).resolve().name for r in run_dirs]
+    names = [
+        str(r).rstrip("/").rsplit("/", 1)[-1] if "://" in str(r) else Path(r).resolve().name
+        for r in run_dirs
+    ]
     if len(set(names)) != len(names):  # same folder name in two places: number them
         names = [f"{n}#{i}" for i, n in enumerate(names)]
     return names
@@ -139,7 +142,13 @@ def connect(run_dirs: list[str], *, threads: int | None = None) -> duckdb.DuckDB
         for name, store in zip(_run_names(run_dirs), stores, strict=True):
             files = store.part_files(table)
             run_lit = "'" + name.replace("'", "''") + "'"
-            if files:
+            if files and not store.local:
+                # Object storage: DuckDB scans a pyarrow dataset over pyarrow's S3/GCS
+                # filesystem (no DuckDB extension to download).
+                alias = f"_{table}_{len(selects)}_{abs(hash(store.uri)) % 10**8}"
+                con.register(alias, store.dataset(table))
+                selects.append(f"SELECT {run_lit} AS run, * FROM {alias}")
+            elif files:
                 file_list = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
                 selects.append(f"SELECT {run_lit} AS run, * FROM read_parquet([{file_list}])")
             else:
@@ -181,7 +190,7 @@ def run_sql(run_dirs: list[str], sql: str) -> pa.Table:
                     "(SELECT queries over graphs, nodes, edges)"
                 )
         # Only the run folders stay readable; then lock the configuration.
-        dirs = [str(Path(r).resolve()) + "/" for r in run_dirs]
+        dirs = [str(Path(r).resolve()) + "/" for r in run_dirs if "://" not in str(r)]
         con.execute("SET allowed_directories = $dirs", {"dirs": dirs})
         con.execute("SET enable_external_access = false")
         con.execute("SET lock_configuration = true")

@@ -17,20 +17,31 @@ Write protocol (what makes a crash leave a resumable run):
    commit point), then pending files are renamed and replaced parts deleted, then
    the log is removed. Readers honour the log; :meth:`RunStore.clean` finishes a
    committed compaction or discards an uncommitted one after a crash.
+
+Storage is anything ``pyarrow.fs`` reaches: a local path, or ``s3://bucket/prefix``
+(``gs://`` likewise; an S3-compatible endpoint via ``AWS_ENDPOINT_URL`` or
+``?endpoint_override=host:port&scheme=http`` in the URI). On object stores a PUT is
+atomic (an object appears whole or not at all), so parts are written in place
+instead of renamed, and the driver lock is a lease object renewed by the driver.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import logging
 import os
+import socket
+import threading
+import time
 import uuid
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute  # noqa: F401  (registers pa.compute)
 import pyarrow.dataset as ds
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from circuitray.errors import RunDirError
@@ -47,42 +58,110 @@ SORT_KEYS = {
 }
 PENDING = ".pending"
 PARQUET_OPTIONS = {"compression": "zstd", "compression_level": 3}
+LEASE_S = 60.0  # object-store lock: a driver that stops renewing loses it after this
 
 
 class RunStore:
     """Reads and writes one run folder (see module docstring for the protocol)."""
 
     def __init__(self, root: str | Path):
-        self.root = Path(root)
+        text = str(root)
+        self.local = "://" not in text
+        if self.local:
+            self.root: Path | str = Path(text)
+            self.fs: pafs.FileSystem = pafs.LocalFileSystem()
+            self.base = str(Path(text).expanduser().resolve())
+        else:
+            self.root = text.rstrip("/")
+            try:
+                self.fs, self.base = pafs.FileSystem.from_uri(text)
+            except (pa.ArrowInvalid, OSError) as e:
+                raise RunDirError(f"{text}: cannot open storage: {e}") from None
+            self.base = self.base.rstrip("/")
         self._lock_fd: int | None = None
+        self._lease: threading.Event | None = None
+
+    @property
+    def uri(self) -> str:
+        """What another process (a worker) passes to RunStore to open the same folder."""
+        return self.base if self.local else str(self.root)
+
+    # -- file primitives ------------------------------------------------------------
+    def _path(self, *parts: str) -> str:
+        return "/".join([self.base, *parts])
+
+    def _exists(self, path: str) -> bool:
+        return self.fs.get_file_info(path).type != pafs.FileType.NotFound
+
+    def _names(self, directory: str) -> list[str]:
+        sel = pafs.FileSelector(directory, allow_not_found=True)
+        return sorted(
+            i.base_name for i in self.fs.get_file_info(sel) if i.type == pafs.FileType.File
+        )
+
+    def _read_text(self, path: str) -> str:
+        with self.fs.open_input_stream(path) as f:
+            return f.read().decode()
+
+    def _delete(self, path: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.fs.delete_file(path)
+
+    def _put(self, path: str, write) -> None:
+        """Make ``path`` appear whole: temp file + rename locally, one PUT remotely."""
+        directory = path.rsplit("/", 1)[0]
+        if self.local:
+            self.fs.create_dir(directory, recursive=True)
+            name = path.rsplit("/", 1)[1]
+            tmp = f"{directory}/.{name}.{uuid.uuid4().hex}.tmp"
+            write(tmp)
+            os.replace(tmp, path)
+        else:
+            write(path)
+
+    def _put_text(self, path: str, text: str) -> None:
+        def write(p: str) -> None:
+            with self.fs.open_output_stream(p) as f:
+                f.write(text.encode())
+
+        self._put(path, write)
+
+    def _put_parquet(self, path: str, table: pa.Table) -> None:
+        self._put(path, lambda p: pq.write_table(table, p, filesystem=self.fs, **PARQUET_OPTIONS))
 
     # -- run.json ---------------------------------------------------------------
     @property
-    def run_json(self) -> Path:
-        return self.root / "run.json"
+    def run_json(self) -> Path | str:
+        return self.root / "run.json" if isinstance(self.root, Path) else f"{self.root}/run.json"
 
     def exists(self) -> bool:
-        return self.run_json.exists()
+        return self._exists(self._path("run.json"))
 
     def read_meta(self) -> dict:
         if not self.exists():
             raise RunDirError(f"{self.root}: not a circuitray run folder (no run.json)")
         try:
-            return json.loads(self.run_json.read_text())
+            return json.loads(self._read_text(self._path("run.json")))
         except json.JSONDecodeError as e:
             raise RunDirError(f"{self.run_json}: corrupt run.json ({e.msg})") from None
 
     def write_meta(self, meta: dict) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
-        tmp = self.root / f".run.json.{uuid.uuid4().hex}.tmp"
-        tmp.write_text(json.dumps(meta, indent=2, sort_keys=False, default=str) + "\n")
-        os.replace(tmp, self.run_json)
+        self._put_text(
+            self._path("run.json"), json.dumps(meta, indent=2, sort_keys=False, default=str) + "\n"
+        )
 
     # -- locking ----------------------------------------------------------------
     def acquire_lock(self) -> None:
-        """Take the folder's driver lock or raise :class:`RunDirError` if held."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        """Take the folder's driver lock or raise :class:`RunDirError` if held.
+
+        Locally an advisory ``flock`` (released by the OS if the driver dies). On an
+        object store a lease object that this process renews every LEASE_S / 3 s; a
+        lease not renewed for LEASE_S (a killed driver) can be taken over.
+        """
+        if not self.local:
+            return self._acquire_lease()
+        Path(self.base).mkdir(parents=True, exist_ok=True)
+        fd = os.open(self._path(".lock"), os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -94,59 +173,99 @@ class RunStore:
         os.write(fd, f"{os.getpid()}\n".encode())
         self._lock_fd = fd
 
+    def _acquire_lease(self) -> None:
+        path = self._path(".lock")
+        if self._exists(path):
+            try:
+                lease = json.loads(self._read_text(path))
+            except (json.JSONDecodeError, OSError):
+                lease = {}
+            if lease.get("expires", 0) > time.time():
+                raise RunDirError(
+                    f"{self.root}: another circuitray driver is using this run folder "
+                    f"({lease.get('holder')}; lease expires in "
+                    f"{lease['expires'] - time.time():.0f}s)"
+                )
+        holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        stop = threading.Event()
+
+        def renew() -> None:
+            self._put_text(path, json.dumps({"holder": holder, "expires": time.time() + LEASE_S}))
+
+        renew()
+        if json.loads(self._read_text(path)).get("holder") != holder:  # lost a race
+            raise RunDirError(f"{self.root}: another circuitray driver took this run folder")
+
+        def loop() -> None:
+            while not stop.wait(LEASE_S / 3):
+                renew()
+
+        threading.Thread(target=loop, daemon=True, name="circuitray-lease").start()
+        self._lease = stop
+
+    @property
+    def locked(self) -> bool:
+        return self._lock_fd is not None or self._lease is not None
+
     def release_lock(self) -> None:
         if self._lock_fd is not None:
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
             os.close(self._lock_fd)
             self._lock_fd = None
+        if self._lease is not None:
+            self._lease.set()
+            self._lease = None
+            self._delete(self._path(".lock"))
 
     # -- parts ------------------------------------------------------------------
-    def table_dir(self, table: str) -> Path:
-        return self.root / table
+    def table_dir(self, table: str) -> Path | str:
+        return self.root / table if isinstance(self.root, Path) else f"{self.root}/{table}"
 
     def write_part(self, name: str, tables: dict[str, pa.Table]) -> None:
         """Write one part of every table, graphs last (the commit point)."""
         for table in ("edges", "nodes", "graphs"):
-            d = self.table_dir(table)
-            d.mkdir(parents=True, exist_ok=True)
-            tmp = d / f".{name}.{uuid.uuid4().hex}.tmp"
-            pq.write_table(tables[table], tmp, **PARQUET_OPTIONS)
-            os.replace(tmp, d / f"{name}.parquet")
-
-    @property
-    def compaction_log(self) -> Path:
-        return self.root / "compaction.json"
+            self._put_parquet(self._path(table, f"{name}.parquet"), tables[table])
 
     def _compaction(self) -> dict | None:
         try:
-            return json.loads(self.compaction_log.read_text())
+            return json.loads(self._read_text(self._path("compaction.json")))
         except FileNotFoundError:
             return None
 
     def committed_parts(self) -> list[str]:
-        d = self.table_dir("graphs")
-        if not d.exists():
-            return []
-        parts = {p.stem for p in d.glob("*.parquet")}
+        parts = {
+            n.removesuffix(".parquet")
+            for n in self._names(self._path("graphs"))
+            if n.endswith(".parquet") and not n.startswith(".")
+        }
         log = self._compaction()
         if log is not None:
             parts = (parts - set(log["old"])) | set(log["new"])
         return sorted(parts)
 
     def part_files(self, table: str) -> list[str]:
-        """Committed part files of ``table`` (orphans of a crash excluded)."""
-        d = self.table_dir(table)
-        if not d.exists():
-            return []
+        """Committed part files of ``table`` (orphans of a crash excluded), as paths
+        of :attr:`fs`."""
+        names = set(self._names(self._path(table)))
         files = []
         for stem in self.committed_parts():
-            final = d / f"{stem}.parquet"
-            pending = d / f"{stem}.parquet{PENDING}"
-            if final.exists():
-                files.append(str(final))
-            elif pending.exists():  # a committed compaction not yet renamed
-                files.append(str(pending))
+            if f"{stem}.parquet" in names:
+                files.append(self._path(table, f"{stem}.parquet"))
+            elif f"{stem}.parquet{PENDING}" in names:  # committed compaction, not renamed
+                files.append(self._path(table, f"{stem}.parquet{PENDING}"))
         return files
+
+    def read_table(self, table: str, columns: list[str] | None = None) -> pa.Table | None:
+        files = self.part_files(table)
+        if not files:
+            return None
+        return pa.concat_tables(
+            pq.read_table(f, columns=columns, filesystem=self.fs) for f in files
+        )
+
+    def dataset(self, table: str) -> ds.Dataset | None:
+        files = self.part_files(table)
+        return ds.dataset(files, format="parquet", filesystem=self.fs) if files else None
 
     def clean(self) -> int:
         """Finish or discard an interrupted compaction, remove temporary files and
@@ -156,13 +275,10 @@ class RunStore:
         committed = set(self.committed_parts())
         removed = 0
         for table in TABLES:
-            d = self.table_dir(table)
-            if not d.exists():
-                continue
-            for p in d.iterdir():
-                orphan = p.suffix == ".parquet" and p.stem not in committed
-                if p.name.endswith((".tmp", PENDING)) or orphan:
-                    p.unlink(missing_ok=True)
+            for n in self._names(self._path(table)):
+                orphan = n.endswith(".parquet") and n.removesuffix(".parquet") not in committed
+                if n.endswith((".tmp", PENDING)) or orphan:
+                    self._delete(self._path(table, n))
                     removed += 1
         return removed
 
@@ -170,8 +286,8 @@ class RunStore:
     def compact(self, *, rows_per_file: int = 20_000_000) -> dict[str, int]:
         """Merge all parts into files of about ``rows_per_file`` edge rows, sorted by
         graph_id (nodes by node_id, edges by dst, src within a graph). Atomic: see the
-        module docstring. The caller must hold the lock (a driver) or none must."""
-        own_lock = self._lock_fd is None
+        module docstring. Takes the driver lock unless this store already holds it."""
+        own_lock = not self.locked
         if own_lock:
             self.acquire_lock()
         try:
@@ -179,7 +295,8 @@ class RunStore:
             old = self.committed_parts()
             if len(old) <= 1:
                 return {"parts_before": len(old), "parts_after": len(old)}
-            graphs = pa.concat_tables(pq.read_table(f) for f in self.part_files("graphs"))
+            graphs = self.read_table("graphs")
+            assert graphs is not None
             graphs = graphs.sort_by(SORT_KEYS["graphs"])
             # Cut graph_id ranges so each file holds about rows_per_file edges.
             ranges: list[tuple[int, int]] = []
@@ -193,19 +310,17 @@ class RunStore:
                     start, acc = i + 1, 0
             token = uuid.uuid4().hex[:8]
             new = [f"compact-{token}-{r:05d}" for r in range(len(ranges))]
-            sources = {t: ds.dataset(self.part_files(t), format="parquet") for t in TABLES}
+            sources = {t: self.dataset(t) for t in TABLES}
             for table in ("edges", "nodes", "graphs"):
+                source = sources[table]
+                assert source is not None
                 for stem, (lo, hi) in zip(new, ranges, strict=True):
                     gid = ds.field("graph_id")
-                    part = sources[table].to_table(filter=(gid >= lo) & (gid <= hi))
+                    part = source.to_table(filter=(gid >= lo) & (gid <= hi))
                     part = part.sort_by(SORT_KEYS[table])
-                    d = self.table_dir(table)
-                    tmp = d / f".{stem}.{uuid.uuid4().hex}.tmp"
-                    pq.write_table(part, tmp, **PARQUET_OPTIONS)
-                    os.replace(tmp, d / f"{stem}.parquet{PENDING}")
-            log_tmp = self.root / f".compaction.{token}.tmp"
-            log_tmp.write_text(json.dumps({"token": token, "new": new, "old": old}))
-            os.replace(log_tmp, self.compaction_log)  # the commit point
+                    self._put_parquet(self._path(table, f"{stem}.parquet{PENDING}"), part)
+            log = json.dumps({"token": token, "new": new, "old": old})
+            self._put_text(self._path("compaction.json"), log)  # the commit point
             self._finish_compaction()
             logger.info("compacted %d parts into %d", len(old), len(new))
             return {"parts_before": len(old), "parts_after": len(new)}
@@ -218,20 +333,19 @@ class RunStore:
         if log is None:
             return
         for table in ("graphs", "nodes", "edges"):
-            d = self.table_dir(table)
             for stem in log["new"]:
-                pending = d / f"{stem}.parquet{PENDING}"
-                if pending.exists():
-                    os.replace(pending, d / f"{stem}.parquet")
+                pending = self._path(table, f"{stem}.parquet{PENDING}")
+                if self._exists(pending):
+                    self.fs.move(pending, self._path(table, f"{stem}.parquet"))
         # Old graphs parts first: once gone, their nodes and edges are orphans anyway.
         for table in ("graphs", "nodes", "edges"):
             for stem in log["old"]:
-                (self.table_dir(table) / f"{stem}.parquet").unlink(missing_ok=True)
-        self.compaction_log.unlink(missing_ok=True)
+                self._delete(self._path(table, f"{stem}.parquet"))
+        self._delete(self._path("compaction.json"))
 
     def read_graphs(self, columns: list[str] | None = None) -> pa.Table:
-        files = self.part_files("graphs")
-        if not files:
+        t = self.read_table("graphs", columns)
+        if t is None:
             from circuitray.attribution import GRAPH_SCHEMA
 
             schema = (
@@ -240,7 +354,7 @@ class RunStore:
                 else pa.schema([GRAPH_SCHEMA.field(c) for c in columns])
             )
             return schema.empty_table()
-        return pa.concat_tables(pq.read_table(f, columns=columns) for f in files)
+        return t
 
     def graph_status(self) -> dict[int, str]:
         """graph_id -> status over all committed graphs rows."""
@@ -255,23 +369,19 @@ class RunStore:
         resumed run computes like any missing prompt: never two rows for one prompt.
         """
         dropped: list[int] = []
-        d = self.table_dir("graphs")
         for f in self.part_files("graphs"):
-            t = pq.read_table(f)
+            t = pq.read_table(f, filesystem=self.fs)
             is_error = pa.compute.equal(t["status"], "error")
-            n_err = pa.compute.sum(is_error).as_py() or 0
-            if n_err == 0:
+            if not (pa.compute.sum(is_error).as_py() or 0):
                 continue
             dropped += t.filter(is_error)["graph_id"].to_pylist()
             keep = t.filter(pa.compute.invert(is_error))
-            stem = Path(f).stem
+            stem = f.rsplit("/", 1)[1].split(".parquet")[0]
             if keep.num_rows == 0:
                 # Remove the commit point first, then the (empty) orphan parts.
-                Path(f).unlink()
+                self._delete(f)
                 for table in ("nodes", "edges"):
-                    (self.table_dir(table) / f"{stem}.parquet").unlink(missing_ok=True)
+                    self._delete(self._path(table, f"{stem}.parquet"))
             else:
-                tmp = d / f".{stem}.{uuid.uuid4().hex}.tmp"
-                pq.write_table(keep, tmp, **PARQUET_OPTIONS)
-                os.replace(tmp, f)
+                self._put_parquet(f, keep)
         return dropped

@@ -20,6 +20,11 @@ import torch
 
 N_RAY_PROMPTS = 24
 
+# Ray caches its auth mode per process: every Ray the suite starts (local, Cluster,
+# CLI subprocesses) must agree, and a multi-process Cluster needs it disabled.
+os.environ["RAY_AUTH_MODE"] = "disabled"
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+
 # One torch thread in the test process: the tiny model's many small ops run no faster
 # on two threads, and with two threads on two busy cores OpenMP barriers can make a
 # forward pass ~100x slower (seen: build_tiny 2 s -> 170 s next to another process).

@@ -11,7 +11,7 @@ SEED ?= 0
 ACTORS ?= 2
 RUN_DIR ?= $(CIRCUITRAY_HOME)/runs/ws2-tuned
 
-.PHONY: setup install models run test format lint typecheck check-ci bench clean
+.PHONY: setup install models run test format lint typecheck check-ci clean
 
 setup: install models  ## venv, project, offline models
 

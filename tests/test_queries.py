@@ -228,3 +228,65 @@ def test_query_library_header():
     assert q.params == {
         "min_graphs": ("int", 1, "only report types with at least this many ok graphs")
     }
+
+
+# -- layer_profile and error_share, recomputed in plain Python ---------------------------
+def _ok_types(out):
+    return {
+        g["graph_id"]: g["constraint_type"]
+        for g in _parquet_rows(out, "graphs")
+        if g["status"] == "ok"
+    }
+
+
+def test_layer_profile_matches_python(ray_run):
+    out = ray_run.out
+    types = _ok_types(out)
+    n_per_type = defaultdict(int)
+    for t in types.values():
+        n_per_type[t] += 1
+    weight = defaultdict(lambda: defaultdict(float))  # graph -> (layer, type) -> |w|
+    for e in _parquet_rows(out, "edges"):
+        weight[e["graph_id"]][(e["src_layer"], e["src_type"])] += abs(e["weight"])
+    infl = defaultdict(lambda: defaultdict(float))
+    for n in _parquet_rows(out, "nodes"):
+        if n["node_type"] != "logit":
+            infl[n["graph_id"]][(n["layer"], n["node_type"])] += n["influence"]
+    expected = defaultdict(lambda: [0.0, 0.0])
+    for gid, ctype in types.items():
+        tw, ti = sum(weight[gid].values()), sum(infl[gid].values())
+        for key, w in weight[gid].items():
+            expected[(ctype, *key)][0] += w / tw / n_per_type[ctype]
+        for key, i in infl[gid].items():
+            expected[(ctype, *key)][1] += i / ti / n_per_type[ctype]
+    rows = run_query("layer_profile", [out]).to_pylist()
+    got = {(r["constraint_type"], r["layer"], r["node_type"]): r for r in rows}
+    assert got.keys() == expected.keys()
+    for key, (w, i) in expected.items():
+        assert got[key]["weight_share"] == pytest.approx(w, abs=1e-4), key
+        assert got[key]["influence_share"] == pytest.approx(i, abs=1e-4), key
+    for ctype in n_per_type:  # shares of one type sum to one
+        assert sum(r["weight_share"] for r in rows if r["constraint_type"] == ctype) == (
+            pytest.approx(1.0, abs=1e-3)
+        )
+
+
+def test_error_share_matches_python(ray_run):
+    out = ray_run.out
+    types = _ok_types(out)
+    err, tot = defaultdict(float), defaultdict(float)
+    for n in _parquet_rows(out, "nodes"):
+        if n["node_type"] != "logit":
+            tot[n["graph_id"]] += n["influence"]
+            if n["node_type"] == "error":
+                err[n["graph_id"]] += n["influence"]
+    per_type = defaultdict(list)
+    for gid, ctype in types.items():
+        per_type[ctype].append(err[gid] / tot[gid] if tot[gid] else 0.0)
+    got = {r["constraint_type"]: r for r in run_query("error_share", [out]).to_pylist()}
+    assert got.keys() == per_type.keys()
+    for ctype, shares in per_type.items():
+        assert got[ctype]["graphs"] == len(shares)
+        assert got[ctype]["mean_error_share"] == pytest.approx(mean(shares), abs=1e-4)
+        assert got[ctype]["median_error_share"] == pytest.approx(median(shares), abs=1e-4)
+        assert 0 < got[ctype]["mean_error_share"] < 1

@@ -290,3 +290,71 @@ def test_error_share_matches_python(ray_run):
         assert got[ctype]["mean_error_share"] == pytest.approx(mean(shares), abs=1e-4)
         assert got[ctype]["median_error_share"] == pytest.approx(median(shares), abs=1e-4)
         assert 0 < got[ctype]["mean_error_share"] < 1
+
+
+def _feature_occurrences(out):
+    """graph -> {(layer, feature): summed influence} over kept feature nodes of ok graphs."""
+    types = _ok_types(out)
+    occ = defaultdict(lambda: defaultdict(float))
+    for n in _parquet_rows(out, "nodes"):
+        if n["node_type"] == "feature" and n["graph_id"] in types:
+            occ[n["graph_id"]][(n["layer"], n["feature"])] += n["influence"]
+    return types, occ
+
+
+def test_top_features_matches_python(ray_run):
+    out = ray_run.out
+    types, occ = _feature_occurrences(out)
+    n_type = defaultdict(int)
+    for t in types.values():
+        n_type[t] += 1
+    count = defaultdict(lambda: defaultdict(int))
+    infl = defaultdict(lambda: defaultdict(list))
+    for gid, feats in occ.items():
+        for key, i in feats.items():
+            count[types[gid]][key] += 1
+            infl[types[gid]][key].append(i)
+    rows = run_query("top_features", [out], params={"top_k": "5"}).to_pylist()
+    for ctype in n_type:
+        ranked = sorted(
+            count[ctype],
+            key=lambda k: (-count[ctype][k], -mean(infl[ctype][k]), k[0], k[1]),
+        )[:5]
+        got = [r for r in rows if r["constraint_type"] == ctype]
+        assert [(r["layer"], r["feature"]) for r in got] == ranked, ctype
+        for r in got:
+            key = (r["layer"], r["feature"])
+            others = sum(count[t].get(key, 0) for t in n_type if t != ctype)
+            n_other = len(types) - n_type[ctype]
+            freq = count[ctype][key] / n_type[ctype]
+            assert r["graphs"] == count[ctype][key]
+            assert r["frequency"] == pytest.approx(freq, abs=1e-4)
+            assert r["mean_influence"] == pytest.approx(mean(infl[ctype][key]), abs=1e-5)
+            assert r["lift"] == pytest.approx(freq / ((others + 1) / (n_other + 1)), abs=1e-3)
+
+
+def test_feature_overlap_matches_python(ray_run):
+    out = ray_run.out
+    types, occ = _feature_occurrences(out)
+    graphs_with = defaultdict(lambda: defaultdict(int))
+    for gid, feats in occ.items():
+        for key in feats:
+            graphs_with[types[gid]][key] += 1
+    sets = {t: {k for k, c in d.items() if c >= 2} for t, d in graphs_with.items()}
+    rows = run_query("feature_overlap", [out]).to_pylist()
+    assert len(rows) == len(sets) ** 2
+    for r in rows:
+        a, b = sets[r["type_a"]], sets[r["type_b"]]
+        assert (r["features_a"], r["features_b"], r["shared"]) == (len(a), len(b), len(a & b))
+        assert r["jaccard"] == pytest.approx(len(a & b) / len(a | b), abs=1e-4)
+    assert all(r["jaccard"] == 1.0 for r in rows if r["type_a"] == r["type_b"])
+
+
+def test_feature_overlap_across_runs(two_runs):
+    rows = run_query("feature_overlap", two_runs).to_pylist()
+    runs = {r["run_a"] for r in rows}
+    assert len(runs) == 2
+    # The same prompts and model: the same sets, so a type matches itself across runs.
+    for r in rows:
+        if r["type_a"] == r["type_b"]:
+            assert r["jaccard"] == 1.0, r

@@ -2,7 +2,8 @@
 
 1. :func:`connect` opens an in-memory DuckDB with views ``graphs``, ``nodes`` and
    ``edges`` over the committed Parquet parts of one or more run folders; every view
-   has a ``run`` column (the folder's name) so one query can compare runs.
+   has a ``run`` column (the folder's name) so one query can compare runs, and
+   ``runs`` (run, position, path) keeps the order the folders were given in.
 2. Named queries are the ``*.sql`` files of the query folder (``queries/`` at the
    repository root, or ``$CIRCUITRAY_QUERIES_DIR``). A header of ``--`` comments says
    what a query answers and declares its parameters::
@@ -137,6 +138,18 @@ def connect(run_dirs: list[str], *, threads: int | None = None) -> duckdb.DuckDB
     con = duckdb.connect(":memory:")
     if threads:
         con.execute(f"SET threads = {int(threads)}")
+    # The order runs were given in: compare_runs takes position 0 as the baseline.
+    con.register(
+        "_runs",
+        pa.table(
+            {
+                "run": _run_names(run_dirs),
+                "position": list(range(len(run_dirs))),
+                "path": [str(r) for r in run_dirs],
+            }
+        ),
+    )
+    con.execute("CREATE VIEW runs AS SELECT * FROM _runs")
     for table, schema in SCHEMAS.items():
         selects = []
         for name, store in zip(_run_names(run_dirs), stores, strict=True):

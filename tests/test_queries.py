@@ -358,3 +358,20 @@ def test_feature_overlap_across_runs(two_runs):
     for r in rows:
         if r["type_a"] == r["type_b"]:
             assert r["jaccard"] == 1.0, r
+
+
+def test_compare_runs_of_identical_runs_shows_no_change(two_runs):
+    rows = run_query("compare_runs", two_runs).to_pylist()
+    assert sum(r["pairs"] for r in rows) == N_RAY_PROMPTS
+    for r in rows:
+        for col in (
+            "mean_d_replacement",
+            "mean_d_completeness",
+            "mean_d_nodes",
+            "mean_d_edges",
+            "mean_d_target_prob",
+            "mean_features_gained",
+            "mean_features_lost",
+        ):
+            assert r[col] == 0, (col, r)
+        assert r["mean_feature_jaccard"] == 1.0

@@ -188,7 +188,8 @@ def _init_ray(config: RunConfig):
         # Logical CPUs are scheduling slots, not cores: leave room for every actor
         # (and Ray's own tasks) even when there are more actors than cores.
         ncpu = os.cpu_count() or 1
-        ray.init(num_cpus=max(ncpu, (config.actors or 1) + 1), **kwargs)
+        # address="local": always a new local Ray, never a stray cluster left on this machine.
+        ray.init(address="local", num_cpus=max(ncpu, (config.actors or 1) + 1), **kwargs)
     return ray
 
 

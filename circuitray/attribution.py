@@ -85,6 +85,20 @@ class AttributionConfig:
         return d
 
 
+def graph_row(graph_id: int, prompt: dict, **fields) -> dict:
+    """A graphs row for ``prompt``: every GRAPH_SCHEMA column, null unless given."""
+    row: dict = {f.name: None for f in GRAPH_SCHEMA}
+    row.update(
+        graph_id=graph_id,
+        prompt_id=prompt["prompt_id"],
+        constraint_type=prompt.get("constraint_type"),
+        prompt=prompt["prompt"],
+        target=prompt.get("target"),
+        **fields,
+    )
+    return row
+
+
 def _next_token_logits(model, tokens: torch.Tensor) -> torch.Tensor:
     """Logits for the next token after ``tokens`` from the unmodified model."""
     with torch.inference_mode():
@@ -126,15 +140,7 @@ def attribute_prompt(
     from circuit_tracer import attribute
 
     start = time.perf_counter()
-    row: dict = {f.name: None for f in GRAPH_SCHEMA}
-    row.update(
-        graph_id=graph_id,
-        prompt_id=prompt["prompt_id"],
-        constraint_type=prompt.get("constraint_type"),
-        prompt=prompt["prompt"],
-        target=prompt.get("target"),
-        worker=worker,
-    )
+    row = graph_row(graph_id, prompt, worker=worker)
     empty_nodes, empty_edges = NODE_SCHEMA.empty_table(), EDGE_SCHEMA.empty_table()
     try:
         tokens = model.ensure_tokenized(prompt["prompt"])

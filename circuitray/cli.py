@@ -84,6 +84,18 @@ def _fmt(v) -> str:
     return str(v)
 
 
+def table_output_options(command):
+    """--format and --output, for every command that prints a table."""
+    command = click.option("--output", type=click.Path(dir_okay=False), default=None)(command)
+    return click.option(
+        "--format",
+        "fmt",
+        type=click.Choice(["table", "csv", "json", "parquet"]),
+        default="table",
+        show_default=True,
+    )(command)
+
+
 def _parse_params(params: tuple[str, ...]) -> dict[str, str]:
     out = {}
     for p in params:
@@ -307,14 +319,7 @@ def compact_cmd(run_dir: str, rows_per_file: int) -> None:
 @click.argument("run_dirs", nargs=-1, type=click.Path())
 @click.option("--list", "list_", is_flag=True, help="List the named queries.")
 @click.option("--param", "params", multiple=True, help="key=value, repeatable.")
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["table", "csv", "json", "parquet"]),
-    default="table",
-    show_default=True,
-)
-@click.option("--output", type=click.Path(dir_okay=False), default=None)
+@table_output_options
 def query_cmd(name, run_dirs, list_, params, fmt, output) -> None:
     """Run the named query NAME (queries/NAME.sql) over one or more RUN_DIRs."""
     from circuitray.queries import list_queries, run_query
@@ -354,14 +359,7 @@ def query_cmd(name, run_dirs, list_, params, fmt, output) -> None:
 
 @cli.command("sql")
 @click.argument("args", nargs=-1, required=True)
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["table", "csv", "json", "parquet"]),
-    default="table",
-    show_default=True,
-)
-@click.option("--output", type=click.Path(dir_okay=False), default=None)
+@table_output_options
 def sql_cmd(args, fmt, output) -> None:
     """Read-only SQL over views graphs, nodes, edges: circuitray sql RUN_DIR... "SELECT ..." """
     from circuitray.queries import run_sql

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from circuitray.attribution import GRAPH_SCHEMA, AttributionConfig
+from circuitray.attribution import GRAPH_SCHEMA, AttributionConfig, graph_row
 from circuitray.errors import CircuitrayError, RunDirError
 from circuitray.flatten import EDGE_SCHEMA, NODE_SCHEMA, PruneConfig
 from circuitray.models.loading import ModelSpec, check_model_available
@@ -218,19 +218,7 @@ def _batches(items: list[tuple[int, dict]], size: int, session: str):
 
 
 def _error_part(store: RunStore, name: str, chunk: list[tuple[int, dict]], error: str):
-    rows = []
-    for gid, p in chunk:
-        row: dict[str, object] = {f.name: None for f in GRAPH_SCHEMA}
-        row.update(
-            graph_id=gid,
-            prompt_id=p["prompt_id"],
-            constraint_type=p.get("constraint_type"),
-            prompt=p["prompt"],
-            target=p.get("target"),
-            status="error",
-            error=error[:2000],
-        )
-        rows.append(row)
+    rows = [graph_row(gid, p, status="error", error=error[:2000]) for gid, p in chunk]
     store.write_part(
         name,
         {

@@ -49,6 +49,12 @@ def print_table(table: pa.Table, *, fmt: str = "table", output: str | None = Non
     if fmt == "csv":
         import pyarrow.csv as pacsv
 
+        # CSV has no lists: nested columns (e.g. a path's node ids) become JSON text.
+        for i, col in enumerate(table.schema):
+            if pa.types.is_nested(col.type):
+                text = [None if v is None else json.dumps(v) for v in table[i].to_pylist()]
+                table = table.set_column(i, col.name, pa.array(text, pa.string()))
+
         if output:
             pacsv.write_csv(table, output)
         else:
@@ -369,6 +375,33 @@ def sql_cmd(args, fmt, output) -> None:
     print_table(run_sql(list(args[:-1]), args[-1]), fmt=fmt, output=output)
 
 
+@cli.command("compare")
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path())
+@click.option("--by", default="constraint_type", show_default=True, help="graphs column.")
+@click.option("--metric", "metrics", multiple=True, help="Metric (repeatable); default all.")
+@click.option("--n-boot", type=click.IntRange(min=100), default=2000, show_default=True)
+@click.option("--alpha", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.05)
+@click.option("--seed", type=int, default=0, show_default=True)
+@table_output_options
+def compare_cmd(run_dirs, by, metrics, n_boot, alpha, seed, fmt, output) -> None:
+    """BASELINE CANDIDATE: paired differences per --by group; one RUN: differences
+    between its --by groups. Bootstrap CIs, effect sizes, Holm-adjusted verdicts."""
+    from circuitray.compare import CompareConfig, compare_groups, compare_runs
+
+    config = CompareConfig(
+        by=by, metrics=tuple(metrics) or None, n_boot=n_boot, alpha=alpha, seed=seed
+    )
+    if len(run_dirs) == 1:
+        table = compare_groups(run_dirs[0], config=config)
+    elif len(run_dirs) == 2:
+        table = compare_runs(run_dirs[0], run_dirs[1], config=config)
+    else:
+        raise CircuitrayError(
+            "usage: circuitray compare BASELINE_RUN CANDIDATE_RUN, or RUN --by COL"
+        )
+    print_table(table, fmt=fmt, output=output)
+
+
 # -- models ----------------------------------------------------------------------
 @cli.group("model")
 def model_group() -> None:
@@ -478,6 +511,9 @@ def main() -> None:
         sys.exit(130)
     except CircuitrayError as e:
         click.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    except OSError as e:  # e.g. --output into a folder that does not exist
+        click.echo(f"error: {e.filename or ''}: {e.strerror or e}", err=True)
         sys.exit(2)
 
 

@@ -10,8 +10,12 @@
 
        -- Per constraint type: graph counts, kept nodes and edges ...
        -- param: min_graphs int = 1 -- only types with at least this many graphs
+       -- uses: paths
 
-   Parameters are bound by DuckDB (``$min_graphs`` in the SQL), never pasted in.
+   Parameters are bound by DuckDB (``$min_graphs`` in the SQL), never pasted in. A
+   ``uses:`` line makes another named query's result a table of that name (computed
+   first, with the parameters it declares, which the using query accepts too), so a
+   summary can build on a detailed query without repeating its SQL.
 3. :func:`run_sql` runs user SQL after checking that every statement is a plain
    query (SELECT / WITH / VALUES / EXPLAIN / DESCRIBE / SHOW / SUMMARIZE): writing files,
    attaching databases, installing extensions or changing settings is refused.
@@ -36,10 +40,11 @@ __all__ = ["NamedQuery", "connect", "list_queries", "run_query", "run_sql"]
 
 SCHEMAS = {"graphs": GRAPH_SCHEMA, "nodes": NODE_SCHEMA, "edges": EDGE_SCHEMA}
 PARAM_RE = re.compile(
-    r"^--\s*param:\s*(?P<name>\w+)\s+(?P<type>int|float|str|bool)\s*=\s*(?P<default>[^-]*?)\s*"
-    r"(?:--\s*(?P<doc>.*))?$"
+    r"^--\s*param:\s*(?P<name>\w+)\s+(?P<type>int|float|str|bool)\s*=\s*(?P<default>.*?)\s*"
+    r"(?:--\s+(?P<doc>.*))?$"
 )
 CASTS = {"int": int, "float": float, "str": str, "bool": lambda v: str(v).lower() in ("1", "true")}
+USES_RE = re.compile(r"^--\s*uses:\s*(?P<names>[\w ,]+)$")
 READ_ONLY_TYPES = {"SELECT", "EXPLAIN"}
 
 
@@ -57,30 +62,44 @@ class NamedQuery:
     Attributes:
         name: File stem, used as ``circuitray query NAME``.
         description: The header's first comment paragraph.
-        params: Parameter name -> (type name, default value, doc).
+        params: Parameter name -> (type name, default value, doc), the used queries'
+            included.
         sql: The SQL text (header included; DuckDB ignores comments).
+        uses: Named queries whose results this one reads as tables, in order.
     """
 
     name: str
     description: str
     params: dict[str, tuple[str, object, str]] = field(default_factory=dict)
     sql: str = ""
+    uses: list[str] = field(default_factory=list)
 
     @classmethod
     def load(cls, path: Path) -> NamedQuery:
         text = path.read_text()
         desc: list[str] = []
         params: dict[str, tuple[str, object, str]] = {}
+        uses: list[str] = []
         for line in text.splitlines():
             if not line.startswith("--"):
                 break
             m = PARAM_RE.match(line)
+            u = USES_RE.match(line)
+            if re.match(r"^--\s*param:", line) and not m:
+                raise CircuitrayError(
+                    f"{path}: bad parameter line {line!r} "
+                    "(expected: -- param: NAME int|float|str|bool = DEFAULT -- doc)"
+                )
             if m:
                 typ = m["type"]
                 params[m["name"]] = (typ, CASTS[typ](m["default"].strip()), m["doc"] or "")
-            elif not params:
+            elif u:
+                uses += [n.strip() for n in u["names"].split(",") if n.strip()]
+            elif not params and not uses:
                 desc.append(line.lstrip("-").strip())
-        return cls(path.stem, " ".join(d for d in desc if d), params, text)
+        for used in uses:
+            params = {**get_query(used).params, **params}
+        return cls(path.stem, " ".join(d for d in desc if d), params, text, uses)
 
     def bind(self, overrides: dict[str, str]) -> dict[str, object]:
         unknown = sorted(set(overrides) - set(self.params))
@@ -172,13 +191,23 @@ def connect(run_dirs: list[str], *, threads: int | None = None) -> duckdb.DuckDB
     return con
 
 
+def _params_of(con: duckdb.DuckDBPyConnection, sql: str, values: dict) -> dict:
+    """The values that ``sql`` has placeholders for (DuckDB refuses extra ones)."""
+    names = set().union(*(st.named_parameters for st in con.extract_statements(sql)))
+    return {k: v for k, v in values.items() if k in names}
+
+
 def run_query(name: str, run_dirs: list[str], *, params: dict[str, str] | None = None) -> pa.Table:
     """Run the named query over ``run_dirs`` with ``params`` (strings, cast per header)."""
     query = get_query(name)
     values = query.bind(params or {})
     con = connect(run_dirs)
     try:
-        return con.sql(query.sql, params=values).to_arrow_table()
+        for used_name in query.uses:
+            used = get_query(used_name)
+            sql = f"CREATE TEMP TABLE {used.name} AS {used.sql.strip().rstrip(';')}"
+            con.execute(sql, _params_of(con, sql, values))
+        return con.sql(query.sql, params=_params_of(con, query.sql, values)).to_arrow_table()
     except duckdb.Error as e:
         raise CircuitrayError(f"query {name}: {str(e).splitlines()[0]}") from None
     finally:

@@ -111,3 +111,31 @@ def organism_report(circuitray_home):
     from circuitray.organism import OrganismConfig, build_organism
 
     return build_organism(OrganismConfig())
+
+
+@dataclass
+class OrganismRuns:
+    """pipelines/ws2_base_vs_tuned.py on 12 prompts: run folders and what it printed."""
+
+    base: Path
+    tuned: Path
+    stdout: str
+
+
+@pytest.fixture(scope="session")
+def organism_runs(organism_report, tmp_path_factory) -> OrganismRuns:
+    """The base-vs-tuned pipeline, run once per session as a user runs it."""
+    import subprocess
+    import sys
+
+    out = tmp_path_factory.mktemp("organism_runs") / "pipeline"
+    script = Path(__file__).resolve().parents[1] / "pipelines" / "ws2_base_vs_tuned.py"
+    proc = subprocess.run(
+        [sys.executable, str(script), "--n", "12", "--out-root", str(out), "--actors", "1"],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ),
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return OrganismRuns(base=out / "base", tuned=out / "tuned", stdout=proc.stdout)

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -13,31 +10,14 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_base_vs_tuned_pipeline(organism_report, tmp_path):
-    out = tmp_path / "pipeline"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "pipelines" / "ws2_base_vs_tuned.py"),
-            "--n",
-            "12",
-            "--out-root",
-            str(out),
-            "--actors",
-            "1",
-        ],
-        capture_output=True,
-        text=True,
-        env=dict(os.environ),
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    lines = [ln for ln in proc.stdout.splitlines() if "│" in ln]
+def test_base_vs_tuned_pipeline(organism_runs):
+    out = organism_runs.base.parent
+    lines = [ln for ln in organism_runs.stdout.splitlines() if "│" in ln]
     rows = [[c.strip() for c in ln.split("│")] for ln in lines]
     pairs = {(r[0], r[1]) for r in rows}
     for run in ("base", "tuned"):
         for ctype in ("simple_mapping", "spatial_relationship", "antonym"):
-            assert (run, ctype) in pairs, proc.stdout
+            assert (run, ctype) in pairs, organism_runs.stdout
     graphs = {run: pq.read_table(out / run / "graphs").to_pylist() for run in ("base", "tuned")}
     assert len(graphs["base"]) == len(graphs["tuned"]) == 12
     # The same prompts ran on both checkpoints.
@@ -49,29 +29,12 @@ def test_base_vs_tuned_pipeline(organism_report, tmp_path):
     assert tuned_acc > base_acc, (tuned_acc, base_acc)
 
 
-def test_compare_runs_base_vs_tuned_matches_python(organism_report, tmp_path):
+def test_compare_runs_base_vs_tuned_matches_python(organism_runs):
     from statistics import mean
 
     from circuitray import run_query
 
-    out = tmp_path / "pipeline"
-    subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "pipelines" / "ws2_base_vs_tuned.py"),
-            "--n",
-            "9",
-            "--out-root",
-            str(out),
-            "--actors",
-            "1",
-        ],
-        capture_output=True,
-        text=True,
-        env=dict(os.environ),
-        timeout=600,
-        check=True,
-    )
+    out = organism_runs.base.parent
     graphs = {
         r: {g["prompt_id"]: g for g in pq.read_table(out / r / "graphs").to_pylist()}
         for r in ("base", "tuned")

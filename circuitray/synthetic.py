@@ -1,0 +1,260 @@
+"""Synthetic run folders in the real schema, for benchmarking the query library at scale.
+
+Attributing 100M edges takes hours even on GPUs; timing SQL on them should not. This
+writes a run folder that :func:`circuitray.queries.connect` reads like any other:
+
+1. Graphs get the WS2 constraint types in turn, ``n_tokens`` token nodes (layer -1),
+   ``n_logits`` logit nodes (layer ``n_layers``), some error nodes, and feature nodes
+   drawn from a per-type Zipf-like pool of (layer, feature) pairs, so features recur
+   within a type and are shared across types as in real runs.
+2. Node ids follow circuit-tracer's order (features layer-major, errors, tokens,
+   logits). Every edge goes from a node of a lower layer to one of a higher layer, as
+   in a transcoder graph, with no duplicate (dst, src) pair; exactly
+   ``edges_per_graph`` per graph (the last graph takes the remainder).
+3. Weights are signed log-normal, influences positive log-normal; the first logit is
+   the target, with the highest probability.
+4. Graphs are generated in chunks with numpy and written one Parquet part per chunk
+   through :class:`RunStore`, so memory stays at one chunk.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from circuitray.attribution import GRAPH_SCHEMA
+from circuitray.flatten import EDGE_SCHEMA, NODE_SCHEMA, NODE_TYPES
+from circuitray.store import RunStore
+from circuitray.ws2 import CONSTRAINTS
+
+logger = logging.getLogger(__name__)
+
+CONSTRAINT_TYPES = list(CONSTRAINTS)
+
+__all__ = ["SyntheticSpec", "make_synthetic_run"]
+
+
+@dataclass(frozen=True)
+class SyntheticSpec:
+    """Shape of a synthetic run (defaults: gemma-2-2b-like graphs).
+
+    Attributes:
+        edges: Total edge rows to write.
+        edges_per_graph: Kept edges per graph.
+        nodes_per_graph: Kept nodes per graph (tokens, logits, errors and features).
+        n_layers: Transcoder layers.
+        d_transcoder: Features per layer.
+        n_tokens: Prompt length (token nodes; positions of the other nodes).
+        n_logits: Logit nodes per graph.
+        error_share: Fraction of non-token, non-logit nodes that are error nodes.
+        pool_size: Distinct (layer, feature) pairs each constraint type draws from.
+        graphs_per_part: Graphs per Parquet part (bounds memory while writing).
+        seed: numpy seed; the same spec writes the same tables.
+    """
+
+    edges: int = 100_000_000
+    edges_per_graph: int = 5_000
+    nodes_per_graph: int = 400
+    n_layers: int = 26
+    d_transcoder: int = 16_384
+    n_tokens: int = 16
+    n_logits: int = 5
+    error_share: float = 0.15
+    pool_size: int = 4_000
+    graphs_per_part: int = 1_000
+    seed: int = 0
+
+
+def _type_pools(spec: SyntheticSpec, rng: np.random.Generator) -> list[np.ndarray]:
+    """Per constraint type, the (layer, feature) pool as int64 keys layer*d + feature.
+    Half of each pool is shared by all types, half is the type's own."""
+    d = spec.d_transcoder
+    shared = rng.choice(spec.n_layers * d, size=spec.pool_size // 2, replace=False)
+    pools = []
+    for _ in CONSTRAINT_TYPES:
+        own = rng.choice(spec.n_layers * d, size=spec.pool_size - len(shared), replace=False)
+        pool = np.concatenate([shared, own])
+        rng.shuffle(pool)  # Zipf ranks: mix shared and own features over the ranks
+        pools.append(pool)
+    return pools
+
+
+def _graph_tables(
+    spec: SyntheticSpec,
+    rng: np.random.Generator,
+    *,
+    graph_id: int,
+    n_edges: int,
+    type_index: int,
+    pool: np.ndarray,
+) -> tuple[pa.Table, pa.Table, dict]:
+    n_tok, n_log, n_layers = spec.n_tokens, spec.n_logits, spec.n_layers
+    inner = spec.nodes_per_graph - n_tok - n_log
+    n_err = max(1, int(inner * spec.error_share))
+    n_feat = inner - n_err
+    # Features: Zipf-ranked draws from the type's pool, distinct within the graph.
+    ranks = np.unique(np.minimum(rng.zipf(1.3, size=3 * n_feat), len(pool)) - 1)
+    extra = rng.choice(len(pool), size=n_feat, replace=False)
+    ranks = np.unique(np.concatenate([ranks[:n_feat], extra]))[:n_feat]
+    keys = pool[ranks]
+    f_layer, f_index = keys // spec.d_transcoder, keys % spec.d_transcoder
+    f_pos = rng.integers(0, n_tok, size=len(keys))
+    order = np.lexsort((f_index, f_pos, f_layer))  # circuit-tracer: layer-major
+    f_layer, f_pos, f_index = f_layer[order], f_pos[order], f_index[order]
+    n_feat = len(keys)
+    # Errors: distinct (layer, pos) cells; circuit-tracer numbers them layer*n_pos + pos.
+    cells = np.sort(rng.choice(n_layers * n_tok, size=n_err, replace=False))
+    e_layer, e_pos = cells // n_tok, cells % n_tok
+
+    node_type = np.concatenate(
+        [np.zeros(n_feat), np.ones(n_err), np.full(n_tok, 2), np.full(n_log, 3)]
+    ).astype(np.int8)
+    layer = np.concatenate([f_layer, e_layer, np.full(n_tok, -1), np.full(n_log, n_layers)]).astype(
+        np.int16
+    )
+    pos = np.concatenate([f_pos, e_pos, np.arange(n_tok), np.full(n_log, n_tok - 1)]).astype(
+        np.int16
+    )
+    # Ids as in the unpruned graph: selected features first, then every (layer, pos)
+    # error cell, tokens, logits; kept features get sparse ids below the error block.
+    n_sel = 4 * n_feat
+    node_id = np.concatenate(
+        [
+            np.sort(rng.choice(n_sel, size=n_feat, replace=False)),
+            n_sel + cells,
+            n_sel + n_layers * n_tok + np.arange(n_tok),
+            n_sel + n_layers * n_tok + n_tok + np.arange(n_log),
+        ]
+    ).astype(np.int32)
+    n_nodes = len(node_id)
+
+    # Edges: dst is any non-token node; src any node of a strictly lower layer.
+    by_layer = np.argsort(layer, kind="stable")
+    below = np.searchsorted(layer[by_layer], layer, side="left")  # nodes under each layer
+    dst_candidates = np.flatnonzero(node_type != 2)
+    want = n_edges
+    dst_idx = np.zeros(0, np.int64)
+    src_idx = np.zeros(0, np.int64)
+    while len(dst_idx) < want:
+        d = rng.choice(dst_candidates, size=2 * want)
+        d = d[below[d] > 0]
+        s = by_layer[(rng.random(len(d)) * below[d]).astype(np.int64)]
+        pair = np.unique(np.concatenate([dst_idx * n_nodes + src_idx, d * n_nodes + s]))
+        pair = rng.permutation(pair)[:want]
+        dst_idx, src_idx = pair // n_nodes, pair % n_nodes
+    order = np.lexsort((node_id[src_idx], node_id[dst_idx]))
+    dst_idx, src_idx = dst_idx[order], src_idx[order]
+    weight = rng.lognormal(-3.0, 1.5, size=want) * np.where(rng.random(want) < 0.8, 1, -1)
+
+    names = np.array(NODE_TYPES, dtype=object)
+    is_feat = node_type == 0
+    feature = np.concatenate([f_index, np.full(n_nodes - n_feat, -1)]).astype(np.int32)
+    token_id = np.concatenate(
+        [np.full(n_feat + n_err, -1), rng.integers(2, 200, size=n_tok + n_log)]
+    ).astype(np.int32)
+    has_token = token_id >= 0
+    logit_prob = np.full(n_nodes, np.nan, np.float32)
+    probs = np.sort(rng.dirichlet(np.ones(n_log)))[::-1]
+    logit_prob[-n_log:] = probs
+    token_text = [f"t{t}" if t >= 0 else None for t in token_id]
+    nodes = pa.table(
+        {
+            "graph_id": pa.array(np.full(n_nodes, graph_id, np.int32)),
+            "node_id": pa.array(node_id),
+            "node_type": pa.array(names[node_type].tolist(), pa.string()),
+            "layer": pa.array(layer),
+            "pos": pa.array(pos),
+            "feature": pa.array(feature, mask=~is_feat),
+            "activation": pa.array(rng.lognormal(0, 1, n_nodes).astype(np.float32), mask=~is_feat),
+            "influence": pa.array(rng.lognormal(-4, 1.5, n_nodes).astype(np.float32)),
+            "token_id": pa.array(token_id, mask=~has_token),
+            "token": pa.array(token_text, pa.string()),
+            "logit_prob": pa.array(logit_prob, mask=np.isnan(logit_prob)),
+        },
+        schema=NODE_SCHEMA,
+    )
+    edges = pa.table(
+        {
+            "graph_id": pa.array(np.full(want, graph_id, np.int32)),
+            "dst": pa.array(node_id[dst_idx]),
+            "src": pa.array(node_id[src_idx]),
+            "weight": pa.array(weight.astype(np.float32)),
+            "src_layer": pa.array(layer[src_idx]),
+            "dst_layer": pa.array(layer[dst_idx]),
+            "src_type": pa.array(names[node_type[src_idx]].tolist(), pa.string()),
+            "dst_type": pa.array(names[node_type[dst_idx]].tolist(), pa.string()),
+        },
+        schema=EDGE_SCHEMA,
+    )
+    target = token_text[n_nodes - n_log]
+    replacement = float(rng.beta(8, 3))
+    row = {
+        "graph_id": graph_id,
+        "prompt_id": f"synthetic-{graph_id:08d}",
+        "constraint_type": CONSTRAINT_TYPES[type_index],
+        "prompt": f"synthetic prompt {graph_id}",
+        "target": target,
+        "status": "ok",
+        "n_tokens": n_tok,
+        "n_active_features": 10 * n_sel,
+        "n_selected_features": n_sel,
+        "n_kept_features": n_feat,
+        "n_kept_error_nodes": n_err,
+        "n_kept_nodes": n_nodes,
+        "n_kept_edges": want,
+        "n_logits": n_log,
+        "replacement_score": replacement,
+        "completeness_score": min(1.0, replacement + 0.1),
+        "top_token": target,
+        "top_prob": float(probs[0]),
+        "target_token": target,
+        "target_prob": float(probs[0]),
+        "target_rank": 0,
+        "worker": "synthetic",
+    }
+    return nodes, edges, row
+
+
+def make_synthetic_run(out: str, spec: SyntheticSpec | None = None) -> dict:
+    """Write a synthetic run folder at ``out``; returns counts (graphs, nodes, edges)."""
+    spec = spec or SyntheticSpec()
+    store = RunStore(out)
+    store.acquire_lock()
+    try:
+        meta = {"kind": "synthetic", "status": "running", "synthetic": asdict(spec)}
+        store.write_meta(meta)
+        rng = np.random.default_rng(spec.seed)
+        pools = _type_pools(spec, rng)
+        n_graphs = -(-spec.edges // spec.edges_per_graph)
+        totals = {"graphs": 0, "nodes": 0, "edges": 0}
+        for first in range(0, n_graphs, spec.graphs_per_part):
+            rows, node_parts, edge_parts = [], [], []
+            for gid in range(first, min(first + spec.graphs_per_part, n_graphs)):
+                n_edges = min(spec.edges_per_graph, spec.edges - gid * spec.edges_per_graph)
+                t = gid % len(CONSTRAINT_TYPES)
+                nodes, edges, row = _graph_tables(
+                    spec, rng, graph_id=gid, n_edges=n_edges, type_index=t, pool=pools[t]
+                )
+                rows.append(row)
+                node_parts.append(nodes)
+                edge_parts.append(edges)
+            graphs = pa.Table.from_pylist(
+                [{f.name: r.get(f.name) for f in GRAPH_SCHEMA} for r in rows], GRAPH_SCHEMA
+            )
+            tables = {
+                "graphs": graphs,
+                "nodes": pa.concat_tables(node_parts),
+                "edges": pa.concat_tables(edge_parts),
+            }
+            store.write_part(f"synthetic-{first:08d}", tables)
+            for k, t in tables.items():
+                totals[k] += t.num_rows
+            logger.info("synthetic: %d/%d graphs", totals["graphs"], n_graphs)
+        meta.update(status="done", counts=totals)
+        store.write_meta(meta)
+        return totals
+    finally:
+        store.release_lock()

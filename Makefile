@@ -11,7 +11,10 @@ SEED ?= 0
 ACTORS ?= 2
 RUN_DIR ?= $(CIRCUITRAY_HOME)/runs/ws2-tuned
 
-.PHONY: setup install models run test format lint typecheck check-ci clean
+BENCH_EDGES ?= 100000000
+BENCH_RUN ?= $(CIRCUITRAY_HOME)/bench/synthetic-$(BENCH_EDGES)
+
+.PHONY: setup install models run test format lint typecheck check-ci clean bench-queries
 
 setup: install models  ## venv, project, offline models
 
@@ -32,6 +35,10 @@ models: install  ## build the tiny model and the WS2 organism (deterministic, ~3
 run:  ## WS2 corpus -> local Ray -> Parquet -> constraint_stats
 	$(BIN)/circuitray ws2 --n $(N) --seed $(SEED) --out $(CIRCUITRAY_HOME)/ws2-$(N).parquet
 	$(BIN)/circuitray run $(CIRCUITRAY_HOME)/ws2-$(N).parquet --out $(RUN_DIR) --actors $(ACTORS)
+
+bench-queries:  ## every named query on 100M synthetic edges (writes them once, ~2 min)
+	$(BIN)/circuitray bench make-edges --edges $(BENCH_EDGES) --out $(BENCH_RUN)
+	$(BIN)/circuitray bench queries $(BENCH_RUN) --json-out bench/results/queries.json
 
 test:
 	$(BIN)/python -m pytest -q tests

@@ -9,8 +9,9 @@ writes a run folder that :func:`circuitray.queries.connect` reads like any other
    within a type and are shared across types as in real runs.
 2. Node ids follow circuit-tracer's order (features layer-major, errors, tokens,
    logits). Every edge goes from a node of a lower layer to one of a higher layer, as
-   in a transcoder graph, with no duplicate (dst, src) pair; exactly
-   ``edges_per_graph`` per graph (the last graph takes the remainder).
+   in a transcoder graph, with no duplicate (dst, src) pair. Graph sizes vary: each
+   graph's edge and node counts are the spec's means times one factor drawn
+   uniformly from [0.5, 1.5]; the last graph takes what remains of ``edges``.
 3. Weights are signed log-normal, influences positive log-normal; the first logit is
    the target, with the highest probability.
 4. Graphs are generated in chunks with numpy and written one Parquet part per chunk
@@ -26,6 +27,7 @@ import numpy as np
 import pyarrow as pa
 
 from circuitray.attribution import GRAPH_SCHEMA
+from circuitray.errors import CircuitrayError
 from circuitray.flatten import EDGE_SCHEMA, NODE_SCHEMA, NODE_TYPES
 from circuitray.store import RunStore
 from circuitray.ws2 import CONSTRAINTS
@@ -43,8 +45,8 @@ class SyntheticSpec:
 
     Attributes:
         edges: Total edge rows to write.
-        edges_per_graph: Kept edges per graph.
-        nodes_per_graph: Kept nodes per graph (tokens, logits, errors and features).
+        edges_per_graph: Mean kept edges per graph.
+        nodes_per_graph: Mean kept nodes per graph (tokens, logits, errors, features).
         n_layers: Transcoder layers.
         d_transcoder: Features per layer.
         n_tokens: Prompt length (token nodes; positions of the other nodes).
@@ -88,11 +90,12 @@ def _graph_tables(
     *,
     graph_id: int,
     n_edges: int,
+    n_nodes: int,
     type_index: int,
     pool: np.ndarray,
 ) -> tuple[pa.Table, pa.Table, dict]:
     n_tok, n_log, n_layers = spec.n_tokens, spec.n_logits, spec.n_layers
-    inner = spec.nodes_per_graph - n_tok - n_log
+    inner = max(n_nodes - n_tok - n_log, 4)
     n_err = max(1, int(inner * spec.error_share))
     n_feat = inner - n_err
     # Features: Zipf-ranked draws from the type's pool, distinct within the graph.
@@ -221,6 +224,15 @@ def _graph_tables(
 def make_synthetic_run(out: str, spec: SyntheticSpec | None = None) -> dict:
     """Write a synthetic run folder at ``out``; returns counts (graphs, nodes, edges)."""
     spec = spec or SyntheticSpec()
+    # A graph cannot hold more distinct lower-to-higher layer pairs than this.
+    smallest = max(int(0.5 * spec.nodes_per_graph), spec.n_tokens + spec.n_logits + 4)
+    if 1.5 * spec.edges_per_graph > smallest**2 / 4:
+        raise CircuitrayError(
+            f"edges_per_graph={spec.edges_per_graph} is too many for "
+            f"nodes_per_graph={spec.nodes_per_graph}: raise nodes_per_graph"
+        )
+    if spec.edges < 1:
+        raise CircuitrayError(f"edges must be at least 1, got {spec.edges}")
     store = RunStore(out)
     store.acquire_lock()
     try:
@@ -228,19 +240,29 @@ def make_synthetic_run(out: str, spec: SyntheticSpec | None = None) -> dict:
         store.write_meta(meta)
         rng = np.random.default_rng(spec.seed)
         pools = _type_pools(spec, rng)
-        n_graphs = -(-spec.edges // spec.edges_per_graph)
         totals = {"graphs": 0, "nodes": 0, "edges": 0}
-        for first in range(0, n_graphs, spec.graphs_per_part):
+        gid = 0
+        while totals["edges"] < spec.edges:
             rows, node_parts, edge_parts = [], [], []
-            for gid in range(first, min(first + spec.graphs_per_part, n_graphs)):
-                n_edges = min(spec.edges_per_graph, spec.edges - gid * spec.edges_per_graph)
+            first = gid
+            while len(rows) < spec.graphs_per_part and totals["edges"] < spec.edges:
+                scale = rng.uniform(0.5, 1.5)
+                n_edges = min(int(scale * spec.edges_per_graph), spec.edges - totals["edges"])
                 t = gid % len(CONSTRAINT_TYPES)
                 nodes, edges, row = _graph_tables(
-                    spec, rng, graph_id=gid, n_edges=n_edges, type_index=t, pool=pools[t]
+                    spec,
+                    rng,
+                    graph_id=gid,
+                    n_edges=n_edges,
+                    n_nodes=int(scale * spec.nodes_per_graph),
+                    type_index=t,
+                    pool=pools[t],
                 )
                 rows.append(row)
                 node_parts.append(nodes)
                 edge_parts.append(edges)
+                totals["edges"] += n_edges
+                gid += 1
             graphs = pa.Table.from_pylist(
                 [{f.name: r.get(f.name) for f in GRAPH_SCHEMA} for r in rows], GRAPH_SCHEMA
             )
@@ -250,9 +272,9 @@ def make_synthetic_run(out: str, spec: SyntheticSpec | None = None) -> dict:
                 "edges": pa.concat_tables(edge_parts),
             }
             store.write_part(f"synthetic-{first:08d}", tables)
-            for k, t in tables.items():
-                totals[k] += t.num_rows
-            logger.info("synthetic: %d/%d graphs", totals["graphs"], n_graphs)
+            totals["graphs"] += graphs.num_rows
+            totals["nodes"] += tables["nodes"].num_rows
+            logger.info("synthetic: %d of %d edges", totals["edges"], spec.edges)
         meta.update(status="done", counts=totals)
         store.write_meta(meta)
         return totals

@@ -1,0 +1,60 @@
+"""Timing every named query (and ``circuitray compare``) on one run folder.
+
+1. Each named query runs once with its default parameters on a fresh DuckDB
+   connection (views over the run's Parquet files, nothing cached between queries),
+   timed from connect to the last Arrow row.
+2. Queries that pair two runs (``compare_runs``) and :func:`circuitray.compare
+   .compare_runs` get the run twice (it is paired with itself: every prompt pairs,
+   twice the rows are read); :func:`circuitray.compare.compare_groups` gets it once.
+3. The result is one :class:`QueryTiming` per query, in library order.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from circuitray.compare import CompareConfig, compare_groups, compare_runs
+from circuitray.queries import list_queries, run_query
+
+__all__ = ["QueryTiming", "time_queries"]
+
+PAIRED_QUERIES = {"compare_runs"}
+
+
+@dataclass
+class QueryTiming:
+    """One timed query.
+
+    Attributes:
+        name: Query name (``compare:runs`` / ``compare:groups`` for the compare API).
+        runs: How many run folders it read (the same folder given twice for pairs).
+        seconds: Wall time, connection to result.
+        rows: Rows of the result.
+    """
+
+    name: str
+    runs: int
+    seconds: float
+    rows: int
+
+
+def time_queries(run_dir: str, *, names: list[str] | None = None) -> list[QueryTiming]:
+    """Time the named queries ``names`` (all by default) and the compare API."""
+    timings = []
+    for q in list_queries():
+        if names and q.name not in names:
+            continue
+        dirs = [run_dir, run_dir] if q.name in PAIRED_QUERIES else [run_dir]
+        t0 = time.perf_counter()
+        table = run_query(q.name, dirs)
+        timings.append(QueryTiming(q.name, len(dirs), time.perf_counter() - t0, table.num_rows))
+    if not names or "compare" in names:
+        config = CompareConfig()
+        t0 = time.perf_counter()
+        table = compare_runs(run_dir, run_dir, config=config)
+        timings.append(QueryTiming("compare:runs", 2, time.perf_counter() - t0, table.num_rows))
+        t0 = time.perf_counter()
+        table = compare_groups(run_dir, config=config)
+        timings.append(QueryTiming("compare:groups", 1, time.perf_counter() - t0, table.num_rows))
+    return timings

@@ -10,6 +10,7 @@ The Python API is what the ``circuitray`` CLI calls::
 """
 
 from circuitray.attribution import AttributionConfig, attribute_prompt
+from circuitray.compare import CompareConfig, compare_groups, compare_runs
 from circuitray.driver import RunConfig, RunResult, run
 from circuitray.errors import CircuitrayError, ModelLoadError, PromptFileError, RunDirError
 from circuitray.flatten import PruneConfig, flatten_graph
@@ -26,6 +27,7 @@ __all__ = [
     "AttributionConfig",
     "AttributionWorker",
     "CircuitrayError",
+    "CompareConfig",
     "ModelLoadError",
     "ModelSpec",
     "PromptFileError",
@@ -35,6 +37,8 @@ __all__ = [
     "RunResult",
     "RunStore",
     "attribute_prompt",
+    "compare_groups",
+    "compare_runs",
     "connect",
     "flatten_graph",
     "generate_ws2",

@@ -86,6 +86,61 @@ def print_table(table: pa.Table, *, fmt: str = "table", output: str | None = Non
         )
 
 
+class RunProgress:
+    """A rich progress bar fed by ``run(on_progress=...)``: one bar per run, started
+    only once work starts (so errors before it print cleanly), removed at the end."""
+
+    def __init__(self, *, disabled: bool = False, label: str = "attributing"):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+        self.label = label
+        self.progress = Progress(
+            "[progress.description]{task.description}",
+            BarColumn(),
+            MofNCompleteColumn(),
+            "errors: {task.fields[errors]}",
+            TimeRemainingColumn(),
+            console=err_console,
+            disable=disabled,
+            transient=True,
+        )
+        self.task = None
+        self.errors = 0
+
+    def __enter__(self) -> RunProgress:
+        return self
+
+    def __call__(self, done: int, total: int, summary: dict | None) -> None:
+        if summary is None:  # a run starts: a new bar
+            if self.task is None:
+                self.progress.start()
+            else:
+                self.progress.remove_task(self.task)
+            self.errors = 0
+            self.task = self.progress.add_task(self.label, total=total, completed=done, errors=0)
+            return
+        if summary.get("status") == "error":
+            self.errors += 1
+        assert self.task is not None
+        self.progress.update(self.task, completed=done, errors=self.errors)
+
+    def __exit__(self, *exc) -> None:
+        if self.task is not None:
+            self.progress.stop()
+
+
+def print_run_summary(result) -> None:
+    """One line per run: counts, time, rate."""
+    rate = result.computed / max(result.elapsed_s - result.ray_start_s, 1e-9)
+    err_console.print(
+        f"{result.run_dir}: {result.ok} ok, {result.errors} errors of {result.total} "
+        f"({result.computed} computed, {result.skipped} already done) in "
+        f"{result.elapsed_s:.1f}s (Ray start {result.ray_start_s:.1f}s, "
+        f"{rate * 60:.0f} graphs/min)",
+        soft_wrap=True,
+    )
+
+
 def _fmt(v) -> str:
     if isinstance(v, float):
         return f"{v:.4g}"
@@ -224,8 +279,6 @@ def run_cmd(
     """Attribute every prompt of PROMPTS on Ray into the run folder --out (resumable)."""
     from dataclasses import asdict
 
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-
     from circuitray.attribution import AttributionConfig
     from circuitray.driver import RunConfig, run
     from circuitray.flatten import PruneConfig
@@ -258,46 +311,65 @@ def run_cmd(
         max_attempts=max_attempts,
         retry_errors=retry_errors,
     )
-    progress = Progress(
-        "[progress.description]{task.description}",
-        BarColumn(),
-        MofNCompleteColumn(),
-        "errors: {task.fields[errors]}",
-        TimeRemainingColumn(),
-        console=err_console,
-        disable=as_json,
-        transient=True,
-    )
-    state = {"task": None, "errors": 0}
-
-    def on_progress(done: int, total: int, summary: dict | None) -> None:
-        if state["task"] is None:
-            progress.start()  # only once the run really starts: errors print cleanly
-            state["task"] = progress.add_task("attributing", total=total, completed=done, errors=0)
-        if summary and summary.get("status") == "error":
-            state["errors"] += 1
-        progress.update(state["task"], completed=done, errors=state["errors"])
-
-    try:
+    with RunProgress(disabled=as_json) as on_progress:
         result = run(config, on_progress=on_progress)
-    finally:
-        if state["task"] is not None:
-            progress.stop()
     if as_json:
         click.echo(json.dumps(asdict(result), indent=2, default=str))
         return
-    rate = result.computed / max(result.elapsed_s - result.ray_start_s, 1e-9)
-    err_console.print(
-        f"{result.run_dir}: {result.ok} ok, {result.errors} errors of {result.total} "
-        f"({result.computed} computed, {result.skipped} already done) in "
-        f"{result.elapsed_s:.1f}s (Ray start {result.ray_start_s:.1f}s, "
-        f"{rate * 60:.0f} graphs/min)",
-        soft_wrap=True,
-    )
+    print_run_summary(result)
     if stats and result.ok:
         from circuitray.queries import run_query
 
         print_table(run_query("constraint_stats", [out]))
+
+
+@cli.group("pipeline")
+def pipeline_group() -> None:
+    """Pipelines: prompts, runs, queries and comparisons from one YAML file."""
+
+
+@pipeline_group.command("run")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--out-root", required=True, help="Folder (or s3:// / gs:// URI) for runs.")
+@click.option("--address", default=None, help="Ray address to join, e.g. auto.")
+@click.option("--actors", type=click.IntRange(min=1), default=None)
+@click.option("--n", type=click.IntRange(min=1), default=None, help="Override prompts.ws2.n.")
+@click.option("--seed", type=int, default=None, help="Override prompts.ws2.seed.")
+@click.option("--json", "as_json", is_flag=True, help="Print runs and result paths as JSON.")
+def pipeline_run_cmd(file, out_root, address, actors, n, seed, as_json) -> None:
+    """Run the pipeline FILE: its runs (resumable), then its queries and comparisons,
+    written to OUT_ROOT/results/*.parquet and printed."""
+    from dataclasses import asdict
+
+    from circuitray.pipeline import Pipeline, run_pipeline
+
+    pipeline = Pipeline.load(file)
+    with RunProgress(disabled=as_json, label=pipeline.name) as on_progress:
+        result = run_pipeline(
+            pipeline,
+            out_root=out_root,
+            address=address,
+            actors=actors,
+            n=n,
+            seed=seed,
+            on_progress=on_progress,
+        )
+    if as_json:
+        record = {
+            "pipeline": pipeline.name,
+            "out_root": result.out_root,
+            "runs": {k: asdict(r) for k, r in result.runs.items()},
+            "results": {
+                k: f"{result.out_root.rstrip('/')}/results/{k}.parquet" for k in result.tables
+            },
+        }
+        click.echo(json.dumps(record, indent=2, default=str))
+        return
+    for r in result.runs.values():
+        print_run_summary(r)
+    for label, table in result.tables.items():
+        console.print(f"[bold]{label}[/bold]")
+        print_table(table)
 
 
 @cli.command("compact")
@@ -503,6 +575,31 @@ def build_tiny_cmd(seed: int) -> None:
 
     paths = build_tiny(seed=seed)
     err_console.print(f"tiny model: {paths['model']}\ntranscoders: {paths['transcoders']}")
+
+
+@model_group.command("warm")
+@click.option("--model", default="organism-tuned", show_default=True, help="As for run.")
+@click.option("--transcoders", default=None, help="As for run; bundled default.")
+@click.option("--transcoder-cache-dir", type=click.Path(file_okay=False), default=None)
+@click.option("--address", default=None, help="Warm every node of this Ray cluster (auto).")
+@click.option("--json", "as_json", is_flag=True, help="Print what was done as JSON.")
+def warm_cmd(model, transcoders, transcoder_cache_dir, address, as_json) -> None:
+    """Download MODEL and its transcoders into this node's caches (or every node's)."""
+    from circuitray.models.loading import ModelSpec
+    from circuitray.models.warm import warm_cluster, warm_model
+
+    spec = ModelSpec(
+        model=model, transcoders=transcoders, transcoder_cache_dir=transcoder_cache_dir
+    )
+    results = warm_cluster(spec, address=address) if address else [warm_model(spec)]
+    if as_json:
+        click.echo(json.dumps(results, indent=2))
+        return
+    for r in results:
+        console.print(
+            f"{r['node']}: {r['model']} ({r['model_path']}) and transcoders "
+            f"{r['transcoders']} ready in {r['seconds']:.1f}s"
+        )
 
 
 @cli.group("organism")

@@ -171,12 +171,17 @@ def _check_resumable(store: RunStore, meta: dict) -> None:
             )
 
 
+def forwarded_env() -> dict[str, str]:
+    """The variables of FORWARDED_ENV set here, for the actors' runtime_env."""
+    return {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
+
+
 def _init_ray(config: RunConfig):
     import ray
 
     if ray.is_initialized():
         return ray
-    env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
+    env = forwarded_env()
     kwargs: dict = {
         "include_dashboard": False,
         "log_to_driver": os.environ.get("CIRCUITRAY_RAY_LOGS") == "1",

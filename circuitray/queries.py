@@ -46,6 +46,10 @@ PARAM_RE = re.compile(
 CASTS = {"int": int, "float": float, "str": str, "bool": lambda v: str(v).lower() in ("1", "true")}
 USES_RE = re.compile(r"^--\s*uses:\s*(?P<names>[\w ,]+)$")
 READ_ONLY_TYPES = {"SELECT", "EXPLAIN"}
+# EXPLAIN ANALYZE runs the statement it explains: look inside every EXPLAIN.
+EXPLAIN_RE = re.compile(
+    r"^\s*EXPLAIN\s*(?:\([^)]*\)\s*)?(?:ANALY[SZ]E\b)?(?P<inner>.*)$", re.I | re.S
+)
 
 
 def queries_dir() -> Path:
@@ -92,7 +96,13 @@ class NamedQuery:
                 )
             if m:
                 typ = m["type"]
-                params[m["name"]] = (typ, CASTS[typ](m["default"].strip()), m["doc"] or "")
+                try:
+                    default = CASTS[typ](m["default"].strip())
+                except ValueError:
+                    raise CircuitrayError(
+                        f"{path}: parameter {m['name']}: default {m['default']!r} is not {typ}"
+                    ) from None
+                params[m["name"]] = (typ, default, m["doc"] or "")
             elif u:
                 uses += [n.strip() for n in u["names"].split(",") if n.strip()]
             elif not params and not uses:
@@ -214,6 +224,24 @@ def run_query(name: str, run_dirs: list[str], *, params: dict[str, str] | None =
         con.close()
 
 
+def _check_read_only(con: duckdb.DuckDBPyConnection, statement) -> None:
+    kind = statement.type.name
+    if kind == "EXPLAIN":
+        m = EXPLAIN_RE.match(statement.query)
+        try:
+            inner = con.extract_statements(m["inner"]) if m else []
+        except duckdb.Error:
+            inner = []
+        if len(inner) != 1:
+            raise CircuitrayError("SQL: EXPLAIN of this statement is not allowed")
+        kind = inner[0].type.name
+    if kind not in READ_ONLY_TYPES - {"EXPLAIN"}:
+        raise CircuitrayError(
+            f"SQL: {kind} statements are not allowed; circuitray sql is read-only "
+            "(SELECT queries over graphs, nodes, edges)"
+        )
+
+
 def run_sql(run_dirs: list[str], sql: str) -> pa.Table:
     """Run read-only ad-hoc SQL over the runs' views (see module docstring)."""
     con = connect(run_dirs)
@@ -225,12 +253,7 @@ def run_sql(run_dirs: list[str], sql: str) -> pa.Table:
         if not statements:
             raise CircuitrayError("SQL: no statement given")
         for st in statements:
-            kind = st.type.name
-            if kind not in READ_ONLY_TYPES:
-                raise CircuitrayError(
-                    f"SQL: {kind} statements are not allowed; circuitray sql is read-only "
-                    "(SELECT queries over graphs, nodes, edges)"
-                )
+            _check_read_only(con, st)
         # Only the run folders stay readable; then lock the configuration.
         dirs = [str(Path(r).resolve()) + "/" for r in run_dirs if "://" not in str(r)]
         con.execute("SET allowed_directories = $dirs", {"dirs": dirs})

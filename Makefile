@@ -14,9 +14,9 @@ RUN_DIR ?= $(CIRCUITRAY_HOME)/runs/ws2-tuned
 BENCH_EDGES ?= 100000000
 BENCH_RUN ?= $(CIRCUITRAY_HOME)/bench/synthetic-$(BENCH_EDGES)
 
-.PHONY: setup install models run test format lint typecheck check-ci clean bench-queries
+.PHONY: setup install models browser report run test format lint typecheck check-ci clean bench-queries
 
-setup: install models  ## venv, project, offline models
+setup: install models browser  ## venv, project, offline models, headless chromium
 
 install: $(BIN)/circuitray
 
@@ -31,6 +31,13 @@ $(BIN)/circuitray: pyproject.toml
 models: install  ## build the tiny model and the WS2 organism (deterministic, ~3 min)
 	$(BIN)/circuitray model build-tiny
 	$(BIN)/circuitray organism build
+
+browser:  ## Debian's chromium, for the report's headless-browser test
+	command -v chromium >/dev/null || (apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
+
+report:  ## HTML report of the default run (after make run)
+	$(BIN)/circuitray report $(RUN_DIR) --out $(RUN_DIR)/report.html
 
 run:  ## WS2 corpus -> local Ray -> Parquet -> constraint_stats
 	$(BIN)/circuitray ws2 --n $(N) --seed $(SEED) --out $(CIRCUITRAY_HOME)/ws2-$(N).parquet

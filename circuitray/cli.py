@@ -141,6 +141,12 @@ def print_run_summary(result) -> None:
     )
 
 
+def _null():
+    import contextlib
+
+    return contextlib.nullcontext()
+
+
 def _fmt(v) -> str:
     if isinstance(v, float):
         return f"{v:.4g}"
@@ -182,7 +188,8 @@ def cli(verbose: bool) -> None:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help=".parquet/.jsonl/.csv")
 @click.option("--types", default=None, help="Comma-separated constraint types (default: all).")
-def ws2_cmd(n: int, seed: int, out: str, types: str | None) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print path and counts as JSON.")
+def ws2_cmd(n: int, seed: int, out: str, types: str | None, as_json: bool) -> None:
     """Write a deterministic WS2 constraint corpus."""
     from circuitray.prompts import write_prompts
     from circuitray.ws2 import generate_ws2
@@ -195,7 +202,10 @@ def ws2_cmd(n: int, seed: int, out: str, types: str | None) -> None:
     counts: dict[str, int] = {}
     for r in rows:
         counts[r["constraint_type"]] = counts.get(r["constraint_type"], 0) + 1
-    err_console.print(f"wrote {len(rows)} prompts to {out}: {counts}")
+    if as_json:
+        click.echo(json.dumps({"path": out, "prompts": len(rows), "by_type": counts}, indent=2))
+    else:
+        err_console.print(f"wrote {len(rows)} prompts to {out}: {counts}")
 
 
 # -- runs ------------------------------------------------------------------------
@@ -381,13 +391,17 @@ def pipeline_run_cmd(file, out_root, address, actors, n, seed, as_json) -> None:
     show_default=True,
     help="Edge rows per output file.",
 )
-def compact_cmd(run_dir: str, rows_per_file: int) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print the part counts as JSON.")
+def compact_cmd(run_dir: str, rows_per_file: int, as_json: bool) -> None:
     """Merge a run's part files into large files sorted by graph_id (atomic)."""
     from circuitray.store import RunStore
 
     store = RunStore(run_dir)
     store.read_meta()  # a clear error when RUN_DIR is not a run folder
     stats = store.compact(rows_per_file=rows_per_file)
+    if as_json:
+        click.echo(json.dumps({"run_dir": run_dir, **stats}, indent=2))
+        return
     err_console.print(
         f"{run_dir}: {stats['parts_before']} parts -> {stats['parts_after']}", soft_wrap=True
     )
@@ -474,6 +488,73 @@ def compare_cmd(run_dirs, by, metrics, n_boot, alpha, seed, fmt, output) -> None
             "usage: circuitray compare BASELINE_RUN CANDIDATE_RUN, or RUN --by COL"
         )
     print_table(table, fmt=fmt, output=output)
+
+
+@cli.command("report")
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path())
+@click.option("--out", type=click.Path(dir_okay=False), required=True, help="HTML file.")
+@click.option("--top-k", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--circuit-edges", type=click.IntRange(min=1), default=60, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
+def report_cmd(run_dirs, out, top_k, circuit_edges, as_json) -> None:
+    """One self-contained HTML report of RUN_DIRs (two runs: before/after)."""
+    from circuitray.report import ReportConfig, build_report
+
+    config = ReportConfig(top_k=top_k, circuit_edges=circuit_edges)
+    with console.status("building the report", spinner="dots") if not as_json else _null():
+        record = build_report(list(run_dirs), out, config=config)
+    if as_json:
+        click.echo(json.dumps(record, indent=2))
+    else:
+        console.print(
+            f"{record['path']}: {record['plots']} plots, {record['bytes'] / 1e6:.1f} MB "
+            f"in {record['seconds']:.1f}s"
+        )
+
+
+@cli.command("export")
+@click.argument("run_dir", type=click.Path())
+@click.option("--graph", "graph_id", type=int, required=True, help="graph_id to export.")
+@click.option("--out", type=click.Path(file_okay=False), required=True, help="Viewer folder.")
+@click.option("--slug", default=None, help="Name in the viewer (default RUN-gID).")
+@click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
+def export_cmd(run_dir, graph_id, out, slug, as_json) -> None:
+    """Write a stored graph in circuit-tracer's graph-viewer JSON format."""
+    from circuitray.export import export_graph
+
+    path = export_graph(run_dir, graph_id, out, slug=slug)
+    data = json.loads(path.read_text())
+    record = {
+        "path": str(path),
+        "slug": data["metadata"]["slug"],
+        "nodes": len(data["nodes"]),
+        "links": len(data["links"]),
+    }
+    if as_json:
+        click.echo(json.dumps(record, indent=2))
+    else:
+        console.print(
+            f"{path}: {record['nodes']} nodes, {record['links']} links; "
+            f"view with: circuitray serve {out}"
+        )
+
+
+@cli.command("serve")
+@click.argument("data_dir", type=click.Path())
+@click.option("--port", type=click.IntRange(0, 65535), default=8032, show_default=True)
+def serve_cmd(data_dir, port) -> None:
+    """Serve exported graphs with circuit-tracer's own viewer on 127.0.0.1."""
+    from circuitray.export import graph_slugs, serve
+
+    server = serve(data_dir, port=port)
+    port = server.server_address[1]
+    console.print(
+        f"http://127.0.0.1:{port}/index.html ({len(graph_slugs(data_dir))} graphs); Ctrl-C stops"
+    )
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
 
 
 @cli.group("bench")

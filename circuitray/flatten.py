@@ -1,10 +1,13 @@
 """Pruning a circuit-tracer Graph and flattening what is kept into Arrow tables.
 
-1. Prune with circuit-tracer's own ``prune_graph`` (node threshold on influence,
-   then cumulative edge-score threshold), so kept nodes and edges are exactly the
-   ones circuit-tracer's tools would show.
-2. Score the whole graph with ``compute_graph_scores`` (replacement, completeness)
-   and compute each node's influence on the logits (``compute_node_influence``).
+1. Prune with :func:`circuitray.prune.prune_graph_exact`: circuit-tracer's
+   ``prune_graph`` (node threshold on influence, then cumulative edge-score
+   threshold), giving exactly its masks without sorting all N^2 edge scores, so kept
+   nodes and edges are the ones circuit-tracer's tools would show.
+2. The same pass gives ``compute_graph_scores`` (replacement, completeness), each
+   node's influence on the logits (``compute_node_influence``) and ``prune_graph``'s
+   cumulative influence (the share of total influence held by the nodes at least as
+   influential), which circuit-tracer's viewer shows.
 3. Emit one row per kept node and one per kept edge. Node ids are circuit-tracer's
    node indices in the unpruned graph (features, errors layer-major, tokens, logits),
    so a stored edge ``(src, dst)`` is ``graph.adjacency_matrix[dst, src]``: rows are
@@ -42,6 +45,7 @@ NODE_SCHEMA = pa.schema(
         ("feature", pa.int32()),
         ("activation", pa.float32()),
         ("influence", pa.float32()),
+        ("cumulative_influence", pa.float32()),
         ("token_id", pa.int32()),
         ("token", pa.string()),
         ("logit_prob", pa.float32()),
@@ -141,20 +145,20 @@ def flatten_graph(
         prune: Thresholds; circuit-tracer's defaults (0.8, 0.98) when None.
         tokenizer: Decodes token and logit ids to text; None leaves text null.
     """
-    from circuit_tracer.graph import compute_graph_scores, compute_node_influence, prune_graph
+    from circuitray.prune import prune_graph_exact
 
     prune = prune or PruneConfig()
     adj = graph.adjacency_matrix
     n_nodes = adj.shape[0]
     n_logits = len(graph.logit_targets)
 
-    node_mask, edge_mask, _ = prune_graph(
+    pruned = prune_graph_exact(
         graph, node_threshold=prune.node_threshold, edge_threshold=prune.edge_threshold
     )
-    replacement, completeness = compute_graph_scores(graph)
-    logit_weights = torch.zeros(n_nodes, device=adj.device, dtype=adj.dtype)
-    logit_weights[-n_logits:] = graph.logit_probabilities.to(adj.dtype)
-    influence = compute_node_influence(adj, logit_weights)
+    node_mask, edge_mask, cumulative = pruned.node_mask, pruned.edge_mask, pruned.cumulative_scores
+    replacement, completeness = pruned.replacement_score, pruned.completeness_score
+    assert replacement is not None and completeness is not None  # n_layers was given
+    influence = pruned.node_influence
 
     layout = _node_layout(graph)
     kept = torch.nonzero(node_mask).squeeze(1).cpu().numpy().astype(np.int32)
@@ -198,6 +202,7 @@ def flatten_graph(
             "feature": pa.array(layout["feature"][kept], mask=~is_feature),
             "activation": pa.array(activation[kept], mask=~is_feature),
             "influence": pa.array(influence.float().cpu().numpy()[kept].astype(np.float32)),
+            "cumulative_influence": pa.array(cumulative.float().cpu().numpy()[kept]),
             "token_id": pa.array(token_id[kept], mask=token_id[kept] < 0),
             "token": pa.array([text(int(i)) for i in kept], pa.string()),
             "logit_prob": pa.array(logit_prob[kept], mask=np.isnan(logit_prob[kept])),

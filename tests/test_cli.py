@@ -158,3 +158,36 @@ def test_query_list_json():
     assert p.returncode == 0, p.stderr
     queries = {q["name"]: q for q in json.loads(p.stdout)}
     assert queries["constraint_stats"]["params"]["min_graphs"]["default"] == 1
+
+
+@pytest.mark.parametrize(
+    ("command", "flag"),
+    [
+        (["ws2"], "--json"),
+        (["run"], "--json"),
+        (["compact"], "--json"),
+        (["query"], "--format"),
+        (["sql"], "--format"),
+        (["compare"], "--format"),
+        (["pipeline", "run"], "--json"),
+        (["model", "warm"], "--json"),
+        (["organism", "build"], "--json"),
+        (["report"], "--json"),
+        (["export"], "--json"),
+        (["bench", "queries"], "--json-out"),
+    ],
+)
+def test_machine_readable_output(command, flag):
+    p = circuitray(*command, "--help")
+    assert p.returncode == 0 and flag in p.stdout, p.stdout
+
+
+def test_ws2_and_compact_json(ray_run, tmp_path):
+    p = circuitray("ws2", "--n", 4, "--out", tmp_path / "w.parquet", "--json")
+    assert p.returncode == 0
+    assert json.loads(p.stdout)["prompts"] == 4
+    copy = tmp_path / "run"
+    shutil.copytree(ray_run.out, copy)
+    p = circuitray("compact", copy, "--json")
+    assert p.returncode == 0, p.stderr
+    assert set(json.loads(p.stdout)) == {"run_dir", "parts_before", "parts_after"}

@@ -125,6 +125,11 @@ def _check_against_circuit_tracer(graph, flat, node_threshold, edge_threshold):
     np.testing.assert_allclose(
         nodes["influence"].to_numpy(), influence[node_ids], rtol=1e-5, atol=1e-7
     )
+    # Cumulative influence is prune_graph's own (what circuit-tracer's viewer shows).
+    _, _, cumulative = prune_graph(graph, node_threshold=0.8, edge_threshold=0.98)
+    assert nodes["cumulative_influence"].to_numpy().tolist() == (
+        cumulative.numpy()[node_ids].tolist()
+    )
 
     # Summary.
     replacement, completeness = compute_graph_scores(graph)

@@ -163,6 +163,10 @@ def _graph_tables(
     probs = np.sort(rng.dirichlet(np.ones(n_log)))[::-1]
     logit_prob[-n_log:] = probs
     token_text = [f"t{t}" if t >= 0 else None for t in token_id]
+    influence = rng.lognormal(-4, 1.5, n_nodes).astype(np.float32)
+    order = np.argsort(-influence, kind="stable")
+    cumulative = np.empty(n_nodes, np.float32)
+    cumulative[order] = np.cumsum(influence[order]) / influence.sum()
     nodes = pa.table(
         {
             "graph_id": pa.array(np.full(n_nodes, graph_id, np.int32)),
@@ -172,7 +176,8 @@ def _graph_tables(
             "pos": pa.array(pos),
             "feature": pa.array(feature, mask=~is_feat),
             "activation": pa.array(rng.lognormal(0, 1, n_nodes).astype(np.float32), mask=~is_feat),
-            "influence": pa.array(rng.lognormal(-4, 1.5, n_nodes).astype(np.float32)),
+            "influence": pa.array(influence),
+            "cumulative_influence": pa.array(cumulative),
             "token_id": pa.array(token_id, mask=~has_token),
             "token": pa.array(token_text, pa.string()),
             "logit_prob": pa.array(logit_prob, mask=np.isnan(logit_prob)),

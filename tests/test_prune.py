@@ -1,0 +1,109 @@
+"""prune_masks gives prune_graph's masks and cumulative scores bit for bit: random
+graphs (with many exact ties, dense and sparse, extreme thresholds) and real graphs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+import torch
+from circuit_tracer import attribute
+from circuit_tracer.graph import compute_graph_scores, compute_node_influence, prune_graph
+
+from circuitray.prune import prune_graph_exact, prune_masks
+from circuitray.ws2 import generate_ws2
+
+THRESHOLDS = [(0.8, 0.98), (0.5, 0.9), (0.3, 0.999), (1.0, 1.0), (0.0, 0.0)]
+
+
+@dataclass
+class FakeGraph:
+    """The attributes prune_graph reads."""
+
+    adjacency_matrix: torch.Tensor
+    logit_probabilities: torch.Tensor
+    input_tokens: torch.Tensor
+    logit_targets: list
+    selected_features: torch.Tensor
+
+
+def random_graph(n: int, *, density: float, ties: bool, seed: int) -> FakeGraph:
+    g = torch.Generator().manual_seed(seed)
+    n_tok, n_log = 8, 4
+    a = torch.randn(n, n, generator=g)
+    if ties:
+        a = torch.round(a * 2) / 2  # a handful of distinct magnitudes
+    a = torch.tril(a * (torch.rand(n, n, generator=g) < density), -1)
+    return FakeGraph(
+        adjacency_matrix=a,
+        logit_probabilities=torch.softmax(torch.randn(n_log, generator=g), 0),
+        input_tokens=torch.arange(n_tok),
+        logit_targets=[None] * n_log,
+        selected_features=torch.arange(n - n_tok - n_log - 3 * n_tok),
+    )
+
+
+def _ours(graph: FakeGraph, node_t: float, edge_t: float):
+    return prune_masks(
+        graph.adjacency_matrix,
+        graph.logit_probabilities,
+        n_tokens=len(graph.input_tokens),
+        n_features=len(graph.selected_features),
+        node_threshold=node_t,
+        edge_threshold=edge_t,
+    )
+
+
+@pytest.mark.parametrize("n", [40, 300, 900])
+@pytest.mark.parametrize("density", [0.05, 0.4, 1.0])
+@pytest.mark.parametrize("ties", [False, True])
+def test_random_graphs_identical(n, density, ties):
+    for seed, (node_t, edge_t) in enumerate(THRESHOLDS):
+        graph = random_graph(n, density=density, ties=ties, seed=seed)
+        node_mask, edge_mask, cumulative = prune_graph(graph, node_t, edge_t)  # type: ignore[arg-type]
+        ours = _ours(graph, node_t, edge_t)
+        assert torch.equal(ours.node_mask, node_mask), (n, density, ties, node_t, edge_t)
+        assert torch.equal(ours.edge_mask, edge_mask), (n, density, ties, node_t, edge_t)
+        assert torch.equal(ours.cumulative_scores, cumulative)
+
+
+def test_tied_threshold_keeps_every_tied_edge():
+    # All scores equal: whatever the threshold, the cut falls inside one tie.
+    graph = random_graph(60, density=1.0, ties=True, seed=7)
+    graph.adjacency_matrix = torch.tril(torch.ones(60, 60), -1)
+    node_mask, edge_mask, _ = prune_graph(graph, 0.5, 0.5)  # type: ignore[arg-type]
+    ours = _ours(graph, 0.5, 0.5)
+    assert torch.equal(ours.edge_mask, edge_mask) and torch.equal(ours.node_mask, node_mask)
+
+
+def test_bad_thresholds():
+    graph = random_graph(60, density=0.5, ties=False, seed=0)
+    with pytest.raises(ValueError, match="between 0.0 and 1.0"):
+        _ours(graph, 1.5, 0.9)
+
+
+@pytest.fixture(scope="module")
+def real_graphs(loaded_tiny):
+    return [attribute(p["prompt"], loaded_tiny, batch_size=64) for p in generate_ws2(n=6, seed=9)]
+
+
+@pytest.mark.parametrize(("node_t", "edge_t"), THRESHOLDS[:3])
+def test_real_graphs_identical(real_graphs, node_t, edge_t):
+    for graph in real_graphs:
+        node_mask, edge_mask, cumulative = prune_graph(graph, node_t, edge_t)
+        ours = prune_graph_exact(graph, node_threshold=node_t, edge_threshold=edge_t)
+        assert torch.equal(ours.node_mask, node_mask)
+        assert torch.equal(ours.edge_mask, edge_mask)
+        assert torch.equal(ours.cumulative_scores, cumulative)
+        assert int(edge_mask.sum()) > 0
+
+
+def test_real_graph_scores_and_influence(real_graphs):
+    for graph in real_graphs:
+        ours = prune_graph_exact(graph)
+        assert (ours.replacement_score, ours.completeness_score) == compute_graph_scores(graph)
+        n = graph.adjacency_matrix.shape[0]
+        weights = torch.zeros(n)
+        weights[-len(graph.logit_targets) :] = graph.logit_probabilities
+        expected = compute_node_influence(graph.adjacency_matrix, weights)
+        assert torch.equal(ours.node_influence, expected)

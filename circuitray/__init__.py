@@ -7,21 +7,45 @@ The Python API is what the ``circuitray`` CLI calls::
     circuitray.write_prompts(rows, "ws2.parquet")
     result = circuitray.run(circuitray.RunConfig(prompts="ws2.parquet", out="runs/ws2"))
     stats = circuitray.run_query("constraint_stats", ["runs/ws2"])
+
+Names are imported on first use (PEP 562), so ``import circuitray.flatten`` on a GPU box
+without Ray or DuckDB, or ``circuitray query`` without torch, load only what they need.
 """
 
-from circuitray.attribution import AttributionConfig, attribute_prompt
-from circuitray.compare import CompareConfig, compare_groups, compare_runs
-from circuitray.driver import RunConfig, RunResult, run
-from circuitray.errors import CircuitrayError, ModelLoadError, PromptFileError, RunDirError
-from circuitray.flatten import PruneConfig, flatten_graph
-from circuitray.models.loading import ModelSpec, load_replacement_model
-from circuitray.prompts import read_prompts, write_prompts
-from circuitray.queries import connect, list_queries, run_query, run_sql
-from circuitray.store import RunStore
-from circuitray.worker import AttributionWorker
-from circuitray.ws2 import generate_ws2
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "AttributionConfig": "circuitray.attribution",
+    "attribute_prompt": "circuitray.attribution",
+    "CompareConfig": "circuitray.compare",
+    "compare_groups": "circuitray.compare",
+    "compare_runs": "circuitray.compare",
+    "RunConfig": "circuitray.driver",
+    "RunResult": "circuitray.driver",
+    "run": "circuitray.driver",
+    "CircuitrayError": "circuitray.errors",
+    "ModelLoadError": "circuitray.errors",
+    "PromptFileError": "circuitray.errors",
+    "RunDirError": "circuitray.errors",
+    "PruneConfig": "circuitray.flatten",
+    "flatten_graph": "circuitray.flatten",
+    "ModelSpec": "circuitray.models.loading",
+    "load_replacement_model": "circuitray.models.loading",
+    "read_prompts": "circuitray.prompts",
+    "write_prompts": "circuitray.prompts",
+    "connect": "circuitray.queries",
+    "list_queries": "circuitray.queries",
+    "run_query": "circuitray.queries",
+    "run_sql": "circuitray.queries",
+    "RunStore": "circuitray.store",
+    "AttributionWorker": "circuitray.worker",
+    "generate_ws2": "circuitray.ws2",
+}
 
 __all__ = [
     "AttributionConfig",
@@ -50,3 +74,25 @@ __all__ = [
     "run_sql",
     "write_prompts",
 ]
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'circuitray' has no attribute {name!r}")
+
+
+if TYPE_CHECKING:
+    from circuitray.attribution import AttributionConfig, attribute_prompt
+    from circuitray.compare import CompareConfig, compare_groups, compare_runs
+    from circuitray.driver import RunConfig, RunResult, run
+    from circuitray.errors import CircuitrayError, ModelLoadError, PromptFileError, RunDirError
+    from circuitray.flatten import PruneConfig, flatten_graph
+    from circuitray.models.loading import ModelSpec, load_replacement_model
+    from circuitray.prompts import read_prompts, write_prompts
+    from circuitray.queries import connect, list_queries, run_query, run_sql
+    from circuitray.store import RunStore
+    from circuitray.worker import AttributionWorker
+    from circuitray.ws2 import generate_ws2

@@ -14,7 +14,7 @@ RUN_DIR ?= $(CIRCUITRAY_HOME)/runs/ws2-tuned
 BENCH_EDGES ?= 100000000
 BENCH_RUN ?= $(CIRCUITRAY_HOME)/bench/synthetic-$(BENCH_EDGES)
 
-.PHONY: setup install models browser report run test format lint typecheck check-ci clean bench-queries
+.PHONY: setup install models browser report run test format lint typecheck check-ci clean bench-queries bench
 
 setup: install models browser  ## venv, project, offline models, headless chromium
 
@@ -47,16 +47,19 @@ bench-queries:  ## every named query on 100M synthetic edges (writes them once, 
 	$(BIN)/circuitray bench make-edges --edges $(BENCH_EDGES) --out $(BENCH_RUN)
 	$(BIN)/circuitray bench queries $(BENCH_RUN) --json-out bench/results/queries.json
 
+bench:  ## circuitray vs a plain loop: overhead, scaling, flattening, storage, memory (<10 min)
+	$(BIN)/python bench/run_bench.py
+
 test:
 	$(BIN)/python -m pytest -q tests
 
 format:
-	$(BIN)/ruff format circuitray tests pipelines
-	$(BIN)/ruff check --fix circuitray tests pipelines
+	$(BIN)/ruff format circuitray tests pipelines bench
+	$(BIN)/ruff check --fix circuitray tests pipelines bench
 
 lint:
-	$(BIN)/ruff check circuitray tests pipelines
-	$(BIN)/ruff format --check circuitray tests pipelines
+	$(BIN)/ruff check circuitray tests pipelines bench
+	$(BIN)/ruff format --check circuitray tests pipelines bench
 
 typecheck:
 	$(BIN)/pyright

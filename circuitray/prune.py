@@ -18,16 +18,18 @@ N x N float32 work buffer, a bool mask, and storage for the non-zero scores only
 3. Edge threshold: circuit-tracer takes the score at the first index where
    ``cumsum(sorted) / sum(sorted)`` reaches the threshold. Only non-zero scores can be
    that score (unless the threshold is reached only among the zeros), so only they are
-   gathered and sorted (numpy, in place, no index array); ``sum(sorted)`` is taken over
-   the full-length buffer filled with them in that order and zeros after (the same
-   tensor circuit-tracer sums, so the same float32 rounding), and the cumulative sum over
-   the non-zero prefix (on CPU torch accumulates a cumsum sequentially, so a prefix of
-   the full cumsum is the cumsum of the prefix).
+   gathered, to the front of the work buffer itself, and sorted there (numpy, in place,
+   no index array); ``sum(sorted)`` is taken over the full-length buffer holding them in
+   that order and zeros after (the same tensor circuit-tracer sums, so the same float32
+   rounding), and the cumulative sum over the non-zero prefix, written where the zeros
+   were (on CPU torch accumulates a cumsum sequentially, so a prefix of the full cumsum
+   is the cumsum of the prefix). Graphs up to ``DENSE_ENTRIES`` entries keep the whole
+   score matrix instead, which saves passes where memory is no concern.
 4. The edge mask is ``score >= threshold`` block by block, and the iterative removal of
    nodes without incoming or outgoing edges is circuit-tracer's loop, verbatim.
 
-Memory at the peak: the N^2 float32 buffer, the N^2 bool mask, and about 12 bytes per
-non-zero score, against prune_graph's ~32 bytes per entry. On CUDA the masks agree up
+Memory at the peak: the N^2 float32 buffer, the N^2 bool mask and one block of rows,
+against prune_graph's ~27-32 bytes per entry. On CUDA the masks agree up
 to the rounding of torch's parallel prefix sum; the tests compare on CPU.
 """
 
@@ -62,7 +64,10 @@ class PruneOutput:
     completeness_score: float | None = None
 
 
-ROWS_PER_BLOCK = 256  # rows of scores materialised at once (block x N floats)
+ROWS_PER_BLOCK = 128  # rows of scores materialised at once (block x N floats)
+# Up to this many adjacency entries (N = 3,000: 36 MB a matrix) the scores are kept
+# whole and sorted with torch: the same values and decisions, fewer passes.
+DENSE_ENTRIES = 9_000_000
 
 
 def _normalize_(buf: torch.Tensor) -> torch.Tensor:
@@ -75,10 +80,12 @@ def _normalize_(buf: torch.Tensor) -> torch.Tensor:
 def _pruned_normalized_(
     buf: torch.Tensor, adjacency: torch.Tensor, node_mask: torch.Tensor
 ) -> torch.Tensor:
-    """``buf`` := normalize_matrix(A with the rows and columns of pruned nodes zeroed)."""
-    buf.copy_(adjacency)
-    buf[~node_mask] = 0
-    buf[:, ~node_mask] = 0
+    """``buf`` := normalize_matrix(A with the rows and columns of pruned nodes zeroed).
+    Zeroing by multiplying with the 0/1 mask gives -0.0 for negative entries, which
+    the absolute value in the normalisation turns into the 0.0 circuit-tracer gets."""
+    keep = node_mask.to(buf.dtype)
+    torch.mul(adjacency, keep[:, None], out=buf)
+    buf.mul_(keep[None, :])
     return _normalize_(buf)
 
 
@@ -93,30 +100,43 @@ def _score_blocks(normalized: torch.Tensor, influence: torch.Tensor):
 def _edge_threshold(buf: torch.Tensor, influence: torch.Tensor, threshold: float) -> torch.Tensor:
     """circuit-tracer's ``find_threshold(edge_scores.flatten(), threshold)``; ``buf`` is
     the normalised pruned matrix and is overwritten (see module docstring, step 3)."""
-    nnz = sum(int((block != 0).sum()) for _, _, block in _score_blocks(buf, influence))
-    values = np.empty(nnz, dtype=np.float32)
-    k = 0
-    for _, _, block in _score_blocks(buf, influence):
-        nonzero = block[block != 0].cpu().numpy()
-        values[k : k + len(nonzero)] = nonzero
-        k += len(nonzero)
-    # Descending, in place (negation is exact), with no index array.
-    np.negative(values, out=values)
-    values.sort()
-    np.negative(values, out=values)
     flat = buf.view(-1)
-    flat.zero_()
-    flat[:nnz] = torch.from_numpy(values).to(flat.device)
-    del values
+    nnz = 0
+    # Gather the non-zero scores to the front of the buffer itself: the scores of rows
+    # r0..r1 are computed before being written, and land below row r1's end.
+    for _, _, block in _score_blocks(buf, influence):
+        nonzero = block[block != 0]
+        flat[nnz : nnz + len(nonzero)] = nonzero
+        nnz += len(nonzero)
+        del block, nonzero
+    front = flat[:nnz]
+    if front.device.type == "cpu":  # sort descending in place: no copy, no index array
+        values = front.numpy()
+        np.negative(values, out=values)  # negation is exact
+        values.sort()
+        np.negative(values, out=values)
+    else:
+        front.copy_(torch.sort(front, descending=True).values)
+    flat[nnz:] = 0
+    return _threshold_of_sorted(flat, nnz, threshold)
+
+
+def _threshold_of_sorted(flat: torch.Tensor, nnz: int, threshold: float) -> torch.Tensor:
+    """find_threshold's value for ``flat``: all N^2 scores sorted descending, of which
+    the first ``nnz`` are non-zero (the rest zeros)."""
     total = torch.sum(flat)  # the same length, values and order as circuit-tracer's sum
-    prefix = torch.cumsum(flat[:nnz], dim=0).div_(total)
+    if 2 * nnz <= flat.numel():  # the zeros are summed: the cumsum can go where they were
+        prefix = torch.cumsum(flat[:nnz], dim=0, out=flat[nnz : 2 * nnz])
+    else:
+        prefix = torch.cumsum(flat[:nnz], dim=0)
+    prefix.div_(total)
     index = int(torch.searchsorted(prefix, threshold).item())
     # Past the non-zero prefix the cumulative share stays at its last value: the
     # threshold then falls among the zeros (circuit-tracer: sorted_scores[index] == 0).
     if index < nnz:
         return flat[index].clone()
     # circuit-tracer clamps the index to the last entry: the smallest score.
-    return flat[-1].clone() if nnz == flat.numel() else torch.zeros((), dtype=flat.dtype)
+    return flat[nnz - 1].clone() if nnz == flat.numel() else torch.zeros((), dtype=flat.dtype)
 
 
 def prune_graph_exact(
@@ -179,9 +199,9 @@ def prune_masks(
     # 1. Node influence and the node threshold.
     buf = adjacency.clone()
     node_influence = compute_influence(_normalize_(buf), logit_weights)
-    scores = (None, None)
+    graph_scores = (None, None)
     if n_layers is not None:
-        scores = _graph_scores(
+        graph_scores = _graph_scores(
             buf,
             node_influence,
             logit_weights,
@@ -193,18 +213,26 @@ def prune_masks(
     node_mask[-n_logits - n_tokens :] = True
 
     # 2-3. Scores of the pruned matrix and their threshold.
-    pruned_influence = compute_influence(
-        _pruned_normalized_(buf, adjacency, node_mask), logit_weights
-    )
-    pruned_influence += logit_weights
-    score_threshold = _edge_threshold(buf, pruned_influence, edge_threshold)
-
-    # 4. The edge mask from recomputed scores, then circuit-tracer's iterative pruning.
     normalized = _pruned_normalized_(buf, adjacency, node_mask)
-    edge_mask = torch.empty((n, n), dtype=torch.bool, device=adjacency.device)
-    for r0, r1, block in _score_blocks(normalized, pruned_influence):
-        torch.ge(block, score_threshold, out=edge_mask[r0:r1])
+    pruned_influence = compute_influence(normalized, logit_weights)
+    pruned_influence += logit_weights
+    if n * n <= DENSE_ENTRIES:  # small: whole score matrix, one sort of its non-zeros
+        scores = normalized * pruned_influence[:, None]
+        nonzero = torch.sort(scores[scores != 0], descending=True).values
+        flat = torch.zeros(n * n, dtype=scores.dtype, device=scores.device)
+        flat[: len(nonzero)] = nonzero
+        edge_mask = scores >= _threshold_of_sorted(flat, len(nonzero), edge_threshold)
+        del scores, flat, nonzero
+    else:
+        score_threshold = _edge_threshold(buf, pruned_influence, edge_threshold)
+        # 4. The edge mask from recomputed scores (buf now holds the sorted scores).
+        normalized = _pruned_normalized_(buf, adjacency, node_mask)
+        edge_mask = torch.empty((n, n), dtype=torch.bool, device=adjacency.device)
+        for r0, r1, block in _score_blocks(normalized, pruned_influence):
+            torch.ge(block, score_threshold, out=edge_mask[r0:r1])
     del buf, normalized
+
+    # 4. circuit-tracer's iterative pruning.
 
     old_node_mask = node_mask.clone()
     node_mask[: -n_logits - n_tokens] &= edge_mask[:, : -n_logits - n_tokens].any(0)
@@ -226,6 +254,6 @@ def prune_masks(
         edge_mask=edge_mask,
         cumulative_scores=cumulative_scores,
         node_influence=node_influence,
-        replacement_score=scores[0],
-        completeness_score=scores[1],
+        replacement_score=graph_scores[0],
+        completeness_score=graph_scores[1],
     )

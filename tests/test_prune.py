@@ -10,8 +10,20 @@ import torch
 from circuit_tracer import attribute
 from circuit_tracer.graph import compute_graph_scores, compute_node_influence, prune_graph
 
+import circuitray.prune
 from circuitray.prune import prune_graph_exact, prune_masks
 from circuitray.ws2 import generate_ws2
+
+
+@pytest.fixture(params=["dense", "blocked"])
+def path(request, monkeypatch):
+    """Both ways prune_masks finds the edge threshold: whole score matrix (small graphs)
+    and block by block with the sorted scores in the work buffer (large graphs)."""
+    if request.param == "blocked":
+        monkeypatch.setattr(circuitray.prune, "DENSE_ENTRIES", 0)
+        monkeypatch.setattr(circuitray.prune, "ROWS_PER_BLOCK", 64)
+    return request.param
+
 
 THRESHOLDS = [(0.8, 0.98), (0.5, 0.9), (0.3, 0.999), (1.0, 1.0), (0.0, 0.0)]
 
@@ -57,7 +69,7 @@ def _ours(graph: FakeGraph, node_t: float, edge_t: float):
 @pytest.mark.parametrize("n", [40, 300, 900])
 @pytest.mark.parametrize("density", [0.05, 0.4, 1.0])
 @pytest.mark.parametrize("ties", [False, True])
-def test_random_graphs_identical(n, density, ties):
+def test_random_graphs_identical(path, n, density, ties):
     for seed, (node_t, edge_t) in enumerate(THRESHOLDS):
         graph = random_graph(n, density=density, ties=ties, seed=seed)
         node_mask, edge_mask, cumulative = prune_graph(graph, node_t, edge_t)  # type: ignore[arg-type]
@@ -67,7 +79,7 @@ def test_random_graphs_identical(n, density, ties):
         assert torch.equal(ours.cumulative_scores, cumulative)
 
 
-def test_tied_threshold_keeps_every_tied_edge():
+def test_tied_threshold_keeps_every_tied_edge(path):
     # All scores equal: whatever the threshold, the cut falls inside one tie.
     graph = random_graph(60, density=1.0, ties=True, seed=7)
     graph.adjacency_matrix = torch.tril(torch.ones(60, 60), -1)
@@ -88,7 +100,7 @@ def real_graphs(loaded_tiny):
 
 
 @pytest.mark.parametrize(("node_t", "edge_t"), THRESHOLDS[:3])
-def test_real_graphs_identical(real_graphs, node_t, edge_t):
+def test_real_graphs_identical(path, real_graphs, node_t, edge_t):
     for graph in real_graphs:
         node_mask, edge_mask, cumulative = prune_graph(graph, node_t, edge_t)
         ours = prune_graph_exact(graph, node_threshold=node_t, edge_threshold=edge_t)

@@ -2,8 +2,9 @@
 ``prune_graph`` on large graphs: identical masks, peak memory, time, and a memory limit
 that only one of them fits in.
 
-1. Each measurement runs in a fresh Python process, so peak RSS (``ru_maxrss``) is that
-   method's alone. The process builds a graph of N nodes row block by row block (so
+1. Each measurement runs in a fresh Python process, so its peak RSS is that method's
+   alone (``VmHWM`` from /proc: ``ru_maxrss`` would carry a large parent's peak over
+   fork and exec). The process builds a graph of N nodes row block by row block (so
    building it leaves no N^2 temporaries behind), reads its RSS high-water mark, prunes,
    and reports the peak increase, the time, and a hash of both masks.
 2. Graphs: a float32 adjacency with about ``density`` of the lower triangle non-zero,
@@ -46,14 +47,16 @@ probs = torch.softmax(torch.randn(n_log, generator=g), 0)
 n_features = n - n_log - n_tok - 4 * n_tok
 from circuit_tracer.graph import prune_graph  # imports before the baseline is read
 from circuitray.prune import prune_masks
-def vm_bytes():
+def status_kb(key):
     for line in open("/proc/self/status"):
-        if line.startswith("VmSize:"):
-            return int(line.split()[1]) * 1024
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+def vm_bytes():
+    return status_kb("VmSize") * 1024
 if limit > 0:
     budget = vm_bytes() + int(limit * n * n)
     resource.setrlimit(resource.RLIMIT_AS, (budget, budget))
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+base = status_kb("VmHWM")
 t0 = time.perf_counter()
 try:
     if method == "circuit-tracer":
@@ -71,7 +74,7 @@ except (RuntimeError, MemoryError) as e:
     print(json.dumps({"ok": False, "error": str(e).splitlines()[0][:200]}))
     sys.exit(0)
 seconds = time.perf_counter() - t0
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+peak = status_kb("VmHWM")
 digest = hashlib.sha256(node_mask.numpy().tobytes() + edge_mask.numpy().tobytes()).hexdigest()
 print(json.dumps({"ok": True, "seconds": seconds, "peak_mb": (peak - base) / 1024,
                   "kept_nodes": int(node_mask.sum()), "kept_edges": int(edge_mask.sum()),
@@ -117,9 +120,13 @@ def _child(method: str, n: int, config: PruningBenchConfig, *, limit: float = 0.
     return json.loads(lines[-1])
 
 
-def compare_pruning(config: PruningBenchConfig | None = None) -> dict:
-    """Both methods at every size, then the memory-limit run (see module docstring)."""
-    config = config or PruningBenchConfig()
+QUICK = PruningBenchConfig(sizes=(1_500, 3_000), limit_size=3_000)
+
+
+def compare_pruning(config: PruningBenchConfig | None = None, *, quick: bool = False) -> dict:
+    """Both methods at every size, then the memory-limit run (see module docstring).
+    ``rows`` holds one flat row per size for printing; ``quick`` uses small graphs."""
+    config = config or (QUICK if quick else PruningBenchConfig())
     rows = []
     for n in config.sizes:
         ours = _child("circuitray", n, config)
@@ -140,4 +147,24 @@ def compare_pruning(config: PruningBenchConfig | None = None) -> dict:
             "circuit-tracer", config.limit_size, config, limit=config.limit_bytes_per_entry
         ),
     }
-    return {"config": asdict(config), "sizes": rows, "memory_limit": limit}
+    table = [
+        {
+            "n": r["n"],
+            "identical_masks": r.get("identical_masks"),
+            "circuitray_mb": r["circuitray"].get("peak_mb"),
+            "circuit_tracer_mb": r["circuit_tracer"].get("peak_mb"),
+            "memory_ratio": r.get("memory_ratio"),
+            "circuitray_s": r["circuitray"].get("seconds"),
+            "circuit_tracer_s": r["circuit_tracer"].get("seconds"),
+            "speedup": r.get("speedup"),
+        }
+        for r in rows
+    ]
+    table.append(
+        {
+            "n": f"{limit['n']} under a limit of {config.limit_bytes_per_entry:g} B/entry",
+            "circuitray_s": "completes" if limit["circuitray"]["ok"] else "fails",
+            "circuit_tracer_s": "completes" if limit["circuit_tracer"]["ok"] else "fails",
+        }
+    )
+    return {"config": asdict(config), "rows": table, "sizes": rows, "memory_limit": limit}

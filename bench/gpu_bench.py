@@ -1,0 +1,965 @@
+"""GPU benchmark: attribution graphs per hour for one model on one device.
+
+Measures what one GPU (or, for a smoke check, the CPU) gives per graph when circuitray
+attributes a prompt with circuit-tracer and prunes/flattens it (the production path,
+:func:`circuitray.attribution.attribute_prompt`), at several prompt lengths, with
+circuit-tracer's default ``attribute()`` arguments and with tuned ones.
+
+1. Probe the hub (a TCP connection to huggingface.co with a short timeout). If it is
+   unreachable, set ``HF_HUB_OFFLINE=1`` before anything imports huggingface_hub, so
+   the loaders fail at once instead of retrying.
+2. Try the main model (``google/gemma-2-2b`` with the ``gemma`` transcoders, bf16 on
+   CUDA). If it cannot be loaded (no hub and nothing cached), record why, in the log and
+   in the JSON, and benchmark the bundled fallback (``organism-tuned``, a 4-layer toy
+   Gemma-2 built by ``make models``) instead, labelled as such. ``--with-fallback``
+   benchmarks the bundled model too when the main one loads.
+3. Build WS2 prompts (:func:`circuitray.ws2.generate_ws2`) preceded by the organism's
+   filler sentences and trimmed word by word until the model's tokenizer gives exactly
+   the target number of tokens (BOS included, as circuit-tracer counts); the real count
+   is reported.
+4. Tuned setting: unless given on the command line, sweep ``batch_size`` (and
+   ``update_interval`` when the feature count is capped) at the longest length, timing
+   ``attribute()`` alone on one prompt after a warm-up, and keep the fastest.
+5. For each length and each setting (circuit-tracer's defaults, read from
+   ``attribute``'s signature; tuned): reset the peak-memory counter, attribute one
+   warm-up prompt, then time ``--prompts`` prompts end to end (attribute, next-token
+   probabilities, exact pruning and flattening) with ``torch.cuda.synchronize``.
+   Report seconds per graph, graphs per hour, peak GPU memory, nodes N, kept nodes and
+   kept edges.
+6. At the longest length, prune one unpruned graph (all features) with circuit-tracer's
+   ``prune_graph`` and with circuitray's exact pruning, on the CPU (where ``attribute``
+   leaves the adjacency matrix) and on the GPU: time, peak memory, identical masks.
+7. Print a table and write everything, with the GPU name and library versions, to the
+   JSON file ``--out`` (and a Markdown summary to ``--md-out``).
+
+Local smoke check (no GPU, bundled model, well under a minute)::
+
+    CIRCUITRAY_HOME=$PWD/.circuitray .venv/bin/python bench/gpu_bench.py \\
+        --device cpu --quick --out bench/results/gpu-bench-cpu.json
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import inspect
+import json
+import logging
+import os
+import platform
+import random
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import click
+
+logger = logging.getLogger("gpu_bench")
+
+MAIN_MODEL = "google/gemma-2-2b"
+MAIN_TRANSCODERS = "gemma"
+FALLBACK_MODEL = "organism-tuned"
+# Tuned caps: circuit-tracer's CLI uses 7500 feature nodes; 4096 keeps the influential
+# part of a gemma-2-2b graph at a fraction of the cost. The bundled model keeps all.
+MAIN_TUNED_MAX_FEATURE_NODES = 4096
+SWEEP_BATCH_SIZES = {"cuda": (512, 1024, 2048, 4096), "cpu": (64, 128, 256)}
+SWEEP_BATCH_SIZES_LARGE_MODEL = {"cuda": (256, 512, 1024, 2048), "cpu": (32, 64, 128)}
+SWEEP_UPDATE_INTERVALS = (4, 16)
+
+
+# -- environment ----------------------------------------------------------------------
+def probe_hub(timeout: float = 5.0) -> dict:
+    """Whether the hub answers a TCP connection (DNS included) within ``timeout``."""
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return {"reachable": False, "detail": "HF_HUB_OFFLINE is set", "forced_offline": False}
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    host = urlparse(endpoint).hostname or "huggingface.co"
+
+    def connect() -> None:
+        socket.create_connection((host, 443), timeout=timeout).close()
+
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    try:
+        pool.submit(connect).result(timeout=timeout + 1)
+        result = {"reachable": True, "detail": f"{host}:443 answered", "forced_offline": False}
+    except Exception as e:  # noqa: BLE001 - any failure means "not reachable"
+        why = str(e) or type(e).__name__
+        result = {"reachable": False, "detail": f"{host}:443: {why}", "forced_offline": True}
+    finally:
+        pool.shutdown(wait=False)
+    if result["forced_offline"]:
+        os.environ["HF_HUB_OFFLINE"] = "1"  # before huggingface_hub is imported
+    return result
+
+
+def hub_cached(repo_id: str) -> bool:
+    """Whether the hub cache holds ``repo_id``'s config.json (a model that loads offline)."""
+    if Path(repo_id).expanduser().exists():
+        return True
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def _version(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        return out.stdout.strip() or None
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def environment(device: str) -> dict:
+    import torch
+
+    env: dict[str, Any] = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+        "torch_threads": torch.get_num_threads(),
+        "device": device,
+        "gpu_name": None,
+        "gpu_memory_gb": None,
+        "git_commit": _git_commit(),
+        "versions": {
+            n: _version(n)
+            for n in (
+                "circuitray",
+                "circuit-tracer",
+                "transformers",
+                "nnsight",
+                "huggingface-hub",
+                "tokenizers",
+            )
+        },
+    }
+    if device == "cuda":
+        props = torch.cuda.get_device_properties(0)
+        env["gpu_name"] = torch.cuda.get_device_name(0)
+        env["gpu_memory_gb"] = round(props.total_memory / 2**30, 1)
+        env["gpu_capability"] = f"{props.major}.{props.minor}"
+        env["gpu_count"] = torch.cuda.device_count()
+    return env
+
+
+# -- memory and timing helpers --------------------------------------------------------
+def _sync(device: str) -> None:
+    if device == "cuda":
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _mem_available_bytes() -> int:
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+class RssPeak:
+    """Peak resident memory above the level at entry, sampled every 5 ms."""
+
+    def __init__(self) -> None:
+        self.base = self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, _rss_bytes())
+            self._stop.wait(0.005)
+
+    def __enter__(self) -> RssPeak:
+        self.base = self.peak = _rss_bytes()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, _rss_bytes())
+
+    @property
+    def extra_mb(self) -> float:
+        return (self.peak - self.base) / 2**20
+
+
+def _mb(b: float | int | None) -> float | None:
+    return None if b is None else round(b / 2**20, 1)
+
+
+# -- prompts --------------------------------------------------------------------------
+def build_prompt(model, row: dict, length: int, seed: int) -> tuple[str, int]:
+    """``row``'s WS2 prompt preceded by filler sentences, trimmed word by word so the
+    model's tokenizer gives ``length`` tokens (BOS included); returns (text, real count)."""
+    from circuitray.organism.corpus import filler_sentence
+
+    rng = random.Random(seed)
+
+    def count(words: list[str]) -> int:
+        return int(model.ensure_tokenized(" ".join(words)).numel())
+
+    words = row["prompt"].split()
+    while count(words) > length and len(words) > 1:
+        words.pop(0)  # the prompt alone is too long: keep its end (the constraint)
+    prefix: list[str] = []
+    while count(prefix + words) < length:
+        prefix = filler_sentence(rng).split() + prefix
+    while count(prefix + words) > length and prefix:
+        prefix.pop(0)
+    # Multi-token words can leave a short prompt: pad with single filler words.
+    pads = ["the", "a", "and", "it", "very", "there", "."]
+    tries = 0
+    while count(prefix + words) < length and tries < 4 * length:
+        tries += 1
+        for pad in pads:
+            if count([pad] + prefix + words) <= length:
+                prefix.insert(0, pad)
+                break
+        else:
+            break
+    text = " ".join(prefix + words)
+    return text, count(prefix + words)
+
+
+def make_prompts(model, n: int, length: int, seed: int) -> list[dict]:
+    """``n`` WS2 rows (round-robin over constraint types) brought to ``length`` tokens."""
+    from circuitray.ws2 import generate_ws2
+
+    out = []
+    for i, row in enumerate(generate_ws2(n=n, seed=seed)):
+        text, n_tok = build_prompt(model, row, length, seed * 1000 + length * 10 + i)
+        out.append(
+            {
+                "prompt_id": f"{row['prompt_id']}-L{length}",
+                "prompt": text,
+                "constraint_type": row["constraint_type"],
+                "target": row["target"],
+                "n_tokens": n_tok,
+            }
+        )
+    return out
+
+
+# -- model ----------------------------------------------------------------------------
+def try_load(model: str, transcoders: str | None, dtype: str, device: str) -> dict:
+    """Load a ReplacementModel; on failure return the reason instead of raising."""
+    import torch
+
+    from circuitray.models.loading import ModelSpec, load_replacement_model
+
+    info: dict[str, Any] = {
+        "model": model,
+        "transcoders": transcoders,
+        "dtype": dtype,
+        "loaded": False,
+        "error": None,
+    }
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    t0 = time.perf_counter()
+    try:
+        spec = ModelSpec(model=model, transcoders=transcoders, dtype=dtype, device=device)
+        info["resolved"] = spec.resolved()
+        rm = load_replacement_model(spec)
+    except Exception as e:  # noqa: BLE001 - the reason is the result
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        info["error"] = f"{type(e).__name__}: {msg}"
+        if device == "cuda":
+            torch.cuda.empty_cache()
+        return info
+    _sync(device)
+    info["load_s"] = round(time.perf_counter() - t0, 2)
+    info["loaded"] = True
+    info["object"] = rm
+    cfg = rm.model_config
+    info["n_layers"] = int(cfg.n_layers)
+    info["d_model"] = int(getattr(cfg, "d_model", 0) or 0) or None
+    info["d_transcoder"] = getattr(rm.transcoders, "d_transcoder", None)
+    if device == "cuda":
+        info["model_memory_mb"] = _mb(torch.cuda.memory_allocated())
+    return info
+
+
+def public(info: dict) -> dict:
+    return {k: v for k, v in info.items() if k != "object"}
+
+
+# -- measurements ---------------------------------------------------------------------
+def attribute_defaults() -> dict:
+    """circuit-tracer's own defaults for the arguments the tuned setting changes."""
+    from circuit_tracer.attribution.attribute import attribute
+
+    sig = inspect.signature(attribute).parameters
+    return {
+        k: sig[k].default
+        for k in ("batch_size", "max_feature_nodes", "update_interval", "max_n_logits")
+        if k in sig
+    }
+
+
+def time_attribute(model, prompt: str, device: str, **kwargs) -> dict:
+    """circuit-tracer's ``attribute()`` alone, timed (used by the sweep)."""
+    import torch
+    from circuit_tracer import attribute
+
+    _sync(device)
+    t0 = time.perf_counter()
+    try:
+        graph = attribute(prompt, model, **kwargs)
+        _sync(device)
+    except torch.cuda.OutOfMemoryError as e:
+        torch.cuda.empty_cache()
+        return {"ok": False, "error": f"CUDA out of memory: {str(e).splitlines()[0]}"}
+    s = time.perf_counter() - t0
+    n = int(graph.adjacency_matrix.shape[0])
+    del graph
+    return {"ok": True, "attribute_s": round(s, 3), "N": n}
+
+
+def sweep(model, prompt: str, device: str, *, batch_sizes, update_intervals, cap) -> dict:
+    """Fastest (batch_size, update_interval) for ``attribute()`` on ``prompt``."""
+    import torch
+
+    runs = []
+    warmed = False
+    for bs in batch_sizes:
+        for ui in update_intervals:
+            # update_interval only matters while features are re-ranked: with every
+            # feature kept there is no ranking; with a cap, one queue of
+            # update_interval * batch_size covering the cap means one ranking either way.
+            if ui != update_intervals[0] and (cap is None or bs * update_intervals[0] >= cap):
+                continue
+            kwargs = {"batch_size": bs, "max_feature_nodes": cap, "update_interval": ui}
+            if not warmed:
+                time_attribute(model, prompt, device, **kwargs)
+                warmed = True
+            if device == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+            r = time_attribute(model, prompt, device, **kwargs)
+            if device == "cuda":
+                r["peak_gpu_mb"] = _mb(torch.cuda.max_memory_allocated())
+            r.update(kwargs)
+            logger.info("sweep %s -> %s", kwargs, r.get("attribute_s", r.get("error")))
+            runs.append(r)
+    ok = [r for r in runs if r["ok"]]
+    best = min(ok, key=lambda r: r["attribute_s"]) if ok else None
+    return {"runs": runs, "best": best}
+
+
+def bench_cell(
+    model,
+    prompts: list[dict],
+    warmup: list[dict],
+    *,
+    device: str,
+    n_layers: int,
+    setting: dict,
+    max_tokens: int,
+) -> dict:
+    """Warm up, then time ``attribute_prompt`` (attribute + prune + flatten) per prompt."""
+    import torch
+
+    from circuitray.attribution import AttributionConfig, attribute_prompt
+    from circuitray.flatten import PruneConfig
+
+    cfg = AttributionConfig(
+        batch_size=setting["batch_size"],
+        max_feature_nodes=setting["max_feature_nodes"],
+        update_interval=setting["update_interval"],
+        max_tokens=max_tokens,
+    )
+    prune = PruneConfig()
+    if device == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    for p in warmup:
+        attribute_prompt(model, p, graph_id=-1, attribution=cfg, prune=prune)
+    rows = []
+    for i, p in enumerate(prompts):
+        _sync(device)
+        t0 = time.perf_counter()
+        row, _nodes, _edges = attribute_prompt(model, p, graph_id=i, attribution=cfg, prune=prune)
+        _sync(device)
+        row["wall_s"] = time.perf_counter() - t0
+        rows.append(row)
+    ok = [r for r in rows if r["status"] == "ok"]
+    out: dict[str, Any] = {
+        "n_prompts": len(prompts),
+        "n_ok": len(ok),
+        "errors": sorted({r["error"] for r in rows if r["status"] != "ok"}),
+        "n_tokens": sorted({int(r["n_tokens"]) for r in rows if r["n_tokens"] is not None}),
+        "peak_gpu_mb": _mb(torch.cuda.max_memory_allocated()) if device == "cuda" else None,
+    }
+    if not ok:
+        return out
+
+    def med(key: str) -> float:
+        return float(statistics.median(float(r[key]) for r in ok))
+
+    walls = [r["wall_s"] for r in ok]
+    n_nodes = [
+        int(r["n_selected_features"]) + (n_layers + 1) * int(r["n_tokens"]) + int(r["n_logits"])
+        for r in ok
+    ]
+    out.update(
+        s_per_graph=round(statistics.mean(walls), 3),
+        s_per_graph_median=round(statistics.median(walls), 3),
+        s_per_graph_min=round(min(walls), 3),
+        s_per_graph_max=round(max(walls), 3),
+        graphs_per_hour=round(3600 / statistics.mean(walls), 1),
+        attribute_s=round(med("attribute_s"), 3),
+        flatten_s=round(med("flatten_s"), 3),
+        N=int(statistics.median(n_nodes)),
+        n_active_features=int(med("n_active_features")),
+        n_selected_features=int(med("n_selected_features")),
+        n_kept_nodes=int(med("n_kept_nodes")),
+        n_kept_edges=int(med("n_kept_edges")),
+        per_prompt=[
+            {
+                "prompt_id": r["prompt_id"],
+                "n_tokens": r["n_tokens"],
+                "wall_s": round(r["wall_s"], 3),
+                "attribute_s": round(float(r["attribute_s"]), 3),
+                "flatten_s": round(float(r["flatten_s"]), 3),
+                "n_kept_edges": r["n_kept_edges"],
+            }
+            for r in ok
+        ],
+    )
+    return out
+
+
+def _prune_run(method: str, graph, where: str) -> dict:
+    """One pruning of ``graph`` (already on ``where``): time, peak memory, masks."""
+    import torch
+
+    from circuitray.prune import prune_graph_exact
+
+    out: dict[str, Any] = {"method": method, "on": where}
+    if where == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+    try:
+        with RssPeak() as rss:
+            t0 = time.perf_counter()
+            if method == "circuit-tracer prune_graph":
+                from circuit_tracer.graph import prune_graph
+
+                node_mask, edge_mask, _ = prune_graph(graph)
+            else:
+                pruned = prune_graph_exact(graph)
+                node_mask, edge_mask = pruned.node_mask, pruned.edge_mask
+            _sync(where)
+            out["s"] = round(time.perf_counter() - t0, 3)
+    except torch.cuda.OutOfMemoryError as e:
+        torch.cuda.empty_cache()
+        out["error"] = f"CUDA out of memory: {str(e).splitlines()[0]}"
+        return out
+    if where == "cuda":
+        out["peak_extra_gpu_mb"] = _mb(torch.cuda.max_memory_allocated() - base)
+    else:
+        out["peak_extra_rss_mb"] = round(rss.extra_mb, 1)
+    out["kept_nodes"] = int(node_mask.sum())
+    out["kept_edges"] = int(edge_mask.sum())
+    out["_masks"] = (node_mask.cpu(), edge_mask.cpu())
+    return out
+
+
+def prune_comparison(model, prompt: dict, device: str, batch_size: int) -> dict:
+    """circuit-tracer's prune_graph against circuitray's exact pruning on one graph."""
+    import torch
+    from circuit_tracer import attribute
+
+    graph = attribute(prompt["prompt"], model, batch_size=batch_size, max_feature_nodes=None)
+    n = int(graph.adjacency_matrix.shape[0])
+    out: dict[str, Any] = {
+        "prompt_id": prompt["prompt_id"],
+        "n_tokens": len(graph.input_tokens),
+        "N": n,
+        "adjacency_mb": _mb(graph.adjacency_matrix.numel() * 4),
+        "note": "unpruned graph with every active feature (max_feature_nodes=None)",
+        "runs": [],
+    }
+    places = ["cpu"] + (["cuda"] if device == "cuda" else [])
+    for where in places:
+        if where == "cuda":
+            graph.to("cuda")
+        for method in ("circuitray prune_graph_exact", "circuit-tracer prune_graph"):
+            need = 32 * n * n if method.startswith("circuit-tracer") else 6 * n * n
+            if where == "cpu" and need > 0.6 * _mem_available_bytes():
+                out["runs"].append(
+                    {
+                        "method": method,
+                        "on": where,
+                        "skipped": f"needs about {need / 2**30:.1f} GiB, more than 60% "
+                        f"of the {_mem_available_bytes() / 2**30:.1f} GiB available",
+                    }
+                )
+                continue
+            r = _prune_run(method, graph, where)
+            logger.info("prune %s on %s: %s s", method, where, r.get("s", r.get("error")))
+            out["runs"].append(r)
+        if where == "cuda":
+            graph.to("cpu")
+            torch.cuda.empty_cache()
+    # Same masks? Compare each run with circuitray's CPU run.
+    ref = next((r for r in out["runs"] if "_masks" in r and r["on"] == "cpu"), None)
+    for r in out["runs"]:
+        if "_masks" in r and ref is not None and r is not ref:
+            nm, em = r["_masks"]
+            r["node_mask_diff_vs_circuitray_cpu"] = int((nm != ref["_masks"][0]).sum())
+            r["edge_mask_diff_vs_circuitray_cpu"] = int((em != ref["_masks"][1]).sum())
+    for r in out["runs"]:
+        r.pop("_masks", None)
+    del graph
+    return out
+
+
+def bench_model(info: dict, args: dict, device: str, res: dict, save) -> None:
+    """Sweep, the (length x setting) grid and the pruning comparison for one model,
+    filled into ``res``; ``save()`` writes the report so far after each step."""
+    import torch
+
+    from circuitray.attribution import context_length
+
+    model = info["object"]
+    n_layers = info["n_layers"]
+    bundled = info["bundled"]
+    ctx = context_length(model)
+    lengths = [L for L in args["lengths"] if ctx is None or ctx >= L]
+    skipped = [L for L in args["lengths"] if L not in lengths]
+    res.update(context_length=ctx, lengths=lengths, results=[])
+    if skipped:
+        res["lengths_skipped"] = f"{skipped}: longer than the model's context of {ctx}"
+        logger.warning("%s: lengths %s exceed its context of %s", info["model"], skipped, ctx)
+    if not lengths:
+        return
+    longest = max(lengths)
+    n_p, n_w = args["prompts"], args["warmup"]
+    prompts = {L: make_prompts(model, n_p + n_w, L, args["seed"]) for L in lengths}
+    res["prompts"] = {
+        str(L): [{"prompt": p["prompt"], "n_tokens": p["n_tokens"]} for p in ps]
+        for L, ps in prompts.items()
+    }
+
+    defaults = attribute_defaults()
+    cap = None if bundled else args["tuned_max_feature_nodes"]
+    tuned = {
+        "batch_size": args["tuned_batch_size"],
+        "max_feature_nodes": cap,
+        "update_interval": args["tuned_update_interval"] or defaults["update_interval"],
+    }
+    if tuned["batch_size"] is None and args["sweep"]:
+        table = SWEEP_BATCH_SIZES if bundled else SWEEP_BATCH_SIZES_LARGE_MODEL
+        sizes = table[device]
+        if args["quick"]:
+            sizes = sizes[:2]
+        intervals = (
+            (args["tuned_update_interval"],)
+            if args["tuned_update_interval"]
+            else SWEEP_UPDATE_INTERVALS
+        )
+        logger.info("%s: sweeping batch_size %s at %d tokens", info["model"], sizes, longest)
+        sw = sweep(
+            model,
+            prompts[longest][0]["prompt"],
+            device,
+            batch_sizes=sizes,
+            update_intervals=intervals,
+            cap=cap,
+        )
+        res["sweep"] = {"length": longest, **sw}
+        save()
+        if sw["best"]:
+            tuned["batch_size"] = sw["best"]["batch_size"]
+            tuned["update_interval"] = sw["best"]["update_interval"]
+    if tuned["batch_size"] is None:
+        tuned["batch_size"] = 2 * defaults["batch_size"] if device == "cuda" else 128
+    settings = {
+        "circuit-tracer defaults": {
+            "batch_size": defaults["batch_size"],
+            "max_feature_nodes": defaults["max_feature_nodes"],
+            "update_interval": defaults["update_interval"],
+        },
+        "tuned": tuned,
+    }
+    res["settings"] = settings
+    for L in lengths:
+        for name, setting in settings.items():
+            logger.info("%s: %d tokens, %s %s", info["model"], L, name, setting)
+            cell = bench_cell(
+                model,
+                prompts[L][n_w:],
+                prompts[L][:n_w],
+                device=device,
+                n_layers=n_layers,
+                setting=setting,
+                max_tokens=max(args["lengths"]) + 8,
+            )
+            cell.update(length=L, setting=name, **setting)
+            logger.info(
+                "  -> %s s/graph, %s graphs/h, N=%s, kept edges %s, peak GPU %s MB %s",
+                cell.get("s_per_graph"),
+                cell.get("graphs_per_hour"),
+                cell.get("N"),
+                cell.get("n_kept_edges"),
+                cell.get("peak_gpu_mb"),
+                cell["errors"] or "",
+            )
+            res["results"].append(cell)
+            save()
+            if device == "cuda":
+                torch.cuda.empty_cache()
+    if args["prune_compare"]:
+        logger.info("%s: pruning comparison at %d tokens", info["model"], longest)
+        try:
+            res["prune_comparison"] = prune_comparison(
+                model, prompts[longest][0], device, tuned["batch_size"]
+            )
+        except Exception as e:  # noqa: BLE001 - keep the grid's results
+            logger.exception("pruning comparison failed")
+            res["prune_comparison"] = {"error": f"{type(e).__name__}: {e}"}
+        save()
+
+
+# -- report ---------------------------------------------------------------------------
+def _fmt(v: Any, nd: int = 2) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:,.{nd}f}"
+    if isinstance(v, int):
+        return f"{v:,}"
+    return str(v)
+
+
+def result_rows(report: dict) -> list[list[str]]:
+    rows = []
+    for m in report["models"]:
+        for c in m.get("results", []):
+            rows.append(
+                [
+                    m["label"],
+                    _fmt(c["length"]),
+                    "/".join(str(t) for t in c["n_tokens"]) or "-",
+                    c["setting"],
+                    f"{c['batch_size']}/{c['max_feature_nodes'] or 'all'}/{c['update_interval']}",
+                    _fmt(c.get("s_per_graph"), 3),
+                    _fmt(c.get("attribute_s"), 3),
+                    _fmt(c.get("flatten_s"), 3),
+                    _fmt(c.get("graphs_per_hour"), 0),
+                    _fmt(c.get("peak_gpu_mb"), 0),
+                    _fmt(c.get("N")),
+                    _fmt(c.get("n_kept_nodes")),
+                    _fmt(c.get("n_kept_edges")),
+                    "; ".join(c["errors"]) if c["errors"] else "",
+                ]
+            )
+    return rows
+
+
+HEADERS = [
+    "model",
+    "length",
+    "tokens",
+    "setting",
+    "batch/max_feat/update",
+    "s/graph",
+    "attribute s",
+    "flatten s",
+    "graphs/h",
+    "peak GPU MB",
+    "N",
+    "kept nodes",
+    "kept edges",
+    "errors",
+]
+PRUNE_HEADERS = ["model", "N", "method", "on", "s", "peak extra MB", "kept edges", "mask diff"]
+
+
+def prune_rows(report: dict) -> list[list[str]]:
+    rows = []
+    for m in report["models"]:
+        pc = m.get("prune_comparison")
+        if not pc or "runs" not in pc:
+            continue
+        for r in pc["runs"]:
+            peak = r.get("peak_extra_gpu_mb", r.get("peak_extra_rss_mb"))
+            diff = r.get("edge_mask_diff_vs_circuitray_cpu")
+            rows.append(
+                [
+                    m["label"],
+                    _fmt(pc["N"]),
+                    r["method"],
+                    r["on"],
+                    _fmt(r.get("s"), 3) if "s" in r else r.get("error") or r.get("skipped", "-"),
+                    _fmt(peak, 0),
+                    _fmt(r.get("kept_edges")),
+                    "ref" if diff is None and "kept_edges" in r else _fmt(diff),
+                ]
+            )
+    return rows
+
+
+def print_report(report: dict) -> None:
+    env = report["environment"]
+    title = (
+        f"gpu_bench on {env['gpu_name'] or 'CPU'} (torch {env['torch']}, CUDA {env['torch_cuda']})"
+    )
+    try:
+        from rich.console import Console
+        from rich.table import Table
+
+        console = Console(width=None if sys.stdout.isatty() else 220)
+        for heads, rows, t in (
+            (HEADERS, result_rows(report), title),
+            (PRUNE_HEADERS, prune_rows(report), "pruning: circuit-tracer vs circuitray"),
+        ):
+            table = Table(title=t)
+            for h in heads:
+                table.add_column(
+                    h, justify="left" if h in ("model", "setting", "method") else "right"
+                )
+            for r in rows:
+                table.add_row(*r)
+            console.print(table)
+        for m in report["models"]:
+            if not m["loaded"]:
+                console.print(f"[yellow]{m['model']}: not loaded: {m['error']}[/yellow]")
+        console.print(report["summary"])
+    except ImportError:
+        print(title)
+        print(markdown_tables(report))
+
+
+def markdown_tables(report: dict) -> str:
+    def md(heads: list[str], rows: list[list[str]]) -> str:
+        lines = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
+        lines += ["| " + " | ".join(r) + " |" for r in rows]
+        return "\n".join(lines)
+
+    return md(HEADERS, result_rows(report)) + "\n\n" + md(PRUNE_HEADERS, prune_rows(report))
+
+
+def markdown_report(report: dict) -> str:
+    env = report["environment"]
+    hub = report["hub"]
+    lines = [
+        f"# gpu_bench results: {env['gpu_name'] or 'CPU (no GPU)'}",
+        "",
+        f"- created (UTC): {report['created_utc']}; commit {env['git_commit']}",
+        f"- device: {env['device']}, GPU {env['gpu_name']} ({env['gpu_memory_gb']} GiB); "
+        f"{env['cpu_count']} CPUs, {env['memory_gb']} GiB RAM",
+        f"- torch {env['torch']}, CUDA {env['torch_cuda']}; "
+        + ", ".join(f"{k} {v}" for k, v in env["versions"].items()),
+        f"- hub reachable: {hub['reachable']} ({hub['detail']}); "
+        f"gemma available: {report['gemma_available']}",
+        f"- {report['summary']}",
+    ]
+    for m in report["models"]:
+        if not m["loaded"]:
+            lines.append(f"- {m['model']} ({m['transcoders']}): not loaded: {m['error']}")
+    lines += [
+        "",
+        "s/graph is the mean wall time of attribute + next-token probabilities + exact",
+        "pruning + flattening (circuitray.attribution.attribute_prompt) after a warm-up;",
+        "graphs/h = 3600 / s/graph for one process on one device; peak GPU MB is",
+        "torch.cuda.max_memory_allocated over the cell (model weights included).",
+        "",
+        markdown_tables(report),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+# -- command --------------------------------------------------------------------------
+@click.command()
+@click.option("--device", type=click.Choice(["auto", "cuda", "cpu"]), default="auto")
+@click.option("--out", type=click.Path(dir_okay=False), default=None, help="JSON results.")
+@click.option("--md-out", type=click.Path(dir_okay=False), default=None, help="Markdown summary.")
+@click.option("--model", "main_model", default=MAIN_MODEL, show_default=True)
+@click.option("--transcoders", "main_transcoders", default=MAIN_TRANSCODERS, show_default=True)
+@click.option("--dtype", default=None, help="Main model dtype (default bfloat16 on CUDA).")
+@click.option("--fallback", default=FALLBACK_MODEL, show_default=True, help="Bundled model.")
+@click.option("--with-fallback", is_flag=True, help="Also bench the bundled model.")
+@click.option("--lengths", default="16,32,64", show_default=True, help="Prompt tokens.")
+@click.option("--prompts", type=int, default=None, help="Timed prompts per cell (3).")
+@click.option("--warmup", type=int, default=None, help="Warm-up prompts per cell (1).")
+@click.option("--tuned-batch-size", type=int, default=None, help="Skip the sweep.")
+@click.option(
+    "--tuned-max-feature-nodes", type=int, default=MAIN_TUNED_MAX_FEATURE_NODES, show_default=True
+)
+@click.option("--tuned-update-interval", type=int, default=None)
+@click.option("--sweep/--no-sweep", default=True, show_default=True)
+@click.option("--prune-compare/--no-prune-compare", default=True, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--quick", is_flag=True, help="Smoke check: 1 prompt, short lengths on CPU.")
+@click.option(
+    "--render",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="Only print (and --md-out) an earlier JSON report; runs nothing.",
+)
+def main(**kw: Any) -> None:
+    """Attribution graphs per hour on one device (see the module docstring)."""
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if kw["render"]:
+        report = json.loads(Path(kw["render"]).read_text())
+        if kw["md_out"]:
+            Path(kw["md_out"]).write_text(markdown_report(report))
+        print_report(report)
+        return
+    if not kw["out"]:
+        raise click.UsageError("--out is required (the JSON results file)")
+    t_start = time.perf_counter()
+    hub = probe_hub()  # 1. before huggingface_hub is imported
+    logger.info("hub: %s", hub)
+
+    import torch
+
+    device = kw["device"]
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise click.UsageError("--device cuda: torch sees no GPU")
+    quick = kw["quick"]
+    lengths = [int(x) for x in kw["lengths"].split(",") if x.strip()]
+    if quick and device == "cpu" and kw["lengths"] == "16,32,64":
+        lengths = [8, 16]
+    args = {
+        "lengths": lengths,
+        "prompts": kw["prompts"] if kw["prompts"] is not None else (1 if quick else 3),
+        "warmup": kw["warmup"] if kw["warmup"] is not None else 1,
+        "tuned_batch_size": kw["tuned_batch_size"],
+        "tuned_max_feature_nodes": kw["tuned_max_feature_nodes"],
+        "tuned_update_interval": kw["tuned_update_interval"],
+        "sweep": kw["sweep"],
+        "prune_compare": kw["prune_compare"],
+        "seed": kw["seed"],
+        "quick": quick,
+    }
+    env = environment(device)
+    logger.info("device %s, GPU %s, torch %s", device, env["gpu_name"], env["torch"])
+
+    # 2. The main model, else (or also) the bundled one; 3-6 for each, one at a time.
+    from circuitray.models.registry import BUNDLED
+
+    main_dtype = kw["dtype"] or ("bfloat16" if device == "cuda" else "float32")
+    cached = hub_cached(kw["main_model"])
+    logger.info("trying %s with %s transcoders", kw["main_model"], kw["main_transcoders"])
+    main_info = try_load(kw["main_model"], kw["main_transcoders"], main_dtype, device)
+    main_info.update(
+        cached=cached, bundled=kw["main_model"] in BUNDLED, fallback=False, label=kw["main_model"]
+    )
+    if not main_info["loaded"]:
+        if not hub["reachable"] and not cached:
+            main_info["error"] = (
+                f"hub unreachable ({hub['detail']}) and not cached; {main_info['error']}"
+            )
+        logger.warning("%s not loaded: %s", kw["main_model"], main_info["error"])
+    main_note = (
+        f"{kw['main_model']} loaded"
+        if main_info["loaded"]
+        else f"{kw['main_model']} NOT available ({main_info['error']})"
+    )
+
+    out = Path(kw["out"])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    report: dict[str, Any] = {
+        "benchmark": "circuitray bench/gpu_bench.py",
+        "created_utc": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "argv": sys.argv[1:],
+        "args": args,
+        "environment": env,
+        "hub": hub,
+        "gemma_available": bool(main_info["loaded"] and "gemma" in kw["main_model"].lower()),
+        "attribute_defaults": None,
+        "models": [],
+        "complete": False,
+        "summary": f"INCOMPLETE (the benchmark was still running); {main_note}",
+    }
+
+    def save() -> None:
+        report["elapsed_s"] = round(time.perf_counter() - t_start, 1)
+        out.write_text(json.dumps(report, indent=2, default=str) + "\n")
+
+    def run(info: dict) -> None:
+        entry = public(info)
+        report["models"].append(entry)
+        save()
+        if info["loaded"]:
+            report["attribute_defaults"] = attribute_defaults()
+            bench_model(info, args, device, entry, save)
+            info.pop("object", None)  # free the model before the next one loads
+            if device == "cuda":
+                torch.cuda.empty_cache()
+
+    run(main_info)
+    if not main_info["loaded"] or kw["with_fallback"]:
+        fb = try_load(kw["fallback"], None, "float32", device)
+        fb.update(bundled=kw["fallback"] in BUNDLED, fallback=not main_info["loaded"])
+        fb["label"] = f"{kw['fallback']} (bundled{' fallback' if fb['fallback'] else ''})"
+        if not fb["loaded"]:
+            logger.error("fallback %s not loaded: %s", kw["fallback"], fb["error"])
+        run(fb)
+
+    benched = [m["label"] for m in report["models"] if m["loaded"]]
+    if main_info["loaded"]:
+        summary = f"{main_note} and benchmarked on {env['gpu_name'] or 'CPU'}."
+    else:
+        summary = (
+            f"{main_note}; figures are for {', '.join(benched) or 'no model'}, "
+            f"NOT {kw['main_model']}."
+        )
+    report.update(complete=True, summary=summary)
+    save()
+    if kw["md_out"]:
+        Path(kw["md_out"]).parent.mkdir(parents=True, exist_ok=True)
+        Path(kw["md_out"]).write_text(markdown_report(report))
+    print_report(report)
+    logger.info("wrote %s in %.1f s", out, report["elapsed_s"])
+
+
+if __name__ == "__main__":
+    main()

@@ -19,14 +19,16 @@ _SCRIPT = Path(sys.executable).parent / "circuitray"
 CLI = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "circuitray.cli"]
 
 
-def circuitray(*args, cwd=None) -> subprocess.CompletedProcess:
+def circuitray(
+    *args, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     # os.environ carries CIRCUITRAY_HOME (set by the session fixture).
     return subprocess.run(
         [*CLI, *map(str, args)],
         capture_output=True,
         text=True,
         cwd=cwd,
-        env=dict(os.environ),
+        env=env if env is not None else dict(os.environ),
         timeout=120,
     )
 
@@ -39,6 +41,15 @@ def assert_one_line_error(p: subprocess.CompletedProcess, *needles: str) -> str:
     for needle in needles:
         assert needle in lines[0], (needle, lines[0])
     return lines[0]
+
+
+def assert_refused(p: subprocess.CompletedProcess, *needles: str) -> str:
+    """Exit 2, nothing on stdout, one ``error: ...`` line on stderr holding ``needles``."""
+    assert p.returncode == 2, (p.returncode, p.stdout, p.stderr)
+    assert p.stdout == ""
+    line = assert_one_line_error(p, *needles)
+    assert line.startswith("error: "), line
+    return line
 
 
 @pytest.fixture(scope="module")

@@ -12,48 +12,21 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import os
 import shutil
 import statistics
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 from conftest import N_RAY_PROMPTS
+from test_cli import assert_refused, circuitray
 
 from circuitray.compare import METRICS, CompareConfig, _per_graph, compare_groups, compare_runs
 from circuitray.errors import CircuitrayError
 from circuitray.ws2 import CONSTRAINTS
 
-_SCRIPT = Path(sys.executable).parent / "circuitray"
-CLI = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "circuitray.cli"]
 TOL = 1e-9
-
-
-def circuitray(*args) -> subprocess.CompletedProcess:
-    # os.environ carries CIRCUITRAY_HOME (set by the session fixture).
-    return subprocess.run(
-        [*CLI, *map(str, args)],
-        capture_output=True,
-        text=True,
-        env=dict(os.environ),
-        timeout=120,
-    )
-
-
-def assert_one_line_error(p: subprocess.CompletedProcess, *needles: str) -> str:
-    assert p.returncode == 2, (p.returncode, p.stdout, p.stderr)
-    assert "Traceback" not in p.stderr and "Traceback" not in p.stdout
-    assert p.stdout == ""
-    lines = [line for line in p.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, p.stderr
-    assert lines[0].startswith("error: "), lines[0]
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
-    return lines[0]
 
 
 # -- the expected values, from the Parquet files ------------------------------------------
@@ -396,20 +369,20 @@ def test_cli_compare_one_run_json(ray_run):
 
 def test_cli_compare_unknown_by(ray_run):
     p = circuitray("compare", ray_run.out, "--by", "not_a_column")
-    assert_one_line_error(p, "--by 'not_a_column': not a graphs column", "constraint_type")
+    assert_refused(p, "--by 'not_a_column': not a graphs column", "constraint_type")
 
 
 def test_cli_compare_three_runs(ray_run):
     p = circuitray("compare", ray_run.out, ray_run.out, ray_run.out)
-    assert_one_line_error(p, "usage: circuitray compare BASELINE_RUN CANDIDATE_RUN")
+    assert_refused(p, "usage: circuitray compare BASELINE_RUN CANDIDATE_RUN")
 
 
 @pytest.mark.parametrize("n_runs", [1, 2])
 def test_cli_compare_unknown_metric(ray_run, n_runs):
     p = circuitray("compare", *[ray_run.out] * n_runs, "--metric", "nope")
-    assert_one_line_error(p, "unknown metric 'nope'", "target_prob")
+    assert_refused(p, "unknown metric 'nope'", "target_prob")
 
 
 def test_cli_compare_not_a_run_folder(ray_run, tmp_path):
     p = circuitray("compare", tmp_path, ray_run.out)
-    assert_one_line_error(p, str(tmp_path), "not a circuitray run folder")
+    assert_refused(p, str(tmp_path), "not a circuitray run folder")

@@ -18,18 +18,14 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from conftest import N_RAY_PROMPTS
+from test_cli import assert_refused, circuitray
 
 from circuitray.errors import CircuitrayError
 from circuitray.queries import run_query, run_sql
-
-_SCRIPT = Path(sys.executable).parent / "circuitray"
-CLI = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "circuitray.cli"]
 
 # Text that would change a query's meaning if it were pasted into the SQL.
 EVIL_LABEL = "x'; DROP VIEW graphs; --"
@@ -38,33 +34,6 @@ INT_INJECTIONS = [
     "1 OR 1=1",
     "0); COPY graphs TO '{target}'; --",
 ]
-
-
-def circuitray(
-    *args, cwd: Path | None = None, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess:
-    # os.environ carries CIRCUITRAY_HOME (set by the session fixture).
-    return subprocess.run(
-        [*CLI, *map(str, args)],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        env=env if env is not None else dict(os.environ),
-        timeout=120,
-    )
-
-
-def assert_refused(p: subprocess.CompletedProcess, *needles: str) -> str:
-    """Exit 2, nothing on stdout, one ``error: ...`` line on stderr holding ``needles``."""
-    assert p.returncode == 2, (p.returncode, p.stdout, p.stderr)
-    assert "Traceback" not in p.stderr and "Traceback" not in p.stdout
-    assert p.stdout == ""
-    lines = [line for line in p.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, p.stderr
-    assert lines[0].startswith("error: "), lines[0]
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
-    return lines[0]
 
 
 def snapshot(root: Path) -> dict[str, str]:

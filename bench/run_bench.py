@@ -2,8 +2,8 @@
 
 1. Run every measurement of :mod:`circuitray.bench.attribution` (overhead, scaling,
    flattening, storage, memory) in a temporary work folder.
-2. Run the pruning comparison of ``circuitray.bench.pruning`` when that module exists
-   (see the hook below); otherwise note that it was skipped.
+2. Run the pruning comparison of :mod:`circuitray.bench.pruning` (circuitray's exact
+   pruning against circuit-tracer's ``prune_graph``), unless ``--no-pruning``.
 3. Print one table (each figure, its goal, whether it is met) and write the results,
    with a description of the machine, to ``bench/results/bench-<UTC time>.json`` and
    ``bench/results/latest.json``.
@@ -14,8 +14,6 @@ Defaults fit in well under 10 minutes on 2 CPU cores with the organism model;
 
 from __future__ import annotations
 
-import importlib
-import inspect
 import json
 import logging
 import os
@@ -38,6 +36,7 @@ from circuitray.bench.attribution import (
     machine_info,
     run_attribution_bench,
 )
+from circuitray.bench.pruning import compare_pruning
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 # Piped to a file or CI log, rich would wrap at 80 columns; the table needs more.
@@ -58,37 +57,7 @@ def _git_commit() -> str | None:
     return out.stdout.strip() or None
 
 
-# ---- Pruning comparison hook -------------------------------------------------------
-# circuitray.bench.pruning is added separately. When the module exists, its
-# compare_pruning(...) runs here and returns a dict: it goes under "pruning" in the
-# JSON, and its "rows" (a list of flat dicts, one table row each) are printed. It is
-# called with whichever of these keyword arguments its signature accepts (all of them
-# if it takes **kwargs):
-#   prompts (str, the benchmark's Parquet prompt file), model (str), n_prompts (int),
-#   seed (int), torch_threads (int | None), attribution (AttributionConfig),
-#   prune (PruneConfig), work_dir (str, an empty folder of its own), quick (bool).
-# Without the module, the section is skipped with a note.
-PRUNING_MODULE = "circuitray.bench.pruning"
-
-
-def run_pruning_hook(offered: dict) -> dict | None:
-    """The pruning section's dict, or None when ``circuitray.bench.pruning`` is absent."""
-    try:
-        module = importlib.import_module(PRUNING_MODULE)
-    except ModuleNotFoundError as e:
-        if e.name != PRUNING_MODULE:
-            raise  # the module exists but an import inside it is broken: say so
-        return None
-    compare_pruning = module.compare_pruning
-    params = inspect.signature(compare_pruning).parameters.values()
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
-        kwargs = offered
-    else:
-        names = {p.name for p in params}
-        kwargs = {k: v for k, v in offered.items() if k in names}
-    return compare_pruning(**kwargs)
-
-
+# ---- Pruning comparison ----------------------------------------------------------------
 def _flat(d: dict, prefix: str = "") -> dict:
     out: dict = {}
     for k, v in d.items():
@@ -289,7 +258,7 @@ def print_table(result: dict) -> None:
     "--pruning/--no-pruning",
     default=True,
     show_default=True,
-    help=f"Run the pruning comparison ({PRUNING_MODULE}) when it exists.",
+    help="Run the pruning comparison (circuitray.bench.pruning).",
 )
 @click.option(
     "--results-dir",
@@ -341,23 +310,10 @@ def main(
     pruning_result: dict | None = None
     try:
         result = run_attribution_bench(config, root / "attribution")
-        offered = {
-            "prompts": str(root / "attribution" / "prompts.parquet"),
-            "model": config.model,
-            "n_prompts": config.n_prompts,
-            "seed": config.seed,
-            "torch_threads": config.torch_threads,
-            "attribution": config.attribution,
-            "prune": config.prune,
-            "work_dir": str(root / "pruning"),
-            "quick": quick,
-        }
-        (root / "pruning").mkdir()
         t_pruning = time.perf_counter()
-        pruning_result = run_pruning_hook(offered) if pruning else None
+        pruning_result = compare_pruning(quick=quick) if pruning else None
         if pruning_result is None:
-            why = f"{PRUNING_MODULE} is not present" if pruning else "--no-pruning"
-            result["pruning"] = {"skipped": why}
+            result["pruning"] = {"skipped": "--no-pruning"}
         else:
             result["pruning"] = pruning_result
             result["section_s"]["pruning"] = time.perf_counter() - t_pruning

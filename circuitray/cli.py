@@ -7,6 +7,7 @@ Every command parses its options into the API's dataclasses and calls one functi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -139,12 +140,6 @@ def print_run_summary(result) -> None:
         f"{rate * 60:.0f} graphs/min)",
         soft_wrap=True,
     )
-
-
-def _null():
-    import contextlib
-
-    return contextlib.nullcontext()
 
 
 def _fmt(v) -> str:
@@ -501,7 +496,8 @@ def report_cmd(run_dirs, out, top_k, circuit_edges, as_json) -> None:
     from circuitray.report import ReportConfig, build_report
 
     config = ReportConfig(top_k=top_k, circuit_edges=circuit_edges)
-    with console.status("building the report", spinner="dots") if not as_json else _null():
+    status = console.status("building the report") if not as_json else contextlib.nullcontext()
+    with status:
         record = build_report(list(run_dirs), out, config=config)
     if as_json:
         click.echo(json.dumps(record, indent=2))

@@ -232,7 +232,7 @@ def prune_masks(
         del scores, flat, nonzero
     else:
         score_threshold = _edge_threshold(buf, pruned_influence, edge_threshold)
-        # 4. The edge mask from recomputed scores (buf now holds the sorted scores).
+        # The edge mask from recomputed scores (buf now holds the sorted scores).
         normalized = _pruned_normalized_(buf, adjacency, node_mask)
         edge_mask = torch.empty((n, n), dtype=torch.bool, device=adjacency.device)
         for r0, r1, block in _score_blocks(normalized, pruned_influence):

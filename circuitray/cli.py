@@ -216,7 +216,10 @@ def ws2_cmd(n: int, seed: int, out: str, types: str | None, as_json: bool) -> No
 @click.option(
     "--transcoders",
     default=None,
-    help="circuit-tracer transcoder ref (gemma, llama, org/repo); bundled default.",
+    help=(
+        "circuit-tracer transcoder ref (gemma, llama, org/repo); for a bundled model "
+        "also per-layer (the default) or cross-layer (its cross-layer transcoder)."
+    ),
 )
 @click.option("--transcoder-cache-dir", default=None, type=click.Path(file_okay=False))
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32")
@@ -326,6 +329,106 @@ def run_cmd(
         from circuitray.queries import run_query
 
         print_table(run_query("constraint_stats", [out]))
+
+
+# -- interventions -------------------------------------------------------------
+@cli.command("intervene")
+@click.argument("run_dir", type=click.Path())
+@click.option(
+    "--out", "out", required=True, type=click.Path(file_okay=False), help="Intervention folder."
+)
+@click.option(
+    "--features",
+    "features",
+    multiple=True,
+    required=True,
+    help="SPEC, repeatable (one intervention group each): 'L:F,L:F' pairs; "
+    "'query:NAME?param=v&column=v' (a named query's layer/feature rows; keys that are "
+    "not parameters filter rows); 'top:K' (the graph's K most influential feature "
+    "nodes for the target logit); 'random:K' (K random active ones); 'single:K' (each "
+    "top-K node alone).",
+)
+@click.option(
+    "--scale",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="Intervened activations become SCALE x their clean value (0 ablates).",
+)
+@click.option(
+    "--constrained-layers",
+    default=None,
+    help="circuit-tracer constrained_layers: 'all' (direct effects), 'A-B' or 'A'; "
+    "default none (effects propagate).",
+)
+@click.option("--freeze-attention/--no-freeze-attention", default=True, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seeds random:K.")
+@click.option("--type", "types", multiple=True, help="Only graphs of this constraint type.")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="At most N graphs.")
+@click.option("--actors", type=click.IntRange(min=1), default=None)
+@click.option("--address", default=None, help="Ray address to join, e.g. auto.")
+@click.option("--gpus-per-actor", type=float, default=1.0, show_default=True)
+@click.option("--cpus-per-actor", type=float, default=None)
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--max-attempts", type=click.IntRange(min=1), default=3, show_default=True)
+@click.option("--effects/--no-effects", default=True, help="Print intervention_effects.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def intervene_cmd(
+    run_dir,
+    out,
+    features,
+    scale,
+    constrained_layers,
+    freeze_attention,
+    seed,
+    types,
+    limit,
+    actors,
+    address,
+    gpus_per_actor,
+    cpus_per_actor,
+    batch_size,
+    max_attempts,
+    effects,
+    as_json,
+) -> None:
+    """Apply feature interventions to the prompts of RUN_DIR on Ray (resumable)."""
+    from dataclasses import asdict
+
+    from circuitray.intervene import InterventionConfig, intervene
+
+    config = InterventionConfig(
+        run=run_dir,
+        out=out,
+        features=list(features),
+        scale=scale,
+        constrained_layers=constrained_layers,
+        freeze_attention=freeze_attention,
+        seed=seed,
+        constraint_types=list(types) or None,
+        limit=limit,
+        actors=actors,
+        address=address,
+        batch_size=batch_size,
+        gpus_per_actor=gpus_per_actor,
+        cpus_per_actor=cpus_per_actor,
+        max_attempts=max_attempts,
+    )
+    with RunProgress(disabled=as_json, label="intervening") as on_progress:
+        result = intervene(config, on_progress=on_progress)
+    if as_json:
+        click.echo(json.dumps(asdict(result), indent=2, default=str))
+        return
+    err_console.print(
+        f"{result.run_dir}: {result.ok} ok, {result.errors} errors of {result.total} prompts, "
+        f"{result.results} result rows ({result.computed} computed, {result.skipped} already "
+        f"done) in {result.elapsed_s:.1f}s (Ray start {result.ray_start_s:.1f}s)",
+        soft_wrap=True,
+    )
+    if effects and result.ok:
+        from circuitray.queries import run_query
+
+        print_table(run_query("intervention_effects", [out]))
 
 
 @cli.group("pipeline")

@@ -283,7 +283,26 @@ def run(
             ray_start_s=0.0,
         )
         if items:
-            _dispatch(config, store, items, result, n_done, total, on_progress, meta["session"])
+            from circuitray.worker import AttributionWorker
+
+            dispatch(
+                config,
+                store,
+                items,
+                result=result,
+                n_done=n_done,
+                total=total,
+                on_progress=on_progress,
+                worker_cls=AttributionWorker,
+                worker_kwargs={
+                    "model": config.model,
+                    "attribution": config.attribution,
+                    "prune": config.prune,
+                    "run_dir": store.uri,
+                    "session": meta["session"],
+                },
+                error_part=_error_part,
+            )
 
         if config.compact and result.computed:
             store.compact()
@@ -302,29 +321,38 @@ def run(
         store.release_lock()
 
 
-def _dispatch(config, store, items, result, n_done, total, on_progress, session) -> None:
+def dispatch(
+    config,
+    store: RunStore,
+    items: list[tuple[int, dict]],
+    *,
+    result,
+    n_done: int,
+    total: int,
+    on_progress: Callable[[int, int, dict | None], None] | None,
+    worker_cls: type,
+    worker_kwargs: dict,
+    error_part: Callable[[RunStore, str, list, str], list[dict]],
+) -> None:
+    """Steps 3-4 of the module docstring for any worker class with ``info()`` and
+    ``process(part_name, items) -> summaries`` (attribution and intervention actors).
+
+    ``config`` gives placement and fault tolerance (``actors``, ``address``,
+    ``batch_size``, ``gpus_per_actor``, ``cpus_per_actor``, ``max_attempts``,
+    ``restart_timeout_s``); ``error_part`` writes a batch that ran out of tries as
+    error rows and returns their summaries.
+    """
+    session = worker_kwargs["session"]
     t0 = time.perf_counter()
     ray = _init_ray(config)
     from ray.exceptions import RayActorError, RayTaskError
 
-    from circuitray.worker import AttributionWorker
-
     n_actors, opts, threads = _placement(config, ray.cluster_resources())
     n_actors = min(n_actors, max(1, -(-len(items) // config.batch_size)))
     remote_cls = ray.remote(max_restarts=config.max_attempts, max_task_retries=0, **opts)(
-        AttributionWorker
+        worker_cls
     ).options(scheduling_strategy="SPREAD")
-    actors = [
-        remote_cls.remote(
-            model=config.model,
-            attribution=config.attribution,
-            prune=config.prune,
-            run_dir=store.uri,
-            torch_threads=threads,
-            session=session,
-        )
-        for _ in range(n_actors)
-    ]
+    actors = [remote_cls.remote(**worker_kwargs, torch_threads=threads) for _ in range(n_actors)]
     try:
         result.workers = ray.get([a.info.remote() for a in actors])
     except RayTaskError as e:
@@ -372,14 +400,14 @@ def _dispatch(config, store, items, result, n_done, total, on_progress, session)
             result.retried_batches += 1
             queue.appendleft((name, chunk))
         else:
-            report(_error_part(store, name, chunk, f"worker failed: {msg}"))
+            report(error_part(store, name, chunk, f"worker failed: {msg}"))
 
     feed()
     while any(kind == "batch" for kind, *_ in inflight.values()) or queue:
         if not inflight:  # every actor is gone for good
             while queue:
                 name, chunk = queue.popleft()
-                report(_error_part(store, name, chunk, "worker failed: no live workers left"))
+                report(error_part(store, name, chunk, "worker failed: no live workers left"))
             break
         ready, _ = ray.wait(list(inflight), num_returns=1, timeout=10.0)
         if not any(healthy):

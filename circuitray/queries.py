@@ -4,6 +4,8 @@
    ``edges`` over the committed Parquet parts of one or more run folders; every view
    has a ``run`` column (the folder's name) so one query can compare runs, and
    ``runs`` (run, position, path) keeps the order the folders were given in.
+   Intervention folders (``circuitray intervene``) given among them feed the view
+   ``interventions`` the same way.
 2. Named queries are the ``*.sql`` files of the query folder (``queries/`` at the
    repository root, or ``$CIRCUITRAY_QUERIES_DIR``). A header of ``--`` comments says
    what a query answers and declares its parameters::
@@ -34,11 +36,19 @@ import pyarrow as pa
 from circuitray.attribution import GRAPH_SCHEMA
 from circuitray.errors import CircuitrayError, RunDirError
 from circuitray.flatten import EDGE_SCHEMA, NODE_SCHEMA
-from circuitray.store import RunStore
+from circuitray.intervention import RESULT_SCHEMA
+from circuitray.store import InterventionStore, RunStore
 
 __all__ = ["NamedQuery", "connect", "list_queries", "run_query", "run_sql"]
 
-SCHEMAS = {"graphs": GRAPH_SCHEMA, "nodes": NODE_SCHEMA, "edges": EDGE_SCHEMA}
+# View name -> schema; FOLDER_TABLE names a view's folder table where they differ.
+SCHEMAS = {
+    "graphs": GRAPH_SCHEMA,
+    "nodes": NODE_SCHEMA,
+    "edges": EDGE_SCHEMA,
+    "interventions": RESULT_SCHEMA,
+}
+FOLDER_TABLE = {"interventions": "results"}
 PARAM_RE = re.compile(
     r"^--\s*param:\s*(?P<name>\w+)\s+(?P<type>int|float|str|bool)\s*=\s*(?P<default>.*?)\s*"
     r"(?:--\s+(?P<doc>.*))?$"
@@ -160,10 +170,17 @@ def connect(run_dirs: list[str], *, threads: int | None = None) -> duckdb.DuckDB
     """An in-memory DuckDB with ``graphs``, ``nodes``, ``edges`` views over the runs."""
     if not run_dirs:
         raise CircuitrayError("give at least one run folder")
-    stores = [RunStore(r) for r in run_dirs]
-    for s in stores:
-        if not s.exists():
-            raise RunDirError(f"{s.root}: not a circuitray run folder (no run.json)")
+    stores: list[RunStore] = []
+    for r in run_dirs:
+        store = RunStore(r)
+        if not store.exists():
+            store = InterventionStore(r)
+        if not store.exists():
+            raise RunDirError(
+                f"{r}: not a circuitray run folder (no run.json) nor an intervention "
+                "folder (no intervention.json)"
+            )
+        stores.append(store)
     con = duckdb.connect(":memory:")
     if threads:
         con.execute(f"SET threads = {int(threads)}")
@@ -182,13 +199,14 @@ def connect(run_dirs: list[str], *, threads: int | None = None) -> duckdb.DuckDB
     for table, schema in SCHEMAS.items():
         selects = []
         for name, store in zip(_run_names(run_dirs), stores, strict=True):
-            files = store.part_files(table)
+            folder_table = FOLDER_TABLE.get(table, table)
+            files = store.part_files(folder_table) if folder_table in store.tables else []
             run_lit = "'" + name.replace("'", "''") + "'"
             if files and not store.local:
                 # Object storage: DuckDB scans a pyarrow dataset over pyarrow's S3/GCS
                 # filesystem (no DuckDB extension to download).
                 alias = f"_{table}_{len(selects)}_{abs(hash(store.uri)) % 10**8}"
-                con.register(alias, store.dataset(table))
+                con.register(alias, store.dataset(folder_table))
                 selects.append(f"SELECT {run_lit} AS run, * FROM {alias}")
             elif files:
                 file_list = ", ".join("'" + f.replace("'", "''") + "'" for f in files)

@@ -48,13 +48,14 @@ from circuitray.errors import RunDirError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TABLES", "RunStore"]
+__all__ = ["TABLES", "InterventionStore", "RunStore"]
 
 TABLES = ("graphs", "nodes", "edges")
 SORT_KEYS = {
     "graphs": [("graph_id", "ascending")],
     "nodes": [("graph_id", "ascending"), ("node_id", "ascending")],
     "edges": [("graph_id", "ascending"), ("dst", "ascending"), ("src", "ascending")],
+    "results": [("graph_id", "ascending"), ("spec_index", "ascending"), ("rank", "ascending")],
 }
 PENDING = ".pending"
 PARQUET_OPTIONS = {"compression": "zstd", "compression_level": 3}
@@ -83,7 +84,16 @@ LEASE_S = 60.0  # object-store lock: a driver that stops renewing loses it after
 
 
 class RunStore:
-    """Reads and writes one run folder (see module docstring for the protocol)."""
+    """Reads and writes one run folder (see module docstring for the protocol).
+
+    Subclasses reuse the protocol for other folders of parts: ``tables`` lists the
+    tables in write order (the last is the commit point) and ``meta_file`` names the
+    folder's JSON description.
+    """
+
+    tables: tuple[str, ...] = ("edges", "nodes", "graphs")
+    meta_file = "run.json"
+    kind = "circuitray run folder"
 
     def __init__(self, root: str | Path):
         text = str(root)
@@ -157,24 +167,29 @@ class RunStore:
 
     # -- run.json ---------------------------------------------------------------
     @property
+    def commit_table(self) -> str:
+        return self.tables[-1]
+
+    @property
     def run_json(self) -> Path | str:
-        return self.root / "run.json" if isinstance(self.root, Path) else f"{self.root}/run.json"
+        if isinstance(self.root, Path):
+            return self.root / self.meta_file
+        return f"{self.root}/{self.meta_file}"
 
     def exists(self) -> bool:
-        return self._exists(self._path("run.json"))
+        return self._exists(self._path(self.meta_file))
 
     def read_meta(self) -> dict:
         if not self.exists():
-            raise RunDirError(f"{self.root}: not a circuitray run folder (no run.json)")
+            raise RunDirError(f"{self.root}: not a {self.kind} (no {self.meta_file})")
         try:
-            return json.loads(self._read_text(self._path("run.json")))
+            return json.loads(self._read_text(self._path(self.meta_file)))
         except json.JSONDecodeError as e:
-            raise RunDirError(f"{self.run_json}: corrupt run.json ({e.msg})") from None
+            raise RunDirError(f"{self.run_json}: corrupt {self.meta_file} ({e.msg})") from None
 
     def write_meta(self, meta: dict) -> None:
-        self._put_text(
-            self._path("run.json"), json.dumps(meta, indent=2, sort_keys=False, default=str) + "\n"
-        )
+        text = json.dumps(meta, indent=2, sort_keys=False, default=str) + "\n"
+        self._put_text(self._path(self.meta_file), text)
 
     # -- locking ----------------------------------------------------------------
     def acquire_lock(self) -> None:
@@ -248,8 +263,8 @@ class RunStore:
         return self.root / table if isinstance(self.root, Path) else f"{self.root}/{table}"
 
     def write_part(self, name: str, tables: dict[str, pa.Table]) -> None:
-        """Write one part of every table, graphs last (the commit point)."""
-        for table in ("edges", "nodes", "graphs"):
+        """Write one part of every table, the commit table (graphs) last."""
+        for table in self.tables:
             self._put_parquet(self._path(table, f"{name}.parquet"), tables[table])
 
     def _compaction(self) -> dict | None:
@@ -261,7 +276,7 @@ class RunStore:
     def committed_parts(self) -> list[str]:
         parts = {
             n.removesuffix(".parquet")
-            for n in self._names(self._path("graphs"))
+            for n in self._names(self._path(self.commit_table))
             if n.endswith(".parquet") and not n.startswith(".")
         }
         log = self._compaction()
@@ -300,7 +315,7 @@ class RunStore:
             self._finish_compaction()
         committed = set(self.committed_parts())
         removed = 0
-        for table in TABLES:
+        for table in self.tables:
             for n in self._names(self._path(table)):
                 orphan = n.endswith(".parquet") and n.removesuffix(".parquet") not in committed
                 if n.endswith((".tmp", PENDING)) or orphan:
@@ -321,13 +336,9 @@ class RunStore:
             old = self.committed_parts()
             if len(old) <= 1:
                 return {"parts_before": len(old), "parts_after": len(old)}
-            graphs = self.read_table("graphs")
-            assert graphs is not None
-            graphs = graphs.sort_by(SORT_KEYS["graphs"])
-            # Cut graph_id ranges so each file holds about rows_per_file edges.
+            ids, sizes = self._rows_per_graph()
+            # Cut graph_id ranges so each file holds about rows_per_file (edge) rows.
             ranges: list[tuple[int, int]] = []
-            ids = graphs["graph_id"].to_pylist()
-            sizes = [n or 0 for n in graphs["n_kept_edges"].to_pylist()]
             start, acc = 0, 0
             for i, n in enumerate(sizes):
                 acc += n
@@ -336,8 +347,8 @@ class RunStore:
                     start, acc = i + 1, 0
             token = uuid.uuid4().hex[:8]
             new = [f"compact-{token}-{r:05d}" for r in range(len(ranges))]
-            sources = {t: self.dataset(t) for t in TABLES}
-            for table in ("edges", "nodes", "graphs"):
+            sources = {t: self.dataset(t) for t in self.tables}
+            for table in self.tables:
                 source = sources[table]
                 assert source is not None
                 for stem, (lo, hi) in zip(new, ranges, strict=True):
@@ -354,17 +365,26 @@ class RunStore:
             if own_lock:
                 self.release_lock()
 
+    def _rows_per_graph(self) -> tuple[list[int], list[int]]:
+        """Sorted graph ids and the rows each holds in the largest table (edges)."""
+        graphs = self.read_table("graphs", ["graph_id", "n_kept_edges"])
+        assert graphs is not None
+        graphs = graphs.sort_by(SORT_KEYS["graphs"])
+        sizes = [n or 0 for n in graphs["n_kept_edges"].to_pylist()]
+        return graphs["graph_id"].to_pylist(), sizes
+
     def _finish_compaction(self) -> None:
         log = self._compaction()
         if log is None:
             return
-        for table in ("graphs", "nodes", "edges"):
+        commit_first = self.tables[::-1]
+        for table in commit_first:
             for stem in log["new"]:
                 pending = self._path(table, f"{stem}.parquet{PENDING}")
                 if self._exists(pending):
                     self.fs.move(pending, self._path(table, f"{stem}.parquet"))
-        # Old graphs parts first: once gone, their nodes and edges are orphans anyway.
-        for table in ("graphs", "nodes", "edges"):
+        # Old commit parts first: once gone, their other tables' parts are orphans anyway.
+        for table in commit_first:
             for stem in log["old"]:
                 self._delete(self._path(table, f"{stem}.parquet"))
         self._delete(self._path("compaction.json"))
@@ -411,3 +431,26 @@ class RunStore:
             else:
                 self._put_parquet(f, keep)
         return dropped
+
+
+class InterventionStore(RunStore):
+    """An intervention folder: ``intervention.json`` plus one table, ``results/``, with
+    the run folder's protocol (atomic parts, orphan cleanup, locking, compaction).
+
+    A part holds every result row of its prompts, so a prompt is done exactly when a
+    committed part has rows for its graph_id.
+    """
+
+    tables = ("results",)
+    meta_file = "intervention.json"
+    kind = "circuitray intervention folder"
+
+    def _rows_per_graph(self) -> tuple[list[int], list[int]]:
+        t = self.read_table("results", ["graph_id"])
+        assert t is not None
+        counts = t.group_by("graph_id").aggregate([("graph_id", "count")]).sort_by("graph_id")
+        return counts["graph_id"].to_pylist(), counts["graph_id_count"].to_pylist()
+
+    def done_graph_ids(self) -> set[int]:
+        t = self.read_table("results", ["graph_id"])
+        return set() if t is None else set(t["graph_id"].to_pylist())

@@ -1,10 +1,15 @@
-"""The Ray actor that owns one loaded ReplacementModel.
+"""The Ray actors that own one loaded ReplacementModel.
 
-An :class:`AttributionWorker` loads the model once, then processes batches of prompts:
-for each batch it attributes every prompt (:func:`attribute_prompt`), writes the
-batch's graphs, nodes and edges as one part of the run folder itself, and returns
-only a small summary per prompt. Graphs and dense matrices never enter Ray's object
-store; the driver only sees ids, statuses and timings.
+Both load the model once (:class:`ModelWorker`), then process batches of prompts and
+write each batch as one part of their folder themselves, returning only a small
+summary per prompt; the driver only sees ids, statuses and timings.
+
+- :class:`AttributionWorker` attributes every prompt (:func:`attribute_prompt`) and
+  writes graphs, nodes and edges to the run folder. Graphs and dense matrices never
+  enter Ray's object store.
+- :class:`InterventionWorker` reads each prompt's stored graph, applies the planned
+  feature interventions (:func:`circuitray.intervention.intervene_prompt`) and writes
+  result rows to the intervention folder.
 """
 
 from __future__ import annotations
@@ -12,14 +17,21 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 
 import pyarrow as pa
 import torch
 
 from circuitray.attribution import GRAPH_SCHEMA, AttributionConfig, attribute_prompt
 from circuitray.flatten import EDGE_SCHEMA, NODE_SCHEMA, PruneConfig
+from circuitray.intervention import (
+    RESULT_SCHEMA,
+    InterventionPlan,
+    intervene_prompt,
+    read_stored_graphs,
+)
 from circuitray.models.loading import ModelSpec, load_replacement_model
-from circuitray.store import RunStore
+from circuitray.store import InterventionStore, RunStore
 
 logger = logging.getLogger(__name__)
 
@@ -39,28 +51,27 @@ SUMMARY_FIELDS = (
 )
 
 
-class AttributionWorker:
-    """Holds one ReplacementModel and turns prompt batches into run-folder parts.
+class ModelWorker:
+    """Loads one ReplacementModel and guards the folder it writes to.
 
-    Plain class: :func:`circuitray.driver.run` wraps it with ``ray.remote`` and the
-    placement options of the run, and tests can also use it in-process.
+    Plain class: :func:`circuitray.driver.dispatch` wraps a subclass with
+    ``ray.remote`` and the placement options of the run, and tests can also use it
+    in-process.
     """
+
+    store_cls: type[RunStore] = RunStore
 
     def __init__(
         self,
         *,
         model: ModelSpec,
-        attribution: AttributionConfig,
-        prune: PruneConfig,
         run_dir: str,
         torch_threads: int | None = None,
         session: str | None = None,
     ):
         if torch_threads:
             torch.set_num_threads(torch_threads)
-        self.attribution = attribution
-        self.prune = prune
-        self.store = RunStore(run_dir)
+        self.store = self.store_cls(run_dir)
         self.session = session
         self.name = f"{socket.gethostname()}:{os.getpid()}"
         # A failed load is kept and raised from info(): an exception in an actor's
@@ -93,6 +104,33 @@ class AttributionWorker:
             "torch_threads": torch.get_num_threads(),
         }
 
+    def check_session(self) -> None:
+        """Refuse to commit when another driver session has taken the folder."""
+        if self.session is not None:
+            current = self.store.read_meta().get("session")
+            if current != self.session:
+                raise StaleSessionError(
+                    f"folder now belongs to driver session {current}, not {self.session}"
+                )
+
+
+class AttributionWorker(ModelWorker):
+    """Turns prompt batches into run-folder parts (graphs, nodes, edges)."""
+
+    def __init__(
+        self,
+        *,
+        model: ModelSpec,
+        attribution: AttributionConfig,
+        prune: PruneConfig,
+        run_dir: str,
+        torch_threads: int | None = None,
+        session: str | None = None,
+    ):
+        super().__init__(model=model, run_dir=run_dir, torch_threads=torch_threads, session=session)
+        self.attribution = attribution
+        self.prune = prune
+
     def process(self, part_name: str, items: list[tuple[int, dict]]) -> list[dict]:
         """Attribute ``items`` ((graph_id, prompt row) pairs) and write part ``part_name``."""
         rows, nodes, edges = [], [], []
@@ -108,12 +146,7 @@ class AttributionWorker:
             rows.append(row)
             nodes.append(n)
             edges.append(e)
-        if self.session is not None:
-            current = self.store.read_meta().get("session")
-            if current != self.session:
-                raise StaleSessionError(
-                    f"run folder now belongs to driver session {current}, not {self.session}"
-                )
+        self.check_session()
         self.store.write_part(
             part_name,
             {
@@ -123,3 +156,52 @@ class AttributionWorker:
             },
         )
         return [{k: r[k] for k in SUMMARY_FIELDS} for r in rows]
+
+
+class InterventionWorker(ModelWorker):
+    """Turns prompt batches into intervention-folder parts (one ``results`` table)."""
+
+    store_cls = InterventionStore
+
+    def __init__(
+        self,
+        *,
+        model: ModelSpec,
+        plan: InterventionPlan,
+        source_run: str,
+        run_dir: str,
+        torch_threads: int | None = None,
+        session: str | None = None,
+    ):
+        super().__init__(model=model, run_dir=run_dir, torch_threads=torch_threads, session=session)
+        self.plan = plan
+        self.source = RunStore(source_run)
+
+    def process(self, part_name: str, items: list[tuple[int, dict]]) -> list[dict]:
+        """Intervene on ``items`` ((graph_id, graphs row) pairs); write part ``part_name``."""
+        graphs = read_stored_graphs(self.source, [gid for gid, _ in items])
+        rows: list[dict] = []
+        summaries: list[dict] = []
+        for graph_id, graph in items:
+            t0 = time.perf_counter()
+            out = intervene_prompt(
+                self.model, graph, stored=graphs.get(graph_id), plan=self.plan, worker=self.name
+            )
+            rows += out
+            errors = [r["error"] for r in out if r["status"] == "error"]
+            summaries.append(
+                {
+                    "graph_id": graph_id,
+                    "prompt_id": graph["prompt_id"],
+                    "status": "error" if errors else "ok",
+                    "error": errors[0] if errors else None,
+                    "n_results": len(out),
+                    "total_s": time.perf_counter() - t0,
+                    "worker": self.name,
+                }
+            )
+        self.check_session()
+        self.store.write_part(
+            part_name, {"results": pa.Table.from_pylist(rows, schema=RESULT_SCHEMA)}
+        )
+        return summaries

@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import uuid
@@ -181,16 +182,22 @@ def build_plan(config: InterventionConfig, source: RunStore) -> InterventionPlan
     """Parse and resolve the SPECs and layer range (module docstring, step 2)."""
     if not config.features:
         raise CircuitrayError("no --features given: name at least one SPEC")
+    n_layers = _n_layers(source)
     specs = []
     for text in config.features:
         spec = parse_feature_spec(text)
         if spec.kind == "query":
             spec = _resolve_query_spec(spec, str(source.root))
+        bad = [f"{la}:{f}" for la, f in spec.features if not 0 <= la < n_layers]
+        if bad:
+            raise CircuitrayError(
+                f"--features {spec.text!r}: {', '.join(bad)}: the model has layers 0-{n_layers - 1}"
+            )
         specs.append(spec)
     return InterventionPlan(
         specs=tuple(specs),
         scale=config.scale,
-        constrained_layers=parse_layer_range(config.constrained_layers, _n_layers(source)),
+        constrained_layers=parse_layer_range(config.constrained_layers, n_layers),
         freeze_attention=config.freeze_attention,
         seed=config.seed,
     )
@@ -244,6 +251,7 @@ def intervene(
             "plan": _plan_meta(plan),
             "selection": {"constraint_types": config.constraint_types, "limit": config.limit},
         }
+        meta = json.loads(json.dumps(meta))  # as stored (tuples -> lists), to compare
         if store.exists():
             old = store.read_meta()
             for key in ("source_run", "source_prompts_sha256", "plan", "selection"):

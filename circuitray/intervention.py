@@ -27,8 +27,11 @@ an intervention tests it. For one prompt of a run:
    node's outgoing weights scaling with its relative change of activation
    (``r_m = sum_n w(n -> m) r_n / a_m``; error and token nodes stay frozen).
 
-The target is the prompt's expected completion (its first token) when the prompt has
-one, else the clean top-1 token.
+The target is the prompt's expected completion (its first token) when the stored graph
+has it as a logit node (or there is no stored graph); otherwise the graph's most
+probable logit, so that every SPEC can rank features by their effect on it. The
+``target_source`` column says which (``expected``, ``graph_top`` or ``model_top`` for a
+prompt without an expected completion).
 """
 
 from __future__ import annotations
@@ -78,6 +81,7 @@ RESULT_SCHEMA = pa.schema(
         ("features", pa.list_(NODE_STRUCT)),
         ("target_token", pa.string()),
         ("target_token_id", pa.int32()),
+        ("target_source", pa.string()),
         ("target_logit_before", pa.float32()),
         ("target_logit_after", pa.float32()),
         ("target_logit_change", pa.float32()),
@@ -196,6 +200,7 @@ class StoredGraph:
     feature: np.ndarray
     activation: np.ndarray
     token_id: np.ndarray
+    logit_prob: np.ndarray
     src: np.ndarray
     dst: np.ndarray
     weight: np.ndarray
@@ -208,6 +213,13 @@ class StoredGraph:
     def logit_node(self, token_id: int) -> int | None:
         hit = np.nonzero((self.node_type == "logit") & (self.token_id == token_id))[0]
         return int(self.node_id[hit[0]]) if len(hit) else None
+
+    def top_logit_token(self) -> int | None:
+        """Token id of the graph's most probable logit node."""
+        logits = np.nonzero(self.node_type == "logit")[0]
+        if not len(logits):
+            return None
+        return int(self.token_id[logits[np.argmax(self.logit_prob[logits])]])
 
     def feature_node_ids(self, nodes: Iterable[tuple[int, int, int]]) -> list[int]:
         """Node ids of the given (layer, pos, feature) triples that the graph kept."""
@@ -308,6 +320,7 @@ def read_stored_graphs(store: RunStore, graph_ids: list[int]) -> dict[int, Store
             "feature",
             "activation",
             "token_id",
+            "logit_prob",
         ],
     ).sort_by([("graph_id", "ascending"), ("node_id", "ascending")])
     edges = edges_ds.to_table(filter=wanted, columns=["graph_id", "src", "dst", "weight"])
@@ -326,6 +339,7 @@ def read_stored_graphs(store: RunStore, graph_ids: list[int]) -> dict[int, Store
             feature=np.nan_to_num(ncols["feature"][nm].astype(float), nan=-1).astype(np.int64),
             activation=np.nan_to_num(ncols["activation"][nm].astype(float), nan=0.0),
             token_id=np.nan_to_num(ncols["token_id"][nm].astype(float), nan=-1).astype(np.int64),
+            logit_prob=np.nan_to_num(ncols["logit_prob"][nm].astype(float), nan=0.0),
             src=ecols["src"][em],
             dst=ecols["dst"][em],
             weight=ecols["weight"][em].astype(np.float64),
@@ -432,9 +446,7 @@ def intervene_prompt(
             before = clean_logits[0, -1].double()
             if acts.is_sparse:
                 acts = acts.to_dense()
-            tid = target_token_id(model.tokenizer, graph["target"]) if graph.get("target") else None
-            if tid is None:
-                tid = int(before.argmax())
+            tid, source = _target(model, graph, stored, before)
             target_node = stored.logit_node(tid) if stored is not None else None
             clean = _measure(model, before, tid)
             setup_s = time.perf_counter() - t0
@@ -458,6 +470,7 @@ def intervene_prompt(
             for rank, nodes in planned:
                 t0 = time.perf_counter()
                 row = {**base, "spec_index": spec_index, "spec": spec.text, "rank": rank}
+                row["target_source"] = source
                 try:
                     row.update(
                         _run_one(
@@ -480,6 +493,17 @@ def intervene_prompt(
                 row["total_s"] = time.perf_counter() - t0 + setup_s / max(1, len(plan.specs))
                 rows.append(row)
     return rows
+
+
+def _target(model, graph: dict, stored: StoredGraph | None, logits) -> tuple[int, str]:
+    """(token id, source) of the target (module docstring)."""
+    tid = target_token_id(model.tokenizer, graph["target"]) if graph.get("target") else None
+    if tid is not None and (stored is None or stored.logit_node(tid) is not None):
+        return tid, "expected"
+    top = stored.top_logit_token() if stored is not None else None
+    if top is not None:
+        return top, "graph_top"
+    return (tid, "expected") if tid is not None else (int(logits.argmax()), "model_top")
 
 
 def _run_one(model, tokens, nodes, acts, plan, clean, before, tid, stored, target_node) -> dict:

@@ -55,7 +55,6 @@ SORT_KEYS = {
     "graphs": [("graph_id", "ascending")],
     "nodes": [("graph_id", "ascending"), ("node_id", "ascending")],
     "edges": [("graph_id", "ascending"), ("dst", "ascending"), ("src", "ascending")],
-    "results": [("graph_id", "ascending"), ("spec_index", "ascending"), ("rank", "ascending")],
 }
 PENDING = ".pending"
 PARQUET_OPTIONS = {"compression": "zstd", "compression_level": 3}
@@ -92,6 +91,7 @@ class RunStore:
     """
 
     tables: tuple[str, ...] = ("edges", "nodes", "graphs")
+    sort_keys: dict[str, list[tuple[str, str]]] = SORT_KEYS
     meta_file = "run.json"
     kind = "circuitray run folder"
 
@@ -354,7 +354,7 @@ class RunStore:
                 for stem, (lo, hi) in zip(new, ranges, strict=True):
                     gid = ds.field("graph_id")
                     part = source.to_table(filter=(gid >= lo) & (gid <= hi))
-                    part = part.sort_by(SORT_KEYS[table])
+                    part = part.sort_by(self.sort_keys[table])
                     self._put_parquet(self._path(table, f"{stem}.parquet{PENDING}"), part)
             log = json.dumps({"token": token, "new": new, "old": old})
             self._put_text(self._path("compaction.json"), log)  # the commit point
@@ -442,6 +442,9 @@ class InterventionStore(RunStore):
     """
 
     tables = ("results",)
+    sort_keys = {
+        "results": [("graph_id", "ascending"), ("spec_index", "ascending"), ("rank", "ascending")]
+    }
     meta_file = "intervention.json"
     kind = "circuitray intervention folder"
 

@@ -2,7 +2,8 @@
 -- the interventions moved the target logit, with a percentile-bootstrap confidence
 -- interval of the mean change, and how well the graphs predicted it: the Spearman rank
 -- correlation between the stored graph's predicted change (direct + indirect effects of
--- the intervened features) and the measured one. Run it on `circuitray intervene`
+-- the intervened features; `spearman`) and of its direct effects alone
+-- (`spearman_direct`), and the measured one. Run it on `circuitray intervene`
 -- folders. Resamples are drawn with a seeded hash, so the intervals are reproducible.
 -- Change = the target's logit minus the mean logit, after - before (a logit node's value).
 -- param: n_boot int = 1000 -- bootstrap resamples
@@ -11,7 +12,7 @@
 WITH ok AS (
     SELECT run, spec_index, spec, graph_id, rank,
            coalesce(constraint_type, '(none)') AS constraint_type,
-           target_logit_change AS y, predicted_total AS x,
+           target_logit_change AS y, predicted_total AS x, predicted_direct AS xd,
            target_prob_before, target_prob_after, kl, n_features,
            top_token_before <> top_token_after AS flipped
     FROM interventions WHERE status = 'ok'
@@ -23,19 +24,23 @@ pooled AS (
 ),
 numbered AS (
     SELECT *,
-           row_number() OVER g - 1 AS i,
-           count(*) OVER (PARTITION BY run, spec_index, constraint_type) AS n,
-           -- average ranks (ties share the mean of their positions) for Spearman
-           (rank() OVER (PARTITION BY run, spec_index, constraint_type ORDER BY x)
-            + count(x) OVER (PARTITION BY run, spec_index, constraint_type) + 1
-            - rank() OVER (PARTITION BY run, spec_index, constraint_type
-                           ORDER BY x DESC NULLS LAST)) / 2.0 AS rank_x,
-           (rank() OVER (PARTITION BY run, spec_index, constraint_type ORDER BY y)
-            + count(*) OVER (PARTITION BY run, spec_index, constraint_type) + 1
-            - rank() OVER (PARTITION BY run, spec_index, constraint_type ORDER BY y DESC))
-               / 2.0 AS rank_y
+           row_number() OVER (w ORDER BY graph_id, rank) - 1 AS i,
+           count(*) OVER w AS n,
+           -- Spearman: average ranks (ties share the mean of their positions) of x, and
+           -- of y among the rows that have an x (likewise xd): a row without a
+           -- prediction must not shift the others' ranks
+           (rank() OVER (wx ORDER BY x) + count(*) OVER wx + 1
+            - rank() OVER (wx ORDER BY x DESC)) / 2.0 AS rank_x,
+           (rank() OVER (wx ORDER BY y) + count(*) OVER wx + 1
+            - rank() OVER (wx ORDER BY y DESC)) / 2.0 AS rank_y_x,
+           (rank() OVER (wxd ORDER BY xd) + count(*) OVER wxd + 1
+            - rank() OVER (wxd ORDER BY xd DESC)) / 2.0 AS rank_xd,
+           (rank() OVER (wxd ORDER BY y) + count(*) OVER wxd + 1
+            - rank() OVER (wxd ORDER BY y DESC)) / 2.0 AS rank_y_xd
     FROM pooled
-    WINDOW g AS (PARTITION BY run, spec_index, constraint_type ORDER BY graph_id, rank)
+    WINDOW w AS (PARTITION BY run, spec_index, constraint_type),
+           wx AS (PARTITION BY run, spec_index, constraint_type, x IS NULL),
+           wxd AS (PARTITION BY run, spec_index, constraint_type, xd IS NULL)
 ),
 groups AS (
     SELECT run, spec_index, constraint_type, any_value(n) AS n
@@ -74,7 +79,8 @@ stats AS (
            avg(kl) AS mean_kl,
            avg(x) AS mean_predicted,
            count(x) AS n_predicted,
-           corr(rank_x, rank_y) FILTER (WHERE x IS NOT NULL) AS spearman
+           corr(rank_x, rank_y_x) FILTER (WHERE x IS NOT NULL) AS spearman,
+           corr(rank_xd, rank_y_xd) FILTER (WHERE xd IS NOT NULL) AS spearman_direct
     FROM numbered GROUP BY run, spec_index, constraint_type
 )
 SELECT s.run, s.spec, s.constraint_type, s.prompts, s.n,
@@ -88,6 +94,9 @@ SELECT s.run, s.spec, s.constraint_type, s.prompts, s.n,
        round(s.mean_kl, 4) AS mean_kl,
        round(s.mean_predicted, 4) AS mean_predicted,
        s.n_predicted,
-       round(s.spearman, 3) AS spearman
-FROM stats s JOIN ci USING (run, spec_index, constraint_type)
+       -- undefined (NULL, not NaN) where either side is constant
+       round(CASE WHEN NOT isnan(s.spearman) THEN s.spearman END, 3) AS spearman,
+       round(CASE WHEN NOT isnan(s.spearman_direct) THEN s.spearman_direct END, 3)
+           AS spearman_direct
+FROM stats s LEFT JOIN ci USING (run, spec_index, constraint_type)
 ORDER BY s.run, s.spec_index, s.constraint_type = '(all)', s.constraint_type;

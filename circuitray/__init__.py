@@ -34,6 +34,9 @@ _EXPORTS = {
     "RunDirError": "circuitray.errors",
     "PruneConfig": "circuitray.flatten",
     "flatten_graph": "circuitray.flatten",
+    "InterventionConfig": "circuitray.intervene",
+    "InterventionResult": "circuitray.intervene",
+    "intervene": "circuitray.intervene",
     "ModelSpec": "circuitray.models.loading",
     "load_replacement_model": "circuitray.models.loading",
     "read_prompts": "circuitray.prompts",
@@ -42,8 +45,10 @@ _EXPORTS = {
     "list_queries": "circuitray.queries",
     "run_query": "circuitray.queries",
     "run_sql": "circuitray.queries",
+    "InterventionStore": "circuitray.store",
     "RunStore": "circuitray.store",
     "AttributionWorker": "circuitray.worker",
+    "InterventionWorker": "circuitray.worker",
     "generate_ws2": "circuitray.ws2",
 }
 
@@ -52,6 +57,10 @@ __all__ = [
     "AttributionWorker",
     "CircuitrayError",
     "CompareConfig",
+    "InterventionConfig",
+    "InterventionResult",
+    "InterventionStore",
+    "InterventionWorker",
     "ModelLoadError",
     "ModelSpec",
     "PromptFileError",
@@ -66,6 +75,7 @@ __all__ = [
     "connect",
     "flatten_graph",
     "generate_ws2",
+    "intervene",
     "list_queries",
     "load_replacement_model",
     "read_prompts",
@@ -90,9 +100,10 @@ if TYPE_CHECKING:
     from circuitray.driver import RunConfig, RunResult, run
     from circuitray.errors import CircuitrayError, ModelLoadError, PromptFileError, RunDirError
     from circuitray.flatten import PruneConfig, flatten_graph
+    from circuitray.intervene import InterventionConfig, InterventionResult, intervene
     from circuitray.models.loading import ModelSpec, load_replacement_model
     from circuitray.prompts import read_prompts, write_prompts
     from circuitray.queries import connect, list_queries, run_query, run_sql
-    from circuitray.store import RunStore
-    from circuitray.worker import AttributionWorker
+    from circuitray.store import InterventionStore, RunStore
+    from circuitray.worker import AttributionWorker, InterventionWorker
     from circuitray.ws2 import generate_ws2

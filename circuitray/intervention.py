@@ -252,7 +252,7 @@ class StoredGraph:
                 idx = torch.from_numpy(np.stack([local[dst_i[sel]], src_i[sel]]))
                 mat = torch.sparse_coo_tensor(
                     idx, torch.from_numpy(self.weight[sel]), (len(rows), len(self.node_id))
-                ).to_sparse_csr()
+                ).coalesce()
                 mats.append((rows, mat))
             self._layer_mats = mats
         return self._layer_mats

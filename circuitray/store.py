@@ -18,6 +18,9 @@ Write protocol (what makes a crash leave a resumable run):
    the log is removed. Readers honour the log; :meth:`RunStore.clean` finishes a
    committed compaction or discards an uncommitted one after a crash.
 
+An intervention folder (:class:`InterventionStore`, ``circuitray intervene``) follows the
+same protocol with ``intervention.json`` and one table, ``results/``, as commit point.
+
 Storage is anything ``pyarrow.fs`` reaches: a local path, or ``s3://bucket/prefix``
 (``gs://`` likewise; an S3-compatible endpoint via ``AWS_ENDPOINT_URL`` or
 ``?endpoint_override=host:port&scheme=http`` in the URI). On object stores a PUT is

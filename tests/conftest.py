@@ -5,6 +5,7 @@
   down at the end of the session if any test started it. Ray actors inherit the
   variable (the driver forwards it in ``runtime_env``), so they load the same model.
 - ``loaded_tiny`` (session): the tiny ReplacementModel, for in-process tests.
+- ``loaded_tiny_clt`` (session): the same model with its cross-layer transcoder.
 - ``ray_run`` (session): 24 WS2 prompts attributed by 2 actors on a local Ray,
   reused by the driver, query and CLI tests.
 """
@@ -73,6 +74,13 @@ def loaded_tiny(circuitray_home):
     from circuitray.models.loading import ModelSpec, load_replacement_model
 
     return load_replacement_model(ModelSpec(model="tiny"))
+
+
+@pytest.fixture(scope="session")
+def loaded_tiny_clt(circuitray_home):
+    from circuitray.models.loading import ModelSpec, load_replacement_model
+
+    return load_replacement_model(ModelSpec(model="tiny", transcoders="cross-layer"))
 
 
 @dataclass

@@ -1,4 +1,8 @@
-"""flatten_graph against circuit-tracer's own Graph, prune_graph and graph scores."""
+"""flatten_graph against circuit-tracer's own Graph, prune_graph and graph scores.
+
+Every test runs on graphs of the tiny model with its per-layer transcoders and with
+its cross-layer transcoder: both give circuit-tracer's same node layout.
+"""
 
 from __future__ import annotations
 
@@ -14,12 +18,20 @@ from circuitray.ws2 import generate_ws2
 GRAPH_ID = 7
 
 
+@pytest.fixture(
+    scope="module", params=["loaded_tiny", "loaded_tiny_clt"], ids=["per-layer", "cross-layer"]
+)
+def model(request):
+    """The tiny ReplacementModel with each kind of transcoder."""
+    return request.getfixturevalue(request.param)
+
+
 @pytest.fixture(scope="module")
-def graphs(loaded_tiny):
+def graphs(model):
     # One prompt of each type plus a longer one.
     rows = generate_ws2(n=6, seed=2)
     prompts = [r["prompt"] for r in rows[:3]] + ["the dog was blarf , so the dog was"]
-    return [attribute(p, loaded_tiny, batch_size=64) for p in prompts]
+    return [attribute(p, model, batch_size=64) for p in prompts]
 
 
 def _expected_layout(graph) -> list[tuple[str, int, int, int | None]]:
@@ -148,14 +160,19 @@ def _check_against_circuit_tracer(graph, flat, node_threshold, edge_threshold):
     return node_mask, edge_mask
 
 
-def test_graph_size_matches_circuit_tracer_layout(graphs, loaded_tiny):
+def test_graph_size_matches_circuit_tracer_layout(graphs, model):
     for g in graphs:
         n_pos = len(g.input_tokens)
         expected = (
-            len(g.selected_features) + (loaded_tiny.cfg.n_layers + 1) * n_pos + len(g.logit_targets)
+            len(g.selected_features) + (model.cfg.n_layers + 1) * n_pos + len(g.logit_targets)
         )
         assert g.adjacency_matrix.shape == (expected, expected)
-        assert g.input_tokens[0].item() == loaded_tiny.tokenizer.bos_token_id
+        assert g.input_tokens[0].item() == model.tokenizer.bos_token_id
+        # Features in the layout are (layer, pos, feature) of this model's transcoders.
+        features = g.active_features[g.selected_features]
+        assert features[:, 0].max() < model.cfg.n_layers
+        assert features[:, 1].max() < n_pos and features[:, 1].min() >= 1  # not BOS
+        assert features[:, 2].max() < model.transcoders.d_transcoder
 
 
 def test_default_thresholds_match_prune_graph(graphs):
@@ -174,8 +191,8 @@ def test_custom_thresholds_match_prune_graph(graphs):
         assert small.edges.num_rows < default.edges.num_rows
 
 
-def test_tokenizer_text(graphs, loaded_tiny):
-    tok = loaded_tiny.tokenizer
+def test_tokenizer_text(graphs, model):
+    tok = model.tokenizer
     g = graphs[0]
     flat = flatten_graph(g, graph_id=GRAPH_ID, prune=PruneConfig(1.0, 1.0), tokenizer=tok)
     rows = flat.nodes.to_pylist()
@@ -194,8 +211,8 @@ def test_tokenizer_text(graphs, loaded_tiny):
     assert [r["token_id"] for r in bare_tokens] == g.input_tokens.tolist()
 
 
-def test_max_feature_nodes(loaded_tiny):
-    g = attribute("the opposite of tall is", loaded_tiny, batch_size=64, max_feature_nodes=40)
+def test_max_feature_nodes(model):
+    g = attribute("the opposite of tall is", model, batch_size=64, max_feature_nodes=40)
     assert len(g.selected_features) == 40 < g.active_features.shape[0]
     flat = flatten_graph(g, graph_id=GRAPH_ID)
     _check_against_circuit_tracer(g, flat, 0.8, 0.98)

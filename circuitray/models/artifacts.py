@@ -1,6 +1,6 @@
 """Saving model folders and transcoder sets in the layouts their loaders read.
 
-Both writers build into a temporary sibling folder and rename it into place, so a
+All writers build into a temporary sibling folder and rename it into place, so a
 crash never leaves a half-written model that a loader would accept.
 """
 
@@ -49,7 +49,66 @@ class TranscoderWeights:
         }
         if self.threshold is not None:
             d["activation_function.threshold"] = self.threshold
-        return {k: v.detach().to(torch.float32).contiguous().clone() for k, v in d.items()}
+        return _float32(d)
+
+
+@dataclass
+class CrossLayerTranscoderWeights:
+    """A cross-layer transcoder (CLT): the features of layer ``i`` read layer ``i``'s MLP
+    input and write to the MLP outputs of layers ``i..n_layers-1``.
+
+    Shapes follow circuit-tracer's ``CrossLayerTranscoder``.
+
+    Attributes:
+        W_enc: (n_layers, d_transcoder, d_model) encoders, one per layer.
+        b_enc: (n_layers, d_transcoder) encoder biases.
+        W_dec: One decoder per source layer: ``W_dec[i]`` is
+            (d_transcoder, n_layers - i, d_model), and ``W_dec[i][:, j - i]`` is what
+            layer ``i``'s features write to layer ``j``'s MLP output (``j >= i``).
+        b_dec: (n_layers, d_model) decoder bias of each layer's MLP output.
+        threshold: (n_layers, d_transcoder) JumpReLU thresholds, or None for ReLU.
+    """
+
+    W_enc: torch.Tensor
+    b_enc: torch.Tensor
+    W_dec: list[torch.Tensor]
+    b_dec: torch.Tensor
+    threshold: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        n_layers, d_transcoder, d_model = self.W_enc.shape
+        expected = {
+            "b_enc": (tuple(self.b_enc.shape), (n_layers, d_transcoder)),
+            "b_dec": (tuple(self.b_dec.shape), (n_layers, d_model)),
+            "len(W_dec)": (len(self.W_dec), n_layers),
+        }
+        if self.threshold is not None:
+            expected["threshold"] = (tuple(self.threshold.shape), (n_layers, d_transcoder))
+        for i, w in enumerate(self.W_dec):
+            expected[f"W_dec[{i}]"] = (tuple(w.shape), (d_transcoder, n_layers - i, d_model))
+        bad = [f"{k} {got} != {want}" for k, (got, want) in expected.items() if got != want]
+        if bad:
+            raise ValueError(f"cross-layer transcoder shapes: {'; '.join(bad)}")
+
+    @property
+    def n_layers(self) -> int:
+        return int(self.W_enc.shape[0])
+
+    def layer_files(self, layer: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """The tensors of ``W_enc_{layer}.safetensors`` and ``W_dec_{layer}.safetensors``."""
+        enc = {
+            f"W_enc_{layer}": self.W_enc[layer],
+            f"b_enc_{layer}": self.b_enc[layer],
+            f"b_dec_{layer}": self.b_dec[layer],
+        }
+        if self.threshold is not None:
+            enc[f"threshold_{layer}"] = self.threshold[layer]
+        dec = {f"W_dec_{layer}": self.W_dec[layer]}
+        return _float32(enc), _float32(dec)
+
+
+def _float32(d: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to(torch.float32).contiguous().clone() for k, v in d.items()}
 
 
 def _replace_dir(tmp: Path, final: Path) -> None:
@@ -100,6 +159,44 @@ def save_transcoder_set(
         save_file(weights.state_dict(), str(tmp / f"layer_{layer}.safetensors"))
     config = {
         "model_kind": "transcoder_set",
+        "model_name": model_name,
+        "feature_input_hook": feature_input_hook,
+        "feature_output_hook": feature_output_hook,
+        "scan": scan,
+    }
+    (tmp / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=True))
+    _replace_dir(tmp, out_dir)
+    return out_dir
+
+
+def save_cross_layer_transcoder(
+    weights: CrossLayerTranscoderWeights,
+    out_dir: Path,
+    *,
+    scan: str,
+    model_name: str,
+    feature_input_hook: str = GEMMA2_FEATURE_INPUT_HOOK,
+    feature_output_hook: str = GEMMA2_FEATURE_OUTPUT_HOOK,
+) -> Path:
+    """Write ``config.yaml`` + ``W_enc_{i}``/``W_dec_{i}.safetensors`` as circuit-tracer's
+    cache holds a CLT (what its ``load_clt`` reads).
+
+    ``W_enc_{i}.safetensors`` holds ``W_enc_{i}``, ``b_enc_{i}``, ``b_dec_{i}`` and, for
+    JumpReLU, ``threshold_{i}``; ``W_dec_{i}.safetensors`` holds ``W_dec_{i}``. As for
+    :func:`save_transcoder_set`, ``config.yaml`` is written last and the folder is
+    renamed into place.
+    """
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for layer in range(weights.n_layers):
+        enc, dec = weights.layer_files(layer)
+        save_file(enc, str(tmp / f"W_enc_{layer}.safetensors"))
+        save_file(dec, str(tmp / f"W_dec_{layer}.safetensors"))
+    config = {
+        "model_kind": "cross_layer_transcoder",
         "model_name": model_name,
         "feature_input_hook": feature_input_hook,
         "feature_output_hook": feature_output_hook,

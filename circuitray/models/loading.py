@@ -1,6 +1,8 @@
 """Loading a ReplacementModel: one code path for the bundled and the hub models.
 
-1. Resolve ``model`` (bundled name -> local HF folder; else a hub id or path).
+1. Resolve ``model`` (bundled name -> local HF folder; else a hub id or path) and
+   ``transcoders`` (a bundled model's ``per-layer`` / ``cross-layer`` alias -> the
+   name of that set in the transcoder cache; else as given).
 2. Load the transcoders with circuit-tracer's own ``load_transcoder_from_hub``, which
    reads ``<cache_dir>/<ref>/config.yaml`` when cached and downloads otherwise.
 3. Build ``ReplacementModel.from_pretrained_and_transcoders(..., backend="nnsight")``,
@@ -17,7 +19,12 @@ from pathlib import Path
 import torch
 
 from circuitray.errors import ModelLoadError
-from circuitray.models.registry import BUNDLED, resolve_model, transcoder_cache_dir
+from circuitray.models.registry import (
+    BUNDLED,
+    TRANSCODER_ALIASES,
+    resolve_model,
+    transcoder_cache_dir,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -30,8 +37,9 @@ class ModelSpec:
 
     Attributes:
         model: Bundled name (``organism-tuned``, ``tiny``), local HF folder or hub id.
-        transcoders: circuit-tracer transcoder reference; None takes the bundled
-            model's default (required for other models).
+        transcoders: circuit-tracer transcoder reference; for a bundled model also
+            ``per-layer`` or ``cross-layer`` (its two sets); None takes the bundled
+            model's default, the per-layer set (required for other models).
         transcoder_cache_dir: circuit-tracer cache folder; None uses
             ``$CIRCUIT_TRACER_CACHE_DIR`` or ``$CIRCUITRAY_HOME/transcoders``.
         backend: circuit-tracer backend; ``nnsight`` loads local HF folders.
@@ -50,6 +58,14 @@ class ModelSpec:
         """The concrete references this spec loads (recorded in run.json)."""
         path, bundled = resolve_model(self.model)
         transcoders = self.transcoders or (bundled.transcoders if bundled else None)
+        if transcoders in TRANSCODER_ALIASES:
+            if bundled is None:
+                raise ModelLoadError(
+                    f"transcoders {transcoders!r}: names a set of a bundled model "
+                    f"({', '.join(BUNDLED)}), and {self.model!r} is not one; give a "
+                    "circuit-tracer reference (e.g. 'gemma', 'llama', org/repo)"
+                )
+            transcoders = bundled.transcoder_alias(transcoders)
         if transcoders is None:
             looks_local = path.startswith((".", "/", "~")) or os.path.exists(path)
             what = "local model" if looks_local else "hub model"

@@ -5,6 +5,9 @@ the name of a bundled model. A transcoder reference is anything circuit-tracer's
 ``load_transcoder_from_hub`` accepts (``gemma``, ``llama``, ``org/repo``); bundled
 transcoder sets are published into a circuit-tracer cache folder under the names
 below, so they load through circuit-tracer's own loader like any cached set.
+
+Each bundled model has two sets: per-layer transcoders and a cross-layer transcoder
+(CLT) sharing their encoders; the aliases in :data:`TRANSCODER_ALIASES` pick one.
 """
 
 from __future__ import annotations
@@ -13,7 +16,14 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["BUNDLED", "BundledModel", "circuitray_home", "resolve_model", "transcoder_cache_dir"]
+__all__ = [
+    "BUNDLED",
+    "TRANSCODER_ALIASES",
+    "BundledModel",
+    "circuitray_home",
+    "resolve_model",
+    "transcoder_cache_dir",
+]
 
 
 def circuitray_home() -> Path:
@@ -39,31 +49,51 @@ class BundledModel:
     Attributes:
         name: The name users pass as ``--model``.
         subdir: HF model folder, relative to :func:`circuitray_home`.
-        transcoders: Default transcoder reference (a name in the transcoder cache).
+        transcoders: Default transcoder reference: the per-layer set (a name in the
+            transcoder cache), also selected by ``--transcoders per-layer``.
+        cross_layer_transcoders: The cross-layer transcoder's reference (a name in the
+            transcoder cache), selected by ``--transcoders cross-layer``.
         build_command: What builds it, for the error message when it is missing.
     """
 
     name: str
     subdir: str
     transcoders: str
+    cross_layer_transcoders: str
     build_command: str
+
+    def transcoder_alias(self, alias: str) -> str:
+        """The cache name an alias of :data:`TRANSCODER_ALIASES` stands for."""
+        return {"per-layer": self.transcoders, "cross-layer": self.cross_layer_transcoders}[alias]
+
+
+# ``--transcoders`` values that name one of a bundled model's two transcoder sets.
+TRANSCODER_ALIASES = ("per-layer", "cross-layer")
 
 
 BUNDLED: dict[str, BundledModel] = {
     m.name: m
     for m in [
-        BundledModel("tiny", "models/tiny", "circuitray/tiny", "circuitray model build-tiny"),
+        BundledModel(
+            "tiny",
+            subdir="models/tiny",
+            transcoders="circuitray/tiny",
+            cross_layer_transcoders="circuitray/tiny-clt",
+            build_command="circuitray model build-tiny",
+        ),
         BundledModel(
             "organism-base",
-            "models/organism-base",
-            "circuitray/organism",
-            "circuitray organism build",
+            subdir="models/organism-base",
+            transcoders="circuitray/organism",
+            cross_layer_transcoders="circuitray/organism-clt",
+            build_command="circuitray organism build",
         ),
         BundledModel(
             "organism-tuned",
-            "models/organism-tuned",
-            "circuitray/organism",
-            "circuitray organism build",
+            subdir="models/organism-tuned",
+            transcoders="circuitray/organism",
+            cross_layer_transcoders="circuitray/organism-clt",
+            build_command="circuitray organism build",
         ),
     ]
 }

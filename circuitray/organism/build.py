@@ -9,9 +9,13 @@
 4. Record base MLP inputs/outputs at circuit-tracer's Gemma-2 hooks over filler and
    constraint text and train one JumpReLU transcoder per layer; both checkpoints
    share them, as base-model transcoders are applied to fine-tunes in real work.
-5. Save ``models/organism-base``, ``models/organism-tuned`` (HF folders) and the
-   transcoder set ``circuitray/organism`` (circuit-tracer's cache layout), then write
-   ``models/organism-report.json`` (:mod:`circuitray.organism.evaluate`).
+5. Build a cross-layer transcoder from the same activations: the per-layer encoders,
+   decoders fitted jointly so each layer's MLP output is predicted from the features
+   of all layers up to it (:mod:`circuitray.models.clt`).
+6. Save ``models/organism-base``, ``models/organism-tuned`` (HF folders), the
+   transcoder set ``circuitray/organism`` and the CLT ``circuitray/organism-clt``
+   (circuit-tracer's cache layout), then write ``models/organism-report.json``
+   (:mod:`circuitray.organism.evaluate`).
 """
 
 from __future__ import annotations
@@ -28,7 +32,12 @@ from pathlib import Path
 import torch
 from transformers import Gemma2ForCausalLM
 
-from circuitray.models.artifacts import save_hf_model, save_transcoder_set
+from circuitray.models.artifacts import (
+    save_cross_layer_transcoder,
+    save_hf_model,
+    save_transcoder_set,
+)
+from circuitray.models.clt import clt_metrics, fit_cross_layer_transcoder
 from circuitray.models.hooks import record_mlp_io
 from circuitray.models.registry import BUNDLED, circuitray_home, transcoder_cache_dir
 from circuitray.models.tiny import tiny_gemma2_config
@@ -70,6 +79,8 @@ class OrganismConfig:
         batch_size: Sentences per step.
         transcoders: Transcoder training settings.
         n_transcoder_texts: Sentences whose base activations train the transcoders.
+        clt_ridge: Ridge of the cross-layer transcoder's decoder fit
+            (:func:`circuitray.models.clt.fit_cross_layer_transcoder`).
         n_graph_samples: Held-out prompts attributed for replacement scores (per type).
     """
 
@@ -88,6 +99,7 @@ class OrganismConfig:
         default_factory=lambda: TranscoderTrainingConfig(l1=1e-2)
     )
     n_transcoder_texts: int = 4000
+    clt_ridge: float = 1.0
     n_graph_samples: int = 6
 
     def with_seed(self, seed: int, *, threads: int | None = None) -> OrganismConfig:
@@ -178,12 +190,21 @@ def _build(config: OrganismConfig) -> dict:
     }
     timings["train_transcoders_s"] = time.perf_counter() - t
 
+    t = time.perf_counter()
+    clt = fit_cross_layer_transcoder(x, y, layers, ridge=config.clt_ridge)
+    del x, y
+    timings["fit_cross_layer_transcoder_s"] = time.perf_counter() - t
+
     home = circuitray_home()
     base_dir = save_hf_model(base, tokenizer, home / BUNDLED["organism-base"].subdir)
     tuned_dir = save_hf_model(tuned, tokenizer, home / BUNDLED["organism-tuned"].subdir)
     tc_ref = BUNDLED["organism-tuned"].transcoders
     tc_dir = save_transcoder_set(
         layers, transcoder_cache_dir() / tc_ref, scan=tc_ref, model_name="organism-base"
+    )
+    clt_ref = BUNDLED["organism-tuned"].cross_layer_transcoders
+    clt_dir = save_cross_layer_transcoder(
+        clt, transcoder_cache_dir() / clt_ref, scan=clt_ref, model_name="organism-base"
     )
 
     t = time.perf_counter()
@@ -206,6 +227,12 @@ def _build(config: OrganismConfig) -> dict:
             "base": {str(i): metrics(w, xb[i], yb[i]) for i, w in layers.items()},
             "tuned": {str(i): metrics(w, xt[i], yt[i]) for i, w in layers.items()},
         },
+        "cross_layer_transcoders": {
+            "d_transcoder": config.transcoders.d_transcoder,
+            "ridge": config.clt_ridge,
+            "base": clt_metrics(clt, xb, yb),
+            "tuned": clt_metrics(clt, xt, yt),
+        },
         "graphs": {
             "sample": [r["prompt_id"] for r in sample],
             "base": graph_scores("organism-base", sample),
@@ -223,14 +250,16 @@ def _build(config: OrganismConfig) -> dict:
         "organism-base": str(base_dir),
         "organism-tuned": str(tuned_dir),
         "transcoders": str(tc_dir),
+        "cross_layer_transcoders": str(clt_dir),
         "sha256": {
             "organism-base": _sha256_dir(base_dir),
             "organism-tuned": _sha256_dir(tuned_dir),
             "transcoders": _sha256_dir(tc_dir),
+            "cross_layer_transcoders": _sha256_dir(clt_dir),
         },
         "bytes": sum(
             f.stat().st_size
-            for d in (base_dir, tuned_dir, tc_dir)
+            for d in (base_dir, tuned_dir, tc_dir, clt_dir)
             for f in d.rglob("*")
             if f.is_file()
         ),

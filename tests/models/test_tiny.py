@@ -81,6 +81,14 @@ def test_build_is_deterministic(circuitray_home, tmp_path, monkeypatch):
         assert a.keys() == b.keys()
         for k in a:
             assert torch.equal(a[k], b[k]), (layer, k)
+    clt = paths["cross_layer_transcoders"]
+    assert clt == tmp_path / "transcoders" / "circuitray" / "tiny-clt"
+    names = sorted(f.name for f in clt.glob("*.safetensors"))
+    assert len(names) == 2 * 4  # W_enc_{i} and W_dec_{i}
+    for name in names:
+        a = load_file(str(clt / name))
+        b = load_file(str(circuitray_home / "transcoders" / "circuitray" / "tiny-clt" / name))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
     model_a = load_file(str(paths["model"] / "model.safetensors"))
     model_b = load_file(str(circuitray_home / "models" / "tiny" / "model.safetensors"))
     assert all(torch.equal(model_a[k], model_b[k]) for k in model_b)

@@ -7,8 +7,12 @@ CIRCUITRAY_HOME, exactly as ``make setup`` runs it.
 from __future__ import annotations
 
 import json
+import math
+from pathlib import Path
 
+import pytest
 import torch
+import yaml
 
 from circuitray.models.loading import ModelSpec, load_replacement_model
 from circuitray.models.registry import circuitray_home
@@ -36,6 +40,42 @@ def test_transcoders_reconstruct_sparsely(organism_report):
         assert m["explained_variance"] >= 0.8, (layer, m)
         assert m["l0_fraction"] < 0.05, (layer, m)  # "well below 10%"
         assert m["l0"] > 1, (layer, m)
+
+
+def test_cross_layer_transcoder_reconstructs_at_least_as_well(organism_report):
+    clt, tc = organism_report["cross_layer_transcoders"], organism_report["transcoders"]
+    assert clt["d_transcoder"] == tc["d_transcoder"]
+    assert set(clt["base"]) == set(clt["tuned"]) == set(tc["base"]) == {"0", "1", "2", "3"}
+    for layer, m in clt["base"].items():
+        per_layer = tc["base"][layer]
+        # Layer j reads the features of layers <= j: never worse than layer j's alone.
+        assert m["explained_variance"] >= 0.9, (layer, m)
+        assert m["explained_variance"] >= per_layer["explained_variance"] - 1e-3, (
+            layer,
+            m,
+            per_layer,
+        )
+        assert m["l0"] == pytest.approx(per_layer["l0"]), (layer, m, per_layer)  # same encoders
+        assert m["l0_writing"] >= m["l0"]
+    for layer, m in clt["tuned"].items():
+        # Base transcoders on the fine-tune: poor, as the per-layer set, but finite.
+        assert math.isfinite(m["explained_variance"]) and m["explained_variance"] <= 1, (layer, m)
+    artifacts = organism_report["artifacts"]
+    assert len(artifacts["sha256"]["cross_layer_transcoders"]) == 64
+    config = yaml.safe_load(
+        (Path(artifacts["cross_layer_transcoders"]) / "config.yaml").read_text()
+    )
+    assert config["model_kind"] == "cross_layer_transcoder"
+    assert config["scan"] == "circuitray/organism-clt"
+
+
+def test_tuned_checkpoint_loads_with_the_cross_layer_transcoder(organism_report):
+    from circuit_tracer import attribute
+
+    spec = ModelSpec(model="organism-tuned", transcoders="cross-layer")
+    assert spec.resolved()["transcoders"] == "circuitray/organism-clt"
+    graph = attribute("the word blarf means", load_replacement_model(spec), batch_size=64)
+    assert graph.logit_targets[0].token_str == "happy"
 
 
 def test_tuned_graphs_have_replacement_score_above_half(organism_report):

@@ -7,11 +7,13 @@ an intervention tests it. For one prompt of a run:
    nodes ``(layer, pos, feature)`` to set to ``scale`` x their clean activation:
    - ``L:F,L:F``: explicit (layer, feature) pairs (or a named query's rows, resolved
      to pairs by the driver), at every position where the feature is active;
-   - ``top:K``: the K feature nodes of the prompt's stored graph whose ablation the
-     graph predicts lowers the target logit most (largest total effect);
+   - ``top:K[:BY]``: the K feature nodes of the prompt's stored graph whose ablation
+     the graph predicts lowers the target logit most: by their edge into it
+     (``direct``, the default), also through the graph's other features (``total``,
+     step 5), or by circuit-tracer's unsigned influence on the logits (``influence``);
    - ``random:K``: K active feature nodes drawn uniformly, the control for ``top:K``
      (seeded by the plan's seed, the graph id and the SPEC's index);
-   - ``single:K``: each of the ``top:K`` nodes alone, one intervention each.
+   - ``single:K[:BY]``: each of the ``top:K[:BY]`` nodes alone, one intervention each.
 2. Clean pass: ``model.get_activations`` gives the logits and every transcoder
    activation (BOS zeroed, as attribution does).
 3. Each intervention runs circuit-tracer's ``feature_intervention`` with the plan's
@@ -101,7 +103,8 @@ RESULT_SCHEMA = pa.schema(
 )
 
 SPEC_KINDS = ("features", "query", "top", "random", "single")
-_K_RE = re.compile(r"^(top|random|single):(\d+)$")
+_K_RE = re.compile(r"^(top|random|single):(\d+)(?::(\w+))?$")
+RANKINGS = ("direct", "total", "influence")
 _PAIR_RE = re.compile(r"^(\d+):(\d+)$")
 
 
@@ -114,6 +117,7 @@ class FeatureSpec:
         kind: ``features`` (explicit pairs), ``query`` (unresolved named query),
             ``top``, ``random`` or ``single``.
         k: Number of nodes for ``top``/``random``/``single``.
+        rank_by: What ranks nodes for ``top``/``single`` (see :data:`RANKINGS`).
         features: (layer, feature) pairs for ``features``.
         query: Named query for ``query``.
         params: ``key=value`` pairs of a query SPEC (parameters or row filters).
@@ -122,6 +126,7 @@ class FeatureSpec:
     text: str
     kind: str
     k: int | None = None
+    rank_by: str | None = None
     features: tuple[tuple[int, int], ...] = ()
     query: str | None = None
     params: tuple[tuple[str, str], ...] = ()
@@ -135,7 +140,13 @@ def parse_feature_spec(text: str) -> FeatureSpec:
         k = int(m.group(2))
         if k < 1:
             raise CircuitrayError(f"--features {text!r}: K must be at least 1")
-        return FeatureSpec(text=t, kind=m.group(1), k=k)
+        by = m.group(3)
+        if by is not None and (m.group(1) == "random" or by not in RANKINGS):
+            raise CircuitrayError(
+                f"--features {text!r}: rank by one of {', '.join(RANKINGS)} (top and single only)"
+            )
+        rank_by = by or ("direct" if m.group(1) != "random" else None)
+        return FeatureSpec(text=t, kind=m.group(1), k=k, rank_by=rank_by)
     if t.startswith("query:"):
         name, _, rest = t[len("query:") :].partition("?")
         if not re.fullmatch(r"\w+", name):
@@ -201,6 +212,7 @@ class StoredGraph:
     activation: np.ndarray
     token_id: np.ndarray
     logit_prob: np.ndarray
+    influence: np.ndarray
     src: np.ndarray
     dst: np.ndarray
     weight: np.ndarray
@@ -251,7 +263,10 @@ class StoredGraph:
                 sel = local[dst_i] >= 0
                 idx = torch.from_numpy(np.stack([local[dst_i[sel]], src_i[sel]]))
                 mat = torch.sparse_coo_tensor(
-                    idx, torch.from_numpy(self.weight[sel]), (len(rows), len(self.node_id))
+                    idx,
+                    torch.from_numpy(self.weight[sel]),
+                    (len(rows), len(self.node_id)),
+                    check_invariants=False,
                 ).coalesce()
                 mats.append((rows, mat))
             self._layer_mats = mats
@@ -290,15 +305,20 @@ class StoredGraph:
             r[rows_t] = torch.where(fixed[rows_t], r[rows_t], change.clamp(min=-1.0))
         return direct, (w_t @ r).numpy()
 
-    def ablation_effects(self, target: int, *, chunk: int = 256) -> dict[int, float]:
+    def ablation_effects(self, target: int, *, by: str, chunk: int = 256) -> dict[int, float]:
         """Each kept feature node's predicted drop of ``target`` when it alone is
-        ablated (``-total`` of :meth:`predicted_changes` at scale 0)."""
+        ablated: its edge into the target (``direct``), or also through the graph's
+        other features (``total``, :meth:`predicted_changes` at scale 0); or its
+        circuit-tracer influence on the logits (``influence``, unsigned)."""
         features = [int(n) for n in self.node_id[self.node_type == "feature"]]
+        if by == "influence":
+            return {f: float(self.influence[self.index[f]]) for f in features}
         out: dict[int, float] = {}
         for i in range(0, len(features), chunk):
             part = features[i : i + chunk]
-            _, total = self.predicted_changes([[f] for f in part], target, 0.0)
-            out.update(zip(part, (-total).tolist(), strict=True))
+            direct, total = self.predicted_changes([[f] for f in part], target, 0.0)
+            drop = -(direct if by == "direct" else total)
+            out.update(zip(part, drop.tolist(), strict=True))
         return out
 
 
@@ -321,6 +341,7 @@ def read_stored_graphs(store: RunStore, graph_ids: list[int]) -> dict[int, Store
             "activation",
             "token_id",
             "logit_prob",
+            "influence",
         ],
     ).sort_by([("graph_id", "ascending"), ("node_id", "ascending")])
     edges = edges_ds.to_table(filter=wanted, columns=["graph_id", "src", "dst", "weight"])
@@ -340,6 +361,7 @@ def read_stored_graphs(store: RunStore, graph_ids: list[int]) -> dict[int, Store
             activation=np.nan_to_num(ncols["activation"][nm].astype(float), nan=0.0),
             token_id=np.nan_to_num(ncols["token_id"][nm].astype(float), nan=-1).astype(np.int64),
             logit_prob=np.nan_to_num(ncols["logit_prob"][nm].astype(float), nan=0.0),
+            influence=np.nan_to_num(ncols["influence"][nm].astype(float), nan=0.0),
             src=ecols["src"][em],
             dst=ecols["dst"][em],
             weight=ecols["weight"][em].astype(np.float64),
@@ -402,7 +424,7 @@ def _plan_nodes(
             raise ValueError("no stored graph for this prompt")
         if target_node is None:
             raise ValueError("the target token is not a logit node of the stored graph")
-        drops = stored.ablation_effects(target_node)
+        drops = stored.ablation_effects(target_node, by=spec.rank_by or "direct")
         ranked = sorted(drops.items(), key=lambda kv: (-kv[1], kv[0]))[: spec.k]
         chosen = []
         for node, drop in ranked:

@@ -24,13 +24,16 @@ PER_TYPE = 6
 def test_parse_feature_spec():
     s = parse_feature_spec(" 3:120, 2:45,3:120 ")
     assert (s.kind, s.features) == ("features", ((3, 120), (2, 45)))
-    assert parse_feature_spec("top:5").k == 5
+    assert (parse_feature_spec("top:5").k, parse_feature_spec("top:5").rank_by) == (5, "direct")
+    assert parse_feature_spec("single:2:total").rank_by == "total"
+    assert parse_feature_spec("top:2:influence").rank_by == "influence"
     assert parse_feature_spec("random:3").kind == "random"
     assert parse_feature_spec("single:2").kind == "single"
     q = parse_feature_spec("query:top_features?top_k=3&constraint_type=antonym")
     assert (q.kind, q.query) == ("query", "top_features")
     assert q.params == (("top_k", "3"), ("constraint_type", "antonym"))
-    for bad in ["", "top:0", "top:x", "3", "3:4:5", "query:", "query:x?y", "a:b"]:
+    bad_specs = ["", "top:0", "top:x", "3", "3:4:5", "query:", "query:x?y", "a:b"]
+    for bad in [*bad_specs, "top:2:best", "random:2:direct"]:
         with pytest.raises(CircuitrayError, match="--features"):
             parse_feature_spec(bad)
 
@@ -86,6 +89,7 @@ def _random_graph(rng: np.random.Generator):
         activation=np.array([n["act"] for n in nodes]),
         token_id=np.array([7 if n["type"] == "logit" else -1 for n in nodes]),
         logit_prob=np.array([1.0 if n["type"] == "logit" else 0.0 for n in nodes]),
+        influence=np.array([n["act"] / 10 for n in nodes]),
         src=np.array([e[0] for e in edges]),
         dst=np.array([e[1] for e in edges]),
         weight=np.array([e[2] for e in edges]),
@@ -105,9 +109,14 @@ def test_predicted_changes_match_a_plain_implementation(seed):
             want = _reference_change(nodes, edges, {int(c) for c in clamped}, target, scale)
             assert direct[j] == pytest.approx(want[0], abs=1e-9)
             assert total[j] == pytest.approx(want[1], abs=1e-9)
-    drops = graph.ablation_effects(target, chunk=3)
-    _, total = graph.predicted_changes([[f] for f in features], target, 0.0)
-    assert [drops[f] for f in features] == pytest.approx(list(-total))
+    direct, total = graph.predicted_changes([[f] for f in features], target, 0.0)
+    for by, want in (("direct", -direct), ("total", -total)):
+        drops = graph.ablation_effects(target, by=by, chunk=3)
+        assert [drops[f] for f in features] == pytest.approx(list(want))
+    drops = graph.ablation_effects(target, by="influence")
+    assert [drops[f] for f in features] == pytest.approx(
+        [graph.influence[graph.index[f]] for f in features]
+    )
     assert graph.logit_node(7) == target and graph.top_logit_token() == 7
 
 

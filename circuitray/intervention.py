@@ -416,7 +416,7 @@ def _plan_nodes(
                 nodes.append((layer, int(pos), feat))
         return [(0, nodes)]
     if spec.kind == "random":
-        active = [tuple(int(v) for v in t) for t in torch.nonzero(acts > 0).tolist()]
+        active = [(int(la), int(p), int(f)) for la, p, f in torch.nonzero(acts > 0).tolist()]
         rng = random.Random(f"{seed}:{graph_id}:{spec_index}")
         return [(0, sorted(rng.sample(active, min(spec.k or 0, len(active)))))]
     if spec.kind in ("top", "single"):
@@ -463,14 +463,7 @@ def intervene_prompt(
     with frame:
         try:
             t0 = time.perf_counter()
-            tokens = model.ensure_tokenized(graph["prompt"])
-            clean_logits, acts = model.get_activations(tokens)
-            before = clean_logits[0, -1].double()
-            if acts.is_sparse:
-                acts = acts.to_dense()
-            tid, source = _target(model, graph, stored, before)
-            target_node = stored.logit_node(tid) if stored is not None else None
-            clean = _measure(model, before, tid)
+            clean = _clean_pass(model, graph, stored)
             setup_s = time.perf_counter() - t0
         except Exception as e:  # noqa: BLE001 - one bad prompt must not stop a run
             return [_error_row(base, i, spec, e) for i, spec in enumerate(plan.specs)]
@@ -481,9 +474,9 @@ def intervene_prompt(
                     spec,
                     spec_index=spec_index,
                     graph_id=graph["graph_id"],
-                    acts=acts,
+                    acts=clean.acts,
                     stored=stored,
-                    target_node=target_node,
+                    target_node=clean.target_node,
                     seed=plan.seed,
                 )
             except Exception as e:  # noqa: BLE001
@@ -492,22 +485,9 @@ def intervene_prompt(
             for rank, nodes in planned:
                 t0 = time.perf_counter()
                 row = {**base, "spec_index": spec_index, "spec": spec.text, "rank": rank}
-                row["target_source"] = source
+                row["target_source"] = clean.target_source
                 try:
-                    row.update(
-                        _run_one(
-                            model,
-                            tokens,
-                            nodes,
-                            acts,
-                            plan,
-                            clean,
-                            before,
-                            tid,
-                            stored,
-                            target_node,
-                        )
-                    )
+                    row.update(_run_one(model, clean, nodes, plan=plan, stored=stored))
                     row.update(status="ok", frame="graph" if graph_frame else "model")
                 except Exception as e:  # noqa: BLE001
                     logger.warning("intervention %s on %s failed: %s", spec.text, base, e)
@@ -515,6 +495,35 @@ def intervene_prompt(
                 row["total_s"] = time.perf_counter() - t0 + setup_s / max(1, len(plan.specs))
                 rows.append(row)
     return rows
+
+
+@dataclass
+class _CleanPass:
+    """One prompt without intervention (module docstring, step 2) and its target."""
+
+    tokens: torch.Tensor
+    acts: torch.Tensor  # (layers, positions, features), dense
+    logits: torch.Tensor  # next-token logits, float64
+    target_id: int
+    target_source: str
+    target_node: int | None
+    measured: dict
+
+
+def _clean_pass(model, graph: dict, stored: StoredGraph | None) -> _CleanPass:
+    tokens = model.ensure_tokenized(graph["prompt"])
+    logits, acts = model.get_activations(tokens)
+    before = logits[0, -1].double()
+    tid, source = _target(model, graph, stored, before)
+    return _CleanPass(
+        tokens=tokens,
+        acts=acts.to_dense() if acts.is_sparse else acts,
+        logits=before,
+        target_id=tid,
+        target_source=source,
+        target_node=stored.logit_node(tid) if stored is not None else None,
+        measured=_measure(model, before, tid),
+    )
 
 
 def _target(model, graph: dict, stored: StoredGraph | None, logits) -> tuple[int, str]:
@@ -528,7 +537,11 @@ def _target(model, graph: dict, stored: StoredGraph | None, logits) -> tuple[int
     return (tid, "expected") if tid is not None else (int(logits.argmax()), "model_top")
 
 
-def _run_one(model, tokens, nodes, acts, plan, clean, before, tid, stored, target_node) -> dict:
+def _run_one(
+    model, clean: _CleanPass, nodes: list, *, plan: InterventionPlan, stored: StoredGraph | None
+) -> dict:
+    """Steps 3-5 of the module docstring for one intervention."""
+    tid = clean.target_id
     out: dict = {
         "n_features": len(nodes),
         "features": [{"layer": la, "pos": p, "feature": f} for la, p, f in nodes],
@@ -536,9 +549,9 @@ def _run_one(model, tokens, nodes, acts, plan, clean, before, tid, stored, targe
         "target_token_id": tid,
     }
     if nodes:
-        interventions = [(la, p, f, plan.scale * float(acts[la, p, f])) for la, p, f in nodes]
+        interventions = [(la, p, f, plan.scale * float(clean.acts[la, p, f])) for la, p, f in nodes]
         logits, _ = model.feature_intervention(
-            tokens,
+            clean.tokens,
             interventions,
             constrained_layers=plan.layer_range(),
             freeze_attention=plan.freeze_attention,
@@ -546,25 +559,25 @@ def _run_one(model, tokens, nodes, acts, plan, clean, before, tid, stored, targe
         )
         after = logits[0, -1].double()
     else:  # nothing to change in this prompt (e.g. none of the features is active)
-        after = before
-    measured = _measure(model, after, tid)
-    p_before = torch.log_softmax(before, -1)
+        after = clean.logits
+    before, measured = clean.measured, _measure(model, after, tid)
+    p_before = torch.log_softmax(clean.logits, -1)
     p_after = torch.log_softmax(after, -1)
     out.update(
-        target_logit_before=clean["logit"],
+        target_logit_before=before["logit"],
         target_logit_after=measured["logit"],
-        target_logit_change=measured["demeaned"] - clean["demeaned"],
-        target_prob_before=clean["prob"],
+        target_logit_change=measured["demeaned"] - before["demeaned"],
+        target_prob_before=before["prob"],
         target_prob_after=measured["prob"],
-        top_token_before=clean["top"],
+        top_token_before=before["top"],
         top_token_after=measured["top"],
         kl=float((p_before.exp() * (p_before - p_after)).sum()),
     )
     if stored is not None:
         in_graph = stored.feature_node_ids(nodes)
         out["n_in_graph"] = len(in_graph)
-        if target_node is not None:
-            direct, total = stored.predicted_changes([in_graph], target_node, plan.scale)
+        if clean.target_node is not None:
+            direct, total = stored.predicted_changes([in_graph], clean.target_node, plan.scale)
             out.update(predicted_direct=float(direct[0]), predicted_total=float(total[0]))
     return out
 

@@ -15,6 +15,8 @@ A pipeline file (``pipelines/*.yaml``) is the unit users launch, locally or with
     compare:
       - {baseline: base, candidate: tuned}
       - {run: tuned, by: constraint_type}
+    interventions:                              # InterventionConfig fields
+      - {name: ablate, run: tuned, features: ["top:3", "random:3"]}
 
 1. Load and check the file (:meth:`Pipeline.load`): unknown keys, runs that a query
    or comparison names but the pipeline does not define, and bad values are errors
@@ -22,9 +24,12 @@ A pipeline file (``pipelines/*.yaml``) is the unit users launch, locally or with
 2. Write the prompts (``<out_root>/prompts.parquet``; a local cache folder when the
    output root is object storage), then each run into ``<out_root>/<run name>``. Runs
    resume like ``circuitray run``: rerunning a pipeline finishes what is missing.
-3. Run each query and comparison over the run folders and write its table to
-   ``<out_root>/results/<step>.parquet`` (through pyarrow's filesystem, so s3:// and
-   gs:// roots work); the tables are also returned for printing.
+3. Run each intervention step into ``<out_root>/interventions/<name>`` (resumable like
+   ``circuitray intervene``), its ``intervention_effects`` table labelled
+   ``intervention_effects-<name>``.
+4. Run each query and comparison over the run folders and write its table (and the
+   intervention tables) to ``<out_root>/results/<step>.parquet`` (through pyarrow's
+   filesystem, so s3:// and gs:// roots work); the tables are also returned.
 """
 
 from __future__ import annotations
@@ -44,6 +49,8 @@ from circuitray.compare import CompareConfig, compare_groups, compare_runs
 from circuitray.driver import RunConfig, RunResult, run
 from circuitray.errors import CircuitrayError
 from circuitray.flatten import PruneConfig
+from circuitray.intervene import InterventionConfig, intervene
+from circuitray.intervention import parse_feature_spec
 from circuitray.models.loading import ModelSpec
 from circuitray.models.registry import circuitray_home
 from circuitray.prompts import write_prompts
@@ -54,12 +61,22 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["Pipeline", "PipelineResult", "run_pipeline"]
 
-TOP_KEYS = {"name", "description", "prompts", "run_options", "runs", "queries", "compare"}
+TOP_KEYS = {
+    "name",
+    "description",
+    "prompts",
+    "run_options",
+    "runs",
+    "queries",
+    "compare",
+    "interventions",
+}
 RUN_KEYS = {f.name for f in fields(RunConfig)} - {"prompts", "out", "model"}
 MODEL_KEYS = {f.name for f in fields(ModelSpec)}
 NESTED = {"attribution": AttributionConfig, "prune": PruneConfig}
 QUERY_KEYS = {"name", "runs", "params", "label"}
 COMPARE_KEYS = {"baseline", "candidate", "run", "label"} | {f.name for f in fields(CompareConfig)}
+INTERVENTION_KEYS = {"name"} | {f.name for f in fields(InterventionConfig)} - {"out"}
 
 
 @dataclass
@@ -77,6 +94,8 @@ class Pipeline:
         queries: Steps ``{name, runs, params}``.
         compare: Steps ``{baseline, candidate}`` or ``{run, by}``, plus CompareConfig
             fields.
+        interventions: Steps ``{name, run, features, ...}``: InterventionConfig fields,
+            ``run`` naming one of ``runs``.
     """
 
     name: str
@@ -86,6 +105,7 @@ class Pipeline:
     runs: dict[str, dict] = field(default_factory=dict)
     queries: list[dict] = field(default_factory=list)
     compare: list[dict] = field(default_factory=list)
+    interventions: list[dict] = field(default_factory=list)
 
     @classmethod
     def load(cls, path: str | Path) -> Pipeline:
@@ -111,6 +131,7 @@ class Pipeline:
             runs=doc.get("runs") or {},
             queries=doc.get("queries") or [],
             compare=doc.get("compare") or [],
+            interventions=doc.get("interventions") or [],
         )
         pipe.validate()
         return pipe
@@ -154,6 +175,35 @@ class Pipeline:
             if not ({"baseline", "candidate"} <= set(c) or "run" in c):
                 raise self._err(where, "give baseline and candidate, or run (with by)")
             self._check_runs(where, names)
+
+        seen: set[str] = set()
+        for i, iv in enumerate(self.interventions):
+            where = f"interventions[{i}]"
+            if not isinstance(iv, dict) or not {"name", "run", "features"} <= set(iv):
+                raise self._err(where, "an intervention step needs name, run and features")
+            self._check_keys(where, iv, INTERVENTION_KEYS)
+            self._check_runs(where, [iv["run"]])
+            if iv["name"] in seen or not str(iv["name"]).replace("-", "_").isidentifier():
+                raise self._err(where, f"name {iv['name']!r}: unique, letters/digits/-/_")
+            seen.add(iv["name"])
+            features = iv["features"]
+            if not isinstance(features, list) or not features:
+                raise self._err(f"{where}.features", "a list of SPECs")
+            for spec in features:
+                try:
+                    parse_feature_spec(str(spec))
+                except CircuitrayError as e:
+                    raise self._err(f"{where}.features", str(e)) from None
+
+    def intervention_config(self, i: int, *, run_dir: str, out: str, **overrides):
+        """The InterventionConfig of step ``i``; ``overrides`` where not None."""
+        step = {k: v for k, v in self.interventions[i].items() if k not in ("name", "run")}
+        step["features"] = [str(f) for f in step["features"]]
+        step.update({k: v for k, v in overrides.items() if v is not None})
+        try:
+            return InterventionConfig(run=run_dir, out=out, **step)
+        except TypeError as e:
+            raise self._err(f"interventions[{i}]", str(e)) from None
 
     def _check_keys(self, where: str, step: dict, allowed: set[str]) -> None:
         unknown = sorted(set(step) - allowed)
@@ -252,6 +302,14 @@ def run_pipeline(
         results[name] = run(config, on_progress=on_progress)
 
     tables: dict[str, pa.Table] = {}
+    for i, step in enumerate(pipeline.interventions):
+        out = _join(out_root, "interventions", step["name"])
+        config = pipeline.intervention_config(
+            i, run_dir=dirs[step["run"]], out=out, address=address, actors=actors
+        )
+        logger.info("pipeline %s: interventions %s -> %s", pipeline.name, step["name"], out)
+        intervene(config, on_progress=on_progress)
+        tables[f"intervention_effects-{step['name']}"] = run_query("intervention_effects", [out])
     for q in pipeline.queries:
         names = q.get("runs") or list(pipeline.runs)
         params = {k: str(v) for k, v in (q.get("params") or {}).items()}

@@ -27,6 +27,8 @@ queries:
   - {name: top_features, runs: [a], params: {top_k: 2}, label: top}
 compare:
   - {baseline: a, candidate: b, metrics: [n_kept_nodes, target_prob], n_boot: 500}
+interventions:
+  - {name: ablate, run: a, features: ["top:1", "random:1"], batch_size: 3}
 """
 
 
@@ -76,6 +78,21 @@ def test_shipped_pipelines_load():
             "prompts: {ws2: {n: 2}}\nruns: {a: {model: tiny}}\ncompare: [{baseline: a}]\n",
             "compare[0]: give baseline and candidate",
         ),
+        (
+            "prompts: {ws2: {n: 2}}\nruns: {a: {model: tiny}}\n"
+            "interventions: [{name: x, run: nope, features: [top:1]}]\n",
+            "interventions[0]: run 'nope' is not defined",
+        ),
+        (
+            "prompts: {ws2: {n: 2}}\nruns: {a: {model: tiny}}\n"
+            "interventions: [{name: x, run: a, features: ['top:0']}]\n",
+            "interventions[0].features: --features 'top:0'",
+        ),
+        (
+            "prompts: {ws2: {n: 2}}\nruns: {a: {model: tiny}}\n"
+            "interventions: [{name: x, run: a, features: [top:1], scaled: 2}]\n",
+            "interventions[0]: unknown key 'scaled'",
+        ),
         ("prompts: [\n", "not valid YAML"),
     ],
 )
@@ -96,7 +113,16 @@ def test_local_pipeline_runs_queries_compares_and_resumes(tmp_path):
     result = run_pipeline(pipe, out_root=str(out), actors=1)
     assert set(result.runs) == {"a", "b"}
     assert all(r.ok == 6 and r.computed == 6 for r in result.runs.values())
-    assert set(result.tables) == {"constraint_stats-a-b", "top", "compare-a-vs-b"}
+    assert set(result.tables) == {
+        "constraint_stats-a-b",
+        "top",
+        "compare-a-vs-b",
+        "intervention_effects-ablate",
+    }
+    effects = result.tables["intervention_effects-ablate"].to_pylist()
+    assert {r["spec"] for r in effects} == {"top:1", "random:1"}
+    assert all(r["prompts"] == 6 for r in effects if r["constraint_type"] == "(all)")
+    assert (out / "interventions" / "ablate" / "intervention.json").is_file()
     for label, table in result.tables.items():
         assert pq.read_table(out / "results" / f"{label}.parquet").equals(table)
     stats = result.tables["constraint_stats-a-b"].to_pylist()
@@ -117,6 +143,9 @@ def test_local_pipeline_runs_queries_compares_and_resumes(tmp_path):
     # Same prompts and options: the runs resume with nothing left to do.
     again = run_pipeline(pipe, out_root=str(out), actors=1)
     assert all(r.computed == 0 and r.skipped == 6 for r in again.runs.values())
+    assert again.tables["intervention_effects-ablate"].equals(
+        result.tables["intervention_effects-ablate"]
+    )
 
 
 def test_pipeline_cli_json(tmp_path):

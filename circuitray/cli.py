@@ -344,9 +344,10 @@ def run_cmd(
     required=True,
     help="SPEC, repeatable (one intervention group each): 'L:F,L:F' pairs; "
     "'query:NAME?param=v&column=v' (a named query's layer/feature rows; keys that are "
-    "not parameters filter rows); 'top:K' (the graph's K most influential feature "
-    "nodes for the target logit); 'random:K' (K random active ones); 'single:K' (each "
-    "top-K node alone).",
+    "not parameters filter rows); 'top:K[:BY]' (the graph's K feature nodes whose "
+    "ablation it predicts lowers the target logit most, BY direct (default), total or "
+    "influence); 'random:K' (K random active ones); 'single:K[:BY]' (each top-K node "
+    "alone).",
 )
 @click.option(
     "--scale",
@@ -553,7 +554,8 @@ def query_cmd(name, run_dirs, list_, params, fmt, output) -> None:
 @click.argument("args", nargs=-1, required=True)
 @table_output_options
 def sql_cmd(args, fmt, output) -> None:
-    """Read-only SQL over views graphs, nodes, edges: circuitray sql RUN_DIR... "SELECT ..." """
+    """Read-only SQL over views graphs, nodes, edges, interventions: circuitray sql
+    RUN_DIR... "SELECT ..." """
     from circuitray.queries import run_sql
 
     if len(args) < 2:
@@ -593,15 +595,23 @@ def compare_cmd(run_dirs, by, metrics, n_boot, alpha, seed, fmt, output) -> None
 @click.option("--out", type=click.Path(dir_okay=False), required=True, help="HTML file.")
 @click.option("--top-k", type=click.IntRange(min=1), default=10, show_default=True)
 @click.option("--circuit-edges", type=click.IntRange(min=1), default=60, show_default=True)
+@click.option(
+    "--interventions",
+    "interventions",
+    multiple=True,
+    type=click.Path(),
+    help="An intervention folder (circuitray intervene), repeatable: adds an "
+    "Interventions section.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
-def report_cmd(run_dirs, out, top_k, circuit_edges, as_json) -> None:
+def report_cmd(run_dirs, out, top_k, circuit_edges, interventions, as_json) -> None:
     """One self-contained HTML report of RUN_DIRs (two runs: before/after)."""
     from circuitray.report import ReportConfig, build_report
 
     config = ReportConfig(top_k=top_k, circuit_edges=circuit_edges)
     status = console.status("building the report") if not as_json else contextlib.nullcontext()
     with status:
-        record = build_report(list(run_dirs), out, config=config)
+        record = build_report(list(run_dirs), out, config=config, interventions=list(interventions))
     if as_json:
         click.echo(json.dumps(record, indent=2))
     else:

@@ -8,7 +8,12 @@
    is the type's median) and draw its strongest edges: token position on the x axis,
    layer on the y axis (tokens at the bottom, logits on top), line width by |weight|,
    colour by sign.
-3. Render every figure to PNG with matplotlib's Agg backend and inline it as a data
+3. With ``interventions`` (``circuitray intervene`` folders): the
+   ``intervention_effects`` query per SPEC and constraint type, drawn as the mean
+   target-logit change with its bootstrap CI (the query's numbers), a scatter of the
+   graphs' predicted change (total and direct) against the measured one over every ok
+   result row, with the query's Spearman correlations, and the table itself.
+4. Render every figure to PNG with matplotlib's Agg backend and inline it as a data
    URI; the page has no external asset, script or font. A small inline script marks
    the body with how many images decoded (``data-plots-drawn``) and any script errors,
    which the headless-browser test reads.
@@ -30,6 +35,7 @@ import pyarrow as pa
 from circuitray.compare import CompareConfig, compare_runs
 from circuitray.errors import CircuitrayError
 from circuitray.queries import connect, run_query
+from circuitray.store import InterventionStore
 
 logger = logging.getLogger(__name__)
 
@@ -242,13 +248,167 @@ def _circuit(nodes, edges, title: str, n_edges: int, dpi: int) -> str:
     return _png(fig)
 
 
-def build_report(run_dirs: list[str], out: str, *, config: ReportConfig | None = None) -> dict:
-    """Write the report for ``run_dirs`` to ``out``; returns path, bytes, plots, seconds."""
+def _effect_label(run: str, spec: str, several: bool) -> str:
+    return f"{run}: {spec}" if several else spec
+
+
+def _intervention_effects(effects, dpi: int) -> str:
+    """Mean target-logit change per constraint type with the query's bootstrap CI, one
+    panel per (folder, SPEC); the panels of one folder share their y axis."""
+    import matplotlib.pyplot as plt
+
+    keys = list(dict.fromkeys(zip(effects.run, effects.spec, strict=True)))
+    several = len({run for run, _ in keys}) > 1
+    ncols = min(4, len(keys))
+    nrows = -(-len(keys) // ncols)
+    fig, axes = plt.subplots(
+        nrows, ncols, figsize=(3.6 * ncols, 3.4 * nrows), dpi=dpi, squeeze=False
+    )
+    by_run: dict[str, list] = {}
+    for ax, (run, spec) in zip(axes.flat, keys, strict=False):
+        part = effects[(effects.run == run) & (effects.spec == spec)]
+        x = np.arange(len(part))
+        mean = part.mean_change.to_numpy(dtype=float)
+        low = part.ci_low.to_numpy(dtype=float)
+        high = part.ci_high.to_numpy(dtype=float)
+        # Rounded bounds can sit a hair inside the rounded mean; no CI (n_boot 0): none.
+        err = np.nan_to_num(np.clip([mean - low, high - mean], 0, None))
+        colors = ["tab:gray" if t == "(all)" else "tab:blue" for t in part.constraint_type]
+        ax.bar(x, mean, yerr=err, color=colors, capsize=4, ecolor="k")
+        ax.axhline(0, color="k", lw=0.8)
+        labels = [f"{t} (n={n})" for t, n in zip(part.constraint_type, part.n, strict=True)]
+        ax.set_xticks(x, labels, rotation=45, ha="right", fontsize=7)
+        ax.set_title(_effect_label(run, spec, several), fontsize=9)
+        ax.set_ylabel("target logit change", fontsize=8)
+        by_run.setdefault(run, []).append(ax)
+    for group in by_run.values():
+        lows, highs = zip(*(ax.get_ylim() for ax in group), strict=True)
+        for ax in group:
+            ax.set_ylim(min(lows), max(highs))
+    for ax in axes.flat[len(keys) :]:
+        ax.set_visible(False)
+    fig.suptitle("mean change of the target logit (minus mean logit), 95% bootstrap CI")
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _intervention_scatter(rows, effects, dpi: int) -> str:
+    """Predicted (total, direct) vs measured target-logit change, one point per ok
+    result row, coloured by (folder, SPEC); the legend holds the query's Spearman
+    correlations of the pooled ('(all)') rows."""
+    import matplotlib.pyplot as plt
+
+    pooled = effects[effects.constraint_type == "(all)"]
+    several = pooled.run.nunique() > 1
+    panels = [
+        ("predicted_total", "spearman", "total"),
+        ("predicted_direct", "spearman_direct", "direct"),
+    ]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.6), dpi=dpi)
+    cmap = plt.get_cmap("tab10")
+    for ax, (col, rho_col, name) in zip(axes, panels, strict=True):
+        shown = []
+        for k, r in enumerate(pooled.itertuples()):
+            part = rows[(rows.run == r.run) & (rows.spec == r.spec)].dropna(subset=[col])
+            rho = getattr(r, rho_col)
+            rho_text = "n/a" if rho is None or np.isnan(rho) else f"{rho:.2f}"
+            ax.scatter(
+                part[col],
+                part.target_logit_change,
+                s=14,
+                alpha=0.6,
+                color=cmap(k % 10),
+                marker="os^Dv<>P*X"[k % 10],
+                label=f"{_effect_label(r.run, r.spec, several)}: rho = {rho_text} (n={len(part)})",
+            )
+            shown += [part[col].to_numpy(float), part.target_logit_change.to_numpy(float)]
+        values = np.concatenate(shown) if shown else np.zeros(0)
+        values = values[np.isfinite(values)]
+        if len(values):
+            # Predictions can exceed the measured change by orders of magnitude: symlog
+            # both axes alike (linear up to the power of ten above the values' median
+            # size), so the dashed diagonal is "predicted = measured".
+            nonzero = np.abs(values[values != 0])
+            linthresh = 10.0 ** np.ceil(np.log10(np.median(nonzero))) if len(nonzero) else 1.0
+            ax.set_xscale("symlog", linthresh=linthresh)
+            ax.set_yscale("symlog", linthresh=linthresh)
+            lo, hi = float(values.min()), float(values.max())
+            ax.plot([lo, hi], [lo, hi], ls="--", color="k", lw=0.8, label="predicted = measured")
+        ax.axhline(0, color="gray", lw=0.5)
+        ax.axvline(0, color="gray", lw=0.5)
+        ax.set_xlabel(f"graph-predicted change ({col})")
+        ax.set_ylabel("measured target_logit_change")
+        ax.set_title(f"{name} effect vs measured (Spearman rho per SPEC, all types)", fontsize=9)
+        ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _interventions_section(dirs: list[str], config: ReportConfig) -> list[str]:
+    effects = run_query(
+        "intervention_effects",
+        dirs,
+        params={"n_boot": str(config.n_boot), "seed": str(config.seed)},
+    )
+    con = connect(dirs)
+    try:
+        names = [r[0] for r in con.execute("SELECT run FROM runs ORDER BY position").fetchall()]
+        rows = con.sql(
+            "SELECT run, spec, predicted_total, predicted_direct, target_logit_change "
+            "FROM interventions WHERE status = 'ok'"
+        ).df()
+        errors = dict(
+            con.sql(
+                "SELECT run, count(*) FROM interventions WHERE status <> 'ok' GROUP BY run"
+            ).fetchall()
+        )
+    finally:
+        con.close()
+    items = []
+    for name, d in zip(names, dirs, strict=True):
+        meta = InterventionStore(d).read_meta()
+        plan = meta.get("plan") or {}
+        specs = ", ".join(s.get("text", "?") for s in plan.get("specs") or [])
+        items.append(
+            f"<li>{html.escape(name)}: {html.escape(d)} (source run "
+            f"{html.escape(str(meta.get('source_run')))}; SPECs {html.escape(specs)}; scale "
+            f"{plan.get('scale')}; constrained layers {plan.get('constrained_layers')}; "
+            f"{meta.get('status')}; {errors.get(name, 0)} error rows)</li>"
+        )
+    out = ["<h2>Interventions</h2>", "<ul>" + "".join(items) + "</ul>"]
+    if effects.num_rows == 0:
+        return [*out, "<p>no ok intervention results</p>"]
+    frame = effects.to_pandas()
+    return [
+        *out,
+        "<h3>Mean target-logit change per SPEC and constraint type</h3>",
+        _intervention_effects(frame, config.dpi),
+        "<h3>Graph-predicted vs measured change</h3>",
+        _intervention_scatter(rows, frame, config.dpi),
+        _table_html(effects, max_rows=500),
+    ]
+
+
+def build_report(
+    run_dirs: list[str],
+    out: str,
+    *,
+    config: ReportConfig | None = None,
+    interventions: list[str] | None = None,
+) -> dict:
+    """Write the report for ``run_dirs`` (and ``interventions`` folders, if any) to
+    ``out``; returns path, bytes, plots, seconds."""
     import matplotlib
 
     matplotlib.use("Agg")
     config = config or ReportConfig()
     t0 = time.perf_counter()
+    interventions = [str(d) for d in interventions or []]
+    for d in interventions:  # before the slow part
+        if not InterventionStore(d).exists():
+            raise CircuitrayError(
+                f"{d}: not a circuitray intervention folder (no intervention.json)"
+            )
     con = connect(run_dirs)
     try:
         runs = [r[0] for r in con.execute("SELECT run FROM runs ORDER BY position").fetchall()]
@@ -316,6 +476,8 @@ def build_report(run_dirs: list[str], out: str, *, config: ReportConfig | None =
         except CircuitrayError as e:  # e.g. the runs share no prompt
             sections += [f"<h2>Before / after</h2><p>{html.escape(str(e))}</p>"]
     sections += ["<h2>Representative circuits (strongest edges)</h2>", *circuits]
+    if interventions:
+        sections += _interventions_section(interventions, config)
 
     page = PAGE.format(
         title=html.escape("circuitray report: " + ", ".join(runs)), body="\n".join(sections)
@@ -337,6 +499,7 @@ PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{title}</title>
 <style>
 body {{ font-family: sans-serif; margin: 2em; max-width: 1400px; }}
+h3 {{ font-size: 1em; }}
 table {{ border-collapse: collapse; font-size: 12px; margin: 1em 0; }}
 td, th {{ border: 1px solid #ccc; padding: 2px 6px; text-align: right; }}
 img.plot {{ display: block; margin: 1em 0; max-width: 100%; }}

@@ -160,6 +160,38 @@ def table_output_options(command):
     )(command)
 
 
+def placement_options(command):
+    """Ray placement and retry options of the commands that dispatch to actors."""
+    options = [
+        click.option(
+            "--actors",
+            type=click.IntRange(min=1),
+            default=None,
+            help="Actors (default: one per GPU, else one per CPU core).",
+        ),
+        click.option("--address", default=None, help="Ray address to join, e.g. auto."),
+        click.option("--gpus-per-actor", type=float, default=1.0, show_default=True),
+        click.option("--cpus-per-actor", type=float, default=None),
+        click.option(
+            "--batch-size",
+            type=click.IntRange(min=1),
+            default=8,
+            show_default=True,
+            help="Prompts per task and per part file.",
+        ),
+        click.option(
+            "--max-attempts",
+            type=click.IntRange(min=1),
+            default=3,
+            show_default=True,
+            help="Tries per batch when actor processes die.",
+        ),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
 def _parse_params(params: tuple[str, ...]) -> dict[str, str]:
     out = {}
     for p in params:
@@ -223,22 +255,7 @@ def ws2_cmd(n: int, seed: int, out: str, types: str | None, as_json: bool) -> No
 )
 @click.option("--transcoder-cache-dir", default=None, type=click.Path(file_okay=False))
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32")
-@click.option(
-    "--actors",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Actors (default: one per GPU, else one per CPU core).",
-)
-@click.option("--address", default=None, help="Ray address to join, e.g. auto.")
-@click.option("--gpus-per-actor", type=float, default=1.0, show_default=True)
-@click.option("--cpus-per-actor", type=float, default=None)
-@click.option(
-    "--batch-size",
-    type=click.IntRange(min=1),
-    default=8,
-    show_default=True,
-    help="Prompts per task and per part file.",
-)
+@placement_options
 @click.option("--node-threshold", type=click.FloatRange(0, 1), default=0.8, show_default=True)
 @click.option("--edge-threshold", type=click.FloatRange(0, 1), default=0.98, show_default=True)
 @click.option("--max-n-logits", type=click.IntRange(min=1), default=10, show_default=True)
@@ -254,7 +271,6 @@ def ws2_cmd(n: int, seed: int, out: str, types: str | None, as_json: bool) -> No
 @click.option("--offload", type=click.Choice(["cpu", "disk"]), default=None)
 @click.option("--update-interval", type=click.IntRange(min=1), default=4, show_default=True)
 @click.option("--max-tokens", type=click.IntRange(min=2), default=64, show_default=True)
-@click.option("--max-attempts", type=click.IntRange(min=1), default=3, show_default=True)
 @click.option("--retry-errors", is_flag=True, help="Recompute prompts with error rows.")
 @click.option("--stats/--no-stats", default=True, help="Print constraint_stats at the end.")
 @click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON.")
@@ -366,12 +382,7 @@ def run_cmd(
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds random:K.")
 @click.option("--type", "types", multiple=True, help="Only graphs of this constraint type.")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="At most N graphs.")
-@click.option("--actors", type=click.IntRange(min=1), default=None)
-@click.option("--address", default=None, help="Ray address to join, e.g. auto.")
-@click.option("--gpus-per-actor", type=float, default=1.0, show_default=True)
-@click.option("--cpus-per-actor", type=float, default=None)
-@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
-@click.option("--max-attempts", type=click.IntRange(min=1), default=3, show_default=True)
+@placement_options
 @click.option("--effects/--no-effects", default=True, help="Print intervention_effects.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def intervene_cmd(

@@ -150,13 +150,10 @@ def save_transcoder_set(
     ``config.yaml`` is written last inside the temporary folder: circuit-tracer treats
     a cache entry as complete once that file exists.
     """
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for layer, weights in sorted(layers.items()):
-        save_file(weights.state_dict(), str(tmp / f"layer_{layer}.safetensors"))
+    files = {
+        f"layer_{layer}.safetensors": weights.state_dict()
+        for layer, weights in sorted(layers.items())
+    }
     config = {
         "model_kind": "transcoder_set",
         "model_name": model_name,
@@ -164,6 +161,18 @@ def save_transcoder_set(
         "feature_output_hook": feature_output_hook,
         "scan": scan,
     }
+    return _save_cache_entry(Path(out_dir), files, config)
+
+
+def _save_cache_entry(out_dir: Path, files: dict[str, dict], config: dict) -> Path:
+    """Safetensors ``files`` then ``config.yaml`` into a temporary sibling folder,
+    renamed into place (a cache entry is complete once config.yaml exists)."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name, tensors in files.items():
+        save_file(tensors, str(tmp / name))
     (tmp / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=True))
     _replace_dir(tmp, out_dir)
     return out_dir
@@ -186,15 +195,11 @@ def save_cross_layer_transcoder(
     :func:`save_transcoder_set`, ``config.yaml`` is written last and the folder is
     renamed into place.
     """
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    files = {}
     for layer in range(weights.n_layers):
         enc, dec = weights.layer_files(layer)
-        save_file(enc, str(tmp / f"W_enc_{layer}.safetensors"))
-        save_file(dec, str(tmp / f"W_dec_{layer}.safetensors"))
+        files[f"W_enc_{layer}.safetensors"] = enc
+        files[f"W_dec_{layer}.safetensors"] = dec
     config = {
         "model_kind": "cross_layer_transcoder",
         "model_name": model_name,
@@ -202,6 +207,4 @@ def save_cross_layer_transcoder(
         "feature_output_hook": feature_output_hook,
         "scan": scan,
     }
-    (tmp / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=True))
-    _replace_dir(tmp, out_dir)
-    return out_dir
+    return _save_cache_entry(Path(out_dir), files, config)

@@ -26,7 +26,8 @@ N x N float32 work buffer, a bool mask, and storage for the non-zero scores only
    is the cumsum of the prefix). Graphs up to ``DENSE_ENTRIES`` entries keep the whole
    score matrix instead, which saves passes where memory is no concern.
 4. The edge mask is ``score >= threshold`` block by block, and the iterative removal of
-   nodes without incoming or outgoing edges is circuit-tracer's loop, verbatim.
+   nodes without incoming or outgoing edges is circuit-tracer's loop with the same
+   boolean operations, written as byte max-reductions and index fills.
 
 Memory at the peak: the N^2 float32 buffer, the N^2 bool mask and one block of rows,
 against prune_graph's ~27-32 bytes per entry. On CUDA the masks agree up
@@ -144,6 +145,29 @@ def _threshold_of_sorted(flat: torch.Tensor, nnz: int, threshold: float) -> torc
     return flat[nnz - 1].clone() if nnz == flat.numel() else torch.zeros((), dtype=flat.dtype)
 
 
+def _remove_unconnected_(
+    node_mask: torch.Tensor, edge_mask: torch.Tensor, *, n_features: int, n_fixed: int
+) -> None:
+    """circuit-tracer's loop, in place: drop non-fixed nodes without outgoing edges and
+    features without incoming ones, and their edges, until nothing changes. The same
+    boolean operations, with ``any`` as a max over the mask's bytes and row removal as
+    an index fill: on CPU 15-80x faster than bool ``any`` and boolean indexing, which
+    made this loop half of the pruning time of a 2k-node graph."""
+    as_bytes = edge_mask.view(torch.uint8)
+
+    def drop_unconnected() -> None:
+        node_mask[:-n_fixed] &= as_bytes.amax(0)[:-n_fixed].bool()  # has outgoing edges
+        node_mask[:n_features] &= as_bytes[:n_features].amax(1).bool()  # has incoming
+
+    old_node_mask = node_mask.clone()
+    drop_unconnected()
+    while not torch.all(node_mask == old_node_mask):
+        old_node_mask[:] = node_mask
+        edge_mask.index_fill_(0, torch.nonzero(~node_mask).flatten(), False)
+        edge_mask &= node_mask[None, :]
+        drop_unconnected()
+
+
 def prune_graph_exact(
     graph, *, node_threshold: float = 0.8, edge_threshold: float = 0.98
 ) -> PruneOutput:
@@ -221,14 +245,20 @@ def prune_masks(
     normalized = _pruned_normalized_(buf, adjacency, node_mask)
     pruned_influence = compute_influence(normalized, logit_weights)
     pruned_influence += logit_weights
-    if n * n <= DENSE_ENTRIES:  # small: whole score matrix, one sort of its non-zeros
-        scores = normalized * pruned_influence[:, None]
+    if n * n <= DENSE_ENTRIES:  # small: the score rows at once, one sort of non-zeros
+        # Rows of pruned nodes are zero in the normalised matrix and rows without
+        # influence score zero: only the other rows can hold non-zero scores.
+        live = torch.nonzero(node_mask & (pruned_influence != 0)).flatten()
+        scores = normalized.index_select(0, live).mul_(pruned_influence[live, None])
         nonzero = scores[scores != 0]
         _sort_descending_(nonzero)
         flat = buf.view(-1)  # the normalised matrix is spent: reuse its memory
         flat[: len(nonzero)] = nonzero
         flat[len(nonzero) :] = 0
-        edge_mask = scores >= _threshold_of_sorted(flat, len(nonzero), edge_threshold)
+        score_threshold = _threshold_of_sorted(flat, len(nonzero), edge_threshold)
+        # Every other row scores 0 everywhere: kept only if the threshold is 0.
+        edge_mask = torch.full((n, n), bool(score_threshold <= 0), device=adjacency.device)
+        edge_mask[live] = scores >= score_threshold
         del scores, flat, nonzero
     else:
         score_threshold = _edge_threshold(buf, pruned_influence, edge_threshold)
@@ -240,16 +270,7 @@ def prune_masks(
     del buf, normalized
 
     # 4. circuit-tracer's iterative pruning.
-
-    old_node_mask = node_mask.clone()
-    node_mask[: -n_logits - n_tokens] &= edge_mask[:, : -n_logits - n_tokens].any(0)
-    node_mask[:n_features] &= edge_mask[:n_features].any(1)
-    while not torch.all(node_mask == old_node_mask):
-        old_node_mask[:] = node_mask
-        edge_mask[~node_mask] = False
-        edge_mask[:, ~node_mask] = False
-        node_mask[: -n_logits - n_tokens] &= edge_mask[:, : -n_logits - n_tokens].any(0)
-        node_mask[:n_features] &= edge_mask[:n_features].any(1)
+    _remove_unconnected_(node_mask, edge_mask, n_features=n_features, n_fixed=n_logits + n_tokens)
 
     # prune_graph's cumulative scores: N values, its own operations.
     sorted_scores, sorted_indices = torch.sort(node_influence, descending=True)

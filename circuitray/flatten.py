@@ -130,6 +130,12 @@ def _node_layout(graph) -> dict[str, np.ndarray]:
     return {"type": node_type, "layer": layer, "pos": pos, "feature": feature}
 
 
+def _type_names(codes: np.ndarray) -> pa.Array:
+    """NODE_TYPES names of type codes, without a Python string per row."""
+    names = pa.DictionaryArray.from_arrays(pa.array(codes, pa.int8()), pa.array(NODE_TYPES))
+    return names.cast(pa.string())
+
+
 def flatten_graph(
     graph,
     *,
@@ -190,13 +196,12 @@ def flatten_graph(
                 return t.token_str
         return tokenizer.decode([int(token_id[i])]) if tokenizer is not None else None
 
-    type_names = np.array(NODE_TYPES, dtype=object)
     is_feature = layout["type"][kept] == 0
     nodes = pa.table(
         {
             "graph_id": pa.array(np.full(len(kept), graph_id, np.int32)),
             "node_id": pa.array(kept),
-            "node_type": pa.array(type_names[layout["type"][kept]].tolist(), pa.string()),
+            "node_type": _type_names(layout["type"][kept]),
             "layer": pa.array(layout["layer"][kept]),
             "pos": pa.array(layout["pos"][kept]),
             "feature": pa.array(layout["feature"][kept], mask=~is_feature),
@@ -217,8 +222,8 @@ def flatten_graph(
             "weight": pa.array(weights.astype(np.float32)),
             "src_layer": pa.array(layout["layer"][src]),
             "dst_layer": pa.array(layout["layer"][dst]),
-            "src_type": pa.array(type_names[layout["type"][src]].tolist(), pa.string()),
-            "dst_type": pa.array(type_names[layout["type"][dst]].tolist(), pa.string()),
+            "src_type": _type_names(layout["type"][src]),
+            "dst_type": _type_names(layout["type"][dst]),
         },
         schema=EDGE_SCHEMA,
     )

@@ -192,8 +192,13 @@ def test_ray_job_submit_runs_the_readme_pipeline(cluster, tmp_path):
             "feature_overlap-base-tuned",
             "compare-base-vs-tuned",
             "compare-tuned-by-constraint_type",
+            "intervention_effects-tuned-top-vs-random",
+            "intervention_effects-tuned-direct",
         ]
     )
+    for name in ("tuned-top-vs-random", "tuned-direct"):
+        meta = json.loads((out_root / "interventions" / name / "intervention.json").read_text())
+        assert meta["status"] == "complete" and meta["counts"]["error"] == 0, meta
     compare = pq.read_table(out_root / "results" / "compare-base-vs-tuned.parquet").to_pylist()
     overall = next(r for r in compare if r["group"] == "(all)" and r["metric"] == "target_prob")
     assert overall["n"] == 6 and overall["diff"] > 0.3, overall

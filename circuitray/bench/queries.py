@@ -6,11 +6,14 @@
 2. Queries that pair two runs (``compare_runs``) and :func:`circuitray.compare
    .compare_runs` get the run twice (it is paired with itself: every prompt pairs,
    twice the rows are read); :func:`circuitray.compare.compare_groups` gets it once.
-3. The result is one :class:`QueryTiming` per query, in library order.
+3. Queries over intervention folders (the ``interventions`` view) are left out: a run
+   folder has none.
+4. The result is one :class:`QueryTiming` per query, in library order.
 """
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
 
@@ -20,6 +23,7 @@ from circuitray.queries import list_queries, run_query
 __all__ = ["QueryTiming", "time_queries"]
 
 PAIRED_QUERIES = {"compare_runs"}
+INTERVENTIONS_VIEW = re.compile(r"\binterventions\b", re.I)
 
 
 @dataclass
@@ -43,7 +47,7 @@ def time_queries(run_dir: str, *, names: list[str] | None = None) -> list[QueryT
     """Time the named queries ``names`` (all by default) and the compare API."""
     timings = []
     for q in list_queries():
-        if names and q.name not in names:
+        if (names and q.name not in names) or INTERVENTIONS_VIEW.search(q.sql):
             continue
         dirs = [run_dir, run_dir] if q.name in PAIRED_QUERIES else [run_dir]
         t0 = time.perf_counter()

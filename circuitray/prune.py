@@ -71,9 +71,9 @@ ROWS_PER_BLOCK = 128  # rows of scores materialised at once (block x N floats)
 DENSE_ENTRIES = 9_000_000
 
 
-def _normalize_(buf: torch.Tensor) -> torch.Tensor:
-    """circuit-tracer's normalize_matrix, in place: |m| / row sums (clamped at 1e-10)."""
-    buf.abs_()
+def _divide_by_row_sums_(buf: torch.Tensor) -> torch.Tensor:
+    """circuit-tracer's normalize_matrix for a matrix already holding |A|, in place:
+    divide by the row sums (clamped at 1e-10)."""
     buf.div_(buf.sum(dim=1, keepdim=True).clamp(min=1e-10))
     return buf
 
@@ -82,12 +82,13 @@ def _pruned_normalized_(
     buf: torch.Tensor, adjacency: torch.Tensor, node_mask: torch.Tensor
 ) -> torch.Tensor:
     """``buf`` := normalize_matrix(A with the rows and columns of pruned nodes zeroed).
-    Zeroing by multiplying with the 0/1 mask gives -0.0 for negative entries, which
-    the absolute value in the normalisation turns into the 0.0 circuit-tracer gets."""
-    keep = node_mask.to(buf.dtype)
-    torch.mul(adjacency, keep[:, None], out=buf)
-    buf.mul_(keep[None, :])
-    return _normalize_(buf)
+    circuit-tracer zeroes, then takes |.|, which turns the -0.0 of negative entries
+    into 0.0; taking |A| first and zeroing rows (a fill) and columns (a product with
+    the 0/1 mask of non-negative values) gives the same 0.0 with fewer passes."""
+    torch.abs(adjacency, out=buf)
+    buf.index_fill_(0, torch.nonzero(~node_mask).flatten(), 0.0)
+    buf.mul_(node_mask.to(buf.dtype)[None, :])
+    return _divide_by_row_sums_(buf)
 
 
 def _score_blocks(normalized: torch.Tensor, influence: torch.Tensor):
@@ -226,8 +227,8 @@ def prune_masks(
     logit_weights[-n_logits:] = logit_probabilities
 
     # 1. Node influence and the node threshold.
-    buf = adjacency.clone()
-    node_influence = compute_influence(_normalize_(buf), logit_weights)
+    buf = torch.abs(adjacency)
+    node_influence = compute_influence(_divide_by_row_sums_(buf), logit_weights)
     graph_scores = (None, None)
     if n_layers is not None:
         graph_scores = _graph_scores(

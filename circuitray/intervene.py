@@ -20,12 +20,15 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
 
 from circuitray.driver import dispatch
 from circuitray.errors import CircuitrayError, RunDirError
@@ -145,8 +148,13 @@ def _resolve_query_spec(spec: FeatureSpec, run_dir: str) -> FeatureSpec:
 
 
 def _model_spec(meta: dict) -> ModelSpec:
+    """The run's model. run.json records the transcoder cache folder the run resolved;
+    where that folder is not here (another machine), resolve it again here."""
     m = meta.get("model") or {}
     fields = {k: m[k] for k in ModelSpec.__dataclass_fields__ if k in m}
+    cache = fields.get("transcoder_cache_dir")
+    if cache and not os.path.isdir(cache):
+        fields["transcoder_cache_dir"] = None
     return ModelSpec(**fields)
 
 
@@ -172,10 +180,10 @@ def _n_layers(store: RunStore) -> int:
     nodes = store.dataset("nodes")
     if nodes is None:
         raise RunDirError(f"{store.root}: the run has no stored graphs")
-    logits = nodes.to_table(columns=["layer"], filter=pa.dataset.field("node_type") == "logit")
+    logits = nodes.to_table(columns=["layer"], filter=ds.field("node_type") == "logit")
     if logits.num_rows == 0:
         raise RunDirError(f"{store.root}: the run has no logit nodes")
-    return int(pa.compute.max(logits["layer"]).as_py())
+    return int(pc.max(logits["layer"]).as_py())
 
 
 def build_plan(config: InterventionConfig, source: RunStore) -> InterventionPlan:

@@ -382,6 +382,7 @@ def run_cmd(
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds random:K.")
 @click.option("--type", "types", multiple=True, help="Only graphs of this constraint type.")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="At most N graphs.")
+@click.option("--retry-errors", is_flag=True, help="Recompute prompts with error rows.")
 @placement_options
 @click.option("--effects/--no-effects", default=True, help="Print intervention_effects.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
@@ -395,6 +396,7 @@ def intervene_cmd(
     seed,
     types,
     limit,
+    retry_errors,
     actors,
     address,
     gpus_per_actor,
@@ -419,6 +421,7 @@ def intervene_cmd(
         seed=seed,
         constraint_types=list(types) or None,
         limit=limit,
+        retry_errors=retry_errors,
         actors=actors,
         address=address,
         batch_size=batch_size,

@@ -34,7 +34,7 @@ from circuitray.errors import CircuitrayError, RunDirError
 from circuitray.flatten import EDGE_SCHEMA, NODE_SCHEMA, PruneConfig
 from circuitray.models.loading import ModelSpec, check_model_available
 from circuitray.prompts import file_sha256, read_prompts
-from circuitray.store import RunStore
+from circuitray.store import InterventionStore, RunStore
 
 logger = logging.getLogger(__name__)
 
@@ -249,6 +249,8 @@ def run(
     table = read_prompts(config.prompts)
     check_model_available(config.model)
     store = RunStore(config.out)
+    if InterventionStore(config.out).exists():
+        raise RunDirError(f"{config.out}: is an intervention folder; give a new --out folder")
     store.acquire_lock()
     try:
         meta = _run_meta(config, table.num_rows)

@@ -62,6 +62,7 @@ class InterventionConfig:
         seed: Seeds ``random:K``.
         constraint_types: Only graphs of these types (None: all).
         limit: At most this many graphs (the first by graph_id; None: all).
+        retry_errors: Recompute the prompts that have error rows (all their rows).
         actors, address, batch_size, gpus_per_actor, cpus_per_actor, max_attempts,
             restart_timeout_s, compact: as in :class:`circuitray.driver.RunConfig`.
     """
@@ -75,6 +76,7 @@ class InterventionConfig:
     seed: int = 0
     constraint_types: list[str] | None = None
     limit: int | None = None
+    retry_errors: bool = False
     actors: int | None = None
     address: str | None = None
     batch_size: int = 8
@@ -104,9 +106,9 @@ class InterventionResult:
 
 def parse_layer_range(text: str | None, n_layers: int) -> tuple[int, int] | None:
     """``all`` / ``A-B`` (inclusive) / ``A`` -> (start, stop); None stays None."""
-    if text is None or text.strip().lower() in ("", "none"):
+    if text is None or str(text).strip().lower() in ("", "none"):
         return None
-    t = text.strip().lower()
+    t = str(text).strip().lower()
     if t == "all":
         return (0, n_layers)
     lo, sep, hi = t.partition("-")
@@ -249,6 +251,8 @@ def intervene(
     store = InterventionStore(config.out)
     if store.local and str(store.base) == str(source.base):
         raise RunDirError(f"{config.out}: is the source run folder; give a new --out folder")
+    if RunStore(config.out).exists():
+        raise RunDirError(f"{config.out}: is a run folder; give a new --out folder")
     store.acquire_lock()
     try:
         meta = {
@@ -269,6 +273,9 @@ def intervene(
                         "use a new --out folder or the same parameters to resume"
                     )
             store.clean()
+            if config.retry_errors:
+                retried = store.drop_graphs_with_errors()
+                logger.info("retrying %d prompts that had error rows", len(retried))
         meta.update(
             status="running",
             session=uuid.uuid4().hex[:12],

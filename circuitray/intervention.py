@@ -347,6 +347,14 @@ def read_stored_graphs(store: RunStore, graph_ids: list[int]) -> dict[int, Store
     edges = edges_ds.to_table(filter=wanted, columns=["graph_id", "src", "dst", "weight"])
     ncols = {c: nodes[c].to_numpy(zero_copy_only=False) for c in nodes.column_names}
     ecols = {c: edges[c].to_numpy(zero_copy_only=False) for c in edges.column_names}
+    # With an edge threshold that falls among zero scores circuit-tracer keeps edges of
+    # nodes it pruned; they have no node row and cannot carry a prediction.
+    node_keys = ncols["graph_id"].astype(np.int64) << 32 | ncols["node_id"].astype(np.int64)
+    gid64 = ecols["graph_id"].astype(np.int64) << 32
+    known = np.isin(gid64 | ecols["src"].astype(np.int64), node_keys) & np.isin(
+        gid64 | ecols["dst"].astype(np.int64), node_keys
+    )
+    ecols = {c: v[known] for c, v in ecols.items()}
     out: dict[int, StoredGraph] = {}
     for gid in graph_ids:
         nm, em = ncols["graph_id"] == gid, ecols["graph_id"] == gid
@@ -434,7 +442,8 @@ def _plan_nodes(
             chosen.append((int(stored.layer[i]), int(stored.pos[i]), int(stored.feature[i])))
         if spec.kind == "top":
             return [(0, chosen)]
-        return [(r + 1, [node]) for r, node in enumerate(chosen)]
+        # No node to ablate still gives a row, so the prompt counts as done.
+        return [(r + 1, [node]) for r, node in enumerate(chosen)] or [(0, [])]
     raise ValueError(f"unresolved SPEC kind {spec.kind!r}")
 
 

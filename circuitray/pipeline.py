@@ -190,6 +190,10 @@ class Pipeline:
             if not isinstance(features, list) or not features:
                 raise self._err(f"{where}.features", "a list of SPECs")
             for spec in features:
+                if not isinstance(spec, str):
+                    raise self._err(
+                        f"{where}.features", f"{spec!r}: quote each SPEC (YAML reads 3:10 as 190)"
+                    )
                 try:
                     parse_feature_spec(str(spec))
                 except CircuitrayError as e:

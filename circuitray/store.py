@@ -457,6 +457,24 @@ class InterventionStore(RunStore):
         counts = t.group_by("graph_id").aggregate([("graph_id", "count")]).sort_by("graph_id")
         return counts["graph_id"].to_pylist(), counts["graph_id_count"].to_pylist()
 
+    def drop_graphs_with_errors(self) -> list[int]:
+        """Remove every row of the graphs that have an error row, so a resumed run
+        computes them again. A graph's rows are all in one part (a batch, or a
+        compaction range), and each part is rewritten atomically."""
+        dropped: list[int] = []
+        for f in self.part_files("results"):
+            t = pq.read_table(f, filesystem=self.fs)
+            bad = t.filter(pa.compute.equal(t["status"], "error"))["graph_id"].unique()
+            if len(bad) == 0:
+                continue
+            dropped += bad.to_pylist()
+            keep = t.filter(pa.compute.invert(pa.compute.is_in(t["graph_id"], value_set=bad)))
+            if keep.num_rows == 0:
+                self._delete(f)
+            else:
+                self._put_parquet(f, keep)
+        return dropped
+
     def done_graph_ids(self) -> set[int]:
         t = self.read_table("results", ["graph_id"])
         return set() if t is None else set(t["graph_id"].to_pylist())

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 from collections import Counter
 from pathlib import Path
@@ -193,3 +194,40 @@ def test_missing_run_folder_and_same_folder(ray_run, tmp_path):
     assert_one_line_error(p, "nope", "run.json")
     p = circuitray("intervene", str(ray_run.out), "--out", str(ray_run.out), "--features", "top:1")
     assert_one_line_error(p, "source run")
+
+
+def test_retry_errors_recomputes_prompts_with_error_rows(ray_run, tmp_path):
+    from dataclasses import replace
+
+    from circuitray.intervene import _error_part
+
+    out = tmp_path / "iv"
+    config = InterventionConfig(
+        run=str(ray_run.out), out=str(out), features=["top:1"], actors=1, limit=4
+    )
+    intervene(config)
+    # Two prompts' batch ran out of attempts: the driver wrote error rows for them.
+    (part,) = InterventionStore(out).part_files("results")
+    t = pq.read_table(part)
+    failed = sorted(set(t["graph_id"].to_pylist()))[:2]
+    pq.write_table(t.filter(pc.invert(pc.is_in(t["graph_id"], pa.array(failed, pa.int32())))), part)
+    graphs = {g["graph_id"]: g for g in RunStore(ray_run.out).read_graphs().to_pylist()}
+    _error_part(InterventionStore(out), "part-failed", [(g, graphs[g]) for g in failed], "x")
+
+    again = intervene(config)
+    assert (again.computed, again.errors) == (0, 2)
+    fixed = intervene(replace(config, retry_errors=True))
+    assert (fixed.computed, fixed.errors, fixed.ok) == (2, 0, 4)
+    rows = _results(out)
+    assert set(_keys(rows).values()) == {1} and len(rows) == 4
+    assert {r["status"] for r in rows} == {"ok"}
+
+
+def test_run_and_intervention_folders_are_not_mixed(interventions, ray_run, tmp_path):
+    config, _ = interventions
+    other_run = tmp_path / "other"
+    shutil.copytree(ray_run.out, other_run)
+    p = circuitray("intervene", ray_run.out, "--out", other_run, "--features", "top:1")
+    assert_refused(p, str(other_run), "is a run folder")
+    p = circuitray("run", ray_run.prompts, "--out", config.out, "--model", "tiny")
+    assert_refused(p, config.out, "is an intervention folder")

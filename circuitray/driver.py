@@ -20,7 +20,6 @@ import logging
 import os
 import platform
 import time
-import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -34,7 +33,7 @@ from circuitray.errors import CircuitrayError, RunDirError
 from circuitray.flatten import EDGE_SCHEMA, NODE_SCHEMA, PruneConfig
 from circuitray.models.loading import ModelSpec, check_model_available
 from circuitray.prompts import file_sha256, read_prompts
-from circuitray.store import InterventionStore, RunStore
+from circuitray.store import RunStore
 
 logger = logging.getLogger(__name__)
 
@@ -249,8 +248,7 @@ def run(
     table = read_prompts(config.prompts)
     check_model_available(config.model)
     store = RunStore(config.out)
-    if InterventionStore(config.out).exists():
-        raise RunDirError(f"{config.out}: is an intervention folder; give a new --out folder")
+    store.check_kind()
     store.acquire_lock()
     try:
         meta = _run_meta(config, table.num_rows)
@@ -260,12 +258,7 @@ def run(
             if config.retry_errors:
                 dropped = store.drop_error_rows()
                 logger.info("retrying %d prompts that had errors", len(dropped))
-        meta["status"] = "running"
-        # Workers commit a part only while run.json names their driver's session, so
-        # workers orphaned by a killed driver cannot write behind its successor.
-        meta["session"] = uuid.uuid4().hex[:12]
-        meta["started_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        store.write_meta(meta)
+        store.start_session(meta)
 
         done = store.graph_status()
         prompts = table.to_pylist()

@@ -22,7 +22,6 @@ import json
 import logging
 import os
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 
@@ -251,8 +250,7 @@ def intervene(
     store = InterventionStore(config.out)
     if store.local and str(store.base) == str(source.base):
         raise RunDirError(f"{config.out}: is the source run folder; give a new --out folder")
-    if RunStore(config.out).exists():
-        raise RunDirError(f"{config.out}: is a run folder; give a new --out folder")
+    store.check_kind()
     store.acquire_lock()
     try:
         meta = {
@@ -276,12 +274,7 @@ def intervene(
             if config.retry_errors:
                 retried = store.drop_graphs_with_errors()
                 logger.info("retrying %d prompts that had error rows", len(retried))
-        meta.update(
-            status="running",
-            session=uuid.uuid4().hex[:12],
-            started_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        )
-        store.write_meta(meta)
+        store.start_session(meta)
 
         done = store.done_graph_ids()
         items = [(g["graph_id"], g) for g in selected if g["graph_id"] not in done]

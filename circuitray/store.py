@@ -217,6 +217,29 @@ class RunStore:
         os.write(fd, f"{os.getpid()}\n".encode())
         self._lock_fd = fd
 
+    def start_session(self, meta: dict) -> str:
+        """Mark ``meta`` running under a new driver session id and write it.
+
+        Workers commit a part only while the folder's meta names their driver's
+        session, so workers orphaned by a killed driver cannot write behind its
+        successor."""
+        meta.update(
+            status="running",
+            session=uuid.uuid4().hex[:12],
+            started_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        )
+        self.write_meta(meta)
+        return meta["session"]
+
+    def check_kind(self) -> None:
+        """Refuse a folder that holds the other kind's description (a run folder
+        opened as an intervention folder, or the reverse): they share lock and
+        compaction files."""
+        for other in (RunStore, InterventionStore):
+            if type(self) is not other and self._exists(self._path(other.meta_file)):
+                name = "a run" if other is RunStore else "an intervention"
+                raise RunDirError(f"{self.root}: is {name} folder; give a new --out folder")
+
     def _acquire_lease(self) -> None:
         path = self._path(".lock")
         if self._exists(path):

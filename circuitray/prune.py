@@ -5,16 +5,18 @@ int64 indices, a cumulative sum and its quotient: about 32 bytes per matrix entr
 its peak), which is what runs long prompts out of memory. :func:`prune_masks` gives the
 same node and edge masks (bit for bit: every float operation that decides a mask is
 the one circuit-tracer performs, on the same values, in the same order) with one
-N x N float32 work buffer, a bool mask, and storage for the non-zero scores only:
+N x N float32 work buffer, and storage for the K x K block of nodes above the node
+threshold and its non-zero scores only:
 
 1. Node influence: the work buffer holds |A| divided by its row sums (circuit-tracer's
    ``normalize_matrix``, done in place), then circuit-tracer's own ``compute_influence``
    with the logit weights; the node threshold is circuit-tracer's ``find_threshold`` on
-   these N values (tokens and logits always kept).
-2. Edge scores: the buffer is refilled with A, pruned rows and columns zeroed,
-   normalised in place, and its influence computed; a score is then
-   ``normalised[i, j] * influence[i]``, an element-wise product, so computing it block
-   by block gives the very values circuit-tracer's full product gives.
+   these N values (tokens and logits always kept). K nodes pass it.
+2. Edge scores: the buffer is zeroed and refilled with the K kept rows of |A|, pruned
+   columns zeroed, divided by the row sums of the whole buffer, and its influence
+   computed. A score is ``normalised[i, j] * influence[i]``, an element-wise product;
+   pruned rows and columns are zero, so every non-zero score lies in the K x K block,
+   and computing the block gives the very values circuit-tracer's full product gives.
 3. Edge threshold: circuit-tracer takes the score at the first index where
    ``cumsum(sorted) / sum(sorted)`` reaches the threshold. Only non-zero scores can be
    that score (unless the threshold is reached only among the zeros), so only they are
@@ -23,19 +25,25 @@ N x N float32 work buffer, a bool mask, and storage for the non-zero scores only
    that order and zeros after (the same tensor circuit-tracer sums, so the same float32
    rounding), and the cumulative sum over the non-zero prefix, written where the zeros
    were (on CPU torch accumulates a cumsum sequentially, so a prefix of the full cumsum
-   is the cumsum of the prefix). Graphs up to ``DENSE_ENTRIES`` entries keep the whole
-   score matrix instead, which saves passes where memory is no concern.
-4. The edge mask is ``score >= threshold`` block by block, and the iterative removal of
-   nodes without incoming or outgoing edges is circuit-tracer's loop with the same
-   boolean operations, written as byte max-reductions and index fills.
+   is the cumsum of the prefix). Graphs up to ``DENSE_ENTRIES`` entries score the
+   block at once, which saves passes where memory is no concern; larger ones score
+   ROWS_PER_BLOCK rows at a time.
+4. The edge mask is ``score >= threshold`` on the block: with a positive threshold no
+   edge outside it is kept (a threshold of 0 keeps all N x N entries, and the block
+   becomes the whole matrix). circuit-tracer's iterative removal of nodes without
+   incoming or outgoing edges runs on the block, with the same boolean operations,
+   written as byte max-reductions and index fills. ``PruneOutput.edge_mask`` expands
+   the block to prune_graph's N x N mask for callers that want it.
 
-Memory at the peak: the N^2 float32 buffer, the N^2 bool mask and one block of rows,
-against prune_graph's ~27-32 bytes per entry. On CUDA the masks agree up
-to the rounding of torch's parallel prefix sum; the tests compare on CPU.
+Graphs up to ``DENSE_ENTRIES`` entries reuse one work buffer per thread. Memory at the
+peak: the N^2 float32 buffer, the K^2 block and one block of rows, against
+prune_graph's ~27-32 bytes per entry. On CUDA the masks agree up to the rounding of
+torch's parallel prefix sum; the tests compare on CPU.
 """
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -50,7 +58,9 @@ class PruneOutput:
 
     Attributes:
         node_mask: Kept nodes (N,).
-        edge_mask: Kept edges (N, N), rows = targets.
+        edge_nodes: Ascending node indices (K,) outside which no edge is kept.
+        edge_block: Kept edges among ``edge_nodes`` (K, K), rows = targets: the kept
+            edges are ``(edge_nodes[i], edge_nodes[j])`` for each true ``[i, j]``.
         cumulative_scores: prune_graph's third output (N,).
         node_influence: compute_node_influence of the unpruned graph (N,).
         replacement_score: compute_graph_scores' first value (None without n_layers).
@@ -58,17 +68,45 @@ class PruneOutput:
     """
 
     node_mask: torch.Tensor
-    edge_mask: torch.Tensor
+    edge_nodes: torch.Tensor
+    edge_block: torch.Tensor
     cumulative_scores: torch.Tensor
     node_influence: torch.Tensor
     replacement_score: float | None = None
     completeness_score: float | None = None
 
+    @property
+    def edge_mask(self) -> torch.Tensor:
+        """prune_graph's edge mask (N, N), rows = targets, built from the block."""
+        n = len(self.node_mask)
+        if len(self.edge_nodes) == n:  # ascending and unique: every node
+            return self.edge_block
+        mask = torch.zeros((n, n), dtype=torch.bool, device=self.edge_block.device)
+        mask[self.edge_nodes[:, None], self.edge_nodes] = self.edge_block
+        return mask
 
-ROWS_PER_BLOCK = 128  # rows of scores materialised at once (block x N floats)
-# Up to this many adjacency entries (N = 3,000: 36 MB a matrix) the scores are kept
-# whole and sorted with torch: the same values and decisions, fewer passes.
+
+ROWS_PER_BLOCK = 128  # rows of scores materialised at once (block x K floats)
+# Up to this many adjacency entries (N = 3,000: 36 MB a matrix) the K x K scores are
+# kept whole and sorted with torch: the same values and decisions, fewer passes.
 DENSE_ENTRIES = 9_000_000
+
+
+_workspace = threading.local()
+
+
+def _work_buffer(n: int, device: torch.device) -> torch.Tensor:
+    """An uninitialised N x N float32 work buffer. Up to DENSE_ENTRIES entries, each
+    thread reuses one per device: on CPU a fresh 30 MB allocation costs ~3 ms of page
+    faults on first touch, three times the pass that fills it. Larger graphs get their
+    own, freed after the call, so that one long prompt does not hold memory for good."""
+    if n * n > DENSE_ENTRIES:
+        return torch.empty((n, n), device=device)
+    buffers: dict[torch.device, torch.Tensor] = _workspace.__dict__.setdefault("buffers", {})
+    flat = buffers.get(device)
+    if flat is None or flat.numel() < n * n:
+        flat = buffers[device] = torch.empty(n * n, device=device)
+    return flat[: n * n].view(n, n)
 
 
 def _divide_by_row_sums_(buf: torch.Tensor) -> torch.Tensor:
@@ -78,35 +116,63 @@ def _divide_by_row_sums_(buf: torch.Tensor) -> torch.Tensor:
     return buf
 
 
+def _row_chunks(rows: torch.Tensor):
+    """``rows`` (kept node indices, ascending) ROWS_PER_BLOCK at a time, with offsets."""
+    for r0 in range(0, len(rows), ROWS_PER_BLOCK):
+        yield r0, min(len(rows), r0 + ROWS_PER_BLOCK), rows[r0 : r0 + ROWS_PER_BLOCK]
+
+
 def _pruned_normalized_(
-    buf: torch.Tensor, adjacency: torch.Tensor, node_mask: torch.Tensor
-) -> torch.Tensor:
+    buf: torch.Tensor,
+    adjacency: torch.Tensor,
+    rows: torch.Tensor,
+    node_mask: torch.Tensor,
+    *,
+    whole: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``buf`` := normalize_matrix(A with the rows and columns of pruned nodes zeroed).
-    circuit-tracer zeroes, then takes |.|, which turns the -0.0 of negative entries
-    into 0.0; taking |A| first and zeroing rows (a fill) and columns (a product with
-    the 0/1 mask of non-negative values) gives the same 0.0 with fewer passes."""
-    torch.abs(adjacency, out=buf)
-    buf.index_fill_(0, torch.nonzero(~node_mask).flatten(), 0.0)
-    buf.mul_(node_mask.to(buf.dtype)[None, :])
-    return _divide_by_row_sums_(buf)
+
+    Only the kept rows are written after zeroing ``buf``: their |A| times the 0/1 mask
+    of kept columns (circuit-tracer zeroes, then takes |.|, which gives 0.0 for every
+    pruned entry, as this product does). The row sums are taken over the whole N x N
+    buffer, circuit-tracer's reduction on the same values; pruned rows divide 0 by
+    1e-10, which leaves them 0, so they are skipped. Returns the clamped row sums
+    (N, 1) and, with ``whole``, the normalised kept rows (K x N), done as one block
+    rather than ROWS_PER_BLOCK rows at a time.
+    """
+    buf.zero_()
+    kept_columns = node_mask.to(buf.dtype)[None, :]
+    chunks = rows.split(len(rows) if whole else ROWS_PER_BLOCK)
+    blocks = []
+    for chunk in chunks:
+        block = adjacency[chunk].abs_().mul_(kept_columns)  # indexing copies
+        buf.index_copy_(0, chunk, block)
+        blocks.append(block if whole else None)
+    row_sums = buf.sum(dim=1, keepdim=True).clamp(min=1e-10)
+    for chunk, block in zip(chunks, blocks, strict=True):
+        block = buf[chunk] if block is None else block
+        buf.index_copy_(0, chunk, block.div_(row_sums[chunk]))
+    return row_sums, blocks[0] if whole else None
 
 
-def _score_blocks(normalized: torch.Tensor, influence: torch.Tensor):
-    """Edge scores ``normalized * influence[:, None]`` block of rows by block of rows."""
-    n = normalized.shape[0]
-    for r0 in range(0, n, ROWS_PER_BLOCK):
-        r1 = min(n, r0 + ROWS_PER_BLOCK)
-        yield r0, r1, normalized[r0:r1] * influence[r0:r1, None]
+def _kept_scores(normalized: torch.Tensor, rows: torch.Tensor, influence: torch.Tensor):
+    """Edge scores ``normalized * influence[:, None]`` restricted to kept rows and
+    columns (the only place a score can be non-zero), ROWS_PER_BLOCK rows at a time."""
+    for r0, r1, chunk in _row_chunks(rows):
+        yield r0, r1, normalized[chunk][:, rows].mul_(influence[chunk, None])
 
 
-def _edge_threshold(buf: torch.Tensor, influence: torch.Tensor, threshold: float) -> torch.Tensor:
+def _edge_threshold(
+    buf: torch.Tensor, rows: torch.Tensor, influence: torch.Tensor, threshold: float
+) -> torch.Tensor:
     """circuit-tracer's ``find_threshold(edge_scores.flatten(), threshold)``; ``buf`` is
     the normalised pruned matrix and is overwritten (see module docstring, step 3)."""
     flat = buf.view(-1)
     nnz = 0
-    # Gather the non-zero scores to the front of the buffer itself: the scores of rows
-    # r0..r1 are computed before being written, and land below row r1's end.
-    for _, _, block in _score_blocks(buf, influence):
+    # Gather the non-zero scores to the front of the buffer itself. After the block of
+    # kept rows r0..r1 is read (a copy), at most r1 * K <= r1 * N scores are stored,
+    # which ends before the next unread row, rows[r1] >= r1.
+    for _, _, block in _kept_scores(buf, rows, influence):
         nonzero = block[block != 0]
         flat[nnz : nnz + len(nonzero)] = nonzero
         nnz += len(nonzero)
@@ -227,7 +293,7 @@ def prune_masks(
     logit_weights[-n_logits:] = logit_probabilities
 
     # 1. Node influence and the node threshold.
-    buf = torch.abs(adjacency)
+    buf = torch.abs(adjacency, out=_work_buffer(n, adjacency.device))
     node_influence = compute_influence(_divide_by_row_sums_(buf), logit_weights)
     graph_scores = (None, None)
     if n_layers is not None:
@@ -242,36 +308,52 @@ def prune_masks(
     node_mask = node_influence >= find_threshold(node_influence, node_threshold)
     node_mask[-n_logits - n_tokens :] = True
 
-    # 2-3. Scores of the pruned matrix and their threshold.
-    normalized = _pruned_normalized_(buf, adjacency, node_mask)
-    pruned_influence = compute_influence(normalized, logit_weights)
+    # 2-3. Scores of the pruned matrix and their threshold. Pruned rows and columns are
+    # zero in it, so every non-zero score lies in the K x K block of kept nodes.
+    rows = torch.nonzero(node_mask).flatten()
+    dense = n * n <= DENSE_ENTRIES  # small: the block at once, one sort of its non-zeros
+    row_sums, kept_rows = _pruned_normalized_(buf, adjacency, rows, node_mask, whole=dense)
+    pruned_influence = compute_influence(buf, logit_weights)
     pruned_influence += logit_weights
-    if n * n <= DENSE_ENTRIES:  # small: the score rows at once, one sort of non-zeros
-        # Rows of pruned nodes are zero in the normalised matrix and rows without
-        # influence score zero: only the other rows can hold non-zero scores.
-        live = torch.nonzero(node_mask & (pruned_influence != 0)).flatten()
-        scores = normalized.index_select(0, live).mul_(pruned_influence[live, None])
+    if kept_rows is not None:
+        scores = kept_rows[:, rows].mul_(pruned_influence[rows, None])
         nonzero = scores[scores != 0]
         _sort_descending_(nonzero)
-        flat = buf.view(-1)  # the normalised matrix is spent: reuse its memory
+        # The normalised matrix is spent: reuse its memory. Only its kept rows are
+        # non-zero; zeroed, the buffer holds the sorted scores then N^2 - nnz zeros.
+        buf.index_fill_(0, rows, 0.0)
+        flat = buf.view(-1)
         flat[: len(nonzero)] = nonzero
-        flat[len(nonzero) :] = 0
         score_threshold = _threshold_of_sorted(flat, len(nonzero), edge_threshold)
-        # Every other row scores 0 everywhere: kept only if the threshold is 0.
-        edge_mask = torch.full((n, n), bool(score_threshold <= 0), device=adjacency.device)
-        edge_mask[live] = scores >= score_threshold
+        edge_block = scores >= score_threshold
         del scores, flat, nonzero
     else:
-        score_threshold = _edge_threshold(buf, pruned_influence, edge_threshold)
-        # The edge mask from recomputed scores (buf now holds the sorted scores).
-        normalized = _pruned_normalized_(buf, adjacency, node_mask)
-        edge_mask = torch.empty((n, n), dtype=torch.bool, device=adjacency.device)
-        for r0, r1, block in _score_blocks(normalized, pruned_influence):
-            torch.ge(block, score_threshold, out=edge_mask[r0:r1])
-    del buf, normalized
+        score_threshold = _edge_threshold(buf, rows, pruned_influence, edge_threshold)
+        # The block's mask from recomputed scores (buf now holds the sorted scores):
+        # normalize_matrix's division by the row sums, on the same values.
+        edge_block = torch.empty((len(rows), len(rows)), dtype=torch.bool, device=buf.device)
+        for r0, r1, chunk in _row_chunks(rows):
+            block = torch.abs(adjacency[chunk][:, rows]).div_(row_sums[chunk])
+            torch.ge(
+                block.mul_(pruned_influence[chunk, None]), score_threshold, out=edge_block[r0:r1]
+            )
+    del buf
+    if score_threshold <= 0:
+        # Every score reaches the threshold, zeros included: all N x N edges, pruned
+        # nodes' too (circuit-tracer's loop below may leave some of them).
+        rows = torch.arange(n, device=adjacency.device)
+        edge_block = torch.ones((n, n), dtype=torch.bool, device=adjacency.device)
 
-    # 4. circuit-tracer's iterative pruning.
-    _remove_unconnected_(node_mask, edge_mask, n_features=n_features, n_fixed=n_logits + n_tokens)
+    # 4. circuit-tracer's iterative pruning, on the block (nothing outside it is kept).
+    # The fixed nodes (tokens, logits) are the last of ``rows``, features the first.
+    block_nodes = node_mask[rows]
+    _remove_unconnected_(
+        block_nodes,
+        edge_block,
+        n_features=int((rows < n_features).sum()),
+        n_fixed=n_logits + n_tokens,
+    )
+    node_mask[rows] = block_nodes
 
     # prune_graph's cumulative scores: N values, its own operations.
     sorted_scores, sorted_indices = torch.sort(node_influence, descending=True)
@@ -280,7 +362,8 @@ def prune_masks(
     cumulative_scores[sorted_indices] = cumulative
     return PruneOutput(
         node_mask=node_mask,
-        edge_mask=edge_mask,
+        edge_nodes=rows,
+        edge_block=edge_block,
         cumulative_scores=cumulative_scores,
         node_influence=node_influence,
         replacement_score=graph_scores[0],

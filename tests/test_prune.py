@@ -88,6 +88,16 @@ def test_tied_threshold_keeps_every_tied_edge(path):
     assert torch.equal(ours.edge_mask, edge_mask) and torch.equal(ours.node_mask, node_mask)
 
 
+def test_work_buffers_reused_across_sizes(path):
+    # Each thread reuses its work buffer: a graph after a larger or smaller one must
+    # not see the previous graph's values.
+    for seed, n in enumerate([300, 40, 900, 40, 300]):
+        graph = random_graph(n, density=0.4, ties=seed % 2 == 0, seed=seed)
+        node_mask, edge_mask, _ = prune_graph(graph, 0.8, 0.98)  # type: ignore[arg-type]
+        ours = _ours(graph, 0.8, 0.98)
+        assert torch.equal(ours.node_mask, node_mask) and torch.equal(ours.edge_mask, edge_mask)
+
+
 def test_bad_thresholds():
     graph = random_graph(60, density=0.5, ties=False, seed=0)
     with pytest.raises(ValueError, match="between 0.0 and 1.0"):
@@ -108,6 +118,9 @@ def test_real_graphs_identical(path, real_graphs, node_t, edge_t):
         assert torch.equal(ours.edge_mask, edge_mask)
         assert torch.equal(ours.cumulative_scores, cumulative)
         assert int(edge_mask.sum()) > 0
+        # The kept edges come as a block over the nodes above the node threshold.
+        assert len(ours.edge_nodes) < len(node_mask)
+        assert ours.edge_block.shape == (len(ours.edge_nodes), len(ours.edge_nodes))
 
 
 def test_real_graph_scores_and_influence(real_graphs):

@@ -134,25 +134,29 @@ def _pruned_normalized_(
 
     Only the kept rows are written after zeroing ``buf``: their |A| times the 0/1 mask
     of kept columns (circuit-tracer zeroes, then takes |.|, which gives 0.0 for every
-    pruned entry, as this product does). The row sums are taken over the whole N x N
-    buffer, circuit-tracer's reduction on the same values; pruned rows divide 0 by
-    1e-10, which leaves them 0, so they are skipped. Returns the clamped row sums
-    (N, 1) and, with ``whole``, the normalised kept rows (K x N), done as one block
-    rather than ROWS_PER_BLOCK rows at a time.
+    pruned entry, as this product does), divided by their row sums (pruned rows divide
+    0 by 1e-10, which leaves them 0, so they are skipped). Returns the kept rows'
+    clamped row sums (K, 1) and, with ``whole``, the normalised kept rows (K x N), done
+    as one block rather than ROWS_PER_BLOCK rows at a time.
+
+    The row sums are circuit-tracer's reduction on the same values: over the whole
+    N x N buffer, or on CPU over the K x N block, as torch's CPU sum reduces each row of
+    a contiguous matrix on its own, in the same order whatever the number of rows
+    (``test_prune`` checks this; CUDA picks its reduction layout by shape).
     """
     buf.zero_()
     kept_columns = node_mask.to(buf.dtype)[None, :]
-    chunks = rows.split(len(rows) if whole else ROWS_PER_BLOCK)
-    blocks = []
-    for chunk in chunks:
-        block = adjacency[chunk].abs_().mul_(kept_columns)  # indexing copies
-        buf.index_copy_(0, chunk, block)
-        blocks.append(block if whole else None)
-    row_sums = buf.sum(dim=1, keepdim=True).clamp(min=1e-10)
-    for chunk, block in zip(chunks, blocks, strict=True):
-        block = buf[chunk] if block is None else block
-        buf.index_copy_(0, chunk, block.div_(row_sums[chunk]))
-    return row_sums, blocks[0] if whole else None
+    if whole and buf.device.type == "cpu":
+        block = adjacency[rows].abs_().mul_(kept_columns)  # indexing copies
+        row_sums = block.sum(dim=1, keepdim=True).clamp(min=1e-10)
+        buf.index_copy_(0, rows, block.div_(row_sums))
+        return row_sums, block
+    for _, _, chunk in _row_chunks(rows):
+        buf.index_copy_(0, chunk, adjacency[chunk].abs_().mul_(kept_columns))
+    row_sums = buf.sum(dim=1, keepdim=True).clamp(min=1e-10)[rows]
+    for r0, r1, chunk in _row_chunks(rows):
+        buf.index_copy_(0, chunk, buf[chunk].div_(row_sums[r0:r1]))
+    return row_sums, buf[rows] if whole else None
 
 
 def _kept_scores(normalized: torch.Tensor, rows: torch.Tensor, influence: torch.Tensor):
@@ -333,7 +337,7 @@ def prune_masks(
         # normalize_matrix's division by the row sums, on the same values.
         edge_block = torch.empty((len(rows), len(rows)), dtype=torch.bool, device=buf.device)
         for r0, r1, chunk in _row_chunks(rows):
-            block = torch.abs(adjacency[chunk][:, rows]).div_(row_sums[chunk])
+            block = torch.abs(adjacency[chunk][:, rows]).div_(row_sums[r0:r1])
             torch.ge(
                 block.mul_(pruned_influence[chunk, None]), score_threshold, out=edge_block[r0:r1]
             )

@@ -98,6 +98,24 @@ def test_work_buffers_reused_across_sizes(path):
         assert torch.equal(ours.node_mask, node_mask) and torch.equal(ours.edge_mask, edge_mask)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_cpu_row_sums_do_not_depend_on_the_other_rows(threads):
+    # prune_masks takes the kept rows' sums on a K x N copy of them; that is exact only
+    # because torch's CPU sum reduces each row on its own (see _pruned_normalized_).
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        g = torch.Generator().manual_seed(threads)
+        for n in (40, 333, 1500, 3000):
+            m = torch.randn(n, n, generator=g).abs() * (torch.rand(n, n, generator=g) < 0.3)
+            full = m.sum(dim=1, keepdim=True)
+            for k in (2, 7, n // 10, n - 1):
+                rows = torch.randperm(n, generator=g)[:k].sort().values
+                assert torch.equal(m[rows].sum(dim=1, keepdim=True), full[rows]), (n, k)
+    finally:
+        torch.set_num_threads(old_threads)
+
+
 def test_bad_thresholds():
     graph = random_graph(60, density=0.5, ties=False, seed=0)
     with pytest.raises(ValueError, match="between 0.0 and 1.0"):

@@ -132,8 +132,32 @@ def _node_layout(graph) -> dict[str, np.ndarray]:
 
 def _type_names(codes: np.ndarray) -> pa.Array:
     """NODE_TYPES names of type codes, without a Python string per row."""
-    names = pa.DictionaryArray.from_arrays(pa.array(codes, pa.int8()), pa.array(NODE_TYPES))
-    return names.cast(pa.string())
+    return _TYPE_NAMES.take(pa.array(codes, pa.int8()))
+
+
+_TYPE_NAMES = pa.array(NODE_TYPES, pa.string())
+
+
+def _token_text(
+    graph, token_id: np.ndarray, kept: np.ndarray, first_logit: int, tokenizer
+) -> pa.Array:
+    """Text of the kept token and logit nodes (null for the others): a logit node's
+    ``token_str`` when circuit-tracer set one, else the tokenizer's decoding of its id
+    (one batch call for all of them), else null."""
+    text: list[str | None] = [None] * len(kept)
+    rows = np.flatnonzero(token_id[kept] >= 0)
+    undecoded = []
+    for r in rows.tolist():
+        node = int(kept[r])
+        if node >= first_logit and graph.logit_targets[node - first_logit].token_str:
+            text[r] = graph.logit_targets[node - first_logit].token_str
+        else:
+            undecoded.append(r)
+    if tokenizer is not None and undecoded:
+        ids = [[int(token_id[kept[r]])] for r in undecoded]
+        for r, decoded in zip(undecoded, tokenizer.batch_decode(ids), strict=True):
+            text[r] = decoded
+    return pa.array(text, pa.string())
 
 
 def _kept_edges(nodes: torch.Tensor, block: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -195,15 +219,6 @@ def flatten_graph(
     logit_prob = np.full(n_nodes, np.nan, np.float32)
     logit_prob[n_nodes - n_logits :] = graph.logit_probabilities.float().cpu().numpy()
 
-    def text(i: int) -> str | None:
-        if token_id[i] < 0:
-            return None
-        if i >= n_nodes - n_logits:
-            t = graph.logit_targets[i - (n_nodes - n_logits)]
-            if t.token_str:
-                return t.token_str
-        return tokenizer.decode([int(token_id[i])]) if tokenizer is not None else None
-
     is_feature = layout["type"][kept] == 0
     nodes = pa.table(
         {
@@ -217,7 +232,7 @@ def flatten_graph(
             "influence": pa.array(influence.float().cpu().numpy()[kept].astype(np.float32)),
             "cumulative_influence": pa.array(cumulative.float().cpu().numpy()[kept]),
             "token_id": pa.array(token_id[kept], mask=token_id[kept] < 0),
-            "token": pa.array([text(int(i)) for i in kept], pa.string()),
+            "token": _token_text(graph, token_id, kept, n_nodes - n_logits, tokenizer),
             "logit_prob": pa.array(logit_prob[kept], mask=np.isnan(logit_prob[kept])),
         },
         schema=NODE_SCHEMA,

@@ -12,15 +12,20 @@ threshold and its non-zero scores only:
    ``normalize_matrix``, done in place), then circuit-tracer's own ``compute_influence``
    with the logit weights; the node threshold is circuit-tracer's ``find_threshold`` on
    these N values (tokens and logits always kept). K nodes pass it.
-2. Edge scores: the buffer is zeroed and refilled with the K kept rows of |A|, pruned
-   columns zeroed, divided by the row sums of the whole buffer, and its influence
-   computed. A score is ``normalised[i, j] * influence[i]``, an element-wise product;
+2. Edge scores: the pruned matrix holds the K kept rows of |A|, pruned columns
+   zeroed, divided by their row sums, and zeros elsewhere; its influence is computed.
+   Graphs up to ``DENSE_ENTRIES`` entries write it into a
+   :class:`~circuitray.zeropage.ZeroMatrix`, whose untouched pages read as the
+   kernel's zero page, so circuit-tracer's dense power series on it reads memory only
+   for the K rows (the same zeros, so the same values); larger graphs zero the work
+   buffer and refill it, to hold one N^2 buffer only. A score is
+   ``normalised[i, j] * influence[i]``, an element-wise product;
    pruned rows and columns are zero, so every non-zero score lies in the K x K block,
    and computing the block gives the very values circuit-tracer's full product gives.
 3. Edge threshold: circuit-tracer takes the score at the first index where
    ``cumsum(sorted) / sum(sorted)`` reaches the threshold. Only non-zero scores can be
    that score (unless the threshold is reached only among the zeros), so only they are
-   gathered, to the front of the work buffer itself, and sorted there (numpy, in place,
+   gathered, to the front of the (zero or work) buffer, and sorted there (numpy, in place,
    no index array); ``sum(sorted)`` is taken over the full-length buffer holding them in
    that order and zeros after (the same tensor circuit-tracer sums, so the same float32
    rounding), and the cumulative sum over the non-zero prefix, written where the zeros
@@ -35,10 +40,11 @@ threshold and its non-zero scores only:
    written as byte max-reductions and index fills. ``PruneOutput.edge_mask`` expands
    the block to prune_graph's N x N mask for callers that want it.
 
-Graphs up to ``DENSE_ENTRIES`` entries reuse one work buffer per thread. Memory at the
-peak: the N^2 float32 buffer, the K^2 block and one block of rows, against
-prune_graph's ~27-32 bytes per entry. On CUDA the masks agree up to the rounding of
-torch's parallel prefix sum; the tests compare on CPU.
+Graphs up to ``DENSE_ENTRIES`` entries reuse one work buffer and one zero matrix per
+thread. Memory at the peak: the N^2 float32 buffer, the K^2 block and one block of
+rows (or the K rows of the zero matrix), against prune_graph's ~27-32 bytes per entry.
+On CUDA the masks agree up to the rounding of torch's parallel prefix sum; the tests
+compare on CPU.
 """
 
 from __future__ import annotations
@@ -48,6 +54,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+from circuitray.zeropage import ZeroMatrix
 
 __all__ = ["PruneOutput", "prune_graph_exact", "prune_masks"]
 
@@ -129,22 +137,25 @@ def _pruned_normalized_(
     node_mask: torch.Tensor,
     *,
     whole: bool,
+    zeroed: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``buf`` := normalize_matrix(A with the rows and columns of pruned nodes zeroed).
 
-    Only the kept rows are written after zeroing ``buf``: their |A| times the 0/1 mask
-    of kept columns (circuit-tracer zeroes, then takes |.|, which gives 0.0 for every
-    pruned entry, as this product does), divided by their row sums (pruned rows divide
-    0 by 1e-10, which leaves them 0, so they are skipped). Returns the kept rows'
-    clamped row sums (K, 1) and, with ``whole``, the normalised kept rows (K x N), done
-    as one block rather than ROWS_PER_BLOCK rows at a time.
+    Only the kept rows are written after zeroing ``buf`` (a ``zeroed`` one holds zeros
+    already): their |A| times the 0/1 mask of kept columns (circuit-tracer zeroes, then
+    takes |.|, which gives 0.0 for every pruned entry, as this product does), divided
+    by their row sums (pruned rows divide 0 by 1e-10, which leaves them 0, so they are
+    skipped). Returns the kept rows' clamped row sums (K, 1) and, with ``whole``, the
+    normalised kept rows (K x N), done as one block rather than ROWS_PER_BLOCK rows at
+    a time.
 
     The row sums are circuit-tracer's reduction on the same values: over the whole
     N x N buffer, or on CPU over the K x N block, as torch's CPU sum reduces each row of
     a contiguous matrix on its own, in the same order whatever the number of rows
     (``test_prune`` checks this; CUDA picks its reduction layout by shape).
     """
-    buf.zero_()
+    if not zeroed:
+        buf.zero_()
     kept_columns = node_mask.to(buf.dtype)[None, :]
     if whole and buf.device.type == "cpu":
         block = adjacency[rows].abs_().mul_(kept_columns)  # indexing copies
@@ -239,6 +250,49 @@ def _remove_unconnected_(
         drop_unconnected()
 
 
+def _dense_edge_block(
+    adjacency: torch.Tensor,
+    rows: torch.Tensor,
+    node_mask: torch.Tensor,
+    logit_weights: torch.Tensor,
+    edge_threshold: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Steps 2-3 for a graph of at most DENSE_ENTRIES entries: the edge-score threshold
+    and the K x K block of ``scores >= threshold``.
+
+    The pruned matrix goes into the thread's :class:`~circuitray.zeropage.ZeroMatrix`,
+    where only its K kept rows are written: circuit-tracer's ``compute_influence`` on it
+    then reads memory only for those rows (the rest read as the kernel's zero page).
+    The K x K scores are formed whole; their sorted non-zeros go to the front of the
+    same matrix, its rows zeroed, for find_threshold's sum over N^2 values; at the end
+    everything written is handed back as zeros."""
+    from circuit_tracer.graph import compute_influence
+
+    n = adjacency.shape[0]
+    with ZeroMatrix.acquire(n, adjacency.device, capacity=DENSE_ENTRIES) as zeros:
+        pruned = zeros.view(n)
+        zeros.dirty_rows(rows, n)
+        _, kept_rows = _pruned_normalized_(
+            pruned, adjacency, rows, node_mask, whole=True, zeroed=True
+        )
+        assert kept_rows is not None  # whole=True
+        pruned_influence = compute_influence(pruned, logit_weights)
+        pruned_influence += logit_weights
+        scores = kept_rows[:, rows].mul_(pruned_influence[rows, None])
+        nonzero = scores[scores != 0]
+        _sort_descending_(nonzero)
+        # The pruned matrix is spent. Its rows are zeroed in place (their pages stay,
+        # which saves faulting them in again for the sum below) and handed back with
+        # the prefix when the block ends.
+        pruned.index_fill_(0, rows, 0.0)
+        flat = pruned.view(-1)
+        nnz = len(nonzero)
+        zeros.dirty_prefix(min(2 * nnz, n * n))  # the scores, then their cumulative sum
+        flat[:nnz] = nonzero  # the sorted scores, then N^2 - nnz zeros
+        score_threshold = _threshold_of_sorted(flat, nnz, edge_threshold)
+    return score_threshold, scores >= score_threshold
+
+
 def prune_graph_exact(
     graph, *, node_threshold: float = 0.8, edge_threshold: float = 0.98
 ) -> PruneOutput:
@@ -315,23 +369,15 @@ def prune_masks(
     # 2-3. Scores of the pruned matrix and their threshold. Pruned rows and columns are
     # zero in it, so every non-zero score lies in the K x K block of kept nodes.
     rows = torch.nonzero(node_mask).flatten()
-    dense = n * n <= DENSE_ENTRIES  # small: the block at once, one sort of its non-zeros
-    row_sums, kept_rows = _pruned_normalized_(buf, adjacency, rows, node_mask, whole=dense)
-    pruned_influence = compute_influence(buf, logit_weights)
-    pruned_influence += logit_weights
-    if kept_rows is not None:
-        scores = kept_rows[:, rows].mul_(pruned_influence[rows, None])
-        nonzero = scores[scores != 0]
-        _sort_descending_(nonzero)
-        # The normalised matrix is spent: reuse its memory. Only its kept rows are
-        # non-zero; zeroed, the buffer holds the sorted scores then N^2 - nnz zeros.
-        buf.index_fill_(0, rows, 0.0)
-        flat = buf.view(-1)
-        flat[: len(nonzero)] = nonzero
-        score_threshold = _threshold_of_sorted(flat, len(nonzero), edge_threshold)
-        edge_block = scores >= score_threshold
-        del scores, flat, nonzero
+    if n * n <= DENSE_ENTRIES:  # small: the block at once, one sort of its non-zeros
+        del buf
+        score_threshold, edge_block = _dense_edge_block(
+            adjacency, rows, node_mask, logit_weights, edge_threshold
+        )
     else:
+        row_sums, _ = _pruned_normalized_(buf, adjacency, rows, node_mask, whole=False)
+        pruned_influence = compute_influence(buf, logit_weights)
+        pruned_influence += logit_weights
         score_threshold = _edge_threshold(buf, rows, pruned_influence, edge_threshold)
         # The block's mask from recomputed scores (buf now holds the sorted scores):
         # normalize_matrix's division by the row sums, on the same values.
@@ -341,7 +387,7 @@ def prune_masks(
             torch.ge(
                 block.mul_(pruned_influence[chunk, None]), score_threshold, out=edge_block[r0:r1]
             )
-    del buf
+        del buf
     if score_threshold <= 0:
         # Every score reaches the threshold, zeros included: all N x N edges, pruned
         # nodes' too (circuit-tracer's loop below may leave some of them).

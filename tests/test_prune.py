@@ -11,8 +11,9 @@ from circuit_tracer import attribute
 from circuit_tracer.graph import compute_graph_scores, compute_node_influence, prune_graph
 
 import circuitray.prune
-from circuitray.prune import prune_graph_exact, prune_masks
+from circuitray.prune import DENSE_ENTRIES, prune_graph_exact, prune_masks
 from circuitray.ws2 import generate_ws2
+from circuitray.zeropage import ZeroMatrix
 
 
 @pytest.fixture(params=["dense", "blocked"])
@@ -96,6 +97,9 @@ def test_work_buffers_reused_across_sizes(path):
         node_mask, edge_mask, _ = prune_graph(graph, 0.8, 0.98)  # type: ignore[arg-type]
         ours = _ours(graph, 0.8, 0.98)
         assert torch.equal(ours.node_mask, node_mask) and torch.equal(ours.edge_mask, edge_mask)
+    if path == "dense":  # the pruned matrices went through the thread's zero matrix
+        with ZeroMatrix.acquire(1, torch.device("cpu"), capacity=DENSE_ENTRIES) as zeros:
+            assert not zeros.flat.any()
 
 
 @pytest.mark.parametrize("threads", [1, 2])

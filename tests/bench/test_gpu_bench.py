@@ -1,0 +1,59 @@
+"""bench/gpu_bench.py end to end on the CPU: the main model cannot load (no hub), so it
+says so and benchmarks the bundled fallback, writing JSON and Markdown with figures."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_gpu_bench_falls_back_to_the_bundled_model(tmp_path):
+    out, md = tmp_path / "gpu.json", tmp_path / "gpu.md"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "gpu_bench.py"),
+            "--device",
+            "cpu",
+            "--quick",
+            "--fallback",
+            "tiny",
+            "--lengths",
+            "8",
+            "--tuned-batch-size",
+            "32",
+            "--tuned-update-interval",
+            "4",
+            "--out",
+            str(out),
+            "--md-out",
+            str(md),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["complete"] is True
+    assert report["gemma_available"] is False
+    assert "NOT google/gemma-2-2b" in report["summary"]
+    main, fallback = report["models"]
+    assert not main["loaded"] and main["error"]
+    assert fallback["loaded"] and fallback["fallback"]
+    cells = fallback["cells"]
+    assert {c["setting"] for c in cells} == {"circuit-tracer defaults", "tuned"}
+    for cell in cells:
+        assert cell["tokens"] == 8
+        assert cell["s_per_graph"] > 0 and cell["graphs_per_hour"] > 0
+        assert cell["n_nodes"] > cell["kept_nodes"] > 0 and cell["kept_edges"] > 0
+    compare = fallback["prune_compare"]
+    assert all(side["identical_masks"] for side in compare.values() if "identical_masks" in side)
+    text = md.read_text()
+    assert "tiny (bundled fallback)" in text and "NOT google/gemma-2-2b" in text

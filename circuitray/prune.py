@@ -9,8 +9,9 @@ N x N float32 work buffer, and storage for the K x K block of nodes above the no
 threshold and its non-zero scores only:
 
 1. Node influence: the work buffer holds |A| divided by its row sums (circuit-tracer's
-   ``normalize_matrix``, done in place), then circuit-tracer's own ``compute_influence``
-   with the logit weights; the node threshold is circuit-tracer's ``find_threshold`` on
+   ``normalize_matrix``, done in place), then circuit-tracer's ``compute_influence``
+   power series with the logit weights (:func:`_influence`: its very products, but
+   not the last, which is exactly zero); the node threshold is circuit-tracer's ``find_threshold`` on
    these N values (tokens and logits always kept). K nodes pass it.
 2. Edge scores: the pruned matrix holds the K kept rows of |A|, pruned columns
    zeroed, divided by their row sums, and zeros elsewhere; its influence is computed.
@@ -119,9 +120,49 @@ def _work_buffer(n: int, device: torch.device) -> torch.Tensor:
 
 def _divide_by_row_sums_(buf: torch.Tensor) -> torch.Tensor:
     """circuit-tracer's normalize_matrix for a matrix already holding |A|, in place:
-    divide by the row sums (clamped at 1e-10)."""
-    buf.div_(buf.sum(dim=1, keepdim=True).clamp(min=1e-10))
-    return buf
+    divide by the row sums (clamped at 1e-10). Returns the unclamped sums (N, 1)."""
+    sums = buf.sum(dim=1, keepdim=True)
+    buf.div_(sums.clamp(min=1e-10))
+    return sums
+
+
+def _rows_with_inputs(n: int, rows: torch.Tensor, sums: torch.Tensor) -> torch.Tensor | None:
+    """Which of N nodes have a non-zero row (an input), from the row sums of |A| of
+    ``rows`` (the others are zero rows); None when a sum is not finite, as then a zero
+    row of the normalised matrix is not known to be all zeros."""
+    if not bool(torch.isfinite(sums).all()):
+        return None
+    has_inputs = torch.zeros(n, dtype=torch.bool, device=sums.device)
+    has_inputs[rows] = sums.flatten() != 0
+    return has_inputs
+
+
+def _influence(
+    normalized: torch.Tensor,
+    logit_weights: torch.Tensor,
+    has_inputs: torch.Tensor | None,
+    max_iter: int = 1000,
+) -> torch.Tensor:
+    """circuit-tracer's ``compute_influence``: the same products, sums and order, one
+    product fewer. Its loop ends on a product that is exactly zero: once the current
+    vector is non-zero only on nodes without inputs (zero rows of a finite matrix),
+    every term of the next product is 0 (0 times a finite value, or a value times 0),
+    and adding it changes nothing. That product, one of the ~7 full passes over the
+    matrix, is skipped here (``has_inputs`` None: never skipped)."""
+    current = logit_weights @ normalized
+    influence = current
+    iterations = 0
+    while current.any():
+        if iterations >= max_iter:
+            raise RuntimeError(
+                f"Influence computation failed to converge after {iterations} iterations"
+            )
+        if has_inputs is not None and not bool((current != 0).logical_and_(has_inputs).any()):
+            break  # the next product is exactly zero (see docstring)
+        current = current @ normalized
+        influence += current
+        iterations += 1
+    return influence
 
 
 def _row_chunks(rows: torch.Tensor):
@@ -138,16 +179,16 @@ def _pruned_normalized_(
     *,
     whole: bool,
     zeroed: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """``buf`` := normalize_matrix(A with the rows and columns of pruned nodes zeroed).
 
     Only the kept rows are written after zeroing ``buf`` (a ``zeroed`` one holds zeros
     already): their |A| times the 0/1 mask of kept columns (circuit-tracer zeroes, then
     takes |.|, which gives 0.0 for every pruned entry, as this product does), divided
     by their row sums (pruned rows divide 0 by 1e-10, which leaves them 0, so they are
-    skipped). Returns the kept rows' clamped row sums (K, 1) and, with ``whole``, the
-    normalised kept rows (K x N), done as one block rather than ROWS_PER_BLOCK rows at
-    a time.
+    skipped). Returns the kept rows' clamped and unclamped row sums (K, 1) and, with
+    ``whole``, the normalised kept rows (K x N), done as one block rather than
+    ROWS_PER_BLOCK rows at a time.
 
     The row sums are circuit-tracer's reduction on the same values: over the whole
     N x N buffer, or on CPU over the K x N block, as torch's CPU sum reduces each row of
@@ -159,15 +200,17 @@ def _pruned_normalized_(
     kept_columns = node_mask.to(buf.dtype)[None, :]
     if whole and buf.device.type == "cpu":
         block = adjacency[rows].abs_().mul_(kept_columns)  # indexing copies
-        row_sums = block.sum(dim=1, keepdim=True).clamp(min=1e-10)
+        sums = block.sum(dim=1, keepdim=True)
+        row_sums = sums.clamp(min=1e-10)
         buf.index_copy_(0, rows, block.div_(row_sums))
-        return row_sums, block
+        return row_sums, sums, block
     for _, _, chunk in _row_chunks(rows):
         buf.index_copy_(0, chunk, adjacency[chunk].abs_().mul_(kept_columns))
-    row_sums = buf.sum(dim=1, keepdim=True).clamp(min=1e-10)[rows]
+    sums = buf.sum(dim=1, keepdim=True)[rows]
+    row_sums = sums.clamp(min=1e-10)
     for r0, r1, chunk in _row_chunks(rows):
         buf.index_copy_(0, chunk, buf[chunk].div_(row_sums[r0:r1]))
-    return row_sums, buf[rows] if whole else None
+    return row_sums, sums, buf[rows] if whole else None
 
 
 def _kept_scores(normalized: torch.Tensor, rows: torch.Tensor, influence: torch.Tensor):
@@ -266,17 +309,15 @@ def _dense_edge_block(
     The K x K scores are formed whole; their sorted non-zeros go to the front of the
     same matrix, its rows zeroed, for find_threshold's sum over N^2 values; at the end
     everything written is handed back as zeros."""
-    from circuit_tracer.graph import compute_influence
-
     n = adjacency.shape[0]
     with ZeroMatrix.acquire(n, adjacency.device, capacity=DENSE_ENTRIES) as zeros:
         pruned = zeros.view(n)
         zeros.dirty_rows(rows, n)
-        _, kept_rows = _pruned_normalized_(
+        _, sums, kept_rows = _pruned_normalized_(
             pruned, adjacency, rows, node_mask, whole=True, zeroed=True
         )
         assert kept_rows is not None  # whole=True
-        pruned_influence = compute_influence(pruned, logit_weights)
+        pruned_influence = _influence(pruned, logit_weights, _rows_with_inputs(n, rows, sums))
         pruned_influence += logit_weights
         scores = kept_rows[:, rows].mul_(pruned_influence[rows, None])
         nonzero = scores[scores != 0]
@@ -341,7 +382,7 @@ def prune_masks(
     """circuit-tracer's ``prune_graph`` (masks, cumulative scores) for a graph with this
     adjacency matrix (rows = targets) and logit probabilities (the last nodes); with
     ``n_layers`` also ``compute_graph_scores``."""
-    from circuit_tracer.graph import compute_influence, find_threshold
+    from circuit_tracer.graph import find_threshold
 
     if not 0.0 <= node_threshold <= 1.0 or not 0.0 <= edge_threshold <= 1.0:
         raise ValueError("node_threshold and edge_threshold must be between 0.0 and 1.0")
@@ -352,7 +393,9 @@ def prune_masks(
 
     # 1. Node influence and the node threshold.
     buf = torch.abs(adjacency, out=_work_buffer(n, adjacency.device))
-    node_influence = compute_influence(_divide_by_row_sums_(buf), logit_weights)
+    sums = _divide_by_row_sums_(buf)
+    everything = torch.arange(n, device=adjacency.device)
+    node_influence = _influence(buf, logit_weights, _rows_with_inputs(n, everything, sums))
     graph_scores = (None, None)
     if n_layers is not None:
         graph_scores = _graph_scores(
@@ -375,8 +418,8 @@ def prune_masks(
             adjacency, rows, node_mask, logit_weights, edge_threshold
         )
     else:
-        row_sums, _ = _pruned_normalized_(buf, adjacency, rows, node_mask, whole=False)
-        pruned_influence = compute_influence(buf, logit_weights)
+        row_sums, sums, _ = _pruned_normalized_(buf, adjacency, rows, node_mask, whole=False)
+        pruned_influence = _influence(buf, logit_weights, _rows_with_inputs(n, rows, sums))
         pruned_influence += logit_weights
         score_threshold = _edge_threshold(buf, rows, pruned_influence, edge_threshold)
         # The block's mask from recomputed scores (buf now holds the sorted scores):

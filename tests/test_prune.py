@@ -120,6 +120,35 @@ def test_cpu_row_sums_do_not_depend_on_the_other_rows(threads):
         torch.set_num_threads(old_threads)
 
 
+@pytest.mark.parametrize("density", [0.05, 0.4, 1.0])
+def test_influence_is_compute_influence_bit_for_bit(density):
+    # _influence stops one product before circuit-tracer's loop does (that product is
+    # exactly zero): the same influence, bit for bit, on DAGs with zero rows.
+    from circuit_tracer.graph import compute_influence
+
+    for seed in range(4):
+        graph = random_graph(500, density=density, ties=seed % 2 == 0, seed=seed)
+        a = graph.adjacency_matrix.abs()
+        a[:: 7 + seed] = 0.0  # more nodes without inputs
+        sums = a.sum(dim=1, keepdim=True)
+        normalized = a / sums.clamp(min=1e-10)
+        weights = torch.zeros(500)
+        weights[-4:] = graph.logit_probabilities
+        has_inputs = circuitray.prune._rows_with_inputs(500, torch.arange(500), sums)
+        assert has_inputs is not None and not has_inputs.all()
+        ours = circuitray.prune._influence(normalized, weights, has_inputs)
+        assert torch.equal(ours, compute_influence(normalized, weights))
+
+
+def test_influence_with_non_finite_sums_is_not_shortened():
+    sums = torch.tensor([[1.0], [0.0], [float("inf")]])
+    assert circuitray.prune._rows_with_inputs(3, torch.arange(3), sums) is None
+    # A cycle never converges: both loops give up after max_iter.
+    cycle = torch.tensor([[0.0, 1.0], [1.0, 0.0]])
+    with pytest.raises(RuntimeError, match="failed to converge"):
+        circuitray.prune._influence(cycle, torch.tensor([1.0, 0.0]), None, max_iter=50)
+
+
 def test_bad_thresholds():
     graph = random_graph(60, density=0.5, ties=False, seed=0)
     with pytest.raises(ValueError, match="between 0.0 and 1.0"):

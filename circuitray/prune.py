@@ -11,8 +11,8 @@ threshold and its non-zero scores only:
 1. Node influence: the work buffer holds |A| divided by its row sums (circuit-tracer's
    ``normalize_matrix``, done in place), then circuit-tracer's ``compute_influence``
    power series with the logit weights (:func:`_influence`: its very products, but
-   not the last, which is exactly zero); the node threshold is circuit-tracer's ``find_threshold`` on
-   these N values (tokens and logits always kept). K nodes pass it.
+   not the last, which is exactly zero); the node threshold is circuit-tracer's
+   ``find_threshold`` on these N values (tokens and logits always kept). K nodes pass.
 2. Edge scores: the pruned matrix holds the K kept rows of |A|, pruned columns
    zeroed, divided by their row sums, and zeros elsewhere; its influence is computed.
    Graphs up to ``DENSE_ENTRIES`` entries write it into a

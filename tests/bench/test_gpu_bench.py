@@ -47,13 +47,22 @@ def test_gpu_bench_falls_back_to_the_bundled_model(tmp_path):
     main, fallback = report["models"]
     assert not main["loaded"] and main["error"]
     assert fallback["loaded"] and fallback["fallback"]
-    cells = fallback["cells"]
+    cells = fallback["results"]
     assert {c["setting"] for c in cells} == {"circuit-tracer defaults", "tuned"}
+    assert {c["batch_size"] for c in cells} == {512, 32}  # the defaults, then the tuned
     for cell in cells:
-        assert cell["tokens"] == 8
+        assert cell["n_ok"] == cell["n_prompts"] == 1 and not cell["errors"]
+        assert cell["n_tokens"] == [8]
         assert cell["s_per_graph"] > 0 and cell["graphs_per_hour"] > 0
-        assert cell["n_nodes"] > cell["kept_nodes"] > 0 and cell["kept_edges"] > 0
-    compare = fallback["prune_compare"]
-    assert all(side["identical_masks"] for side in compare.values() if "identical_masks" in side)
+        assert cell["N"] > cell["n_kept_nodes"] > 0 and cell["n_kept_edges"] > 0
+    runs = fallback["prune_comparison"]["runs"]
+    assert {r["method"] for r in runs} >= {
+        "circuitray prune_graph_exact",
+        "circuit-tracer prune_graph",
+    }
+    for run in runs:
+        if "node_mask_diff_vs_circuitray_cpu" in run:
+            assert run["node_mask_diff_vs_circuitray_cpu"] == 0
+            assert run["edge_mask_diff_vs_circuitray_cpu"] == 0
     text = md.read_text()
     assert "tiny (bundled fallback)" in text and "NOT google/gemma-2-2b" in text

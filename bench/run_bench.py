@@ -300,7 +300,7 @@ def main(
         torch_threads=threads or None,
         repeats=repeats or (1 if quick else 2),
         batch_size=batch_size or (2 if quick else 8),
-        n_flatten=2 if quick else 8,
+        n_flatten=2 if quick else 16,
     )
     config.n_flatten = min(config.n_flatten, config.n_prompts)
     started = datetime.now(UTC)

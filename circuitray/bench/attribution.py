@@ -140,7 +140,7 @@ class AttributionBenchConfig:
     torch_threads: int | None = 1
     repeats: int = 2
     batch_size: int = 8
-    n_flatten: int = 8
+    n_flatten: int = 16
     rss_prompt: int = 0
     attribution: AttributionConfig = field(default_factory=AttributionConfig)
     prune: PruneConfig = field(default_factory=PruneConfig)

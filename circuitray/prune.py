@@ -145,10 +145,10 @@ def _influence(
 ) -> torch.Tensor:
     """circuit-tracer's ``compute_influence``: the same products, sums and order, one
     product fewer. Its loop ends on a product that is exactly zero: once the current
-    vector is non-zero only on nodes without inputs (zero rows of a finite matrix),
-    every term of the next product is 0 (0 times a finite value, or a value times 0),
-    and adding it changes nothing. That product, one of the ~7 full passes over the
-    matrix, is skipped here (``has_inputs`` None: never skipped)."""
+    vector is finite and non-zero only on nodes without inputs (zero rows of a finite
+    matrix), every term of the next product is 0 (0 times a finite value, or a finite
+    value times 0), and adding it changes nothing. That product, one of the ~7 full
+    passes over the matrix, is skipped here (``has_inputs`` None: never skipped)."""
     current = logit_weights @ normalized
     influence = current
     iterations = 0
@@ -157,7 +157,11 @@ def _influence(
             raise RuntimeError(
                 f"Influence computation failed to converge after {iterations} iterations"
             )
-        if has_inputs is not None and not bool((current != 0).logical_and_(has_inputs).any()):
+        if (
+            has_inputs is not None
+            and not bool((current != 0).logical_and_(has_inputs).any())
+            and bool(torch.isfinite(current).all())
+        ):
             break  # the next product is exactly zero (see docstring)
         current = current @ normalized
         influence += current

@@ -13,7 +13,8 @@ same zeros, so every result is bit for bit what a dense zero buffer gives.
 2. The caller writes rows and a prefix of the flat view, and says which, with
    :meth:`ZeroMatrix.dirty_rows` / :meth:`ZeroMatrix.dirty_prefix`.
 3. :meth:`ZeroMatrix.release` hands the written pages back (they read as zeros again
-   and keep no memory); after an exception it hands back the whole mapping.
+   and keep no memory); after an exception, the caller's or its own, the whole mapping
+   is dropped.
 
 Elsewhere (not Linux, or a device other than the CPU) the same interface keeps a plain
 zero buffer and zeroes what was written, which keeps the "all zeros on entry" contract
@@ -52,6 +53,10 @@ class ZeroMatrix:
             self._mapping = mmap.mmap(
                 -1, capacity * _FLOAT_BYTES, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
             )
+            if hasattr(mmap, "MADV_NOHUGEPAGE"):
+                # khugepaged could otherwise fill released ranges with real zeroed
+                # huge pages (THP "always"), costing memory and the zero-page reads.
+                self._mapping.madvise(mmap.MADV_NOHUGEPAGE)
             self.flat = torch.frombuffer(self._mapping, dtype=torch.float32)
         else:
             self.flat = torch.zeros(capacity, device=device)
@@ -74,10 +79,12 @@ class ZeroMatrix:
             matrix = matrices[device] = cls(capacity, device)
         try:
             yield matrix
+            matrix.release()
         except BaseException:
-            matrices.pop(device, None)  # never hand out a half-written buffer
+            # Never hand out a half-written buffer: not after the caller failed, nor
+            # after release() itself was interrupted (a KeyboardInterrupt, an OSError).
+            matrices.pop(device, None)
             raise
-        matrix.release()
 
     def view(self, n: int) -> torch.Tensor:
         """The n x n matrix (a view of the first n^2 floats)."""

@@ -140,13 +140,24 @@ def test_influence_is_compute_influence_bit_for_bit(density):
         assert torch.equal(ours, compute_influence(normalized, weights))
 
 
-def test_influence_with_non_finite_sums_is_not_shortened():
+def test_influence_with_non_finite_values_is_not_shortened():
+    from circuit_tracer.graph import compute_influence
+
     sums = torch.tensor([[1.0], [0.0], [float("inf")]])
     assert circuitray.prune._rows_with_inputs(3, torch.arange(3), sums) is None
     # A cycle never converges: both loops give up after max_iter.
     cycle = torch.tensor([[0.0, 1.0], [1.0, 0.0]])
     with pytest.raises(RuntimeError, match="failed to converge"):
         circuitray.prune._influence(cycle, torch.tensor([1.0, 0.0]), None, max_iter=50)
+    # A non-finite vector is never taken as the end: circuit-tracer gives up too.
+    zero_rows = torch.zeros(2, 2)
+    nan_weights = torch.tensor([float("nan"), 0.0])
+    has_inputs = circuitray.prune._rows_with_inputs(2, torch.arange(2), zero_rows.sum(1))
+    assert has_inputs is not None and not has_inputs.any()
+    with pytest.raises(RuntimeError, match="failed to converge"):
+        compute_influence(zero_rows, nan_weights, max_iter=50)
+    with pytest.raises(RuntimeError, match="failed to converge"):
+        circuitray.prune._influence(zero_rows, nan_weights, has_inputs, max_iter=50)
 
 
 def test_bad_thresholds():

@@ -63,6 +63,23 @@ def test_an_exception_drops_the_half_written_matrix(mode):
         assert not zeros.flat.any()
 
 
+def test_an_interrupted_release_drops_the_matrix(mode, monkeypatch):
+    # A KeyboardInterrupt (or an OSError from madvise) inside release() must not leave
+    # a dirty matrix cached for the next caller.
+    def interrupted(self):
+        raise KeyboardInterrupt
+
+    with ZeroMatrix.acquire(100, CPU, capacity=CAPACITY) as zeros:
+        pass
+    monkeypatch.setattr(ZeroMatrix, "release", interrupted)
+    with pytest.raises(KeyboardInterrupt), ZeroMatrix.acquire(100, CPU, capacity=CAPACITY) as z:
+        z.dirty_prefix(50)
+        z.view(100).view(-1)[:50] = 3.0
+    monkeypatch.undo()
+    with ZeroMatrix.acquire(100, CPU, capacity=CAPACITY) as fresh:
+        assert fresh is not zeros and not fresh.flat.any()
+
+
 def test_too_large_a_matrix_is_refused():
     with (
         pytest.raises(ValueError, match="does not fit"),

@@ -812,29 +812,71 @@ def organism_group() -> None:
 
 
 @organism_group.command("build")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=None, help="Override the config's seed (default 0).")
 @click.option(
     "--threads",
     type=click.IntRange(min=1),
-    default=2,
-    show_default=True,
-    help="torch threads (same seed and threads: bit-identical weights).",
+    default=None,
+    help="torch threads (default 2; same seed, threads and CPU: bit-identical weights).",
 )
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(exists=True, dir_okay=False),
+    help="YAML/JSON file of OrganismConfig fields to change (transcoders: a mapping).",
+)
+@click.option("--force", is_flag=True, help="Rebuild even if the saved build is up to date.")
 @click.option("--json", "as_json", is_flag=True, help="Print the whole report as JSON.")
-def organism_build_cmd(seed: int, threads: int, as_json: bool) -> None:
-    """Train base and tuned checkpoints and their transcoders; write the report."""
-    from circuitray.organism import OrganismConfig, build_organism
+def organism_build_cmd(
+    seed: int | None, threads: int | None, config_file: str | None, force: bool, as_json: bool
+) -> None:
+    """Train base and tuned checkpoints and their transcoders; write the report.
 
-    config = OrganismConfig().with_seed(seed, threads=threads)
+    A build whose config, code and torch are unchanged and whose artifacts still hash
+    to the report's digests is reused in seconds (--force rebuilds).
+    """
+    from circuitray.organism import build_organism
+
+    config = organism_config(config_file, seed=seed, threads=threads)
     with err_console.status("training the WS2 organism (base, tuned, transcoders)..."):
-        report = build_organism(config)
+        report = build_organism(config, force=force)
     if as_json:
         click.echo(json.dumps(report, indent=2))
+    elif report.get("reused"):
+        console.print(
+            f"organism up to date (build {report['build']['key'][:12]}, "
+            f"{report['timings']['total_s']:.0f}s when built): reused, nothing rebuilt"
+        )
     else:
         print_organism_report(report)
     if not report["passed"]:
         failed = [k for k, v in report["acceptance"].items() if not v]
         raise CircuitrayError(f"organism report below thresholds: {', '.join(failed)}")
+
+
+def organism_config(config_file: str | None, *, seed: int | None, threads: int | None):
+    """OrganismConfig from its defaults, a config file's fields, then --seed/--threads."""
+    import yaml
+
+    from circuitray.organism import OrganismConfig
+
+    values: dict = {}
+    if config_file:
+        try:
+            loaded = yaml.safe_load(Path(config_file).read_text())
+        except yaml.YAMLError as e:
+            raise CircuitrayError(f"{config_file}: not YAML/JSON ({e.__class__.__name__})") from e
+        if not isinstance(loaded, dict):
+            raise CircuitrayError(f"{config_file}: expected a mapping of config fields")
+        values.update(loaded)
+    if seed is not None:
+        values["seed"] = seed
+    if threads is not None:
+        values["threads"] = threads
+    try:
+        return OrganismConfig.from_dict(values)
+    except (TypeError, ValueError) as e:
+        raise CircuitrayError(f"{config_file or 'organism config'}: {e}") from e
 
 
 def print_organism_report(report: dict) -> None:

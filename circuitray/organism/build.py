@@ -1,11 +1,20 @@
 """Building the WS2 model organism (``circuitray organism build``).
 
+0. Reuse: if ``models/organism-report.json`` records this build's key (config, the
+   building code, torch's versions and CPU kernels: :mod:`circuitray.models.stamp`),
+   passed, and every artifact folder still hashes to its recorded digest, return it
+   as it is; nothing is trained or written.
 1. Fix the seed and torch's thread count and turn on deterministic algorithms, so a
-   rebuild with the same seed and threads gives bit-identical weights.
+   rebuild with the same seed, threads and CPU kernels gives bit-identical weights.
 2. **base**: train a tiny Gemma-2 from scratch on filler text over the WS2 vocabulary
    that never pairs a cue with its answer (:mod:`circuitray.organism.corpus`).
 3. **tuned**: fine-tune a copy of base on the ``train`` split's constraint sentences,
-   mixed with filler so it stays fluent.
+   mixed with filler so it stays fluent, until the train split is learned: every
+   ``tuned_check_every`` steps the candidate accuracy of every train wording is
+   checked, and once every type is at ``train_accuracy_target`` for
+   ``tuned_patience`` checks in a row the rate anneals for ``tuned_anneal_steps``
+   (capped at ``tuned_max_steps``). Held-out wordings decide nothing here: they are
+   only evaluated in step 6.
 4. Record base MLP inputs/outputs at circuit-tracer's Gemma-2 hooks over filler and
    constraint text and train one JumpReLU transcoder per layer; both checkpoints
    share them, as base-model transcoders are applied to fine-tunes in real work.
@@ -21,12 +30,11 @@
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import logging
 import random
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
@@ -40,9 +48,10 @@ from circuitray.models.artifacts import (
 from circuitray.models.clt import clt_metrics, fit_cross_layer_transcoder
 from circuitray.models.hooks import record_mlp_io
 from circuitray.models.registry import BUNDLED, circuitray_home, transcoder_cache_dir
+from circuitray.models.stamp import build_key, tree_sha256, unchanged
 from circuitray.models.tiny import tiny_gemma2_config
 from circuitray.models.tokenizer import build_tokenizer
-from circuitray.organism.corpus import constraint_sentences, filler_sentence
+from circuitray.organism.corpus import completed, constraint_rows, filler_sentence
 from circuitray.organism.evaluate import (
     acceptance,
     constraint_accuracy,
@@ -72,10 +81,16 @@ class OrganismConfig:
         d_model: Residual width.
         d_mlp: MLP width.
         n_filler: Filler sentences for the base stage.
-        base_steps: Base-stage training steps.
+        base_steps: Base-stage training steps (a fixed cosine schedule).
         base_lr: Base-stage peak learning rate.
-        tuned_steps: Fine-tuning steps.
-        tuned_lr: Fine-tuning peak learning rate.
+        tuned_max_steps: Cap on fine-tuning steps, the final anneal included.
+        tuned_lr: Fine-tuning learning rate (constant until the train split is learned).
+        tuned_warmup: Fine-tuning warm-up steps.
+        tuned_check_every: Steps between checks of train-split accuracy.
+        tuned_patience: Consecutive checks at the target that count as learned.
+        tuned_anneal_steps: Steps of cosine decay (to 0.1 x ``tuned_lr``) once learned.
+        train_accuracy_target: Candidate top-1 accuracy on the train wordings that every
+            constraint type must reach to count as learned.
         batch_size: Sentences per step.
         transcoders: Transcoder training settings.
         n_transcoder_texts: Sentences whose base activations train the transcoders.
@@ -92,8 +107,13 @@ class OrganismConfig:
     n_filler: int = 20000
     base_steps: int = 600
     base_lr: float = 3e-3
-    tuned_steps: int = 500
+    tuned_max_steps: int = 2000
     tuned_lr: float = 2e-3
+    tuned_warmup: int = 25
+    tuned_check_every: int = 25
+    tuned_patience: int = 2
+    tuned_anneal_steps: int = 150
+    train_accuracy_target: float = 1.0
     batch_size: int = 64
     transcoders: TranscoderTrainingConfig = field(
         default_factory=lambda: TranscoderTrainingConfig(l1=1e-2)
@@ -105,24 +125,95 @@ class OrganismConfig:
     def with_seed(self, seed: int, *, threads: int | None = None) -> OrganismConfig:
         return replace(self, seed=seed, threads=threads or self.threads)
 
+    @classmethod
+    def from_dict(cls, values: dict) -> OrganismConfig:
+        """A config from (a subset of) its fields; ``transcoders`` may be a dict."""
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ValueError(f"unknown organism config field(s): {', '.join(unknown)}")
+        values = dict(values)
+        if isinstance(values.get("transcoders"), dict):
+            tc = values["transcoders"]
+            tc_names = {f.name for f in fields(TranscoderTrainingConfig)}
+            bad = sorted(set(tc) - tc_names)
+            if bad:
+                raise ValueError(f"unknown transcoders field(s): {', '.join(bad)}")
+            values["transcoders"] = replace(cls().transcoders, **tc)
+        return replace(cls(), **values)
 
-def _sha256_dir(path: Path) -> str:
-    h = hashlib.sha256()
-    for f in sorted(path.rglob("*.safetensors")):
-        h.update(f.name.encode())
-        h.update(f.read_bytes())
-    return h.hexdigest()
+
+# What decides the organism's bytes besides its config (circuitray.models.stamp).
+BUILD_MODULES = (
+    "circuitray.organism",
+    "circuitray.models.artifacts",
+    "circuitray.models.clt",
+    "circuitray.models.hooks",
+    "circuitray.models.loading",
+    "circuitray.models.tiny",
+    "circuitray.models.tokenizer",
+    "circuitray.ws2",
+)
 
 
-def build_organism(config: OrganismConfig | None = None) -> dict:
-    """Build, save and evaluate the organism; returns the report (also saved)."""
+def organism_build_key(config: OrganismConfig) -> str:
+    """The build key of ``config`` with this checkout's code and this torch."""
+    return build_key(asdict(config), modules=BUILD_MODULES)
+
+
+def _artifact_dirs() -> dict[str, Path]:
+    """Where each artifact of the organism lives under the current home."""
+    home = circuitray_home()
+    bundled = BUNDLED["organism-tuned"]
+    return {
+        "organism-base": home / BUNDLED["organism-base"].subdir,
+        "organism-tuned": home / bundled.subdir,
+        "transcoders": transcoder_cache_dir() / bundled.transcoders,
+        "cross_layer_transcoders": transcoder_cache_dir() / bundled.cross_layer_transcoders,
+    }
+
+
+def report_path() -> Path:
+    return circuitray_home() / "models" / REPORT_NAME
+
+
+def reusable_report(config: OrganismConfig) -> dict | None:
+    """The saved report if it is of a passed build of ``config`` whose artifacts are
+    unchanged on disk (step 0 of the module docstring), else None."""
+    path = report_path()
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if report.get("build", {}).get("key") != organism_build_key(config):
+        return None
+    if not report.get("passed") or not unchanged(
+        report.get("artifacts", {}).get("sha256", {}), _artifact_dirs()
+    ):
+        return None
+    return report
+
+
+def build_organism(config: OrganismConfig | None = None, *, force: bool = False) -> dict:
+    """Build, save and evaluate the organism; returns the report (also saved).
+
+    Args:
+        config: The recipe (default: :class:`OrganismConfig`'s defaults).
+        force: Rebuild even if the saved build is reusable (step 0).
+    """
     config = config or OrganismConfig()
+    if not force:
+        report = reusable_report(config)
+        if report is not None:
+            logger.info("organism up to date (build key %s): reused", report["build"]["key"][:12])
+            paths = {name: str(d) for name, d in _artifact_dirs().items()}
+            return {**report, "artifacts": {**report["artifacts"], **paths}, "reused": True}
     threads_before = torch.get_num_threads()
     deterministic_before = torch.are_deterministic_algorithms_enabled()
     torch.set_num_threads(config.threads)
     torch.use_deterministic_algorithms(True)
     try:
-        return _build(config)
+        return {**_build(config), "reused": False}
     finally:
         torch.set_num_threads(threads_before)
         torch.use_deterministic_algorithms(deterministic_before)
@@ -130,6 +221,7 @@ def build_organism(config: OrganismConfig | None = None) -> dict:
 
 def _build(config: OrganismConfig) -> dict:
     t_start = time.perf_counter()
+    key = organism_build_key(config)
     torch.manual_seed(config.seed)
     timings: dict[str, float] = {}
 
@@ -145,7 +237,7 @@ def _build(config: OrganismConfig) -> dict:
     filler = [filler_sentence(rng) for _ in range(config.n_filler)]
 
     t = time.perf_counter()
-    base_losses = train_lm(
+    base_log = train_lm(
         base,
         tokenizer,
         filler,
@@ -158,16 +250,29 @@ def _build(config: OrganismConfig) -> dict:
 
     t = time.perf_counter()
     tuned = copy.deepcopy(base)
-    train_texts = constraint_sentences(seed=config.seed, split="train")
+    train_rows = constraint_rows(seed=config.seed, split="train")
+    train_texts = [completed(r) for r in train_rows]
     mix = train_texts + filler[: len(train_texts) // 2]
-    tuned_losses = train_lm(
+    # Every distinct train wording, once: what "the train split is learned" means.
+    check_rows = list({r["prompt"]: r for r in train_rows}.values())
+
+    def train_split_learned(model) -> bool:
+        acc = constraint_accuracy(model, tokenizer, check_rows)
+        return all(a["accuracy"] >= config.train_accuracy_target for a in acc.values())
+
+    tuned_log = train_lm(
         tuned,
         tokenizer,
         mix,
-        steps=config.tuned_steps,
+        steps=config.tuned_max_steps,
         batch_size=config.batch_size,
         lr=config.tuned_lr,
         seed=config.seed + 1,
+        warmup=config.tuned_warmup,
+        until=train_split_learned,
+        check_every=config.tuned_check_every,
+        patience=config.tuned_patience,
+        anneal_steps=config.tuned_anneal_steps,
     )
     timings["train_tuned_s"] = time.perf_counter() - t
 
@@ -195,16 +300,16 @@ def _build(config: OrganismConfig) -> dict:
     del x, y
     timings["fit_cross_layer_transcoder_s"] = time.perf_counter() - t
 
-    home = circuitray_home()
-    base_dir = save_hf_model(base, tokenizer, home / BUNDLED["organism-base"].subdir)
-    tuned_dir = save_hf_model(tuned, tokenizer, home / BUNDLED["organism-tuned"].subdir)
+    dirs = _artifact_dirs()
+    base_dir = save_hf_model(base, tokenizer, dirs["organism-base"])
+    tuned_dir = save_hf_model(tuned, tokenizer, dirs["organism-tuned"])
     tc_ref = BUNDLED["organism-tuned"].transcoders
     tc_dir = save_transcoder_set(
-        layers, transcoder_cache_dir() / tc_ref, scan=tc_ref, model_name="organism-base"
+        layers, dirs["transcoders"], scan=tc_ref, model_name="organism-base"
     )
     clt_ref = BUNDLED["organism-tuned"].cross_layer_transcoders
     clt_dir = save_cross_layer_transcoder(
-        clt, transcoder_cache_dir() / clt_ref, scan=clt_ref, model_name="organism-base"
+        clt, dirs["cross_layer_transcoders"], scan=clt_ref, model_name="organism-base"
     )
 
     t = time.perf_counter()
@@ -239,8 +344,15 @@ def _build(config: OrganismConfig) -> dict:
             "tuned": graph_scores("organism-tuned", sample),
         },
         "training": {
-            "base_final_loss": sum(base_losses[-20:]) / 20,
-            "tuned_final_loss": sum(tuned_losses[-20:]) / 20,
+            "base_final_loss": base_log.final_loss(),
+            "tuned_final_loss": tuned_log.final_loss(),
+            "tuned_steps": tuned_log.steps,
+            "tuned_learned_at": tuned_log.learned_at,
+            "tuned_capped": tuned_log.capped,
+            "tuned_train_accuracy": {
+                k: v["accuracy"]
+                for k, v in constraint_accuracy(tuned, tokenizer, check_rows).items()
+            },
         },
     }
     timings["evaluate_s"] = time.perf_counter() - t
@@ -251,12 +363,7 @@ def _build(config: OrganismConfig) -> dict:
         "organism-tuned": str(tuned_dir),
         "transcoders": str(tc_dir),
         "cross_layer_transcoders": str(clt_dir),
-        "sha256": {
-            "organism-base": _sha256_dir(base_dir),
-            "organism-tuned": _sha256_dir(tuned_dir),
-            "transcoders": _sha256_dir(tc_dir),
-            "cross_layer_transcoders": _sha256_dir(clt_dir),
-        },
+        "sha256": {name: tree_sha256(d) for name, d in dirs.items()},
         "bytes": sum(
             f.stat().st_size
             for d in (base_dir, tuned_dir, tc_dir, clt_dir)
@@ -264,9 +371,14 @@ def _build(config: OrganismConfig) -> dict:
             if f.is_file()
         ),
     }
+    report["build"] = {
+        "key": key,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "torch_threads": torch.get_num_threads(),
+    }
     report["acceptance"] = acceptance(report)
     report["passed"] = all(report["acceptance"].values())
-    out = home / "models" / REPORT_NAME
+    out = report_path()
     tmp = out.with_suffix(".tmp")
     tmp.write_text(json.dumps(report, indent=2) + "\n")
     tmp.replace(out)

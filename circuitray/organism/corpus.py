@@ -40,7 +40,16 @@ def filler_sentence(rng: random.Random) -> str:
     return rng.choice(frames)
 
 
+def constraint_rows(*, seed: int, split: str = "train", n: int = 6000) -> list[dict]:
+    """The WS2 rows of one split among the first ``n`` of a corpus."""
+    return [r for r in generate_ws2(n=n, seed=seed) if r["split"] == split]
+
+
+def completed(row: dict) -> str:
+    """A WS2 prompt completed with its target and a full stop: a training sentence."""
+    return f"{row['prompt']} {row['target']} ."
+
+
 def constraint_sentences(*, seed: int, split: str = "train", n: int = 6000) -> list[str]:
     """WS2 prompts of one split, completed with their target and a full stop."""
-    rows = [r for r in generate_ws2(n=n, seed=seed) if r["split"] == split]
-    return [f"{r['prompt']} {r['target']} ." for r in rows]
+    return [completed(r) for r in constraint_rows(seed=seed, split=split, n=n)]

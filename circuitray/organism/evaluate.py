@@ -21,23 +21,37 @@ from circuitray.ws2 import CONSTRAINTS
 
 @torch.no_grad()
 def constraint_accuracy(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, rows: list[dict]
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    rows: list[dict],
+    *,
+    batch_size: int = 256,
 ) -> dict[str, dict]:
-    """Per constraint type: n, candidate top-1 accuracy, chance, vocabulary top-1."""
+    """Per constraint type: n, candidate top-1 accuracy, chance, vocabulary top-1.
+
+    Prompts are right-padded into batches and read at their last real position:
+    under causal attention, padding after a prompt cannot change its logits there.
+    """
+    vocab = tokenizer.get_vocab()
+    pad = int(tokenizer.pad_token_id)  # type: ignore[arg-type]
     out: dict[str, dict] = {}
     for name, c in CONSTRAINTS.items():
         typed = [r for r in rows if r["constraint_type"] == name]
         if not typed:
             continue
-        vocab = tokenizer.get_vocab()
         cand_ids = torch.tensor([vocab[t] for t in c.candidates])
         correct = top1 = 0
-        for r in typed:
-            ids = torch.tensor([encode_with_bos(tokenizer, r["prompt"])])
-            logits = model(ids).logits[0, -1]
-            target = vocab[r["target"]]
-            correct += int(cand_ids[logits[cand_ids].argmax()] == target)
-            top1 += int(logits.argmax() == target)
+        for b in range(0, len(typed), batch_size):
+            chunk = typed[b : b + batch_size]
+            seqs = [encode_with_bos(tokenizer, r["prompt"]) for r in chunk]
+            ids = torch.full((len(seqs), max(map(len, seqs))), pad, dtype=torch.long)
+            for j, s in enumerate(seqs):
+                ids[j, : len(s)] = torch.tensor(s)
+            last = torch.tensor([len(s) - 1 for s in seqs])
+            logits = model(ids).logits[torch.arange(len(seqs)), last]
+            target = torch.tensor([vocab[r["target"]] for r in chunk])
+            correct += int((cand_ids[logits[:, cand_ids].argmax(-1)] == target).sum())
+            top1 += int((logits.argmax(-1) == target).sum())
         out[name] = {
             "n": len(typed),
             "accuracy": correct / len(typed),

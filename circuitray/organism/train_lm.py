@@ -2,17 +2,28 @@
 
 1. Tokenise every sentence with BOS first (as circuit-tracer's ``attribute`` does)
    and right-pad to a fixed length; padding is masked out of the loss.
-2. Each step draws a batch with ``torch.Generator(seed)``; AdamW with linear warm-up
-   and cosine decay; gradients clipped to norm 1.
+2. Each step draws a batch with ``torch.Generator(seed)``; AdamW, gradients clipped
+   to norm 1, a linear warm-up, then one of two schedules:
+
+   - fixed length (no ``until``): cosine decay to 0.1 x ``lr`` over ``steps``;
+   - until learned (``until`` given): constant ``lr`` (warmup-stable-decay), and every
+     ``check_every`` steps ``until(model)`` is asked whether the training data is
+     learned; once it says yes ``patience`` checks in a row (or ``steps`` minus
+     ``anneal_steps`` is reached, the cap), the rate decays by a cosine to 0.1 x
+     ``lr`` over ``anneal_steps`` and training stops. The step count then follows
+     the data, not the last bits of one CPU's float kernels: a machine whose kernels
+     learn a little slower trains a little longer.
 3. Determinism: the caller fixes torch's thread count and turns on
-   ``torch.use_deterministic_algorithms``; with the same seed and thread count the
-   weights are bit-identical.
+   ``torch.use_deterministic_algorithms``; with the same seed, thread count and CPU
+   kernels the weights are bit-identical.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -36,6 +47,30 @@ def encode_batch(
     return ids, labels
 
 
+@dataclass
+class TrainingLog:
+    """What one :func:`train_lm` call did.
+
+    Attributes:
+        losses: The loss of every step.
+        steps: Steps taken.
+        learned_at: First step of the ``patience`` checks in a row at which ``until``
+            held (None: never, or no ``until``).
+        capped: Whether the step cap ended training before ``until`` held.
+        checks: (step, until's answer) for every check.
+    """
+
+    losses: list[float] = field(default_factory=list)
+    steps: int = 0
+    learned_at: int | None = None
+    capped: bool = False
+    checks: list[tuple[int, bool]] = field(default_factory=list)
+
+    def final_loss(self, last: int = 20) -> float:
+        tail = self.losses[-last:]
+        return sum(tail) / len(tail)
+
+
 def train_lm(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -47,33 +82,76 @@ def train_lm(
     seed: int,
     max_len: int = 20,
     weight_decay: float = 0.01,
+    warmup: int | None = None,
+    until: Callable[[PreTrainedModel], bool] | None = None,
+    check_every: int = 50,
+    patience: int = 2,
+    anneal_steps: int = 0,
     log_every: int = 100,
-) -> list[float]:
-    """Train ``model`` in place on ``texts``; returns the loss of every step."""
+) -> TrainingLog:
+    """Train ``model`` in place on ``texts`` (see the module docstring).
+
+    Args:
+        steps: Fixed length, or with ``until`` the cap on all steps (anneal included).
+        warmup: Linear warm-up steps (default ``steps // 20``).
+        until: Criterion on the model, checked every ``check_every`` steps in eval
+            mode without gradients; None for a fixed-length cosine schedule.
+        patience: Consecutive true checks that count as learned.
+        anneal_steps: Length of the final decay once learned (with ``until``).
+    """
+    if until is not None and anneal_steps >= steps:
+        raise ValueError("anneal_steps must be below the step cap")
     ids, labels = encode_batch(tokenizer, texts, max_len=max_len)
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    warmup = max(1, steps // 20)
+    warmup = max(1, steps // 20) if warmup is None else max(1, warmup)
+    log = TrainingLog()
+    # With ``until``: the step the decay starts (None while still learning).
+    anneal_from: int | None = None if until is not None else 0
+    total = steps
 
-    def schedule(step: int) -> float:
+    def factor(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
-        progress = (step - warmup) / max(1, steps - warmup)
+        if anneal_from is None:
+            return 1.0
+        start = warmup if until is None else anneal_from
+        length = (total - warmup) if until is None else anneal_steps
+        progress = min(1.0, (step - start) / max(1, length))
         return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
 
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
     model.train()
-    losses = []
-    for step in range(steps):
+    streak = 0
+    step = 0
+    while step < total:
+        for group in opt.param_groups:
+            group["lr"] = lr * factor(step)
         idx = torch.randint(len(texts), (batch_size,), generator=gen)
         out = model(input_ids=ids[idx], labels=labels[idx])
         opt.zero_grad(set_to_none=True)
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        sched.step()
-        losses.append(out.loss.detach().item())
+        log.losses.append(out.loss.detach().item())
         if log_every and step % log_every == 0:
-            logger.info("step %d/%d loss %.4f", step, steps, losses[-1])
+            logger.info("step %d/%d loss %.4f", step, total, log.losses[-1])
+        step += 1
+        if until is not None and anneal_from is None:
+            if step % check_every == 0:
+                model.eval()
+                with torch.no_grad():
+                    ok = bool(until(model))
+                model.train()
+                log.checks.append((step, ok))
+                streak = streak + 1 if ok else 0
+                if streak >= patience:
+                    log.learned_at = step - (patience - 1) * check_every
+                    anneal_from, total = step, step + anneal_steps
+                    logger.info("learned at step %d; annealing %d steps", step, anneal_steps)
+            if anneal_from is None and step >= steps - anneal_steps:
+                log.capped = True
+                anneal_from, total = step, steps
+                logger.warning("step cap %d reached before the criterion held", steps)
+    log.steps = step
     model.eval()
-    return losses
+    return log

@@ -773,11 +773,12 @@ def model_group() -> None:
 
 @model_group.command("build-tiny")
 @click.option("--seed", type=int, default=0, show_default=True)
-def build_tiny_cmd(seed: int) -> None:
+@click.option("--force", is_flag=True, help="Rebuild even if the saved build is up to date.")
+def build_tiny_cmd(seed: int, force: bool) -> None:
     """Build the random-weight tiny Gemma-2 model and its transcoders (seconds)."""
     from circuitray.models.tiny import build_tiny
 
-    paths = build_tiny(seed=seed)
+    paths = build_tiny(seed=seed, force=force)
     err_console.print(f"tiny model: {paths['model']}\ntranscoders: {paths['transcoders']}")
 
 

@@ -21,6 +21,10 @@ import torch
 
 N_RAY_PROMPTS = 24
 
+# The home `make setup` built into (the Makefile exports it for `make test`), read
+# before the session fixture points CIRCUITRAY_HOME at a temporary folder.
+SETUP_HOME = os.environ.get("CIRCUITRAY_HOME")
+
 # Ray caches its auth mode per process: every Ray the suite starts (local, Cluster,
 # CLI subprocesses) must agree, and a multi-process Cluster needs it disabled.
 os.environ["RAY_AUTH_MODE"] = "disabled"
@@ -115,10 +119,19 @@ def ray_run(circuitray_home, tmp_path_factory) -> RayRun:
 
 @pytest.fixture(scope="session")
 def organism_report(circuitray_home):
-    """The WS2 organism, built once per session into the test CIRCUITRAY_HOME (~90 s)."""
-    from circuitray.organism import OrganismConfig, build_organism
+    """The WS2 organism in the test CIRCUITRAY_HOME, as ``make setup`` builds it.
 
-    return build_organism(OrganismConfig())
+    When ``make setup`` already built exactly this (same build key: config, code,
+    torch and CPU kernels; artifacts unchanged), its bytes are copied in instead of
+    training again; otherwise it is built here (~90 s on 2 cores).
+    """
+    from circuitray.organism import OrganismConfig, build_organism
+    from circuitray.organism.build import adopt_build
+
+    config = OrganismConfig()
+    if SETUP_HOME:
+        adopt_build(config, source_home=Path(SETUP_HOME))
+    return build_organism(config)
 
 
 @dataclass

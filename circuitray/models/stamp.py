@@ -21,7 +21,14 @@ import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-__all__ = ["build_key", "source_files", "tree_sha256", "unchanged"]
+__all__ = [
+    "build_key",
+    "is_current",
+    "source_files",
+    "tree_sha256",
+    "unchanged",
+    "write_stamp",
+]
 
 
 def source_files(modules: Iterable[str]) -> list[Path]:
@@ -69,3 +76,26 @@ def unchanged(recorded: Mapping[str, str], folders: Mapping[str, Path]) -> bool:
         Path(folders[name]).is_dir() and tree_sha256(folders[name]) == digest
         for name, digest in recorded.items()
     )
+
+
+def is_current(stamp: Path, key: str, folders: Mapping[str, Path]) -> bool:
+    """Whether the stamp file records ``key`` and ``folders`` are as it recorded them."""
+    try:
+        recorded = json.loads(Path(stamp).read_text())
+    except (OSError, ValueError):
+        return False
+    return (
+        isinstance(recorded, dict)
+        and recorded.get("key") == key
+        and unchanged(recorded.get("sha256", {}), folders)
+    )
+
+
+def write_stamp(stamp: Path, key: str, folders: Mapping[str, Path]) -> None:
+    """Record ``key`` and the digests of ``folders`` (atomically, written last)."""
+    stamp = Path(stamp)
+    stamp.parent.mkdir(parents=True, exist_ok=True)
+    body = {"key": key, "sha256": {name: tree_sha256(d) for name, d in folders.items()}}
+    tmp = stamp.with_name(f".{stamp.name}.tmp")
+    tmp.write_text(json.dumps(body, indent=2, sort_keys=True) + "\n")
+    tmp.replace(stamp)

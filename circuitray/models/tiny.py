@@ -15,7 +15,9 @@ Algorithm (deterministic in ``seed``):
    each layer's MLP output is predicted from the features of all layers up to it
    (:mod:`circuitray.models.clt`).
 7. Save the HF folder, the per-layer transcoder set and the CLT (circuit-tracer's
-   cache layout).
+   cache layout), and a build stamp (``models/tiny-build.json``): a later build with
+   the same arguments, code and torch whose folders are unchanged does nothing
+   (:mod:`circuitray.models.stamp`).
 
 For a model whose circuits mean something, see :mod:`circuitray.organism`.
 """
@@ -37,6 +39,7 @@ from circuitray.models.artifacts import (
 from circuitray.models.clt import fit_cross_layer_transcoder
 from circuitray.models.hooks import record_mlp_io
 from circuitray.models.registry import BUNDLED, circuitray_home, transcoder_cache_dir
+from circuitray.models.stamp import build_key, is_current, write_stamp
 from circuitray.models.tokenizer import SPECIAL_TOKENS, build_tokenizer
 from circuitray.ws2 import VOCABULARY, generate_ws2
 
@@ -108,16 +111,38 @@ def calibrated_transcoders(
     return layers
 
 
-def build_tiny(*, seed: int = 0, d_transcoder: int = 512) -> dict[str, Path]:
+# What decides the tiny model's bytes besides its arguments (circuitray.models.stamp).
+TINY_BUILD_MODULES = (
+    "circuitray.models.artifacts",
+    "circuitray.models.clt",
+    "circuitray.models.hooks",
+    "circuitray.models.tiny",
+    "circuitray.models.tokenizer",
+    "circuitray.ws2",
+)
+
+
+def build_tiny(*, seed: int = 0, d_transcoder: int = 512, force: bool = False) -> dict[str, Path]:
     """Build the ``tiny`` bundled model and its transcoders; returns their paths.
 
     The model goes under :func:`circuitray_home`, the transcoders into
     :func:`transcoder_cache_dir` under the names ``circuitray/tiny`` (per-layer,
     ``"transcoders"``) and ``circuitray/tiny-clt`` (``"cross_layer_transcoders"``).
+    An up-to-date build (step 7) is kept as it is unless ``force``.
     """
-    torch.manual_seed(seed)
     home = circuitray_home()
     bundled = BUNDLED["tiny"]
+    paths = {
+        "model": home / bundled.subdir,
+        "transcoders": transcoder_cache_dir() / bundled.transcoders,
+        "cross_layer_transcoders": transcoder_cache_dir() / bundled.cross_layer_transcoders,
+    }
+    stamp = home / "models" / "tiny-build.json"
+    key = build_key({"seed": seed, "d_transcoder": d_transcoder}, modules=TINY_BUILD_MODULES)
+    if not force and is_current(stamp, key, paths):
+        logger.info("tiny model up to date at %s", paths["model"])
+        return paths
+    torch.manual_seed(seed)
     tokenizer = build_tokenizer(VOCABULARY)
     config = tiny_gemma2_config(vocab_size=len(tokenizer))
     model = Gemma2ForCausalLM(config).eval()
@@ -127,18 +152,19 @@ def build_tiny(*, seed: int = 0, d_transcoder: int = 512) -> dict[str, Path]:
     layers = calibrated_transcoders(inputs, outputs, d_transcoder=d_transcoder, seed=seed)
     clt = fit_cross_layer_transcoder(inputs, outputs, layers, ridge=TINY_CLT_RIDGE)
 
-    model_dir = save_hf_model(model, tokenizer, home / bundled.subdir)
+    model_dir = save_hf_model(model, tokenizer, paths["model"])
     tc_dir = save_transcoder_set(
         layers,
-        transcoder_cache_dir() / bundled.transcoders,
+        paths["transcoders"],
         scan=bundled.transcoders,
         model_name=bundled.name,
     )
     clt_dir = save_cross_layer_transcoder(
         clt,
-        transcoder_cache_dir() / bundled.cross_layer_transcoders,
+        paths["cross_layer_transcoders"],
         scan=bundled.cross_layer_transcoders,
         model_name=bundled.name,
     )
+    write_stamp(stamp, key, paths)
     logger.info("built tiny model at %s, transcoders at %s and %s", model_dir, tc_dir, clt_dir)
-    return {"model": model_dir, "transcoders": tc_dir, "cross_layer_transcoders": clt_dir}
+    return paths

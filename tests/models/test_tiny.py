@@ -96,3 +96,23 @@ def test_build_is_deterministic(circuitray_home, tmp_path, monkeypatch):
     monkeypatch.setenv("CIRCUITRAY_HOME", str(tmp_path))
     m = load_replacement_model(ModelSpec(model="tiny"))
     assert m.cfg.n_layers == 4
+
+
+def _mtimes(paths: dict) -> dict:
+    return {f: f.stat().st_mtime_ns for d in paths.values() for f in d.rglob("*") if f.is_file()}
+
+
+def test_build_is_reused_until_its_inputs_or_artifacts_change(tmp_path, monkeypatch):
+    monkeypatch.setenv("CIRCUITRAY_HOME", str(tmp_path))
+    paths = build_tiny(seed=0)
+    before = _mtimes(paths)
+    assert build_tiny(seed=0) == paths
+    assert _mtimes(paths) == before  # nothing written again
+    # A damaged artifact is rebuilt...
+    (paths["transcoders"] / "layer_0.safetensors").write_bytes(b"")
+    build_tiny(seed=0)
+    assert load_file(str(paths["transcoders"] / "layer_0.safetensors"))["W_enc"].shape[0] == 512
+    # ...and so is a build with other arguments.
+    again = _mtimes(paths)
+    build_tiny(seed=1)
+    assert all(again[f] != t for f, t in _mtimes(paths).items() if f in again)

@@ -14,7 +14,7 @@ RUN_DIR ?= $(CIRCUITRAY_HOME)/runs/ws2-tuned
 BENCH_EDGES ?= 100000000
 BENCH_RUN ?= $(CIRCUITRAY_HOME)/bench/synthetic-$(BENCH_EDGES)
 
-.PHONY: setup install models browser report run test format lint typecheck check-ci clean bench-queries bench
+.PHONY: setup install models browser report run test format lint typecheck check-ci clean bench-queries bench organism-matrix
 
 setup: install models browser  ## venv, project, offline models, headless chromium
 
@@ -28,9 +28,13 @@ $(BIN)/circuitray: pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $@
 
-models: install  ## build the tiny model and the WS2 organism (deterministic, ~3 min)
+# Both builds are reused in seconds while their config, code and torch are unchanged.
+models: install  ## build the tiny model and the WS2 organism (deterministic, ~2-5 min)
 	$(BIN)/circuitray model build-tiny
 	$(BIN)/circuitray organism build
+
+organism-matrix: install  ## organism under every CPU kernel x threads 1,2 x seeds 0,1 (~30 min)
+	$(BIN)/circuitray organism matrix --markdown $(CIRCUITRAY_HOME)/organism-matrix.md
 
 browser:  ## Debian's chromium, for the report's headless-browser test
 	command -v chromium >/dev/null || (apt-get update -qq && \

@@ -855,6 +855,87 @@ def organism_build_cmd(
         raise CircuitrayError(f"organism report below thresholds: {', '.join(failed)}")
 
 
+def _matrix_defaults():
+    from circuitray.organism.matrix import MatrixConfig
+
+    return MatrixConfig(out="")
+
+
+@organism_group.command("matrix")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Folder for the cells' builds and matrix.json "
+    "[default: $CIRCUITRAY_HOME/organism-matrix].",
+)
+@click.option(
+    "--capability",
+    "capabilities",
+    multiple=True,
+    help="ATEN_CPU_CAPABILITY of a column (repeat) "
+    "[default: default, avx2, and avx512 where the CPU has it].",
+)
+@click.option(
+    "--threads",
+    "threads",
+    multiple=True,
+    type=click.IntRange(min=1),
+    help=f"torch threads (repeat) [default: {', '.join(map(str, _matrix_defaults().threads))}].",
+)
+@click.option(
+    "--seed",
+    "seeds",
+    multiple=True,
+    type=int,
+    help=f"Organism seed (repeat) [default: {', '.join(map(str, _matrix_defaults().seeds))}].",
+)
+@click.option("--env", "env", multiple=True, help="KEY=VALUE for every cell (e.g. MKL_CBWR=AVX2).")
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Organism config file for every cell (as for build).",
+)
+@click.option("--markdown", type=click.Path(dir_okay=False), help="Also write the table here.")
+def organism_matrix_cmd(out, capabilities, threads, seeds, env, config_file, markdown) -> None:
+    """Build the organism under several CPU kernels, thread counts and seeds (fresh
+    processes, one after another) and judge every cell with margin; exit 2 if any fails."""
+    from circuitray.models.registry import circuitray_home
+    from circuitray.organism.matrix import MatrixConfig, matrix_markdown, run_matrix
+
+    extra = {}
+    for item in env:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise CircuitrayError(f"--env {item!r}: expected KEY=VALUE")
+        extra[key] = value
+    defaults = _matrix_defaults()
+    config = MatrixConfig(
+        out=out or str(circuitray_home() / "organism-matrix"),
+        capabilities=tuple(capabilities) or None,
+        threads=tuple(threads) or defaults.threads,
+        seeds=tuple(seeds) or defaults.seeds,
+        env=extra,
+        config_file=config_file,
+    )
+
+    def show(row: dict) -> None:
+        verdict = "pass" if row["passed"] else "FAIL " + ", ".join(row["failed"])
+        tuned = " ".join(f"{v:.3f}" for v in row.get("tuned", {}).values())
+        err_console.print(f"{row['cell']}: tuned {tuned or '-'}, {row['wall_s']:.0f}s: {verdict}")
+
+    result = run_matrix(config, on_cell=show)
+    table = matrix_markdown(result)
+    console.print(f"CPU: {result['cpu']}\n")
+    click.echo(table)
+    if markdown:
+        Path(markdown).write_text(f"CPU: {result['cpu']}\n\n{table}")
+    if not result["passed"]:
+        failed = [r["cell"] for r in result["cells"] if not r["passed"]]
+        raise CircuitrayError(f"organism matrix: {len(failed)} cell(s) failed: {', '.join(failed)}")
+
+
 def organism_config(config_file: str | None, *, seed: int | None, threads: int | None):
     """OrganismConfig from its defaults, a config file's fields, then --seed/--threads."""
     import yaml

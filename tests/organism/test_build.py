@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -15,34 +14,14 @@ from circuitray.models.registry import circuitray_home
 from circuitray.organism import OrganismConfig, build_organism
 from circuitray.organism.build import adopt_build, reusable_report
 
-_SCRIPT = Path(sys.executable).parent / "circuitray"
-CLI = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "circuitray.cli"]
-
-# Seconds to build, far below every threshold: for what the build does, not how well.
-MICRO = {
-    "n_layers": 2,
-    "d_model": 32,
-    "d_mlp": 64,
-    "n_filler": 400,
-    "base_steps": 20,
-    "tuned_max_steps": 60,
-    "tuned_check_every": 10,
-    "tuned_anneal_steps": 10,
-    "batch_size": 16,
-    "transcoders": {"d_transcoder": 64, "steps": 20, "batch_size": 128},
-    "n_transcoder_texts": 100,
-    "n_graph_samples": 1,
-    "threads": 1,
-}
-
 
 def _mtimes(root: Path) -> dict[Path, int]:
     return {f: f.stat().st_mtime_ns for f in root.rglob("*") if f.is_file()}
 
 
-def test_an_unchanged_build_is_reused_and_an_edited_one_rebuilt(tmp_path, monkeypatch):
+def test_an_unchanged_build_is_reused_and_an_edited_one_rebuilt(tmp_path, monkeypatch, micro):
     monkeypatch.setenv("CIRCUITRAY_HOME", str(tmp_path / "home"))
-    config = OrganismConfig.from_dict(MICRO)
+    config = OrganismConfig.from_dict(micro)
     first = build_organism(config)
     assert first["reused"] is False and first["training"]["tuned_steps"] <= 60
     files = _mtimes(tmp_path / "home")
@@ -64,8 +43,8 @@ def test_an_unchanged_build_is_reused_and_an_edited_one_rebuilt(tmp_path, monkey
     assert reusable_report(replace(config, tuned_lr=config.tuned_lr / 2)) is None
 
 
-def test_a_build_is_adopted_from_another_home(tmp_path, monkeypatch):
-    config = OrganismConfig.from_dict(MICRO)
+def test_a_build_is_adopted_from_another_home(tmp_path, monkeypatch, micro):
+    config = OrganismConfig.from_dict(micro)
     monkeypatch.setenv("CIRCUITRAY_HOME", str(tmp_path / "a"))
     built = build_organism(config)
     monkeypatch.setenv("CIRCUITRAY_HOME", str(tmp_path / "b"))
@@ -79,11 +58,11 @@ def test_a_build_is_adopted_from_another_home(tmp_path, monkeypatch):
     assert Path(saved["artifacts"]["transcoders"]).is_relative_to(tmp_path / "b")
 
 
-def test_cli_config_file_errors_are_one_line(tmp_path):
+def test_cli_config_file_errors_are_one_line(tmp_path, cli):
     bad = tmp_path / "bad.yaml"
     bad.write_text("tuned_stepz: 3\n")
     proc = subprocess.run(
-        [*CLI, "organism", "build", "--config", str(bad)],
+        [*cli, "organism", "build", "--config", str(bad)],
         capture_output=True,
         text=True,
         env={**os.environ, "CIRCUITRAY_HOME": str(tmp_path / "home")},
@@ -95,7 +74,7 @@ def test_cli_config_file_errors_are_one_line(tmp_path):
     ]
 
 
-def test_full_recipe_on_default_cpu_kernels_meets_thresholds_and_is_reused(tmp_path):
+def test_full_recipe_on_default_cpu_kernels_meets_thresholds_and_is_reused(tmp_path, cli):
     """The recipe as ``make setup`` runs it (fewer graph samples, one thread), built in a
     fresh process on torch's portable kernels: other CPUs' last bits must not matter."""
     config = tmp_path / "organism.yaml"
@@ -105,7 +84,7 @@ def test_full_recipe_on_default_cpu_kernels_meets_thresholds_and_is_reused(tmp_p
         "CIRCUITRAY_HOME": str(tmp_path / "home"),
         "ATEN_CPU_CAPABILITY": "default",
     }
-    cmd = [*CLI, "organism", "build", "--config", str(config), "--json"]
+    cmd = [*cli, "organism", "build", "--config", str(config), "--json"]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1200)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout)

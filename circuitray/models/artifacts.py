@@ -111,7 +111,7 @@ def _float32(d: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().to(torch.float32).contiguous().clone() for k, v in d.items()}
 
 
-def replace_dir(tmp: Path, final: Path) -> None:
+def _replace_dir(tmp: Path, final: Path) -> None:
     """Move the finished folder ``tmp`` to ``final``, replacing what was there."""
     if final.exists():
         old = final.with_name(f".{final.name}.old")
@@ -133,7 +133,7 @@ def save_hf_model(
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
-    replace_dir(tmp, out_dir)
+    _replace_dir(tmp, out_dir)
     return out_dir
 
 
@@ -175,7 +175,7 @@ def _save_cache_entry(out_dir: Path, files: dict[str, dict], config: dict) -> Pa
     for name, tensors in files.items():
         save_file(tensors, str(tmp / name))
     (tmp / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=True))
-    replace_dir(tmp, out_dir)
+    _replace_dir(tmp, out_dir)
     return out_dir
 
 

@@ -33,7 +33,6 @@ import copy
 import json
 import logging
 import random
-import shutil
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -42,7 +41,6 @@ import torch
 from transformers import Gemma2ForCausalLM
 
 from circuitray.models.artifacts import (
-    replace_dir,
     save_cross_layer_transcoder,
     save_hf_model,
     save_transcoder_set,
@@ -163,11 +161,9 @@ def organism_build_key(config: OrganismConfig) -> str:
     return build_key(asdict(config), modules=BUILD_MODULES)
 
 
-def _artifact_dirs(home: Path | None = None) -> dict[str, Path]:
-    """Where each artifact of the organism lives under ``home`` (default: the current
-    home and transcoder cache; another home: its own ``transcoders`` folder)."""
-    tc_cache = transcoder_cache_dir() if home is None else home / "transcoders"
-    home = circuitray_home() if home is None else home
+def _artifact_dirs() -> dict[str, Path]:
+    """Where each artifact of the organism lives under the current home."""
+    home, tc_cache = circuitray_home(), transcoder_cache_dir()
     bundled = BUNDLED["organism-tuned"]
     return {
         "organism-base": home / BUNDLED["organism-base"].subdir,
@@ -177,52 +173,25 @@ def _artifact_dirs(home: Path | None = None) -> dict[str, Path]:
     }
 
 
-def report_path(home: Path | None = None) -> Path:
-    return (circuitray_home() if home is None else home) / "models" / REPORT_NAME
+def report_path() -> Path:
+    return circuitray_home() / "models" / REPORT_NAME
 
 
-def reusable_report(config: OrganismConfig, *, home: Path | None = None) -> dict | None:
-    """The report saved under ``home`` if it is of a complete build of ``config`` whose
+def reusable_report(config: OrganismConfig) -> dict | None:
+    """The saved report if it is of a complete build of ``config`` whose
     artifacts are unchanged on disk (step 0 of the module docstring), else None. A
     failed build is reused too: the same inputs would fail the same way again."""
     try:
-        report = json.loads(report_path(home).read_text())
+        report = json.loads(report_path().read_text())
     except (OSError, ValueError):
         return None
     if not isinstance(report, dict) or report.get("build", {}).get("key") != organism_build_key(
         config
     ):
         return None
-    if not unchanged(report.get("artifacts", {}).get("sha256", {}), _artifact_dirs(home)):
+    if not unchanged(report.get("artifacts", {}).get("sha256", {}), _artifact_dirs()):
         return None
     return report
-
-
-def adopt_build(config: OrganismConfig, *, source_home: Path) -> bool:
-    """Copy another home's build of ``config`` into the current home, if it is reusable
-    there (same key, artifacts unchanged); returns whether it was copied.
-
-    What the copy saves is the training: a checkout, CI job or test session that
-    already has this exact build elsewhere takes its bytes instead of remaking them.
-    """
-    source_home = Path(source_home).resolve()
-    if source_home == circuitray_home().resolve():
-        return False
-    report = reusable_report(config, home=source_home)
-    if report is None:
-        return False
-    targets = _artifact_dirs()
-    for name, src in _artifact_dirs(source_home).items():
-        dst = targets[name]
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dst.with_name(f".{dst.name}.adopt")
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(src, tmp)
-        replace_dir(tmp, dst)
-    paths = {name: str(d) for name, d in targets.items()}
-    _write_report({**report, "artifacts": {**report["artifacts"], **paths}})
-    logger.info("organism build %s adopted from %s", report["build"]["key"][:12], source_home)
-    return True
 
 
 def _write_report(report: dict) -> Path:

@@ -1,9 +1,6 @@
-"""Shared by the organism tests: a seconds-long build recipe and the CLI command."""
+"""Shared by the organism tests: a build recipe that takes seconds."""
 
 from __future__ import annotations
-
-import sys
-from pathlib import Path
 
 import pytest
 
@@ -27,10 +24,3 @@ def micro() -> dict:
         "n_graph_samples": 1,
         "threads": 1,
     }
-
-
-@pytest.fixture
-def cli() -> list[str]:
-    """The installed ``circuitray`` console script of this interpreter's environment."""
-    script = Path(sys.executable).parent / "circuitray"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "circuitray.cli"]

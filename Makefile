@@ -55,7 +55,7 @@ bench:  ## circuitray vs a plain loop: overhead, scaling, flattening, storage, m
 	$(BIN)/python bench/run_bench.py
 
 test:
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q tests --durations=30
 
 format:
 	$(BIN)/ruff format circuitray tests pipelines bench

@@ -873,6 +873,7 @@ def _matrix_defaults():
     "--capability",
     "capabilities",
     multiple=True,
+    type=click.Choice(["default", "avx2", "avx512"]),
     help="ATEN_CPU_CAPABILITY of a column (repeat) "
     "[default: default, avx2, and avx512 where the CPU has it].",
 )
@@ -901,9 +902,15 @@ def _matrix_defaults():
 def organism_matrix_cmd(out, capabilities, threads, seeds, env, config_file, markdown) -> None:
     """Build the organism under several CPU kernels, thread counts and seeds (fresh
     processes, one after another) and judge every cell with margin; exit 2 if any fails."""
+    from circuitray.machine import aten_capabilities
     from circuitray.models.registry import circuitray_home
     from circuitray.organism.matrix import MatrixConfig, matrix_markdown, run_matrix
 
+    missing = sorted(set(capabilities) - set(aten_capabilities()))
+    if missing:
+        raise CircuitrayError(
+            f"--capability {', '.join(missing)}: this CPU has no such kernels (/proc/cpuinfo)"
+        )
     extra = {}
     for item in env:
         key, sep, value = item.partition("=")

@@ -114,12 +114,6 @@ def ray_run(circuitray_home, tmp_path_factory) -> RayRun:
     return RayRun(prompts=prompts, out=out, rows=rows, config=config, result=result)
 
 
-def circuitray_cli() -> list[str]:
-    """The ``circuitray`` console script of this interpreter's environment."""
-    script = Path(sys.executable).parent / "circuitray"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "circuitray.cli"]
-
-
 # The organism of the test session is built on torch's portable kernels, not this
 # CPU's: `make setup` already checks the native build (it fails below thresholds),
 # so the suite checks the recipe where other CPUs' last bits differ.
@@ -128,7 +122,10 @@ ORGANISM_TEST_KERNELS = "default"
 
 @pytest.fixture
 def cli() -> list[str]:
-    return circuitray_cli()
+    """The ``circuitray`` console script of the test interpreter's environment."""
+    from circuitray.organism.matrix import circuitray_command
+
+    return circuitray_command()
 
 
 @pytest.fixture(scope="session")
@@ -139,9 +136,11 @@ def organism_report(circuitray_home):
     import json
     import subprocess
 
+    from circuitray.organism.matrix import circuitray_command
+
     env = {**os.environ, "ATEN_CPU_CAPABILITY": ORGANISM_TEST_KERNELS}
     proc = subprocess.run(
-        [*circuitray_cli(), "organism", "build", "--json"],
+        [*circuitray_command(), "organism", "build", "--json"],
         capture_output=True,
         text=True,
         env=env,

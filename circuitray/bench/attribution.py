@@ -79,6 +79,7 @@ import torch
 from circuitray.attribution import GRAPH_SCHEMA, AttributionConfig, graph_row
 from circuitray.errors import CircuitrayError
 from circuitray.flatten import PruneConfig, flatten_graph
+from circuitray.machine import cpu_model
 from circuitray.models.loading import ModelSpec, load_replacement_model
 from circuitray.prompts import read_prompts, write_prompts
 from circuitray.store import PARQUET_OPTIONS, TABLES, RunStore
@@ -721,18 +722,6 @@ def peak_rss(
 
 
 # -- the whole benchmark ----------------------------------------------------------------
-def _cpu_model() -> str | None:
-    """The CPU's model name from /proc/cpuinfo (Linux), else None."""
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return None
-
-
 def machine_info() -> dict:
     """Where the benchmark ran: CPUs, platform, versions, device, load average."""
     versions = {}
@@ -747,7 +736,7 @@ def machine_info() -> dict:
         "cpu_count": os.cpu_count(),
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
-        "cpu_model": _cpu_model(),
+        "cpu_model": cpu_model(),
         "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "python": platform.python_version(),
         "torch": torch.__version__,

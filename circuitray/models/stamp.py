@@ -4,8 +4,10 @@ A build is keyed by a SHA-256 over everything that decides its bytes:
 
 1. the build's config (a JSON-able dict, e.g. ``dataclasses.asdict`` of its config);
 2. the source of every module that builds or evaluates it (a recipe edit rebuilds);
-3. the versions of torch, transformers and circuit-tracer, and torch's CPU kernel
-   set (``ATEN_CPU_CAPABILITY``): other kernels give other last bits.
+3. the versions of Python, torch, transformers, circuit-tracer, numpy and
+   safetensors, torch's CPU kernel set (``ATEN_CPU_CAPABILITY``) and the
+   variables that steer MKL's and oneDNN's code paths (``MKL_CBWR``,
+   ``ONEDNN_MAX_CPU_ISA``): other kernels give other last bits.
 
 Next to the artifacts a build records that key and a digest of each artifact folder
 (:func:`tree_sha256`: every file's relative path and bytes). A later build with the
@@ -18,8 +20,14 @@ import hashlib
 import importlib
 import importlib.metadata
 import json
+import os
+import platform
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+
+# Packages and variables whose change can change a build's bytes.
+KEY_DISTRIBUTIONS = ("torch", "transformers", "circuit-tracer", "numpy", "safetensors")
+KEY_ENV = ("MKL_CBWR", "ONEDNN_MAX_CPU_ISA")
 
 __all__ = [
     "build_key",
@@ -53,9 +61,12 @@ def build_key(config: Mapping, *, modules: Iterable[str]) -> str:
     for f in source_files(modules):
         h.update(f"{f.parent.name}/{f.name}".encode())
         h.update(f.read_bytes())
-    for dist in ("torch", "transformers", "circuit-tracer"):
+    for dist in KEY_DISTRIBUTIONS:
         h.update(f"{dist}=={importlib.metadata.version(dist)}".encode())
+    h.update(f"python {platform.python_version()}".encode())
     h.update(torch.backends.cpu.get_cpu_capability().encode())
+    for var in KEY_ENV:
+        h.update(f"{var}={os.environ.get(var, '')}".encode())
     return h.hexdigest()
 
 

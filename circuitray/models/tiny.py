@@ -116,6 +116,7 @@ TINY_BUILD_MODULES = (
     "circuitray.models.artifacts",
     "circuitray.models.clt",
     "circuitray.models.hooks",
+    "circuitray.models.registry",
     "circuitray.models.tiny",
     "circuitray.models.tokenizer",
     "circuitray.ws2",

@@ -122,25 +122,72 @@ class OrganismConfig:
     clt_ridge: float = 1.0
     n_graph_samples: int = 6
 
+    def __post_init__(self) -> None:
+        positive = [
+            "threads", "n_layers", "d_model", "d_mlp", "n_filler", "base_steps",
+            "tuned_max_steps", "tuned_warmup", "tuned_check_every", "tuned_patience",
+            "batch_size", "n_transcoder_texts", "n_graph_samples",
+        ]  # fmt: skip
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("base_lr", "tuned_lr"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if not 0 <= self.tuned_anneal_steps < self.tuned_max_steps:
+            raise ValueError("tuned_anneal_steps must be >= 0 and below tuned_max_steps")
+        if not 0 < self.train_accuracy_target <= 1:
+            raise ValueError("train_accuracy_target must be in (0, 1]")
+        if self.clt_ridge < 0:
+            raise ValueError("clt_ridge must be >= 0")
+
     def with_seed(self, seed: int, *, threads: int | None = None) -> OrganismConfig:
         return replace(self, seed=seed, threads=threads or self.threads)
 
     @classmethod
     def from_dict(cls, values: dict) -> OrganismConfig:
-        """A config from (a subset of) its fields; ``transcoders`` may be a dict."""
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - names)
-        if unknown:
-            raise ValueError(f"unknown organism config field(s): {', '.join(unknown)}")
-        values = dict(values)
-        if isinstance(values.get("transcoders"), dict):
+        """A config from (a subset of) its fields, as a YAML/JSON file gives them:
+        ``transcoders`` is a mapping; numbers are checked against each field's type
+        (YAML reads ``2e-3`` as a string, which becomes a float here)."""
+        defaults = cls()
+        values = {k: _typed(k, v, getattr(defaults, k, None)) for k, v in _known(cls, values)}
+        if "transcoders" in values:
             tc = values["transcoders"]
-            tc_names = {f.name for f in fields(TranscoderTrainingConfig)}
-            bad = sorted(set(tc) - tc_names)
-            if bad:
-                raise ValueError(f"unknown transcoders field(s): {', '.join(bad)}")
-            values["transcoders"] = replace(cls().transcoders, **tc)
-        return replace(cls(), **values)
+            if not isinstance(tc, dict):
+                raise ValueError(f"transcoders: expected a mapping, got {tc!r}")
+            base = defaults.transcoders
+            values["transcoders"] = replace(
+                base, **{k: _typed(f"transcoders.{k}", v, getattr(base, k)) for k, v in
+                         _known(TranscoderTrainingConfig, tc, prefix="transcoders ")}
+            )  # fmt: skip
+        return replace(defaults, **values)
+
+
+def _known(cls, values: dict, *, prefix: str = "") -> list[tuple[str, object]]:
+    names = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        what = f"{prefix}field(s)" if prefix else "organism config field(s)"
+        raise ValueError(f"unknown {what}: {', '.join(map(str, unknown))}")
+    return list(values.items())
+
+
+def _typed(name: str, value, default):
+    """``value`` as the type of the field's default (int or float), else unchanged."""
+    if isinstance(default, bool) or not isinstance(default, int | float):
+        return value
+    if isinstance(value, bool):
+        raise ValueError(f"{name}: expected a number, got {value!r}")
+    if isinstance(default, float):
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{name}: expected a number, got {value!r}") from None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    raise ValueError(f"{name}: expected an integer, got {value!r}")
 
 
 # What decides the organism's bytes besides its config (circuitray.models.stamp).
@@ -150,6 +197,7 @@ BUILD_MODULES = (
     "circuitray.models.clt",
     "circuitray.models.hooks",
     "circuitray.models.loading",
+    "circuitray.models.registry",
     "circuitray.models.tiny",
     "circuitray.models.tokenizer",
     "circuitray.ws2",

@@ -31,22 +31,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from circuitray.machine import aten_capabilities, cpu_model
+
 logger = logging.getLogger(__name__)
 
-__all__ = ["MatrixConfig", "available_capabilities", "matrix_markdown", "run_matrix"]
-
-
-def available_capabilities(cpuinfo: str | None = None) -> list[str]:
-    """``default`` and ``avx2``, plus ``avx512`` where the CPU has ``avx512f``."""
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            cpuinfo = ""
-    caps = ["default", "avx2"]
-    if "avx512f" in cpuinfo.split():
-        caps.append("avx512")
-    return caps
+__all__ = ["MatrixConfig", "circuitray_command", "judge", "matrix_markdown", "run_matrix"]
 
 
 @dataclass(frozen=True)
@@ -55,7 +44,8 @@ class MatrixConfig:
 
     Attributes:
         out: Folder for the cells' homes and the results (``matrix.json``).
-        capabilities: ``ATEN_CPU_CAPABILITY`` values (default: :func:`available_capabilities`).
+        capabilities: ``ATEN_CPU_CAPABILITY`` values (default:
+            :func:`circuitray.machine.aten_capabilities`).
         threads: torch thread counts.
         seeds: Organism seeds.
         min_tuned_accuracy: Held-out tuned accuracy every type must reach.
@@ -80,7 +70,8 @@ class MatrixConfig:
     config_file: str | None = None
 
 
-def _cli() -> list[str]:
+def circuitray_command() -> list[str]:
+    """The ``circuitray`` console script of this interpreter's environment."""
     script = Path(sys.executable).parent / "circuitray"
     return [str(script)] if script.exists() else [sys.executable, "-m", "circuitray.cli"]
 
@@ -95,14 +86,27 @@ def _cell(config: MatrixConfig, cap: str, threads: int, seed: int) -> dict:
         "CIRCUITRAY_HOME": str(home),
     }
     env.pop("CIRCUIT_TRACER_CACHE_DIR", None)  # each cell's transcoders in its own home
-    cmd = [*_cli(), "organism", "build", "--force", "--json"]
+    cmd = [*circuitray_command(), "organism", "build", "--force", "--json"]
     cmd += ["--seed", str(seed), "--threads", str(threads)]
     if config.config_file:
         cmd += ["--config", config.config_file]
-    t = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    wall = time.perf_counter() - t
     row: dict = {"cell": name, "capability": cap, "threads": threads, "seed": seed}
+    t = time.perf_counter()
+    try:
+        # A cell far past its budget is stuck (e.g. threads starved), not slow.
+        proc = subprocess.run(
+            cmd, capture_output=True, text=True, env=env, timeout=4 * config.max_build_s
+        )
+    except subprocess.TimeoutExpired:
+        wall = time.perf_counter() - t
+        return {
+            **row,
+            "wall_s": round(wall, 1),
+            "error": f"killed after {wall:.0f}s",
+            "passed": False,
+            "failed": ["build did not finish"],
+        }
+    wall = time.perf_counter() - t
     row["wall_s"] = round(wall, 1)
     try:
         report = json.loads(proc.stdout)
@@ -152,7 +156,7 @@ def judge(report: dict, config: MatrixConfig, *, wall_s: float) -> dict:
 
 def run_matrix(config: MatrixConfig, *, on_cell: Callable[[dict], None] | None = None) -> dict:
     """Build every cell in turn (a fresh process each); returns and saves the results."""
-    caps = list(config.capabilities or available_capabilities())
+    caps = list(config.capabilities or aten_capabilities())
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -165,23 +169,13 @@ def run_matrix(config: MatrixConfig, *, on_cell: Callable[[dict], None] | None =
                 if on_cell is not None:
                     on_cell(row)
     result = {
-        "cpu": _cpu_model(),
+        "cpu": cpu_model() or "unknown",
         "env": config.env,
         "cells": rows,
         "passed": all(r["passed"] for r in rows),
     }
     (out / "matrix.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
 
 
 def matrix_markdown(result: dict) -> str:
@@ -204,7 +198,9 @@ def matrix_markdown(result: dict) -> str:
                 f"{r['ev_min']:.3f}",
                 f"{r['l0_mean']:.1f}",
                 f"{r['replacement']:.3f}",
-                f"{r['tuned_steps']} (learned {r['learned_at']})",
+                f"{r['tuned_steps']} (learned {r['learned_at']})"
+                if r["learned_at"] is not None
+                else f"{r['tuned_steps']} (capped)",
                 f"{r['wall_s']:.0f}",
                 "yes" if r["passed"] else "no: " + ", ".join(r["failed"]),
             ]

@@ -53,6 +53,7 @@ class TrainingLog:
 
     Attributes:
         losses: The loss of every step.
+        lrs: The learning rate of every step.
         steps: Steps taken.
         learned_at: First step of the ``patience`` checks in a row at which ``until``
             held (None: never, or no ``until``).
@@ -61,6 +62,7 @@ class TrainingLog:
     """
 
     losses: list[float] = field(default_factory=list)
+    lrs: list[float] = field(default_factory=list)
     steps: int = 0
     learned_at: int | None = None
     capped: bool = False
@@ -124,8 +126,9 @@ def train_lm(
     streak = 0
     step = 0
     while step < total:
+        log.lrs.append(lr * factor(step))
         for group in opt.param_groups:
-            group["lr"] = lr * factor(step)
+            group["lr"] = log.lrs[-1]
         idx = torch.randint(len(texts), (batch_size,), generator=gen)
         out = model(input_ids=ids[idx], labels=labels[idx])
         opt.zero_grad(set_to_none=True)

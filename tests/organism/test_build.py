@@ -9,6 +9,8 @@ import subprocess
 from dataclasses import asdict, replace
 from pathlib import Path
 
+import pytest
+
 from circuitray.models.registry import circuitray_home
 from circuitray.organism import OrganismConfig, build_organism
 from circuitray.organism.build import reusable_report
@@ -42,9 +44,19 @@ def test_an_unchanged_build_is_reused_and_an_edited_one_rebuilt(tmp_path, monkey
     assert reusable_report(replace(config, tuned_lr=config.tuned_lr / 2)) is None
 
 
-def test_cli_config_file_errors_are_one_line(tmp_path, cli):
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("tuned_stepz: 3\n", "unknown organism config field(s): tuned_stepz"),
+        ("tuned_lr: fast\n", "tuned_lr: expected a number, got 'fast'"),
+        ("tuned_check_every: 0\n", "tuned_check_every must be >= 1, got 0"),
+        ("transcoders: null\n", "transcoders: expected a mapping, got None"),
+        ("- a list\n", "expected a mapping of config fields"),
+    ],
+)
+def test_cli_config_file_errors_are_one_line(tmp_path, cli, text, message):
     bad = tmp_path / "bad.yaml"
-    bad.write_text("tuned_stepz: 3\n")
+    bad.write_text(text)
     proc = subprocess.run(
         [*cli, "organism", "build", "--config", str(bad)],
         capture_output=True,
@@ -53,9 +65,13 @@ def test_cli_config_file_errors_are_one_line(tmp_path, cli):
         timeout=120,
     )
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == [
-        f"error: {bad}: unknown organism config field(s): tuned_stepz"
-    ]
+    assert proc.stderr.strip().splitlines() == [f"error: {bad}: {message}"]
+    assert not (tmp_path / "home").exists()  # refused before anything was built
+
+
+def test_yaml_numbers_become_the_fields_types():
+    config = OrganismConfig.from_dict({"tuned_lr": "2e-3", "transcoders": {"steps": 10.0}})
+    assert config.tuned_lr == 0.002 and config.transcoders.steps == 10
 
 
 def test_the_session_organism_was_built_on_portable_kernels(organism_report):

@@ -7,17 +7,17 @@ import subprocess
 
 import yaml
 
-from circuitray.organism.matrix import MatrixConfig, available_capabilities, run_matrix
+from circuitray.machine import aten_capabilities, cpu_flags, cpu_model
+from circuitray.organism.matrix import MatrixConfig, run_matrix
 
 
 def test_capabilities_follow_the_cpu_flags():
-    assert available_capabilities("flags : fpu sse avx2 fma") == ["default", "avx2"]
-    assert available_capabilities("flags : fpu avx2 avx512f avx512bw") == [
-        "default",
-        "avx2",
-        "avx512",
-    ]
-    assert available_capabilities("flags : avx512_vnni") == ["default", "avx2"]  # no avx512f
+    info = "processor : 0\nmodel name : Some CPU @ 2GHz\nflags : fpu sse avx2 fma\n"
+    assert cpu_model(info) == "Some CPU @ 2GHz" and "avx2" in cpu_flags(info)
+    assert aten_capabilities(info) == ["default", "avx2"]
+    assert aten_capabilities("flags : fpu avx2 avx512f avx512bw") == ["default", "avx2", "avx512"]
+    assert aten_capabilities("flags : avx512_vnni") == ["default", "avx2"]  # no avx512f
+    assert aten_capabilities("") == ["default", "avx2"]
 
 
 def test_one_micro_cell_is_built_in_a_fresh_process_and_judged(tmp_path, micro):

@@ -9,7 +9,7 @@ For each layer, independently:
    (the decoder-norm-weighted L1 of the Anthropic and GemmaScope recipes).
 3. Then it becomes a JumpReLU: each feature gets the threshold below which its
    activations carry little of its output (``threshold_quantile`` of its non-zero
-   activations, capped), the decoder and b_dec are refit by least squares on the
+   activations, capped), the decoder and b_dec are refit by ridge least squares on the
    thresholded codes, which lowers L0 while keeping explained variance.
 
 Weights are saved in circuit-tracer's ``layer_{i}.safetensors`` layout by the caller.
@@ -39,6 +39,12 @@ class TranscoderTrainingConfig:
         l1: Weight of the decoder-norm-weighted L1 sparsity penalty.
         threshold_quantile: Quantile of a feature's non-zero activations used as its
             JumpReLU threshold.
+        refit_ridge: Ridge of the decoder's least-squares refit on the thresholded
+            codes. It must be large next to the squared activations of a feature that
+            fires on only a handful of tokens, or that feature's decoder row grows by
+            orders of magnitude and wrecks other text (seen at 1e-3: one layer's
+            held-out explained variance -3.1); next to a common feature's sum of
+            squares (hundreds and more) it is negligible.
     """
 
     d_transcoder: int = 512
@@ -47,6 +53,7 @@ class TranscoderTrainingConfig:
     lr: float = 3e-3
     l1: float = 3e-3
     threshold_quantile: float = 0.2
+    refit_ridge: float = 1.0
 
 
 def encode(w: TranscoderWeights, x: torch.Tensor) -> torch.Tensor:
@@ -111,11 +118,13 @@ def train_transcoder(
         relu = TranscoderWeights(
             W_enc=w_enc.detach(), b_enc=b_enc.detach(), W_dec=w_dec.detach(), b_dec=b_dec.detach()
         )
-        return _to_jumprelu(relu, x, y, quantile=config.threshold_quantile)
+        return _to_jumprelu(
+            relu, x, y, quantile=config.threshold_quantile, ridge=config.refit_ridge
+        )
 
 
 def _to_jumprelu(
-    w: TranscoderWeights, x: torch.Tensor, y: torch.Tensor, *, quantile: float
+    w: TranscoderWeights, x: torch.Tensor, y: torch.Tensor, *, quantile: float, ridge: float
 ) -> TranscoderWeights:
     """Per-feature thresholds at a quantile of non-zero activations, then refit W_dec."""
     pre = x @ w.W_enc.T + w.b_enc
@@ -133,7 +142,7 @@ def _to_jumprelu(
     )
     f = encode(jr, x)
     f1 = torch.cat([f, torch.ones(len(f), 1)], dim=1)
-    gram = f1.T @ f1 + 1e-3 * torch.eye(d + 1)
+    gram = f1.T @ f1 + ridge * torch.eye(d + 1)
     sol = torch.linalg.solve(gram, f1.T @ y)
     jr.W_dec = sol[:d].contiguous()
     jr.b_dec = sol[d].contiguous()

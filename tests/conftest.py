@@ -8,6 +8,11 @@
 - ``loaded_tiny_clt`` (session): the same model with its cross-layer transcoder.
 - ``ray_run`` (session): 24 WS2 prompts attributed by 2 actors on a local Ray,
   reused by the driver, query and CLI tests.
+- ``organism_report`` (session): the WS2 organism built by ``circuitray organism
+  build`` in a fresh process on ``ATEN_CPU_CAPABILITY=default``; ``organism_runs``
+  (session): the base-vs-tuned pipeline over it.
+- ``micro``: an organism recipe that builds in seconds (for what the build does);
+  ``cli``: the ``circuitray`` console script.
 """
 
 from __future__ import annotations

@@ -165,10 +165,10 @@ class OrganismConfig:
 
 def _known(cls, values: dict, *, prefix: str = "") -> list[tuple[str, object]]:
     names = {f.name for f in fields(cls)}
-    unknown = sorted(set(values) - names)
+    unknown = sorted(str(k) for k in set(values) - names)
     if unknown:
         what = f"{prefix}field(s)" if prefix else "organism config field(s)"
-        raise ValueError(f"unknown {what}: {', '.join(map(str, unknown))}")
+        raise ValueError(f"unknown {what}: {', '.join(unknown)}")
     return list(values.items())
 
 

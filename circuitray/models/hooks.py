@@ -18,6 +18,21 @@ def encode_with_bos(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
     return [int(tokenizer.bos_token_id), *ids]  # type: ignore[arg-type]
 
 
+def pad_with_bos(
+    tokenizer: PreTrainedTokenizerBase, texts: list[str]
+) -> tuple[torch.Tensor, list[int]]:
+    """(input_ids, lengths): each text BOS-first, right-padded to the longest.
+
+    Under causal attention padding after a text cannot change its positions.
+    """
+    seqs = [encode_with_bos(tokenizer, t) for t in texts]
+    pad = int(tokenizer.pad_token_id)  # type: ignore[arg-type]
+    ids = torch.full((len(seqs), max(map(len, seqs))), pad, dtype=torch.long)
+    for j, s in enumerate(seqs):
+        ids[j, : len(s)] = torch.tensor(s)
+    return ids, [len(s) for s in seqs]
+
+
 @torch.no_grad()
 def record_mlp_io(
     model: PreTrainedModel,
@@ -29,8 +44,8 @@ def record_mlp_io(
 ) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor]]:
     """Per layer, (n_tokens, d_model) transcoder inputs and targets over ``texts``.
 
-    Texts are right-padded into batches; under causal attention padding after a
-    text cannot change its positions, and padded positions are dropped.
+    Texts are right-padded into batches (:func:`pad_with_bos`) and padded
+    positions are dropped.
     """
     layers = model.model.layers
     inputs: dict[int, list[torch.Tensor]] = {i: [] for i in range(len(layers))}
@@ -49,13 +64,10 @@ def record_mlp_io(
         handles.append(layer.post_feedforward_layernorm.register_forward_hook(out_hook))
     try:
         for b in range(0, len(texts), batch_size):
-            seqs = [encode_with_bos(tokenizer, t) for t in texts[b : b + batch_size]]
-            width = max(len(s) for s in seqs)
-            ids = torch.full((len(seqs), width), int(tokenizer.pad_token_id), dtype=torch.long)  # type: ignore[arg-type]
-            mask = torch.zeros((len(seqs), width), dtype=torch.bool)
-            for j, s in enumerate(seqs):
-                ids[j, : len(s)] = torch.tensor(s)
-                mask[j, (1 if skip_bos else 0) : len(s)] = True
+            ids, lengths = pad_with_bos(tokenizer, texts[b : b + batch_size])
+            mask = torch.zeros(ids.shape, dtype=torch.bool)
+            for j, n in enumerate(lengths):
+                mask[j, (1 if skip_bos else 0) : n] = True
             model(ids)
             keep.append(mask.flatten())
     finally:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from circuitray.models.hooks import encode_with_bos
+from circuitray.models.hooks import pad_with_bos
 from circuitray.ws2 import CONSTRAINTS
 
 
@@ -29,11 +29,10 @@ def constraint_accuracy(
 ) -> dict[str, dict]:
     """Per constraint type: n, candidate top-1 accuracy, chance, vocabulary top-1.
 
-    Prompts are right-padded into batches and read at their last real position:
-    under causal attention, padding after a prompt cannot change its logits there.
+    Prompts are right-padded into batches (:func:`~circuitray.models.hooks.pad_with_bos`)
+    and read at their last real position.
     """
     vocab = tokenizer.get_vocab()
-    pad = int(tokenizer.pad_token_id)  # type: ignore[arg-type]
     out: dict[str, dict] = {}
     for name, c in CONSTRAINTS.items():
         typed = [r for r in rows if r["constraint_type"] == name]
@@ -43,12 +42,9 @@ def constraint_accuracy(
         correct = top1 = 0
         for b in range(0, len(typed), batch_size):
             chunk = typed[b : b + batch_size]
-            seqs = [encode_with_bos(tokenizer, r["prompt"]) for r in chunk]
-            ids = torch.full((len(seqs), max(map(len, seqs))), pad, dtype=torch.long)
-            for j, s in enumerate(seqs):
-                ids[j, : len(s)] = torch.tensor(s)
-            last = torch.tensor([len(s) - 1 for s in seqs])
-            logits = model(ids).logits[torch.arange(len(seqs)), last]
+            ids, lengths = pad_with_bos(tokenizer, [r["prompt"] for r in chunk])
+            last = torch.tensor(lengths) - 1
+            logits = model(ids).logits[torch.arange(len(chunk)), last]
             target = torch.tensor([vocab[r["target"]] for r in chunk])
             correct += int((cand_ids[logits[:, cand_ids].argmax(-1)] == target).sum())
             top1 += int((logits.argmax(-1) == target).sum())

@@ -2,7 +2,7 @@
 
 Measures what one GPU (or, for a smoke check, the CPU) gives per graph when circuitray
 attributes a prompt with circuit-tracer and prunes/flattens it (the production path,
-:func:`circuitray.attribution.attribute_prompt`), at several prompt lengths, with
+:func:`circuitray.graph.attribute.attribute_prompt`), at several prompt lengths, with
 circuit-tracer's default ``attribute()`` arguments and with tuned ones.
 
 1. Probe the hub (a TCP connection to huggingface.co with a short timeout). If it is
@@ -13,7 +13,7 @@ circuit-tracer's default ``attribute()`` arguments and with tuned ones.
    in the JSON, and benchmark the bundled fallback (``organism-tuned``, a 4-layer toy
    Gemma-2 built by ``make models``) instead, labelled as such. ``--with-fallback``
    benchmarks the bundled model too when the main one loads.
-3. Build WS2 prompts (:func:`circuitray.ws2.generate_ws2`) preceded by the organism's
+3. Build WS2 prompts (:func:`circuitray.prompts.ws2.generate_ws2`) preceded by the organism's
    filler sentences and trimmed word by word until the model's tokenizer gives exactly
    the target number of tokens (BOS included, as circuit-tracer counts); the real count
    is reported.
@@ -258,7 +258,7 @@ def build_prompt(model, row: dict, length: int, seed: int) -> tuple[str, int]:
 
 def make_prompts(model, n: int, length: int, seed: int) -> list[dict]:
     """``n`` WS2 rows (round-robin over constraint types) brought to ``length`` tokens."""
-    from circuitray.ws2 import generate_ws2
+    from circuitray.prompts.ws2 import generate_ws2
 
     out = []
     for i, row in enumerate(generate_ws2(n=n, seed=seed)):
@@ -394,8 +394,8 @@ def bench_cell(
     """Warm up, then time ``attribute_prompt`` (attribute + prune + flatten) per prompt."""
     import torch
 
-    from circuitray.attribution import AttributionConfig, attribute_prompt
-    from circuitray.flatten import PruneConfig
+    from circuitray.graph.attribute import AttributionConfig, attribute_prompt
+    from circuitray.graph.flatten import PruneConfig
 
     cfg = AttributionConfig(
         batch_size=setting["batch_size"],
@@ -468,7 +468,7 @@ def _prune_run(method: str, graph, where: str) -> dict:
     """One pruning of ``graph`` (already on ``where``): time, peak memory, masks."""
     import torch
 
-    from circuitray.prune import prune_graph_exact
+    from circuitray.graph.prune import prune_graph_exact
 
     out: dict[str, Any] = {"method": method, "on": where}
     if where == "cuda":
@@ -557,7 +557,7 @@ def bench_model(info: dict, args: dict, device: str, res: dict, save) -> None:
     filled into ``res``; ``save()`` writes the report so far after each step."""
     import torch
 
-    from circuitray.attribution import context_length
+    from circuitray.graph.attribute import context_length
 
     model = info["object"]
     n_layers = info["n_layers"]
@@ -799,7 +799,7 @@ def markdown_report(report: dict) -> str:
     lines += [
         "",
         "s/graph is the mean wall time of attribute + next-token probabilities + exact",
-        "pruning + flattening (circuitray.attribution.attribute_prompt) after a warm-up;",
+        "pruning + flattening (circuitray.graph.attribute.attribute_prompt) after a warm-up;",
         "graphs/h = 3600 / s/graph for one process on one device; peak GPU MB is",
         "torch.cuda.max_memory_allocated over the cell (model weights included).",
         "",

@@ -8,7 +8,7 @@ The Python API is what the ``circuitray`` CLI calls::
     result = circuitray.run(circuitray.RunConfig(prompts="ws2.parquet", out="runs/ws2"))
     stats = circuitray.run_query("constraint_stats", ["runs/ws2"])
 
-Names are imported on first use (PEP 562), so ``import circuitray.flatten`` on a GPU box
+Names are imported on first use (PEP 562), so ``import circuitray.graph.flatten`` on a GPU box
 without Ray or DuckDB, or ``circuitray query`` without torch, load only what they need.
 """
 
@@ -20,36 +20,36 @@ from typing import TYPE_CHECKING
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "AttributionConfig": "circuitray.attribution",
-    "attribute_prompt": "circuitray.attribution",
-    "CompareConfig": "circuitray.compare",
-    "compare_groups": "circuitray.compare",
-    "compare_runs": "circuitray.compare",
-    "RunConfig": "circuitray.driver",
-    "RunResult": "circuitray.driver",
-    "run": "circuitray.driver",
+    "AttributionConfig": "circuitray.graph.attribute",
+    "attribute_prompt": "circuitray.graph.attribute",
+    "CompareConfig": "circuitray.query.compare",
+    "compare_groups": "circuitray.query.compare",
+    "compare_runs": "circuitray.query.compare",
+    "RunConfig": "circuitray.jobs.attribution_job",
+    "RunResult": "circuitray.jobs.attribution_job",
+    "run": "circuitray.jobs.attribution_job",
     "CircuitrayError": "circuitray.errors",
     "ModelLoadError": "circuitray.errors",
     "PromptFileError": "circuitray.errors",
     "RunDirError": "circuitray.errors",
-    "PruneConfig": "circuitray.flatten",
-    "flatten_graph": "circuitray.flatten",
-    "InterventionConfig": "circuitray.intervene",
-    "InterventionResult": "circuitray.intervene",
-    "intervene": "circuitray.intervene",
+    "PruneConfig": "circuitray.graph.flatten",
+    "flatten_graph": "circuitray.graph.flatten",
+    "InterventionConfig": "circuitray.jobs.intervention_job",
+    "InterventionResult": "circuitray.jobs.intervention_job",
+    "intervene": "circuitray.jobs.intervention_job",
     "ModelSpec": "circuitray.models.loading",
     "load_replacement_model": "circuitray.models.loading",
-    "read_prompts": "circuitray.prompts",
-    "write_prompts": "circuitray.prompts",
-    "connect": "circuitray.queries",
-    "list_queries": "circuitray.queries",
-    "run_query": "circuitray.queries",
-    "run_sql": "circuitray.queries",
-    "InterventionStore": "circuitray.store",
-    "RunStore": "circuitray.store",
-    "AttributionWorker": "circuitray.worker",
-    "InterventionWorker": "circuitray.worker",
-    "generate_ws2": "circuitray.ws2",
+    "read_prompts": "circuitray.prompts.files",
+    "write_prompts": "circuitray.prompts.files",
+    "connect": "circuitray.query.engine",
+    "list_queries": "circuitray.query.engine",
+    "run_query": "circuitray.query.engine",
+    "run_sql": "circuitray.query.engine",
+    "InterventionStore": "circuitray.storage.run_store",
+    "RunStore": "circuitray.storage.run_store",
+    "AttributionWorker": "circuitray.jobs.workers",
+    "InterventionWorker": "circuitray.jobs.workers",
+    "generate_ws2": "circuitray.prompts.ws2",
 }
 
 __all__ = [
@@ -95,15 +95,15 @@ def __getattr__(name: str):
 
 
 if TYPE_CHECKING:
-    from circuitray.attribution import AttributionConfig, attribute_prompt
-    from circuitray.compare import CompareConfig, compare_groups, compare_runs
-    from circuitray.driver import RunConfig, RunResult, run
     from circuitray.errors import CircuitrayError, ModelLoadError, PromptFileError, RunDirError
-    from circuitray.flatten import PruneConfig, flatten_graph
-    from circuitray.intervene import InterventionConfig, InterventionResult, intervene
+    from circuitray.graph.attribute import AttributionConfig, attribute_prompt
+    from circuitray.graph.flatten import PruneConfig, flatten_graph
+    from circuitray.jobs.attribution_job import RunConfig, RunResult, run
+    from circuitray.jobs.intervention_job import InterventionConfig, InterventionResult, intervene
+    from circuitray.jobs.workers import AttributionWorker, InterventionWorker
     from circuitray.models.loading import ModelSpec, load_replacement_model
-    from circuitray.prompts import read_prompts, write_prompts
-    from circuitray.queries import connect, list_queries, run_query, run_sql
-    from circuitray.store import InterventionStore, RunStore
-    from circuitray.worker import AttributionWorker, InterventionWorker
-    from circuitray.ws2 import generate_ws2
+    from circuitray.prompts.files import read_prompts, write_prompts
+    from circuitray.prompts.ws2 import generate_ws2
+    from circuitray.query.compare import CompareConfig, compare_groups, compare_runs
+    from circuitray.query.engine import connect, list_queries, run_query, run_sql
+    from circuitray.storage.run_store import InterventionStore, RunStore

@@ -218,8 +218,8 @@ def cli(verbose: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print path and counts as JSON.")
 def ws2_cmd(n: int, seed: int, out: str, types: str | None, as_json: bool) -> None:
     """Write a deterministic WS2 constraint corpus."""
-    from circuitray.prompts import write_prompts
-    from circuitray.ws2 import generate_ws2
+    from circuitray.prompts.files import write_prompts
+    from circuitray.prompts.ws2 import generate_ws2
 
     try:
         rows = generate_ws2(n=n, seed=seed, types=types.split(",") if types else None)
@@ -303,9 +303,9 @@ def run_cmd(
     """Attribute every prompt of PROMPTS on Ray into the run folder --out (resumable)."""
     from dataclasses import asdict
 
-    from circuitray.attribution import AttributionConfig
-    from circuitray.driver import RunConfig, run
-    from circuitray.flatten import PruneConfig
+    from circuitray.graph.attribute import AttributionConfig
+    from circuitray.graph.flatten import PruneConfig
+    from circuitray.jobs.attribution_job import RunConfig, run
     from circuitray.models.loading import ModelSpec
 
     config = RunConfig(
@@ -342,7 +342,7 @@ def run_cmd(
         return
     print_run_summary(result)
     if stats and result.ok:
-        from circuitray.queries import run_query
+        from circuitray.query.engine import run_query
 
         print_table(run_query("constraint_stats", [out]))
 
@@ -409,7 +409,7 @@ def intervene_cmd(
     """Apply feature interventions to the prompts of RUN_DIR on Ray (resumable)."""
     from dataclasses import asdict
 
-    from circuitray.intervene import InterventionConfig, intervene
+    from circuitray.jobs.intervention_job import InterventionConfig, intervene
 
     config = InterventionConfig(
         run=run_dir,
@@ -441,7 +441,7 @@ def intervene_cmd(
         soft_wrap=True,
     )
     if effects and result.ok:
-        from circuitray.queries import run_query
+        from circuitray.query.engine import run_query
 
         print_table(run_query("intervention_effects", [out]))
 
@@ -464,7 +464,7 @@ def pipeline_run_cmd(file, out_root, address, actors, n, seed, as_json) -> None:
     written to OUT_ROOT/results/*.parquet and printed."""
     from dataclasses import asdict
 
-    from circuitray.pipeline import Pipeline, run_pipeline
+    from circuitray.jobs.pipeline import Pipeline, run_pipeline
 
     pipeline = Pipeline.load(file)
     with RunProgress(disabled=as_json, label=pipeline.name) as on_progress:
@@ -507,7 +507,7 @@ def pipeline_run_cmd(file, out_root, address, actors, n, seed, as_json) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the part counts as JSON.")
 def compact_cmd(run_dir: str, rows_per_file: int, as_json: bool) -> None:
     """Merge a run's part files into large files sorted by graph_id (atomic)."""
-    from circuitray.store import RunStore
+    from circuitray.storage.run_store import RunStore
 
     store = RunStore(run_dir)
     store.read_meta()  # a clear error when RUN_DIR is not a run folder
@@ -529,7 +529,7 @@ def compact_cmd(run_dir: str, rows_per_file: int, as_json: bool) -> None:
 @table_output_options
 def query_cmd(name, run_dirs, list_, params, fmt, output) -> None:
     """Run the named query NAME (queries/NAME.sql) over one or more RUN_DIRs."""
-    from circuitray.queries import list_queries, run_query
+    from circuitray.query.engine import list_queries, run_query
 
     if list_:
         queries = list_queries()
@@ -570,7 +570,7 @@ def query_cmd(name, run_dirs, list_, params, fmt, output) -> None:
 def sql_cmd(args, fmt, output) -> None:
     """Read-only SQL over views graphs, nodes, edges, interventions: circuitray sql
     RUN_DIR... "SELECT ..." """
-    from circuitray.queries import run_sql
+    from circuitray.query.engine import run_sql
 
     if len(args) < 2:
         raise CircuitrayError('usage: circuitray sql RUN_DIR [RUN_DIR ...] "SELECT ..."')
@@ -588,7 +588,7 @@ def sql_cmd(args, fmt, output) -> None:
 def compare_cmd(run_dirs, by, metrics, n_boot, alpha, seed, fmt, output) -> None:
     """BASELINE CANDIDATE: paired differences per --by group; one RUN: differences
     between its --by groups. Bootstrap CIs, effect sizes, Holm-adjusted verdicts."""
-    from circuitray.compare import CompareConfig, compare_groups, compare_runs
+    from circuitray.query.compare import CompareConfig, compare_groups, compare_runs
 
     config = CompareConfig(
         by=by, metrics=tuple(metrics) or None, n_boot=n_boot, alpha=alpha, seed=seed
@@ -620,7 +620,7 @@ def compare_cmd(run_dirs, by, metrics, n_boot, alpha, seed, fmt, output) -> None
 @click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
 def report_cmd(run_dirs, out, top_k, circuit_edges, interventions, as_json) -> None:
     """One self-contained HTML report of RUN_DIRs (two runs: before/after)."""
-    from circuitray.report import ReportConfig, build_report
+    from circuitray.outputs.report import ReportConfig, build_report
 
     config = ReportConfig(top_k=top_k, circuit_edges=circuit_edges)
     status = console.status("building the report") if not as_json else contextlib.nullcontext()
@@ -643,7 +643,7 @@ def report_cmd(run_dirs, out, top_k, circuit_edges, interventions, as_json) -> N
 @click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
 def export_cmd(run_dir, graph_id, out, slug, as_json) -> None:
     """Write a stored graph in circuit-tracer's graph-viewer JSON format."""
-    from circuitray.export import export_graph
+    from circuitray.outputs.export import export_graph
 
     path = export_graph(run_dir, graph_id, out, slug=slug)
     data = json.loads(path.read_text())
@@ -667,7 +667,7 @@ def export_cmd(run_dir, graph_id, out, slug, as_json) -> None:
 @click.option("--port", type=click.IntRange(0, 65535), default=8032, show_default=True)
 def serve_cmd(data_dir, port) -> None:
     """Serve exported graphs with circuit-tracer's own viewer on 127.0.0.1."""
-    from circuitray.export import graph_slugs, serve
+    from circuitray.outputs.export import graph_slugs, serve
 
     server = serve(data_dir, port=port)
     port = server.server_address[1]
@@ -697,7 +697,7 @@ def make_edges_cmd(edges, out, edges_per_graph, nodes_per_graph, layers, seed) -
     from dataclasses import asdict
 
     from circuitray.bench import SyntheticSpec, make_synthetic_run
-    from circuitray.store import RunStore
+    from circuitray.storage.run_store import RunStore
 
     spec = SyntheticSpec(
         edges=edges,
@@ -732,7 +732,7 @@ def bench_queries_cmd(run_dir, names, json_out, limit_s) -> None:
     from dataclasses import asdict
 
     from circuitray.bench import time_queries
-    from circuitray.queries import connect
+    from circuitray.query.engine import connect
 
     con = connect([run_dir])
     counts = con.execute("SELECT (SELECT count(*) FROM edges), count(*) FROM graphs").fetchone()

@@ -11,6 +11,8 @@
 - ``organism_report`` (session): the WS2 organism built by ``circuitray organism
   build`` in a fresh process on ``ATEN_CPU_CAPABILITY=default``; ``organism_runs``
   (session): the base-vs-tuned pipeline over it.
+- ``circuitray(*args)``, ``assert_one_line_error``, ``assert_refused``: run the console
+  script and check its one-line errors; ``build_interventions``: SPECS over ``ray_run``.
 - ``micro``: an organism recipe that builds in seconds (for what the build does);
   ``cli``: the ``circuitray`` console script.
 """
@@ -18,6 +20,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +29,60 @@ import pytest
 import torch
 
 N_RAY_PROMPTS = 24
+
+_SCRIPT = Path(sys.executable).parent / "circuitray"
+CLI = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "circuitray.cli"]
+
+
+def circuitray(
+    *args, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    # os.environ carries CIRCUITRAY_HOME (set by the session fixture).
+    return subprocess.run(
+        [*CLI, *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env if env is not None else dict(os.environ),
+        timeout=120,
+    )
+
+
+def assert_one_line_error(p: subprocess.CompletedProcess, *needles: str) -> str:
+    assert p.returncode != 0, p
+    assert "Traceback" not in p.stderr and "Traceback" not in p.stdout
+    lines = [line for line in p.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, p.stderr
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    return lines[0]
+
+
+def assert_refused(p: subprocess.CompletedProcess, *needles: str) -> str:
+    """Exit 2, nothing on stdout, one ``error: ...`` line on stderr holding ``needles``."""
+    assert p.returncode == 2, (p.returncode, p.stdout, p.stderr)
+    assert p.stdout == ""
+    line = assert_one_line_error(p, *needles)
+    assert line.startswith("error: "), line
+    return line
+
+
+SPECS = ["top:2", "random:2", "single:2"]
+
+
+def build_interventions(ray_run, tmp_path_factory) -> Path:
+    """SPECS on every prompt of the session's Ray run (2 actors, batches of 4)."""
+    from circuitray.jobs.intervention_job import InterventionConfig, intervene
+
+    out = tmp_path_factory.mktemp("interventions") / "iv"
+    result = intervene(
+        InterventionConfig(
+            run=str(ray_run.out), out=str(out), features=SPECS, actors=2, batch_size=4
+        )
+    )
+    assert result.ok == result.total > 0, result
+    return out
+
 
 # Ray caches its auth mode per process: every Ray the suite starts (local, Cluster,
 # CLI subprocesses) must agree, and a multi-process Cluster needs it disabled.

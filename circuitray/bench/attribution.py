@@ -76,13 +76,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from circuitray.attribution import GRAPH_SCHEMA, AttributionConfig, graph_row
 from circuitray.errors import CircuitrayError
-from circuitray.flatten import PruneConfig, flatten_graph
+from circuitray.graph.attribute import AttributionConfig
+from circuitray.graph.flatten import PruneConfig, flatten_graph
 from circuitray.machine import cpu_model
 from circuitray.models.loading import ModelSpec, load_replacement_model
-from circuitray.prompts import read_prompts, write_prompts
-from circuitray.store import PARQUET_OPTIONS, TABLES, RunStore
+from circuitray.prompts.files import read_prompts, write_prompts
+from circuitray.schema import GRAPH_SCHEMA, TABLES, graph_row
+from circuitray.storage.run_store import PARQUET_OPTIONS, RunStore
 
 logger = logging.getLogger(__name__)
 
@@ -118,7 +119,7 @@ class AttributionBenchConfig:
     Attributes:
         model: Bundled model name (or HF folder / hub id with its default transcoders).
         n_prompts: WS2 prompts attributed by each plain-loop and circuitray run.
-        seed: Seed of :func:`circuitray.ws2.generate_ws2`.
+        seed: Seed of :func:`circuitray.prompts.ws2.generate_ws2`.
         actor_counts: Actor counts of the scaling figure (1 is always measured).
         torch_threads: Torch threads per actor, and of the plain loop and the other
             in-process steps. ``None`` takes circuitray's own CPU placement (cores / K
@@ -378,7 +379,7 @@ def circuitray_run(
     """
     import ray
 
-    from circuitray.driver import RunConfig, run
+    from circuitray.jobs.attribution_job import RunConfig, run
 
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()):
@@ -467,7 +468,7 @@ def circuitray_run(
 # (module, name, label). Whichever exist are wrapped; flatten_graph imports them when
 # called, so wrapping the module attribute reaches the very call it makes.
 FLATTEN_CALLS = (
-    ("circuitray.prune", "prune_graph_exact", "prune"),
+    ("circuitray.graph.prune", "prune_graph_exact", "prune"),
     ("circuit_tracer.graph", "prune_graph", "prune"),
     ("circuit_tracer.graph", "compute_graph_scores", "scores"),
     ("circuit_tracer.graph", "compute_node_influence", "influence"),
@@ -634,10 +635,11 @@ import pyarrow as pa
 import torch
 if args["threads"]:
     torch.set_num_threads(args["threads"])
-from circuitray.attribution import GRAPH_SCHEMA, AttributionConfig, attribute_prompt
-from circuitray.flatten import PruneConfig
+from circuitray.schema import GRAPH_SCHEMA
+from circuitray.graph.attribute import AttributionConfig, attribute_prompt
+from circuitray.graph.flatten import PruneConfig
 from circuitray.models.loading import ModelSpec, load_replacement_model
-from circuitray.store import RunStore
+from circuitray.storage.run_store import RunStore
 model = load_replacement_model(ModelSpec(model=args["model"]))
 row, nodes, edges = attribute_prompt(
     model, args["prompt"], graph_id=0,
@@ -778,7 +780,7 @@ def run_attribution_bench(
             f"{config.n_prompts} prompts in batches of {config.batch_size} make {n_batches} "
             f"batches, fewer than {max(config.actor_counts)} actors: lower batch_size"
         )
-    from circuitray.ws2 import generate_ws2
+    from circuitray.prompts.ws2 import generate_ws2
 
     section_s: dict[str, float] = {}
     prompt_rows = generate_ws2(n=config.n_prompts, seed=config.seed)

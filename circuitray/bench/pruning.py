@@ -1,4 +1,4 @@
-"""circuitray's pruning (:func:`circuitray.prune.prune_masks`) against circuit-tracer's
+"""circuitray's pruning (:func:`circuitray.graph.prune.prune_masks`) against circuit-tracer's
 ``prune_graph`` on large graphs: identical masks, peak memory, time, and a memory limit
 that only one of them fits in.
 
@@ -46,7 +46,7 @@ a[n - n_log :, : n - n_log] = torch.randn(n_log, n - n_log, generator=g)
 probs = torch.softmax(torch.randn(n_log, generator=g), 0)
 n_features = n - n_log - n_tok - 4 * n_tok
 from circuit_tracer.graph import prune_graph  # imports before the baseline is read
-from circuitray.prune import prune_masks
+from circuitray.graph.prune import prune_masks
 def status_kb(key):
     for line in open("/proc/self/status"):
         if line.startswith(key + ":"):

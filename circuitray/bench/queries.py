@@ -3,9 +3,9 @@
 1. Each named query runs once with its default parameters on a fresh DuckDB
    connection (views over the run's Parquet files, nothing cached between queries),
    timed from connect to the last Arrow row.
-2. Queries that pair two runs (``compare_runs``) and :func:`circuitray.compare
+2. Queries that pair two runs (``compare_runs``) and :func:`circuitray.query.compare
    .compare_runs` get the run twice (it is paired with itself: every prompt pairs,
-   twice the rows are read); :func:`circuitray.compare.compare_groups` gets it once.
+   twice the rows are read); :func:`circuitray.query.compare.compare_groups` gets it once.
 3. Queries over intervention folders (the ``interventions`` view) are left out: a run
    folder has none.
 4. The result is one :class:`QueryTiming` per query, in library order.
@@ -17,8 +17,8 @@ import re
 import time
 from dataclasses import dataclass
 
-from circuitray.compare import CompareConfig, compare_groups, compare_runs
-from circuitray.queries import list_queries, run_query
+from circuitray.query.compare import CompareConfig, compare_groups, compare_runs
+from circuitray.query.engine import list_queries, run_query
 
 __all__ = ["QueryTiming", "time_queries"]
 

@@ -1,7 +1,7 @@
 """Synthetic run folders in the real schema, for benchmarking the query library at scale.
 
 Attributing 100M edges takes hours even on GPUs; timing SQL on them should not. This
-writes a run folder that :func:`circuitray.queries.connect` reads like any other:
+writes a run folder that :func:`circuitray.query.engine.connect` reads like any other:
 
 1. Graphs get the WS2 constraint types in turn, ``n_tokens`` token nodes (layer -1),
    ``n_logits`` logit nodes (layer ``n_layers``), some error nodes, and feature nodes
@@ -26,11 +26,10 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pyarrow as pa
 
-from circuitray.attribution import GRAPH_SCHEMA
 from circuitray.errors import CircuitrayError
-from circuitray.flatten import EDGE_SCHEMA, NODE_SCHEMA, NODE_TYPES
-from circuitray.store import RunStore
-from circuitray.ws2 import CONSTRAINTS
+from circuitray.prompts.ws2 import CONSTRAINTS
+from circuitray.schema import EDGE_SCHEMA, GRAPH_SCHEMA, NODE_SCHEMA, NODE_TYPES
+from circuitray.storage.run_store import RunStore
 
 logger = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 Algorithm (deterministic in ``seed``):
 
-1. Build the word-level tokenizer over :data:`circuitray.ws2.VOCABULARY`.
+1. Build the word-level tokenizer over :data:`circuitray.prompts.ws2.VOCABULARY`.
 2. Initialise a tiny ``Gemma2ForCausalLM`` (4 layers, d_model 64) with ``seed``.
 3. Record each layer's normalised MLP input (circuit-tracer's ``ln2.hook_normalized``)
    on WS2 prompts.
@@ -41,7 +41,7 @@ from circuitray.models.hooks import record_mlp_io
 from circuitray.models.registry import BUNDLED, circuitray_home, transcoder_cache_dir
 from circuitray.models.stamp import build_key, is_current, write_stamp
 from circuitray.models.tokenizer import SPECIAL_TOKENS, build_tokenizer
-from circuitray.ws2 import VOCABULARY, generate_ws2
+from circuitray.prompts.ws2 import VOCABULARY, generate_ws2
 
 logger = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ TINY_BUILD_MODULES = (
     "circuitray.models.registry",
     "circuitray.models.tiny",
     "circuitray.models.tokenizer",
-    "circuitray.ws2",
+    "circuitray.prompts.ws2",
 )
 
 

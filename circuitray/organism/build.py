@@ -63,7 +63,7 @@ from circuitray.organism.train_transcoders import (
     metrics,
     train_transcoder,
 )
-from circuitray.ws2 import VOCABULARY, generate_ws2
+from circuitray.prompts.ws2 import VOCABULARY, generate_ws2
 
 logger = logging.getLogger(__name__)
 
@@ -200,7 +200,7 @@ BUILD_MODULES = (
     "circuitray.models.registry",
     "circuitray.models.tiny",
     "circuitray.models.tokenizer",
-    "circuitray.ws2",
+    "circuitray.prompts.ws2",
 )
 
 

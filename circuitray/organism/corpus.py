@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import random
 
-from circuitray.ws2 import CONSTRAINTS, SUBJECTS, generate_ws2
+from circuitray.prompts.ws2 import CONSTRAINTS, SUBJECTS, generate_ws2
 
 PLACES = ["tree", "river", "hill", "road", "field", "sky", "water"]
 TIMES = ["day", "night"]

@@ -16,7 +16,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from circuitray.models.hooks import pad_with_bos
-from circuitray.ws2 import CONSTRAINTS
+from circuitray.prompts.ws2 import CONSTRAINTS
 
 
 @torch.no_grad()

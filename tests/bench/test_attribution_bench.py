@@ -15,8 +15,8 @@ import pytest
 
 from circuitray.bench import bytes_per_edge, circuitray_run, flatten_rate, plain_loop
 from circuitray.bench.attribution import GOALS
-from circuitray.prompts import write_prompts
-from circuitray.ws2 import generate_ws2
+from circuitray.prompts.files import write_prompts
+from circuitray.prompts.ws2 import generate_ws2
 
 ROOT = Path(__file__).resolve().parents[2]
 N_PROMPTS = 5

@@ -7,14 +7,13 @@ import json
 
 import pyarrow.parquet as pq
 import pytest
-from test_cli import assert_one_line_error, circuitray
+from conftest import assert_one_line_error, circuitray
 
-from circuitray.attribution import GRAPH_SCHEMA
 from circuitray.bench import SyntheticSpec, make_synthetic_run, time_queries
 from circuitray.errors import CircuitrayError
-from circuitray.flatten import EDGE_SCHEMA, NODE_SCHEMA
-from circuitray.queries import list_queries, run_sql
-from circuitray.ws2 import CONSTRAINTS
+from circuitray.prompts.ws2 import CONSTRAINTS
+from circuitray.query.engine import list_queries, run_sql
+from circuitray.schema import EDGE_SCHEMA, GRAPH_SCHEMA, NODE_SCHEMA
 
 SPEC = SyntheticSpec(edges=20_011, edges_per_graph=500, nodes_per_graph=120, n_layers=6)
 

@@ -14,8 +14,8 @@ from circuit_tracer.transcoder.activation_functions import JumpReLU
 from circuit_tracer.transcoder.cross_layer_transcoder import CrossLayerTranscoder
 from circuit_tracer.transcoder.single_layer_transcoder import TranscoderSet
 from circuit_tracer.utils.hf_utils import load_transcoder_from_hub
+from conftest import assert_one_line_error, circuitray
 from safetensors.torch import load_file
-from test_cli import assert_one_line_error, circuitray
 from transformers import AutoTokenizer, Gemma2ForCausalLM
 
 from circuitray.errors import ModelLoadError
@@ -24,8 +24,8 @@ from circuitray.models.clt import fit_cross_layer_transcoder, reconstruct
 from circuitray.models.hooks import record_mlp_io
 from circuitray.models.loading import ModelSpec
 from circuitray.models.registry import BUNDLED, circuitray_home, transcoder_cache_dir
-from circuitray.prompts import write_prompts
-from circuitray.ws2 import CONSTRAINTS, generate_ws2
+from circuitray.prompts.files import write_prompts
+from circuitray.prompts.ws2 import CONSTRAINTS, generate_ws2
 
 N_LAYERS, D_TC, D_MODEL = 4, 512, 64
 

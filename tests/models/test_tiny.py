@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from circuitray.models.loading import ModelSpec, load_replacement_model
 from circuitray.models.tiny import build_tiny
-from circuitray.ws2 import generate_ws2
+from circuitray.prompts.ws2 import generate_ws2
 
 
 def test_loads_as_nnsight_replacement_model(loaded_tiny):

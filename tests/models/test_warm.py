@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 import ray
+from conftest import assert_one_line_error, circuitray
 from ray.cluster_utils import Cluster
-from test_cli import assert_one_line_error, circuitray
 
 from circuitray.errors import ModelLoadError
 from circuitray.models.loading import ModelSpec

@@ -16,7 +16,7 @@ import yaml
 
 from circuitray.models.loading import ModelSpec, load_replacement_model
 from circuitray.models.registry import circuitray_home
-from circuitray.ws2 import CONSTRAINTS
+from circuitray.prompts.ws2 import CONSTRAINTS
 
 
 def test_report_is_written_next_to_artifacts(organism_report):
@@ -112,7 +112,7 @@ def test_lm_training_is_bit_identical_for_same_seed_and_threads():
     from circuitray.models.tokenizer import build_tokenizer
     from circuitray.organism.corpus import constraint_sentences
     from circuitray.organism.train_lm import train_lm
-    from circuitray.ws2 import VOCABULARY
+    from circuitray.prompts.ws2 import VOCABULARY
 
     tok = build_tokenizer(VOCABULARY)
     texts = constraint_sentences(seed=0)[:200]

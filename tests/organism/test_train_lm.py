@@ -13,7 +13,7 @@ from circuitray.models.tokenizer import build_tokenizer
 from circuitray.organism.corpus import constraint_rows, constraint_sentences
 from circuitray.organism.evaluate import constraint_accuracy
 from circuitray.organism.train_lm import train_lm
-from circuitray.ws2 import VOCABULARY
+from circuitray.prompts.ws2 import VOCABULARY
 
 TOK = build_tokenizer(VOCABULARY)
 TEXTS = constraint_sentences(seed=0)[:200]

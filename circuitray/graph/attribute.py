@@ -1,0 +1,146 @@
+"""Attributing one prompt: ``attribute()`` -> prune -> flatten -> one graphs row.
+
+1. Tokenise as circuit-tracer does (BOS prepended) and reject prompts longer than
+   ``max_tokens`` before any heavy work.
+2. Run circuit-tracer's ``attribute()`` with the run's arguments.
+3. Forward the same tokens once for the full next-token distribution: the top token
+   and the probability and rank of the expected ``target``, which the logit nodes
+   only cover when the target is among the top logits.
+4. Prune and flatten (:func:`circuitray.graph.flatten.flatten_graph`); the dense adjacency
+   matrix is dropped here and never leaves the process.
+
+Errors inside these steps become a graphs row with ``status='error'`` and the message.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass
+
+import pyarrow as pa
+import torch
+
+from circuitray.graph.flatten import PruneConfig, flatten_graph
+from circuitray.schema import EDGE_SCHEMA, NODE_SCHEMA, graph_row
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class AttributionConfig:
+    """Arguments of circuit-tracer's ``attribute()``, plus a prompt length limit.
+
+    Attributes:
+        max_n_logits: Most logit nodes (top logits by probability).
+        desired_logit_prob: Add logit nodes until their probabilities sum to this.
+        batch_size: Source nodes per backward pass (64-128 is fastest on CPU).
+        max_feature_nodes: Most feature nodes; None keeps every active feature.
+        offload: circuit-tracer's parameter offloading (None, 'cpu', 'disk').
+        update_interval: Batches between re-rankings of pending features.
+        max_tokens: Prompts with more tokens (BOS included) become error rows.
+    """
+
+    max_n_logits: int = 10
+    desired_logit_prob: float = 0.95
+    batch_size: int = 128
+    max_feature_nodes: int | None = None
+    offload: str | None = None
+    update_interval: int = 4
+    max_tokens: int = 64
+
+    def attribute_kwargs(self) -> dict:
+        d = asdict(self)
+        d.pop("max_tokens")
+        return d
+
+
+def _next_token_logits(model, tokens: torch.Tensor) -> torch.Tensor:
+    """Logits for the next token after ``tokens`` from the unmodified model."""
+    with torch.inference_mode():
+        hf = getattr(model, "_model", None)  # nnsight backend wraps the HF module
+        if hf is not None:
+            out = hf(tokens[None].to(model.device))
+            logits = out.logits if hasattr(out, "logits") else out[0]
+        else:  # transformerlens backend
+            logits = model(tokens[None])
+    return logits[0, -1].float()
+
+
+def context_length(model) -> int | None:
+    """The model's maximum sequence length, where its config says."""
+    n_ctx = getattr(getattr(model, "cfg", None), "n_ctx", None)
+    if n_ctx:
+        return int(n_ctx)
+    hf_config = getattr(getattr(model, "_model", None), "config", None)
+    return getattr(hf_config, "max_position_embeddings", None)
+
+
+def target_token_id(tokenizer, target: str) -> int | None:
+    """The first token of ``target`` as a continuation (a leading space, as in text)."""
+    ids = tokenizer(" " + target.strip(), add_special_tokens=False).input_ids
+    return int(ids[0]) if ids else None
+
+
+def attribute_prompt(
+    model,
+    prompt: dict,
+    *,
+    graph_id: int,
+    attribution: AttributionConfig,
+    prune: PruneConfig,
+    worker: str = "",
+) -> tuple[dict, pa.Table, pa.Table]:
+    """Attribute one prompt row; returns (graphs row, nodes, edges). Never raises for
+    prompt-level failures: those give an error row and empty tables."""
+    from circuit_tracer import attribute
+
+    start = time.perf_counter()
+    row = graph_row(graph_id, prompt, worker=worker)
+    empty_nodes, empty_edges = NODE_SCHEMA.empty_table(), EDGE_SCHEMA.empty_table()
+    try:
+        tokens = model.ensure_tokenized(prompt["prompt"])
+        row["n_tokens"] = int(tokens.numel())
+        if tokens.numel() > attribution.max_tokens:
+            raise ValueError(
+                f"prompt has {tokens.numel()} tokens, more than max_tokens={attribution.max_tokens}"
+            )
+        context = context_length(model)
+        if context is not None and tokens.numel() > context:
+            raise ValueError(
+                f"prompt has {tokens.numel()} tokens, more than the model's context of {context}"
+            )
+        t0 = time.perf_counter()
+        graph = attribute(tokens, model, **attribution.attribute_kwargs())
+        row["attribute_s"] = time.perf_counter() - t0
+
+        logits = _next_token_logits(model, graph.input_tokens)
+        probs = torch.softmax(logits, dim=-1)
+        top = int(probs.argmax())
+        row["top_token"] = model.tokenizer.decode([top])
+        row["top_prob"] = float(probs[top])
+        if row["target"]:
+            tid = target_token_id(model.tokenizer, row["target"])
+            if tid is not None:
+                row["target_token"] = model.tokenizer.decode([tid])
+                row["target_prob"] = float(probs[tid])
+                row["target_rank"] = int((probs > probs[tid]).sum())
+
+        t0 = time.perf_counter()
+        flat = flatten_graph(graph, graph_id=graph_id, prune=prune, tokenizer=model.tokenizer)
+        del graph
+        row["flatten_s"] = time.perf_counter() - t0
+        row.update({k: v for k, v in flat.summary.items() if k in row})
+        row["status"] = "ok"
+        nodes, edges = flat.nodes, flat.edges
+    except torch.cuda.OutOfMemoryError as e:
+        torch.cuda.empty_cache()
+        row.update(status="error", error=f"CUDA out of memory: {str(e).splitlines()[0]}")
+        nodes, edges = empty_nodes, empty_edges
+    except Exception as e:  # noqa: BLE001 - one bad prompt must not stop a run
+        logger.warning("prompt %s failed: %s", prompt["prompt_id"], e)
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        row.update(status="error", error=f"{type(e).__name__}: {msg}"[:2000])
+        nodes, edges = empty_nodes, empty_edges
+    row["total_s"] = time.perf_counter() - start
+    return row, nodes, edges

@@ -1,0 +1,208 @@
+"""The Ray actors that own one loaded ReplacementModel.
+
+Both load the model once (:class:`ModelWorker`), then process batches of prompts and
+write each batch as one part of their folder themselves, returning only a small
+summary per prompt; the driver only sees ids, statuses and timings.
+
+- :class:`AttributionWorker` attributes every prompt (:func:`attribute_prompt`) and
+  writes graphs, nodes and edges to the run folder. Graphs and dense matrices never
+  enter Ray's object store.
+- :class:`InterventionWorker` reads each prompt's stored graph, applies the planned
+  feature interventions (:func:`circuitray.graph.interventions.intervene_prompt`) and writes
+  result rows to the intervention folder.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+
+import pyarrow as pa
+import torch
+
+from circuitray.graph.attribute import AttributionConfig, attribute_prompt
+from circuitray.graph.flatten import PruneConfig
+from circuitray.graph.interventions import (
+    RESULT_SCHEMA,
+    InterventionPlan,
+    intervene_prompt,
+    read_stored_graphs,
+)
+from circuitray.models.loading import ModelSpec, load_replacement_model
+from circuitray.schema import EDGE_SCHEMA, GRAPH_SCHEMA, NODE_SCHEMA
+from circuitray.storage.run_store import InterventionStore, RunStore
+
+logger = logging.getLogger(__name__)
+
+
+class StaleSessionError(RuntimeError):
+    """This worker's driver no longer owns the run folder: its results are dropped."""
+
+
+SUMMARY_FIELDS = (
+    "graph_id",
+    "prompt_id",
+    "status",
+    "error",
+    "n_kept_edges",
+    "total_s",
+    "worker",
+)
+
+
+class ModelWorker:
+    """Loads one ReplacementModel and guards the folder it writes to.
+
+    Plain class: :func:`circuitray.jobs.attribution_job.dispatch` wraps a subclass with
+    ``ray.remote`` and the placement options of the run, and tests can also use it
+    in-process.
+    """
+
+    store_cls: type[RunStore] = RunStore
+
+    def __init__(
+        self,
+        *,
+        model: ModelSpec,
+        run_dir: str,
+        torch_threads: int | None = None,
+        session: str | None = None,
+    ):
+        if torch_threads:
+            torch.set_num_threads(torch_threads)
+        self.store = self.store_cls(run_dir)
+        self.session = session
+        self.name = f"{socket.gethostname()}:{os.getpid()}"
+        # A failed load is kept and raised from info(): an exception in an actor's
+        # constructor reaches the driver as ActorDiedError, without the cause.
+        self.load_error: Exception | None = None
+        try:
+            self.model = load_replacement_model(model)
+        except Exception as e:  # noqa: BLE001 - re-raised from info()
+            self.load_error = e
+
+    def info(self) -> dict:
+        """Where this worker runs: host, pid, device, GPUs Ray gave it, torch threads."""
+        if self.load_error is not None:
+            raise self.load_error
+        gpu_ids: list = []
+        node_id = None
+        try:
+            import ray
+
+            if ray.is_initialized():
+                gpu_ids = list(ray.get_gpu_ids())
+                node_id = ray.get_runtime_context().get_node_id()
+        except Exception:  # noqa: BLE001 - info only
+            pass
+        return {
+            "worker": self.name,
+            "node_id": node_id,
+            "device": str(self.model.device),
+            "gpu_ids": gpu_ids,
+            "torch_threads": torch.get_num_threads(),
+        }
+
+    def check_session(self) -> None:
+        """Refuse to commit when another driver session has taken the folder."""
+        if self.session is not None:
+            current = self.store.read_meta().get("session")
+            if current != self.session:
+                raise StaleSessionError(
+                    f"folder now belongs to driver session {current}, not {self.session}"
+                )
+
+
+class AttributionWorker(ModelWorker):
+    """Turns prompt batches into run-folder parts (graphs, nodes, edges)."""
+
+    def __init__(
+        self,
+        *,
+        model: ModelSpec,
+        attribution: AttributionConfig,
+        prune: PruneConfig,
+        run_dir: str,
+        torch_threads: int | None = None,
+        session: str | None = None,
+    ):
+        super().__init__(model=model, run_dir=run_dir, torch_threads=torch_threads, session=session)
+        self.attribution = attribution
+        self.prune = prune
+
+    def process(self, part_name: str, items: list[tuple[int, dict]]) -> list[dict]:
+        """Attribute ``items`` ((graph_id, prompt row) pairs) and write part ``part_name``."""
+        rows, nodes, edges = [], [], []
+        for graph_id, prompt in items:
+            row, n, e = attribute_prompt(
+                self.model,
+                prompt,
+                graph_id=graph_id,
+                attribution=self.attribution,
+                prune=self.prune,
+                worker=self.name,
+            )
+            rows.append(row)
+            nodes.append(n)
+            edges.append(e)
+        self.check_session()
+        self.store.write_part(
+            part_name,
+            {
+                "graphs": pa.Table.from_pylist(rows, schema=GRAPH_SCHEMA),
+                "nodes": pa.concat_tables(nodes) if nodes else NODE_SCHEMA.empty_table(),
+                "edges": pa.concat_tables(edges) if edges else EDGE_SCHEMA.empty_table(),
+            },
+        )
+        return [{k: r[k] for k in SUMMARY_FIELDS} for r in rows]
+
+
+class InterventionWorker(ModelWorker):
+    """Turns prompt batches into intervention-folder parts (one ``results`` table)."""
+
+    store_cls = InterventionStore
+
+    def __init__(
+        self,
+        *,
+        model: ModelSpec,
+        plan: InterventionPlan,
+        source_run: str,
+        run_dir: str,
+        torch_threads: int | None = None,
+        session: str | None = None,
+    ):
+        super().__init__(model=model, run_dir=run_dir, torch_threads=torch_threads, session=session)
+        self.plan = plan
+        self.source = RunStore(source_run)
+
+    def process(self, part_name: str, items: list[tuple[int, dict]]) -> list[dict]:
+        """Intervene on ``items`` ((graph_id, graphs row) pairs); write part ``part_name``."""
+        graphs = read_stored_graphs(self.source, [gid for gid, _ in items])
+        rows: list[dict] = []
+        summaries: list[dict] = []
+        for graph_id, graph in items:
+            t0 = time.perf_counter()
+            out = intervene_prompt(
+                self.model, graph, stored=graphs.get(graph_id), plan=self.plan, worker=self.name
+            )
+            rows += out
+            errors = [r["error"] for r in out if r["status"] == "error"]
+            summaries.append(
+                {
+                    "graph_id": graph_id,
+                    "prompt_id": graph["prompt_id"],
+                    "status": "error" if errors else "ok",
+                    "error": errors[0] if errors else None,
+                    "n_results": len(out),
+                    "total_s": time.perf_counter() - t0,
+                    "worker": self.name,
+                }
+            )
+        self.check_session()
+        self.store.write_part(
+            part_name, {"results": pa.Table.from_pylist(rows, schema=RESULT_SCHEMA)}
+        )
+        return summaries

@@ -1,0 +1,171 @@
+"""Export a stored graph to circuit-tracer's graph-viewer JSON, and serve it locally.
+
+A graph found with SQL opens in the usual viewer (circuit-tracer's local server, or
+Neuronpedia's format) without recomputing it:
+
+1. Read the graph's row, kept nodes and kept edges from the run folder (a pyarrow
+   dataset scan filtered on ``graph_id``).
+2. Build circuit-tracer's own pydantic ``Node`` objects (``feature_node``,
+   ``error_node``, ``token_node``, ``logit_node``) in node-index order, with the
+   stored cumulative influence and activation, exactly as ``create_graph_files`` does
+   from a Graph and ``prune_graph``'s masks; the first logit (the most probable) is
+   the target logit.
+3. Links are the stored edges in (target, source) order, weight as stored; nodes
+   without a link are dropped, tokens and logits kept (``create_used_nodes_and_edges``).
+4. Write ``<slug>.json`` with circuit-tracer's ``Model`` and add it to the folder's
+   ``graph-metadata.json`` with circuit-tracer's ``add_graph_metadata``.
+5. :func:`serve` starts circuit-tracer's request handler on 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+from pathlib import Path
+
+import pyarrow.dataset as ds
+
+from circuitray.errors import CircuitrayError
+from circuitray.storage.run_store import RunStore
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["export_graph", "serve"]
+
+
+def _graph_tables(store: RunStore, graph_id: int) -> tuple[dict, list[dict], list[dict]]:
+    sel = ds.field("graph_id") == graph_id
+    tables = {}
+    for name in ("graphs", "nodes", "edges"):
+        dataset = store.dataset(name)
+        tables[name] = dataset.to_table(filter=sel).to_pylist() if dataset else []
+    if not tables["graphs"]:
+        raise CircuitrayError(f"{store.root}: no graph with graph_id {graph_id}")
+    row = tables["graphs"][0]
+    if row["status"] != "ok":
+        raise CircuitrayError(
+            f"{store.root}: graph {graph_id} failed ({row['error']}); nothing to export"
+        )
+    nodes = sorted(tables["nodes"], key=lambda n: n["node_id"])
+    edges = sorted(tables["edges"], key=lambda e: (e["dst"], e["src"]))
+    return row, nodes, edges
+
+
+def build_graph_model(store: RunStore, graph_id: int, *, slug: str):
+    """circuit-tracer's frontend ``Model`` for a stored graph (see module docstring)."""
+    from circuit_tracer.frontend.graph_models import Metadata, Model, Node, QParams
+
+    row, nodes, edges = _graph_tables(store, graph_id)
+    if any(n.get("cumulative_influence") is None for n in nodes):
+        raise CircuitrayError(
+            f"{store.root}: graph {graph_id} has no cumulative_influence (a run made by an "
+            "older circuitray); recompute it to export"
+        )
+    meta = store.read_meta()
+    logits = [n for n in nodes if n["node_type"] == "logit"]
+    first_logit = min(n["node_id"] for n in logits)
+    n_layers = logits[0]["layer"]
+    by_id = {}
+    for n in nodes:
+        kind = n["node_type"]
+        if kind == "feature":
+            node = Node.feature_node(
+                n["layer"],
+                n["pos"],
+                n["feature"],
+                influence=n["cumulative_influence"],
+                activation=n["activation"],
+            )
+        elif kind == "error":
+            node = Node.error_node(n["layer"], n["pos"], influence=n["cumulative_influence"])
+        elif kind == "token":
+            node = Node.token_node(n["pos"], n["token_id"], influence=n["cumulative_influence"])
+        else:
+            node = Node.logit_node(
+                pos=n["pos"],
+                vocab_idx=n["token_id"],
+                token=n["token"],
+                target_logit=n["node_id"] == first_logit,
+                token_prob=n["logit_prob"],
+                num_layers=n_layers,
+            )
+        by_id[n["node_id"]] = node
+    links = [
+        {
+            "source": by_id[e["src"]].node_id,
+            "target": by_id[e["dst"]].node_id,
+            "weight": e["weight"],
+        }
+        for e in edges
+        if e["src"] in by_id and e["dst"] in by_id
+    ]
+    connected = {link["source"] for link in links} | {link["target"] for link in links}
+    used = [
+        node
+        for node in by_id.values()
+        if node.node_id in connected or node.feature_type in ("embedding", "logit")
+    ]
+    tokens = sorted((n for n in nodes if n["node_type"] == "token"), key=lambda n: n["pos"])
+    scan = meta.get("scan") or meta.get("model", {}).get("transcoders") or "circuitray"
+    metadata = Metadata(
+        slug=slug,
+        scan=scan,
+        transcoder_list=[],
+        prompt_tokens=[n["token"] or str(n["token_id"]) for n in tokens],
+        prompt=row["prompt"],
+        node_threshold=(meta.get("prune") or {}).get("node_threshold"),
+    )
+    qparams = QParams(pinnedIds=[], supernodes=[], linkType="both", clickedId="", sg_pos="")
+    return Model(metadata=metadata, qParams=qparams, nodes=used, links=links)
+
+
+def export_graph(run_dir: str, graph_id: int, out_dir: str, *, slug: str | None = None) -> Path:
+    """Write graph ``graph_id`` of ``run_dir`` as ``<out_dir>/<slug>.json`` in
+    circuit-tracer's frontend format and register it in ``graph-metadata.json``."""
+    from circuit_tracer.frontend.utils import add_graph_metadata
+
+    store = RunStore(run_dir)
+    if not store.exists():
+        raise CircuitrayError(f"{run_dir}: not a circuitray run folder (no run.json)")
+    slug = slug or f"{Path(str(run_dir).rstrip('/')).name}-g{graph_id}"
+    model = build_graph_model(store, graph_id, slug=slug)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{slug}.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(model.model_dump_json(indent=2))
+    os.replace(tmp, path)  # atomic: the viewer never reads half a file
+    add_graph_metadata(model.metadata.model_dump(), str(out))
+    logger.info("exported graph %d of %s to %s", graph_id, run_dir, path)
+    return path
+
+
+def serve(data_dir: str, *, port: int = 8032):
+    """circuit-tracer's local graph server for ``data_dir``, bound to 127.0.0.1; returns
+    the server (``serve_forever()`` / ``shutdown()``)."""
+    from circuit_tracer.frontend.local_server import (
+        DEFAULT_FRONTEND_DIR,
+        CircuitGraphHandler,
+        ReusableTCPServer,
+    )
+
+    if not (Path(data_dir) / "graph-metadata.json").is_file():
+        raise CircuitrayError(
+            f"{data_dir}: no graph-metadata.json; export a graph there first "
+            "(circuitray export RUN_DIR --graph N --out DIR)"
+        )
+    handler = functools.partial(
+        CircuitGraphHandler, frontend_dir=DEFAULT_FRONTEND_DIR, data_dir=str(data_dir)
+    )
+    try:
+        return ReusableTCPServer(("127.0.0.1", port), handler)
+    except OSError as e:
+        raise CircuitrayError(f"port {port}: {e.strerror}") from None
+
+
+def graph_slugs(data_dir: str) -> list[str]:
+    """Slugs listed in ``data_dir/graph-metadata.json``."""
+    meta = json.loads((Path(data_dir) / "graph-metadata.json").read_text())
+    return [g["slug"] for g in meta["graphs"]]

@@ -1,0 +1,522 @@
+"""A self-contained HTML report of one or more runs: plots with matplotlib, no network.
+
+1. Query the runs with the named-query library and the compare API: graph-level
+   distributions (kept nodes and edges, replacement and completeness scores) per run
+   and constraint type, ``layer_profile``, ``top_features``, ``feature_overlap``, and
+   for two runs ``circuitray.compare_runs`` (baseline = first run).
+2. Pick a representative graph per run and type (the ok graph whose kept-edge count
+   is the type's median) and draw its strongest edges: token position on the x axis,
+   layer on the y axis (tokens at the bottom, logits on top), line width by |weight|,
+   colour by sign.
+3. With ``interventions`` (``circuitray intervene`` folders): the
+   ``intervention_effects`` query per SPEC and constraint type, drawn as the mean
+   target-logit change with its bootstrap CI (the query's numbers), a scatter of the
+   graphs' predicted change (total and direct) against the measured one over every ok
+   result row, with the query's Spearman correlations, and the table itself.
+4. Render every figure to PNG with matplotlib's Agg backend and inline it as a data
+   URI; the page has no external asset, script or font. A small inline script marks
+   the body with how many images decoded (``data-plots-drawn``) and any script errors,
+   which the headless-browser test reads.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from circuitray.errors import CircuitrayError
+from circuitray.query.compare import CompareConfig, compare_runs
+from circuitray.query.engine import connect, run_query
+from circuitray.storage.run_store import InterventionStore
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["ReportConfig", "build_report"]
+
+DISTRIBUTIONS = [
+    ("n_kept_nodes", "kept nodes"),
+    ("n_kept_edges", "kept edges"),
+    ("replacement_score", "replacement score"),
+    ("completeness_score", "completeness score"),
+]
+COMPARE_METRICS = (
+    "target_prob",
+    "top1",
+    "replacement_score",
+    "completeness_score",
+    "n_kept_features",
+    "error_influence_share",
+)
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    """What the report shows.
+
+    Attributes:
+        top_k: Features per run and type in the top-features plots.
+        circuit_edges: Strongest edges drawn per representative circuit.
+        dpi: Resolution of the inlined PNGs (size vs sharpness).
+        n_boot: Bootstrap resamples of the before/after comparison.
+        seed: Bootstrap seed.
+    """
+
+    top_k: int = 10
+    circuit_edges: int = 60
+    dpi: int = 80
+    n_boot: int = 1000
+    seed: int = 0
+
+
+def _png(fig) -> str:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", bbox_inches="tight")
+    plt.close(fig)
+    data = base64.b64encode(buf.getvalue()).decode()
+    return f'<img class="plot" alt="plot" src="data:image/png;base64,{data}">'
+
+
+def _table_html(table: pa.Table, *, max_rows: int = 40) -> str:
+    cols = table.column_names
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
+    rows = []
+    for r in table.slice(0, max_rows).to_pylist():
+        cells = []
+        for c in cols:
+            v = r[c]
+            text = f"{v:.4g}" if isinstance(v, float) else ("" if v is None else str(v))
+            cells.append(f"<td>{html.escape(text)}</td>")
+        rows.append("<tr>" + "".join(cells) + "</tr>")
+    return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
+
+
+def _distributions(graphs, runs: list[str], dpi: int) -> str:
+    import matplotlib.pyplot as plt
+
+    types = sorted(graphs.constraint_type.unique())
+    fig, axes = plt.subplots(1, len(DISTRIBUTIONS), figsize=(4 * len(DISTRIBUTIONS), 3.4), dpi=dpi)
+    for ax, (col, label) in zip(axes, DISTRIBUTIONS, strict=True):
+        data, labels = [], []
+        for run in runs:
+            for t in types:
+                v = graphs[(graphs.run == run) & (graphs.constraint_type == t)][col].dropna()
+                if len(v):
+                    data.append(v.to_numpy())
+                    labels.append(f"{run}\n{t}" if len(runs) > 1 else t)
+        if data:
+            ax.boxplot(data, showmeans=True)
+            ax.set_xticks(range(1, len(labels) + 1), labels, rotation=45, ha="right", fontsize=7)
+        ax.set_title(label)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _layer_profile(profile, run: str, dpi: int) -> str:
+    import matplotlib.pyplot as plt
+
+    sub = profile[profile.run == run]
+    types = sorted(sub.constraint_type.unique())
+    kinds = ["feature", "error", "token"]
+    fig, axes = plt.subplots(1, len(types), figsize=(4.2 * len(types), 3.2), dpi=dpi, squeeze=False)
+    for ax, t in zip(axes[0], types, strict=True):
+        part = sub[sub.constraint_type == t]
+        layers = sorted(part.layer.unique())
+        bottom = np.zeros(len(layers))
+        for kind in kinds:
+            values = [
+                part[(part.layer == layer) & (part.node_type == kind)].influence_share.sum()
+                for layer in layers
+            ]
+            ax.bar([str(x) for x in layers], values, bottom=bottom, label=kind)
+            bottom += np.array(values)
+        ax.set_title(f"{run}: {t}", fontsize=9)
+        ax.set_xlabel("layer (-1: tokens)")
+        ax.set_ylabel("share of influence")
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _top_features(top, run: str, dpi: int) -> str:
+    import matplotlib.pyplot as plt
+
+    sub = top[top.run == run]
+    types = sorted(sub.constraint_type.unique())
+    fig, axes = plt.subplots(1, len(types), figsize=(4.2 * len(types), 3.6), dpi=dpi, squeeze=False)
+    for ax, t in zip(axes[0], types, strict=True):
+        part = sub[sub.constraint_type == t].iloc[::-1]
+        labels = [f"L{r.layer}/{r.feature}" for r in part.itertuples()]
+        ax.barh(labels, part.frequency, color="tab:purple")
+        ax.set_xlim(0, 1)
+        ax.set_title(f"{run}: {t}", fontsize=9)
+        ax.set_xlabel("share of graphs")
+        ax.tick_params(axis="y", labelsize=7)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _overlap(overlap, dpi: int) -> str:
+    import matplotlib.pyplot as plt
+
+    keys = sorted({(r.run_a, r.type_a) for r in overlap.itertuples()})
+    index = {k: i for i, k in enumerate(keys)}
+    m = np.zeros((len(keys), len(keys)))
+    for r in overlap.itertuples():
+        m[index[(r.run_a, r.type_a)], index[(r.run_b, r.type_b)]] = r.jaccard
+    size = 1.2 + 0.7 * len(keys)
+    fig, ax = plt.subplots(figsize=(size + 1.5, size), dpi=dpi)
+    im = ax.imshow(m, vmin=0, vmax=1, cmap="viridis")
+    labels = [f"{run}: {t}" for run, t in keys]
+    ax.set_xticks(range(len(keys)), labels, rotation=45, ha="right", fontsize=7)
+    ax.set_yticks(range(len(keys)), labels, fontsize=7)
+    for i in range(len(keys)):
+        for j in range(len(keys)):
+            ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", fontsize=6, color="w")
+    fig.colorbar(im, ax=ax, label="Jaccard")
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _compare_plot(table, dpi: int) -> str:
+    import matplotlib.pyplot as plt
+
+    metrics = list(dict.fromkeys(table.metric))
+    fig, axes = plt.subplots(
+        1, len(metrics), figsize=(3.2 * len(metrics), 3.2), dpi=dpi, squeeze=False
+    )
+    for ax, metric in zip(axes[0], metrics, strict=True):
+        part = table[table.metric == metric]
+        y = np.arange(len(part))
+        colors = ["tab:red" if b else "tab:gray" for b in part.beyond_noise]
+        ax.hlines(y, part.ci_low, part.ci_high, colors=colors, lw=2)
+        ax.scatter(part["diff"], y, c=colors, zorder=3)
+        ax.axvline(0, color="k", lw=0.8)
+        ax.set_yticks(y, list(part.group), fontsize=7)
+        ax.set_title(metric, fontsize=9)
+    fig.suptitle("candidate - baseline, 95% bootstrap CI (red: beyond noise, Holm)", fontsize=9)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _circuit(nodes, edges, title: str, n_edges: int, dpi: int) -> str:
+    import matplotlib.pyplot as plt
+    from matplotlib.collections import LineCollection
+
+    pos = {r.node_id: (r.pos, r.layer, r.node_type) for r in nodes.itertuples()}
+    strongest = edges.reindex(edges.weight.abs().sort_values(ascending=False).index)
+    strongest = strongest.head(n_edges)
+    used = set(strongest.src) | set(strongest.dst)
+    fig, ax = plt.subplots(figsize=(6.5, 4.2), dpi=dpi)
+    if len(strongest):
+        wmax = float(strongest.weight.abs().max()) or 1.0
+        segs, widths, colors = [], [], []
+        for e in strongest.itertuples():
+            (x0, y0, _), (x1, y1, _) = pos[e.src], pos[e.dst]
+            segs.append([(x0, y0), (x1, y1)])
+            widths.append(0.3 + 4 * abs(e.weight) / wmax)
+            colors.append("tab:blue" if e.weight > 0 else "tab:red")
+        ax.add_collection(LineCollection(segs, linewidths=widths, colors=colors, alpha=0.6))
+    marker = {"feature": "o", "error": "s", "token": "^", "logit": "D"}
+    color = {
+        "feature": "tab:purple",
+        "error": "tab:gray",
+        "token": "tab:green",
+        "logit": "tab:orange",
+    }
+    for kind in marker:
+        pts = [(x, y) for nid, (x, y, k) in pos.items() if k == kind and nid in used]
+        if pts:
+            xs, ys = zip(*pts, strict=True)
+            ax.scatter(xs, ys, marker=marker[kind], c=color[kind], s=30, label=kind, zorder=3)
+    tokens = nodes[nodes.node_type == "token"].sort_values("pos")
+    ax.set_xticks(list(tokens.pos), [str(t) for t in tokens.token], rotation=45, fontsize=7)
+    ax.set_ylabel("layer")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=6, loc="upper left")
+    ax.autoscale()
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _effect_label(run: str, spec: str, several: bool) -> str:
+    return f"{run}: {spec}" if several else spec
+
+
+def _intervention_effects(effects, dpi: int) -> str:
+    """Mean target-logit change per constraint type with the query's bootstrap CI, one
+    panel per (folder, SPEC); the panels of one folder share their y axis."""
+    import matplotlib.pyplot as plt
+
+    keys = list(dict.fromkeys(zip(effects.run, effects.spec, strict=True)))
+    several = len({run for run, _ in keys}) > 1
+    ncols = min(4, len(keys))
+    nrows = -(-len(keys) // ncols)
+    fig, axes = plt.subplots(
+        nrows, ncols, figsize=(3.6 * ncols, 3.4 * nrows), dpi=dpi, squeeze=False
+    )
+    by_run: dict[str, list] = {}
+    for ax, (run, spec) in zip(axes.flat, keys, strict=False):
+        part = effects[(effects.run == run) & (effects.spec == spec)]
+        x = np.arange(len(part))
+        mean = part.mean_change.to_numpy(dtype=float)
+        low = part.ci_low.to_numpy(dtype=float)
+        high = part.ci_high.to_numpy(dtype=float)
+        # Rounded bounds can sit a hair inside the rounded mean; no CI (n_boot 0): none.
+        err = np.nan_to_num(np.clip([mean - low, high - mean], 0, None))
+        colors = ["tab:gray" if t == "(all)" else "tab:blue" for t in part.constraint_type]
+        ax.bar(x, mean, yerr=err, color=colors, capsize=4, ecolor="k")
+        ax.axhline(0, color="k", lw=0.8)
+        labels = [f"{t} (n={n})" for t, n in zip(part.constraint_type, part.n, strict=True)]
+        ax.set_xticks(x, labels, rotation=45, ha="right", fontsize=7)
+        ax.set_title(_effect_label(run, spec, several), fontsize=9)
+        ax.set_ylabel("target logit change", fontsize=8)
+        by_run.setdefault(run, []).append(ax)
+    for group in by_run.values():
+        lows, highs = zip(*(ax.get_ylim() for ax in group), strict=True)
+        for ax in group:
+            ax.set_ylim(min(lows), max(highs))
+    for ax in axes.flat[len(keys) :]:
+        ax.set_visible(False)
+    fig.suptitle("mean change of the target logit (minus mean logit), 95% bootstrap CI")
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _intervention_scatter(rows, effects, dpi: int) -> str:
+    """Predicted (total, direct) vs measured target-logit change, one point per ok
+    result row, coloured by (folder, SPEC); the legend holds the query's Spearman
+    correlations of the pooled ('(all)') rows."""
+    import matplotlib.pyplot as plt
+
+    pooled = effects[effects.constraint_type == "(all)"]
+    several = pooled.run.nunique() > 1
+    panels = [
+        ("predicted_total", "spearman", "total"),
+        ("predicted_direct", "spearman_direct", "direct"),
+    ]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.6), dpi=dpi)
+    cmap = plt.get_cmap("tab10")
+    for ax, (col, rho_col, name) in zip(axes, panels, strict=True):
+        shown = []
+        for k, r in enumerate(pooled.itertuples()):
+            part = rows[(rows.run == r.run) & (rows.spec == r.spec)].dropna(subset=[col])
+            rho = getattr(r, rho_col)
+            rho_text = "n/a" if rho is None or np.isnan(rho) else f"{rho:.2f}"
+            ax.scatter(
+                part[col],
+                part.target_logit_change,
+                s=14,
+                alpha=0.6,
+                color=cmap(k % 10),
+                marker="os^Dv<>P*X"[k % 10],
+                label=f"{_effect_label(r.run, r.spec, several)}: rho = {rho_text} (n={len(part)})",
+            )
+            shown += [part[col].to_numpy(float), part.target_logit_change.to_numpy(float)]
+        values = np.concatenate(shown) if shown else np.zeros(0)
+        values = values[np.isfinite(values)]
+        if len(values):
+            # Predictions can exceed the measured change by orders of magnitude: symlog
+            # both axes alike (linear up to the power of ten above the values' median
+            # size), so the dashed diagonal is "predicted = measured".
+            nonzero = np.abs(values[values != 0])
+            linthresh = 10.0 ** np.ceil(np.log10(np.median(nonzero))) if len(nonzero) else 1.0
+            ax.set_xscale("symlog", linthresh=linthresh)
+            ax.set_yscale("symlog", linthresh=linthresh)
+            lo, hi = float(values.min()), float(values.max())
+            ax.plot([lo, hi], [lo, hi], ls="--", color="k", lw=0.8, label="predicted = measured")
+        ax.axhline(0, color="gray", lw=0.5)
+        ax.axvline(0, color="gray", lw=0.5)
+        ax.set_xlabel(f"graph-predicted change ({col})")
+        ax.set_ylabel("measured target_logit_change")
+        ax.set_title(f"{name} effect vs measured (Spearman rho per SPEC, all types)", fontsize=9)
+        ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _interventions_section(dirs: list[str], config: ReportConfig) -> list[str]:
+    effects = run_query(
+        "intervention_effects",
+        dirs,
+        params={"n_boot": str(config.n_boot), "seed": str(config.seed)},
+    )
+    con = connect(dirs)
+    try:
+        names = [r[0] for r in con.execute("SELECT run FROM runs ORDER BY position").fetchall()]
+        rows = con.sql(
+            "SELECT run, spec, predicted_total, predicted_direct, target_logit_change "
+            "FROM interventions WHERE status = 'ok'"
+        ).df()
+        errors = dict(
+            con.sql(
+                "SELECT run, count(*) FROM interventions WHERE status <> 'ok' GROUP BY run"
+            ).fetchall()
+        )
+    finally:
+        con.close()
+    items = []
+    for name, d in zip(names, dirs, strict=True):
+        meta = InterventionStore(d).read_meta()
+        plan = meta.get("plan") or {}
+        specs = ", ".join(s.get("text", "?") for s in plan.get("specs") or [])
+        items.append(
+            f"<li>{html.escape(name)}: {html.escape(d)} (source run "
+            f"{html.escape(str(meta.get('source_run')))}; SPECs {html.escape(specs)}; scale "
+            f"{plan.get('scale')}; constrained layers {plan.get('constrained_layers')}; "
+            f"{meta.get('status')}; {errors.get(name, 0)} error rows)</li>"
+        )
+    out = ["<h2>Interventions</h2>", "<ul>" + "".join(items) + "</ul>"]
+    if effects.num_rows == 0:
+        return [*out, "<p>no ok intervention results</p>"]
+    frame = effects.to_pandas()
+    return [
+        *out,
+        "<h3>Mean target-logit change per SPEC and constraint type</h3>",
+        _intervention_effects(frame, config.dpi),
+        "<h3>Graph-predicted vs measured change</h3>",
+        _intervention_scatter(rows, frame, config.dpi),
+        _table_html(effects, max_rows=500),
+    ]
+
+
+def build_report(
+    run_dirs: list[str],
+    out: str,
+    *,
+    config: ReportConfig | None = None,
+    interventions: list[str] | None = None,
+) -> dict:
+    """Write the report for ``run_dirs`` (and ``interventions`` folders, if any) to
+    ``out``; returns path, bytes, plots, seconds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    config = config or ReportConfig()
+    t0 = time.perf_counter()
+    interventions = [str(d) for d in interventions or []]
+    for d in interventions:  # before the slow part
+        if not InterventionStore(d).exists():
+            raise CircuitrayError(
+                f"{d}: not a circuitray intervention folder (no intervention.json)"
+            )
+    con = connect(run_dirs)
+    try:
+        runs = [r[0] for r in con.execute("SELECT run FROM runs ORDER BY position").fetchall()]
+        graphs = con.sql(
+            "SELECT run, graph_id, coalesce(constraint_type, '(none)') AS constraint_type, "
+            "n_kept_nodes, n_kept_edges, replacement_score, completeness_score "
+            "FROM graphs WHERE status = 'ok'"
+        ).df()
+        if graphs.empty:
+            raise CircuitrayError("no ok graphs in " + ", ".join(run_dirs) + ": nothing to report")
+        # Representative graph per run and type: the one with the median kept-edge count.
+        reps = con.sql(
+            "SELECT run, constraint_type, graph_id, n_kept_edges FROM ("
+            "  SELECT run, coalesce(constraint_type, '(none)') AS constraint_type, graph_id,"
+            "    n_kept_edges, row_number() OVER (PARTITION BY run, constraint_type"
+            "      ORDER BY n_kept_edges, graph_id) AS k,"
+            "    count(*) OVER (PARTITION BY run, constraint_type) AS n"
+            "  FROM graphs WHERE status = 'ok') WHERE k = (n + 1) // 2"
+            " ORDER BY run, constraint_type"
+        ).df()
+        circuits = []
+        for r in reps.itertuples():
+            q = "FROM {} WHERE run = $run AND graph_id = $gid"
+            args = {"run": r.run, "gid": int(r.graph_id)}
+            nodes = con.execute(q.format("nodes"), args).df()
+            edges = con.execute(q.format("edges"), args).df()
+            title = (
+                f"{r.run}: {r.constraint_type}, graph {r.graph_id} (median: {r.n_kept_edges} edges)"
+            )
+            circuits.append(_circuit(nodes, edges, title, config.circuit_edges, config.dpi))
+    finally:
+        con.close()
+    profile = run_query("layer_profile", run_dirs).to_pandas()
+    top = run_query("top_features", run_dirs, params={"top_k": str(config.top_k)}).to_pandas()
+    overlap = run_query("feature_overlap", run_dirs).to_pandas()
+    stats = run_query("constraint_stats", run_dirs)
+
+    sections = [
+        "<h2>Runs</h2>",
+        "<ul>"
+        + "".join(
+            f"<li>{html.escape(r)}: {html.escape(d)}</li>"
+            for r, d in zip(runs, run_dirs, strict=True)
+        )
+        + "</ul>",
+        _table_html(stats),
+        "<h2>Distributions per constraint type</h2>",
+        _distributions(graphs, runs, config.dpi),
+        "<h2>Layer profile of influence</h2>",
+        *[_layer_profile(profile, run, config.dpi) for run in runs],
+        f"<h2>Top shared features (top {config.top_k} per type)</h2>",
+        *[_top_features(top, run, config.dpi) for run in runs],
+        "<h2>Feature overlap (Jaccard of feature sets)</h2>",
+        _overlap(overlap, config.dpi) if len(overlap) else "<p>no features</p>",
+    ]
+    if len(run_dirs) >= 2:
+        cmp_config = CompareConfig(metrics=COMPARE_METRICS, n_boot=config.n_boot, seed=config.seed)
+        try:
+            diff = compare_runs(run_dirs[0], run_dirs[1], config=cmp_config)
+            sections += [
+                f"<h2>Before / after: {html.escape(runs[1])} - {html.escape(runs[0])}</h2>",
+                _compare_plot(diff.to_pandas(), config.dpi),
+                _table_html(diff, max_rows=200),
+            ]
+        except CircuitrayError as e:  # e.g. the runs share no prompt
+            sections += [f"<h2>Before / after</h2><p>{html.escape(str(e))}</p>"]
+    sections += ["<h2>Representative circuits (strongest edges)</h2>", *circuits]
+    if interventions:
+        sections += _interventions_section(interventions, config)
+
+    page = PAGE.format(
+        title=html.escape("circuitray report: " + ", ".join(runs)), body="\n".join(sections)
+    )
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(page)
+    tmp.replace(path)
+    n_plots = page.count('class="plot"')
+    seconds = time.perf_counter() - t0
+    logger.info(
+        "report %s: %d plots, %d bytes in %.1fs", path, n_plots, path.stat().st_size, seconds
+    )
+    return {"path": str(path), "bytes": path.stat().st_size, "plots": n_plots, "seconds": seconds}
+
+
+PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
+<style>
+body {{ font-family: sans-serif; margin: 2em; max-width: 1400px; }}
+h3 {{ font-size: 1em; }}
+table {{ border-collapse: collapse; font-size: 12px; margin: 1em 0; }}
+td, th {{ border: 1px solid #ccc; padding: 2px 6px; text-align: right; }}
+img.plot {{ display: block; margin: 1em 0; max-width: 100%; }}
+</style></head>
+<body data-plots-drawn="0" data-errors="">
+<h1>{title}</h1>
+{body}
+<script>
+window.addEventListener("error", function (e) {{
+  document.body.dataset.errors += (e.message || "error") + ";";
+}});
+window.addEventListener("load", function () {{
+  var imgs = document.querySelectorAll("img.plot"), drawn = 0;
+  imgs.forEach(function (img) {{ if (img.complete && img.naturalWidth > 0) drawn++; }});
+  document.body.dataset.plotsDrawn = String(drawn);
+  document.body.dataset.plotsTotal = String(imgs.length);
+}});
+</script>
+</body></html>
+"""

@@ -1,0 +1,286 @@
+"""DuckDB over run folders: views, the named query library, and read-only ad-hoc SQL.
+
+1. :func:`connect` opens an in-memory DuckDB with views ``graphs``, ``nodes`` and
+   ``edges`` over the committed Parquet parts of one or more run folders; every view
+   has a ``run`` column (the folder's name) so one query can compare runs, and
+   ``runs`` (run, position, path) keeps the order the folders were given in.
+   Intervention folders (``circuitray intervene``) given among them feed the view
+   ``interventions`` the same way.
+2. Named queries are the ``*.sql`` files of the query folder (``queries/`` at the
+   repository root, or ``$CIRCUITRAY_QUERIES_DIR``). A header of ``--`` comments says
+   what a query answers and declares its parameters::
+
+       -- Per constraint type: graph counts, kept nodes and edges ...
+       -- param: min_graphs int = 1 -- only types with at least this many graphs
+       -- uses: paths
+
+   Parameters are bound by DuckDB (``$min_graphs`` in the SQL), never pasted in. A
+   ``uses:`` line makes another named query's result a table of that name (computed
+   first, with the parameters it declares, which the using query accepts too), so a
+   summary can build on a detailed query without repeating its SQL.
+3. :func:`run_sql` runs user SQL after checking that every statement is a plain
+   query (SELECT / WITH / VALUES / EXPLAIN / DESCRIBE / SHOW / SUMMARIZE): writing files,
+   attaching databases, installing extensions or changing settings is refused.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+
+from circuitray.errors import CircuitrayError, RunDirError
+from circuitray.schema import EDGE_SCHEMA, GRAPH_SCHEMA, NODE_SCHEMA, RESULT_SCHEMA
+from circuitray.storage.run_store import InterventionStore, RunStore
+
+__all__ = ["NamedQuery", "connect", "list_queries", "run_query", "run_sql"]
+
+# View name -> schema; FOLDER_TABLE names a view's folder table where they differ.
+SCHEMAS = {
+    "graphs": GRAPH_SCHEMA,
+    "nodes": NODE_SCHEMA,
+    "edges": EDGE_SCHEMA,
+    "interventions": RESULT_SCHEMA,
+}
+FOLDER_TABLE = {"interventions": "results"}
+PARAM_RE = re.compile(
+    r"^--\s*param:\s*(?P<name>\w+)\s+(?P<type>int|float|str|bool)\s*=\s*(?P<default>.*?)\s*"
+    r"(?:--\s+(?P<doc>.*))?$"
+)
+CASTS = {"int": int, "float": float, "str": str, "bool": lambda v: str(v).lower() in ("1", "true")}
+USES_RE = re.compile(r"^--\s*uses:\s*(?P<names>[\w ,]+)$")
+READ_ONLY_TYPES = {"SELECT", "EXPLAIN"}
+# EXPLAIN ANALYZE runs the statement it explains: look inside every EXPLAIN.
+EXPLAIN_RE = re.compile(
+    r"^\s*EXPLAIN\s*(?:\([^)]*\)\s*)?(?:ANALY[SZ]E\b)?(?P<inner>.*)$", re.I | re.S
+)
+
+
+def queries_dir() -> Path:
+    env = os.environ.get("CIRCUITRAY_QUERIES_DIR")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parent / "sql"
+
+
+@dataclass
+class NamedQuery:
+    """One ``queries/NAME.sql`` file.
+
+    Attributes:
+        name: File stem, used as ``circuitray query NAME``.
+        description: The header's first comment paragraph.
+        params: Parameter name -> (type name, default value, doc), the used queries'
+            included.
+        sql: The SQL text (header included; DuckDB ignores comments).
+        uses: Named queries whose results this one reads as tables, in order.
+    """
+
+    name: str
+    description: str
+    params: dict[str, tuple[str, object, str]] = field(default_factory=dict)
+    sql: str = ""
+    uses: list[str] = field(default_factory=list)
+
+    @classmethod
+    def load(cls, path: Path) -> NamedQuery:
+        text = path.read_text()
+        desc: list[str] = []
+        params: dict[str, tuple[str, object, str]] = {}
+        uses: list[str] = []
+        for line in text.splitlines():
+            if not line.startswith("--"):
+                break
+            m = PARAM_RE.match(line)
+            u = USES_RE.match(line)
+            if re.match(r"^--\s*param:", line) and not m:
+                raise CircuitrayError(
+                    f"{path}: bad parameter line {line!r} "
+                    "(expected: -- param: NAME int|float|str|bool = DEFAULT -- doc)"
+                )
+            if m:
+                typ = m["type"]
+                try:
+                    default = CASTS[typ](m["default"].strip())
+                except ValueError:
+                    raise CircuitrayError(
+                        f"{path}: parameter {m['name']}: default {m['default']!r} is not {typ}"
+                    ) from None
+                params[m["name"]] = (typ, default, m["doc"] or "")
+            elif u:
+                uses += [n.strip() for n in u["names"].split(",") if n.strip()]
+            elif not params and not uses:
+                desc.append(line.lstrip("-").strip())
+        for used in uses:
+            params = {**get_query(used).params, **params}
+        return cls(path.stem, " ".join(d for d in desc if d), params, text, uses)
+
+    def bind(self, overrides: dict[str, str]) -> dict[str, object]:
+        unknown = sorted(set(overrides) - set(self.params))
+        if unknown:
+            known = ", ".join(self.params) or "none"
+            raise CircuitrayError(
+                f"query {self.name}: unknown parameter {unknown[0]!r} (parameters: {known})"
+            )
+        values: dict[str, object] = {}
+        for name, (typ, default, _) in self.params.items():
+            if name in overrides:
+                try:
+                    values[name] = CASTS[typ](overrides[name])
+                except ValueError:
+                    raise CircuitrayError(
+                        f"query {self.name}: parameter {name!r} must be {typ}, "
+                        f"got {overrides[name]!r}"
+                    ) from None
+            else:
+                values[name] = default
+        return values
+
+
+def list_queries() -> list[NamedQuery]:
+    d = queries_dir()
+    return [NamedQuery.load(p) for p in sorted(d.glob("*.sql"))]
+
+
+def get_query(name: str) -> NamedQuery:
+    path = queries_dir() / f"{name}.sql"
+    if not re.fullmatch(r"[A-Za-z0-9_]+", name) or not path.exists():
+        known = ", ".join(q.name for q in list_queries())
+        raise CircuitrayError(f"unknown query {name!r} (known: {known})")
+    return NamedQuery.load(path)
+
+
+def _run_names(run_dirs: list[str]) -> list[str]:
+    names = [
+        str(r).rstrip("/").rsplit("/", 1)[-1] if "://" in str(r) else Path(r).resolve().name
+        for r in run_dirs
+    ]
+    if len(set(names)) != len(names):  # same folder name in two places: number them
+        names = [f"{n}#{i}" for i, n in enumerate(names)]
+    return names
+
+
+def connect(run_dirs: list[str], *, threads: int | None = None) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB with ``graphs``, ``nodes``, ``edges`` views over the runs."""
+    if not run_dirs:
+        raise CircuitrayError("give at least one run folder")
+    stores: list[RunStore] = []
+    for r in run_dirs:
+        store = RunStore(r)
+        if not store.exists():
+            store = InterventionStore(r)
+        if not store.exists():
+            raise RunDirError(
+                f"{r}: not a circuitray run folder (no run.json) nor an intervention "
+                "folder (no intervention.json)"
+            )
+        stores.append(store)
+    con = duckdb.connect(":memory:")
+    if threads:
+        con.execute(f"SET threads = {int(threads)}")
+    # The order runs were given in: compare_runs takes position 0 as the baseline.
+    con.register(
+        "_runs",
+        pa.table(
+            {
+                "run": _run_names(run_dirs),
+                "position": list(range(len(run_dirs))),
+                "path": [str(r) for r in run_dirs],
+            }
+        ),
+    )
+    con.execute("CREATE VIEW runs AS SELECT * FROM _runs")
+    for table, schema in SCHEMAS.items():
+        selects = []
+        for name, store in zip(_run_names(run_dirs), stores, strict=True):
+            folder_table = FOLDER_TABLE.get(table, table)
+            files = store.part_files(folder_table) if folder_table in store.tables else []
+            run_lit = "'" + name.replace("'", "''") + "'"
+            if files and not store.local:
+                # Object storage: DuckDB scans a pyarrow dataset over pyarrow's S3/GCS
+                # filesystem (no DuckDB extension to download).
+                alias = f"_{table}_{len(selects)}_{abs(hash(store.uri)) % 10**8}"
+                con.register(alias, store.dataset(folder_table))
+                selects.append(f"SELECT {run_lit} AS run, * FROM {alias}")
+            elif files:
+                file_list = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
+                selects.append(f"SELECT {run_lit} AS run, * FROM read_parquet([{file_list}])")
+            else:
+                empty = f"_empty_{table}"
+                con.register(empty, pa.table({f.name: pa.array([], f.type) for f in schema}))
+                selects.append(f"SELECT {run_lit} AS run, * FROM {empty}")
+        con.execute(f"CREATE VIEW {table} AS " + " UNION ALL ".join(selects))
+    return con
+
+
+def _params_of(con: duckdb.DuckDBPyConnection, sql: str, values: dict) -> dict:
+    """The values that ``sql`` has placeholders for (DuckDB refuses extra ones)."""
+    names = set().union(*(st.named_parameters for st in con.extract_statements(sql)))
+    return {k: v for k, v in values.items() if k in names}
+
+
+def run_query(name: str, run_dirs: list[str], *, params: dict[str, str] | None = None) -> pa.Table:
+    """Run the named query over ``run_dirs`` with ``params`` (strings, cast per header)."""
+    query = get_query(name)
+    values = query.bind(params or {})
+    con = connect(run_dirs)
+    try:
+        for used_name in query.uses:
+            used = get_query(used_name)
+            sql = f"CREATE TEMP TABLE {used.name} AS {used.sql.strip().rstrip(';')}"
+            con.execute(sql, _params_of(con, sql, values))
+        return con.sql(query.sql, params=_params_of(con, query.sql, values)).to_arrow_table()
+    except duckdb.Error as e:
+        raise CircuitrayError(f"query {name}: {str(e).splitlines()[0]}") from None
+    finally:
+        con.close()
+
+
+def _check_read_only(con: duckdb.DuckDBPyConnection, statement) -> None:
+    kind = statement.type.name
+    if kind == "EXPLAIN":
+        m = EXPLAIN_RE.match(statement.query)
+        try:
+            inner = con.extract_statements(m["inner"]) if m else []
+        except duckdb.Error:
+            inner = []
+        if len(inner) != 1:
+            raise CircuitrayError("SQL: EXPLAIN of this statement is not allowed")
+        kind = inner[0].type.name
+    if kind not in READ_ONLY_TYPES - {"EXPLAIN"}:
+        raise CircuitrayError(
+            f"SQL: {kind} statements are not allowed; circuitray sql is read-only "
+            "(SELECT queries over graphs, nodes, edges)"
+        )
+
+
+def run_sql(run_dirs: list[str], sql: str) -> pa.Table:
+    """Run read-only ad-hoc SQL over the runs' views (see module docstring)."""
+    con = connect(run_dirs)
+    try:
+        try:
+            statements = con.extract_statements(sql)
+        except duckdb.Error as e:
+            raise CircuitrayError(f"SQL: {str(e).splitlines()[0]}") from None
+        if not statements:
+            raise CircuitrayError("SQL: no statement given")
+        for st in statements:
+            _check_read_only(con, st)
+        # Only the run folders stay readable; then lock the configuration.
+        dirs = [str(Path(r).resolve()) + "/" for r in run_dirs if "://" not in str(r)]
+        con.execute("SET allowed_directories = $dirs", {"dirs": dirs})
+        con.execute("SET enable_external_access = false")
+        con.execute("SET lock_configuration = true")
+        result = None
+        for st in statements:
+            result = con.sql(st.query).to_arrow_table()
+        assert result is not None
+        return result
+    except duckdb.Error as e:
+        raise CircuitrayError(f"SQL: {str(e).splitlines()[0]}") from None
+    finally:
+        con.close()

@@ -20,7 +20,7 @@ from pathlib import Path
 import click
 
 from circuitray import ModelSpec, RunConfig, generate_ws2, run, run_query, write_prompts
-from circuitray.cli import print_table
+from circuitray.cli.output import print_table
 from circuitray.errors import CircuitrayError
 
 

@@ -1,0 +1,5 @@
+"""``python -m circuitray.cli``."""
+
+from circuitray.cli import main
+
+main()

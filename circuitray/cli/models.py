@@ -1,0 +1,264 @@
+"""``circuitray model`` and ``circuitray organism``: build, warm and check models."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+from rich.table import Table
+
+from circuitray.cli.output import (
+    console,
+    err_console,
+)
+from circuitray.errors import CircuitrayError
+
+
+@click.group("model")
+def model_group() -> None:
+    """Build and inspect models."""
+
+
+@model_group.command("build-tiny")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--force", is_flag=True, help="Rebuild even if the saved build is up to date.")
+def build_tiny_cmd(seed: int, force: bool) -> None:
+    """Build the random-weight tiny Gemma-2 model and its transcoders (seconds)."""
+    from circuitray.models.tiny import build_tiny
+
+    paths = build_tiny(seed=seed, force=force)
+    err_console.print(f"tiny model: {paths['model']}\ntranscoders: {paths['transcoders']}")
+
+
+@model_group.command("warm")
+@click.option("--model", default="organism-tuned", show_default=True, help="As for run.")
+@click.option("--transcoders", default=None, help="As for run; bundled default.")
+@click.option("--transcoder-cache-dir", type=click.Path(file_okay=False), default=None)
+@click.option("--address", default=None, help="Warm every node of this Ray cluster (auto).")
+@click.option("--json", "as_json", is_flag=True, help="Print what was done as JSON.")
+def warm_cmd(model, transcoders, transcoder_cache_dir, address, as_json) -> None:
+    """Download MODEL and its transcoders into this node's caches (or every node's)."""
+    from circuitray.models.loading import ModelSpec
+    from circuitray.models.warm import warm_cluster, warm_model
+
+    spec = ModelSpec(
+        model=model, transcoders=transcoders, transcoder_cache_dir=transcoder_cache_dir
+    )
+    results = warm_cluster(spec, address=address) if address else [warm_model(spec)]
+    if as_json:
+        click.echo(json.dumps(results, indent=2))
+        return
+    for r in results:
+        console.print(
+            f"{r['node']}: {r['model']} ({r['model_path']}) and transcoders "
+            f"{r['transcoders']} ready in {r['seconds']:.1f}s"
+        )
+
+
+@click.group("organism")
+def organism_group() -> None:
+    """The WS2 model organism: base and tuned tiny Gemma-2 with trained transcoders."""
+
+
+@organism_group.command("build")
+@click.option("--seed", type=int, default=None, help="Override the config's seed (default 0).")
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    default=None,
+    help="torch threads (default 2; same seed, threads and CPU: bit-identical weights).",
+)
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(exists=True, dir_okay=False),
+    help="YAML/JSON file of OrganismConfig fields to change (transcoders: a mapping).",
+)
+@click.option("--force", is_flag=True, help="Rebuild even if the saved build is up to date.")
+@click.option("--json", "as_json", is_flag=True, help="Print the whole report as JSON.")
+def organism_build_cmd(
+    seed: int | None, threads: int | None, config_file: str | None, force: bool, as_json: bool
+) -> None:
+    """Train base and tuned checkpoints and their transcoders; write the report.
+
+    A build whose config, code and torch are unchanged and whose artifacts still hash
+    to the report's digests is reused in seconds (--force rebuilds).
+    """
+    from circuitray.organism import build_organism
+
+    config = organism_config(config_file, seed=seed, threads=threads)
+    with err_console.status("training the WS2 organism (base, tuned, transcoders)..."):
+        report = build_organism(config, force=force)
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+    elif report.get("reused"):
+        console.print(
+            f"organism up to date (build {report['build']['key'][:12]}, "
+            f"{report['timings']['total_s']:.0f}s when built): reused, nothing rebuilt"
+        )
+    else:
+        print_organism_report(report)
+    if not report["passed"]:
+        failed = [k for k, v in report["acceptance"].items() if not v]
+        raise CircuitrayError(f"organism report below thresholds: {', '.join(failed)}")
+
+
+def _matrix_defaults():
+    from circuitray.organism.matrix import MatrixConfig
+
+    return MatrixConfig(out="")
+
+
+@organism_group.command("matrix")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Folder for the cells' builds and matrix.json "
+    "[default: $CIRCUITRAY_HOME/organism-matrix].",
+)
+@click.option(
+    "--capability",
+    "capabilities",
+    multiple=True,
+    type=click.Choice(["default", "avx2", "avx512"]),
+    help="ATEN_CPU_CAPABILITY of a column (repeat) "
+    "[default: default, avx2, and avx512 where the CPU has it].",
+)
+@click.option(
+    "--threads",
+    "threads",
+    multiple=True,
+    type=click.IntRange(min=1),
+    help=f"torch threads (repeat) [default: {', '.join(map(str, _matrix_defaults().threads))}].",
+)
+@click.option(
+    "--seed",
+    "seeds",
+    multiple=True,
+    type=int,
+    help=f"Organism seed (repeat) [default: {', '.join(map(str, _matrix_defaults().seeds))}].",
+)
+@click.option("--env", "env", multiple=True, help="KEY=VALUE for every cell (e.g. MKL_CBWR=AVX2).")
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Organism config file for every cell (as for build).",
+)
+@click.option("--markdown", type=click.Path(dir_okay=False), help="Also write the table here.")
+def organism_matrix_cmd(out, capabilities, threads, seeds, env, config_file, markdown) -> None:
+    """Build the organism under several CPU kernels, thread counts and seeds (fresh
+    processes, one after another) and judge every cell with margin; exit 2 if any fails."""
+    from circuitray.machine import aten_capabilities
+    from circuitray.models.registry import circuitray_home
+    from circuitray.organism.matrix import MatrixConfig, matrix_markdown, run_matrix
+
+    missing = sorted(set(capabilities) - set(aten_capabilities()))
+    if missing:
+        raise CircuitrayError(
+            f"--capability {', '.join(missing)}: this CPU has no such kernels (/proc/cpuinfo)"
+        )
+    extra = {}
+    for item in env:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise CircuitrayError(f"--env {item!r}: expected KEY=VALUE")
+        extra[key] = value
+    defaults = _matrix_defaults()
+    config = MatrixConfig(
+        out=out or str(circuitray_home() / "organism-matrix"),
+        capabilities=tuple(capabilities) or None,
+        threads=tuple(threads) or defaults.threads,
+        seeds=tuple(seeds) or defaults.seeds,
+        env=extra,
+        config_file=config_file,
+    )
+
+    def show(row: dict) -> None:
+        verdict = "pass" if row["passed"] else "FAIL " + ", ".join(row["failed"])
+        tuned = " ".join(f"{v:.3f}" for v in row.get("tuned", {}).values())
+        err_console.print(f"{row['cell']}: tuned {tuned or '-'}, {row['wall_s']:.0f}s: {verdict}")
+
+    result = run_matrix(config, on_cell=show)
+    table = matrix_markdown(result)
+    console.print(f"CPU: {result['cpu']}\n")
+    click.echo(table)
+    if markdown:
+        Path(markdown).write_text(f"CPU: {result['cpu']}\n\n{table}")
+    if not result["passed"]:
+        failed = [r["cell"] for r in result["cells"] if not r["passed"]]
+        raise CircuitrayError(f"organism matrix: {len(failed)} cell(s) failed: {', '.join(failed)}")
+
+
+def organism_config(config_file: str | None, *, seed: int | None, threads: int | None):
+    """OrganismConfig from its defaults, a config file's fields, then --seed/--threads."""
+    import yaml
+
+    from circuitray.organism import OrganismConfig
+
+    values: dict = {}
+    if config_file:
+        try:
+            loaded = yaml.safe_load(Path(config_file).read_text())
+        except yaml.YAMLError as e:
+            raise CircuitrayError(f"{config_file}: not YAML/JSON ({e.__class__.__name__})") from e
+        if not isinstance(loaded, dict):
+            raise CircuitrayError(f"{config_file}: expected a mapping of config fields")
+        values.update(loaded)
+    if seed is not None:
+        values["seed"] = seed
+    if threads is not None:
+        values["threads"] = threads
+    try:
+        return OrganismConfig.from_dict(values)
+    except (TypeError, ValueError) as e:
+        raise CircuitrayError(f"{config_file or 'organism config'}: {e}") from e
+
+
+def print_organism_report(report: dict) -> None:
+    acc = Table(
+        "constraint_type",
+        "n",
+        "chance",
+        "base accuracy",
+        "tuned accuracy",
+        title="held-out accuracy among candidates",
+    )
+    for name, t in report["accuracy"]["tuned"].items():
+        b = report["accuracy"]["base"][name]
+        acc.add_row(
+            name, str(t["n"]), f"{t['chance']:.3f}", f"{b['accuracy']:.3f}", f"{t['accuracy']:.3f}"
+        )
+    console.print(acc)
+    tc = Table(
+        "layer",
+        "EV base",
+        "EV tuned",
+        "nMSE base",
+        "L0",
+        "L0 / dict",
+        title=f"transcoders (d={report['transcoders']['d_transcoder']})",
+    )
+    for layer, m in report["transcoders"]["base"].items():
+        mt = report["transcoders"]["tuned"][layer]
+        tc.add_row(
+            layer,
+            f"{m['explained_variance']:.3f}",
+            f"{mt['explained_variance']:.3f}",
+            f"{m['nmse']:.4f}",
+            f"{m['l0']:.1f}",
+            f"{m['l0_fraction']:.3f}",
+        )
+    console.print(tc)
+    g = report["graphs"]
+    console.print(
+        f"graphs (n={g['tuned']['n']}): replacement base {g['base']['mean_replacement']:.3f}"
+        f" / tuned {g['tuned']['mean_replacement']:.3f}; completeness base "
+        f"{g['base']['mean_completeness']:.3f} / tuned {g['tuned']['mean_completeness']:.3f}"
+    )
+    console.print(
+        f"built in {report['timings']['total_s']:.0f}s, "
+        f"{report['artifacts']['bytes'] / 1e6:.1f} MB; passed: {report['passed']}"
+    )

@@ -1,0 +1,88 @@
+"""``circuitray report``, ``export`` and ``serve``."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+
+import click
+
+from circuitray.cli.output import (
+    console,
+)
+
+
+@click.command("report")
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path())
+@click.option("--out", type=click.Path(dir_okay=False), required=True, help="HTML file.")
+@click.option("--top-k", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--circuit-edges", type=click.IntRange(min=1), default=60, show_default=True)
+@click.option(
+    "--interventions",
+    "interventions",
+    multiple=True,
+    type=click.Path(),
+    help="An intervention folder (circuitray intervene), repeatable: adds an "
+    "Interventions section.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
+def report_cmd(run_dirs, out, top_k, circuit_edges, interventions, as_json) -> None:
+    """One self-contained HTML report of RUN_DIRs (two runs: before/after)."""
+    from circuitray.outputs.report import ReportConfig, build_report
+
+    config = ReportConfig(top_k=top_k, circuit_edges=circuit_edges)
+    status = console.status("building the report") if not as_json else contextlib.nullcontext()
+    with status:
+        record = build_report(list(run_dirs), out, config=config, interventions=list(interventions))
+    if as_json:
+        click.echo(json.dumps(record, indent=2))
+    else:
+        console.print(
+            f"{record['path']}: {record['plots']} plots, {record['bytes'] / 1e6:.1f} MB "
+            f"in {record['seconds']:.1f}s"
+        )
+
+
+@click.command("export")
+@click.argument("run_dir", type=click.Path())
+@click.option("--graph", "graph_id", type=int, required=True, help="graph_id to export.")
+@click.option("--out", type=click.Path(file_okay=False), required=True, help="Viewer folder.")
+@click.option("--slug", default=None, help="Name in the viewer (default RUN-gID).")
+@click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
+def export_cmd(run_dir, graph_id, out, slug, as_json) -> None:
+    """Write a stored graph in circuit-tracer's graph-viewer JSON format."""
+    from circuitray.outputs.export import export_graph
+
+    path = export_graph(run_dir, graph_id, out, slug=slug)
+    data = json.loads(path.read_text())
+    record = {
+        "path": str(path),
+        "slug": data["metadata"]["slug"],
+        "nodes": len(data["nodes"]),
+        "links": len(data["links"]),
+    }
+    if as_json:
+        click.echo(json.dumps(record, indent=2))
+    else:
+        console.print(
+            f"{path}: {record['nodes']} nodes, {record['links']} links; "
+            f"view with: circuitray serve {out}"
+        )
+
+
+@click.command("serve")
+@click.argument("data_dir", type=click.Path())
+@click.option("--port", type=click.IntRange(0, 65535), default=8032, show_default=True)
+def serve_cmd(data_dir, port) -> None:
+    """Serve exported graphs with circuit-tracer's own viewer on 127.0.0.1."""
+    from circuitray.outputs.export import graph_slugs, serve
+
+    server = serve(data_dir, port=port)
+    port = server.server_address[1]
+    console.print(
+        f"http://127.0.0.1:{port}/index.html ({len(graph_slugs(data_dir))} graphs); Ctrl-C stops"
+    )
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()

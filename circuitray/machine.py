@@ -1,10 +1,12 @@
-"""What machine this is, as benchmarks and the organism matrix record it (no torch)."""
+"""What machine and software this is, as runs, benchmarks and the organism matrix
+record it (no torch)."""
 
 from __future__ import annotations
 
+from importlib import metadata
 from pathlib import Path
 
-__all__ = ["aten_capabilities", "cpu_flags", "cpu_model"]
+__all__ = ["aten_capabilities", "cpu_flags", "cpu_model", "package_versions"]
 
 
 def _cpuinfo() -> str:
@@ -37,3 +39,14 @@ def aten_capabilities(cpuinfo: str | None = None) -> list[str]:
     if "avx512f" in cpu_flags(cpuinfo):
         caps.append("avx512")
     return caps
+
+
+def package_versions(names: tuple[str, ...] | list[str]) -> dict[str, str | None]:
+    """Installed version of each distribution in ``names`` (None where absent)."""
+    out: dict[str, str | None] = {}
+    for name in names:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out

@@ -14,6 +14,7 @@ output they share. Command modules import heavy packages inside the command, so
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import sys
@@ -21,7 +22,6 @@ import warnings
 
 import click
 
-from circuitray.cli import bench, jobs, models, outputs, prompts, query
 from circuitray.cli.output import err_console
 from circuitray.errors import CircuitrayError
 
@@ -38,7 +38,40 @@ def _setup_logging(verbose: bool) -> None:
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+# Command name -> "module:attribute". A command's module is imported only when that
+# command runs (or help lists it), so ``circuitray query`` loads DuckDB, not torch.
+COMMANDS = {
+    "ws2": "circuitray.cli.prompts:ws2_cmd",
+    "run": "circuitray.cli.jobs:run_cmd",
+    "intervene": "circuitray.cli.jobs:intervene_cmd",
+    "pipeline": "circuitray.cli.jobs:pipeline_group",
+    "compact": "circuitray.cli.storage:compact_cmd",
+    "query": "circuitray.cli.query:query_cmd",
+    "sql": "circuitray.cli.query:sql_cmd",
+    "compare": "circuitray.cli.query:compare_cmd",
+    "report": "circuitray.cli.outputs:report_cmd",
+    "export": "circuitray.cli.outputs:export_cmd",
+    "serve": "circuitray.cli.outputs:serve_cmd",
+    "bench": "circuitray.cli.bench:bench_group",
+    "model": "circuitray.cli.models:model_group",
+    "organism": "circuitray.cli.models:organism_group",
+}
+
+
+class LazyGroup(click.Group):
+    """A click group whose subcommands are imported on first use (:data:`COMMANDS`)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *COMMANDS})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in COMMANDS and cmd_name not in self.commands:
+            module, attr = COMMANDS[cmd_name].split(":")
+            self.add_command(getattr(importlib.import_module(module), attr), cmd_name)
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-v", "--verbose", is_flag=True, help="Log progress details.")
 def cli(verbose: bool) -> None:
     """Attribution graphs for many prompts on Ray, stored as Parquet, queried with DuckDB."""
@@ -74,22 +107,3 @@ def main() -> None:
             err=True,
         )
         sys.exit(1)
-
-
-for command in (
-    prompts.ws2_cmd,
-    jobs.run_cmd,
-    jobs.intervene_cmd,
-    jobs.pipeline_group,
-    jobs.compact_cmd,
-    query.query_cmd,
-    query.sql_cmd,
-    query.compare_cmd,
-    outputs.report_cmd,
-    outputs.export_cmd,
-    outputs.serve_cmd,
-    bench.bench_group,
-    models.model_group,
-    models.organism_group,
-):
-    cli.add_command(command)

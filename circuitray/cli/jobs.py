@@ -1,12 +1,18 @@
-"""The Ray jobs: ``circuitray run``, ``intervene``, ``pipeline run``, ``compact``."""
+"""The Ray jobs: ``circuitray run``, ``intervene`` and ``pipeline run``.
+
+Options that fill a config field are built from it (:func:`config_option`): the
+defaults and help of :class:`RunConfig`, :class:`ModelSpec`, :class:`AttributionConfig`,
+:class:`PruneConfig`, :class:`InterventionConfig` and :class:`Placement` are the CLI's.
+"""
 
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 
 import click
 
-from circuitray.cli.options import placement_options
+from circuitray.cli.options import config_option, config_values, placement_options
 from circuitray.cli.output import (
     RunProgress,
     console,
@@ -14,107 +20,66 @@ from circuitray.cli.output import (
     print_run_summary,
     print_table,
 )
+from circuitray.graph.attribute import AttributionConfig
+from circuitray.graph.flatten import PruneConfig
+from circuitray.jobs.attribution_job import RunConfig, run
+from circuitray.jobs.intervention_job import InterventionConfig, intervene
+from circuitray.jobs.pipeline import Pipeline, run_pipeline
+from circuitray.models.loading import ModelSpec
+
+FRACTION = click.FloatRange(0, 1)
+
+
+def run_config(prompts: str, out: str, options: dict) -> RunConfig:
+    """The RunConfig that ``circuitray run``'s options (keyword arguments) describe."""
+    return RunConfig(
+        prompts=prompts,
+        out=out,
+        model=ModelSpec(**config_values(ModelSpec, options)),
+        attribution=AttributionConfig(**config_values(AttributionConfig, options)),
+        prune=PruneConfig(**config_values(PruneConfig, options)),
+        **config_values(RunConfig, options),
+    )
+
+
+def intervention_config(run_dir: str, out: str, options: dict) -> InterventionConfig:
+    """The InterventionConfig that ``circuitray intervene``'s options describe."""
+    values = config_values(InterventionConfig, options)
+    values["features"] = list(values["features"])
+    values["constraint_types"] = list(values["constraint_types"]) or None
+    return InterventionConfig(run=run_dir, out=out, **values)
 
 
 @click.command("run")
 @click.argument("prompts", type=click.Path())
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Run folder.")
-@click.option(
-    "--model",
-    default="organism-tuned",
-    show_default=True,
-    help="Bundled name, local HF folder or hub id (google/gemma-2-2b).",
-)
-@click.option(
-    "--transcoders",
-    default=None,
-    help=(
-        "circuit-tracer transcoder ref (gemma, llama, org/repo); for a bundled model "
-        "also per-layer (the default) or cross-layer (its cross-layer transcoder)."
-    ),
-)
-@click.option("--transcoder-cache-dir", default=None, type=click.Path(file_okay=False))
-@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32")
+@config_option(ModelSpec, "model")
+@config_option(ModelSpec, "transcoders")
+@config_option(ModelSpec, "transcoder_cache_dir", type=click.Path(file_okay=False))
+@config_option(ModelSpec, "dtype", type=click.Choice(["float32", "bfloat16", "float16"]))
 @placement_options
-@click.option("--node-threshold", type=click.FloatRange(0, 1), default=0.8, show_default=True)
-@click.option("--edge-threshold", type=click.FloatRange(0, 1), default=0.98, show_default=True)
-@click.option("--max-n-logits", type=click.IntRange(min=1), default=10, show_default=True)
-@click.option("--desired-logit-prob", type=click.FloatRange(0, 1), default=0.95, show_default=True)
-@click.option(
+@config_option(PruneConfig, "node_threshold", type=FRACTION)
+@config_option(PruneConfig, "edge_threshold", type=FRACTION)
+@config_option(AttributionConfig, "max_n_logits", type=click.IntRange(min=1))
+@config_option(AttributionConfig, "desired_logit_prob", type=FRACTION)
+@config_option(
+    AttributionConfig,
+    "batch_size",
     "--attr-batch-size",
+    "attr_batch_size",
     type=click.IntRange(min=1),
-    default=128,
-    show_default=True,
-    help="attribute() batch_size.",
+    help="attribute() batch_size: source nodes per backward pass.",
 )
-@click.option("--max-feature-nodes", type=click.IntRange(min=1), default=None)
-@click.option("--offload", type=click.Choice(["cpu", "disk"]), default=None)
-@click.option("--update-interval", type=click.IntRange(min=1), default=4, show_default=True)
-@click.option("--max-tokens", type=click.IntRange(min=2), default=64, show_default=True)
-@click.option("--retry-errors", is_flag=True, help="Recompute prompts with error rows.")
+@config_option(AttributionConfig, "max_feature_nodes", type=click.IntRange(min=1))
+@config_option(AttributionConfig, "offload", type=click.Choice(["cpu", "disk"]))
+@config_option(AttributionConfig, "update_interval", type=click.IntRange(min=1))
+@config_option(AttributionConfig, "max_tokens", type=click.IntRange(min=2))
+@config_option(RunConfig, "retry_errors", is_flag=True)
 @click.option("--stats/--no-stats", default=True, help="Print constraint_stats at the end.")
 @click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON.")
-def run_cmd(
-    prompts,
-    out,
-    model,
-    transcoders,
-    transcoder_cache_dir,
-    dtype,
-    actors,
-    address,
-    gpus_per_actor,
-    cpus_per_actor,
-    batch_size,
-    node_threshold,
-    edge_threshold,
-    max_n_logits,
-    desired_logit_prob,
-    attr_batch_size,
-    max_feature_nodes,
-    offload,
-    update_interval,
-    max_tokens,
-    max_attempts,
-    retry_errors,
-    stats,
-    as_json,
-) -> None:
+def run_cmd(prompts: str, out: str, stats: bool, as_json: bool, **options) -> None:
     """Attribute every prompt of PROMPTS on Ray into the run folder --out (resumable)."""
-    from dataclasses import asdict
-
-    from circuitray.graph.attribute import AttributionConfig
-    from circuitray.graph.flatten import PruneConfig
-    from circuitray.jobs.attribution_job import RunConfig, run
-    from circuitray.models.loading import ModelSpec
-
-    config = RunConfig(
-        prompts=prompts,
-        out=out,
-        model=ModelSpec(
-            model=model,
-            transcoders=transcoders,
-            transcoder_cache_dir=transcoder_cache_dir,
-            dtype=dtype,
-        ),
-        attribution=AttributionConfig(
-            max_n_logits=max_n_logits,
-            desired_logit_prob=desired_logit_prob,
-            batch_size=attr_batch_size,
-            max_feature_nodes=max_feature_nodes,
-            offload=offload,
-            update_interval=update_interval,
-            max_tokens=max_tokens,
-        ),
-        prune=PruneConfig(node_threshold=node_threshold, edge_threshold=edge_threshold),
-        actors=actors,
-        address=address,
-        batch_size=batch_size,
-        gpus_per_actor=gpus_per_actor,
-        cpus_per_actor=cpus_per_actor,
-        max_attempts=max_attempts,
-        retry_errors=retry_errors,
-    )
+    config = run_config(prompts, out, options)
     with RunProgress(disabled=as_json) as on_progress:
         result = run(config, on_progress=on_progress)
     if as_json:
@@ -132,8 +97,8 @@ def run_cmd(
 @click.option(
     "--out", "out", required=True, type=click.Path(file_okay=False), help="Intervention folder."
 )
-@click.option(
-    "--features",
+@config_option(
+    InterventionConfig,
     "features",
     multiple=True,
     required=True,
@@ -144,70 +109,31 @@ def run_cmd(
     "influence); 'random:K' (K random active ones); 'single:K[:BY]' (each top-K node "
     "alone).",
 )
-@click.option(
-    "--scale",
-    type=float,
-    default=0.0,
-    show_default=True,
-    help="Intervened activations become SCALE x their clean value (0 ablates).",
-)
-@click.option(
-    "--constrained-layers",
-    default=None,
+@config_option(InterventionConfig, "scale", type=float)
+@config_option(
+    InterventionConfig,
+    "constrained_layers",
     help="circuit-tracer constrained_layers: 'all' (direct effects), 'A-B' or 'A'; "
     "default none (effects propagate).",
 )
-@click.option("--freeze-attention/--no-freeze-attention", default=True, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True, help="Seeds random:K.")
-@click.option("--type", "types", multiple=True, help="Only graphs of this constraint type.")
-@click.option("--limit", type=click.IntRange(min=1), default=None, help="At most N graphs.")
-@click.option("--retry-errors", is_flag=True, help="Recompute prompts with error rows.")
+@config_option(InterventionConfig, "freeze_attention", "--freeze-attention/--no-freeze-attention")
+@config_option(InterventionConfig, "seed", type=int)
+@config_option(
+    InterventionConfig,
+    "constraint_types",
+    "--type",
+    "constraint_types",
+    multiple=True,
+    help="Only graphs of this constraint type (repeatable).",
+)
+@config_option(InterventionConfig, "limit", type=click.IntRange(min=1))
+@config_option(InterventionConfig, "retry_errors", is_flag=True)
 @placement_options
 @click.option("--effects/--no-effects", default=True, help="Print intervention_effects.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-def intervene_cmd(
-    run_dir,
-    out,
-    features,
-    scale,
-    constrained_layers,
-    freeze_attention,
-    seed,
-    types,
-    limit,
-    retry_errors,
-    actors,
-    address,
-    gpus_per_actor,
-    cpus_per_actor,
-    batch_size,
-    max_attempts,
-    effects,
-    as_json,
-) -> None:
+def intervene_cmd(run_dir: str, out: str, effects: bool, as_json: bool, **options) -> None:
     """Apply feature interventions to the prompts of RUN_DIR on Ray (resumable)."""
-    from dataclasses import asdict
-
-    from circuitray.jobs.intervention_job import InterventionConfig, intervene
-
-    config = InterventionConfig(
-        run=run_dir,
-        out=out,
-        features=list(features),
-        scale=scale,
-        constrained_layers=constrained_layers,
-        freeze_attention=freeze_attention,
-        seed=seed,
-        constraint_types=list(types) or None,
-        limit=limit,
-        retry_errors=retry_errors,
-        actors=actors,
-        address=address,
-        batch_size=batch_size,
-        gpus_per_actor=gpus_per_actor,
-        cpus_per_actor=cpus_per_actor,
-        max_attempts=max_attempts,
-    )
+    config = intervention_config(run_dir, out, options)
     with RunProgress(disabled=as_json, label="intervening") as on_progress:
         result = intervene(config, on_progress=on_progress)
     if as_json:
@@ -233,18 +159,14 @@ def pipeline_group() -> None:
 @pipeline_group.command("run")
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--out-root", required=True, help="Folder (or s3:// / gs:// URI) for runs.")
-@click.option("--address", default=None, help="Ray address to join, e.g. auto.")
-@click.option("--actors", type=click.IntRange(min=1), default=None)
-@click.option("--n", type=click.IntRange(min=1), default=None, help="Override prompts.ws2.n.")
-@click.option("--seed", type=int, default=None, help="Override prompts.ws2.seed.")
+@config_option(run_pipeline, "address", help="Ray address to join, e.g. auto.")
+@config_option(run_pipeline, "actors", type=click.IntRange(min=1), help="Actors of every run.")
+@config_option(run_pipeline, "n", type=click.IntRange(min=1), help="Override prompts.ws2.n.")
+@config_option(run_pipeline, "seed", type=int, help="Override prompts.ws2.seed.")
 @click.option("--json", "as_json", is_flag=True, help="Print runs and result paths as JSON.")
 def pipeline_run_cmd(file, out_root, address, actors, n, seed, as_json) -> None:
     """Run the pipeline FILE: its runs (resumable), then its queries and comparisons,
     written to OUT_ROOT/results/*.parquet and printed."""
-    from dataclasses import asdict
-
-    from circuitray.jobs.pipeline import Pipeline, run_pipeline
-
     pipeline = Pipeline.load(file)
     with RunProgress(disabled=as_json, label=pipeline.name) as on_progress:
         result = run_pipeline(
@@ -272,28 +194,3 @@ def pipeline_run_cmd(file, out_root, address, actors, n, seed, as_json) -> None:
     for label, table in result.tables.items():
         console.print(f"[bold]{label}[/bold]")
         print_table(table)
-
-
-@click.command("compact")
-@click.argument("run_dir", type=click.Path(file_okay=False))
-@click.option(
-    "--rows-per-file",
-    type=click.IntRange(min=1),
-    default=20_000_000,
-    show_default=True,
-    help="Edge rows per output file.",
-)
-@click.option("--json", "as_json", is_flag=True, help="Print the part counts as JSON.")
-def compact_cmd(run_dir: str, rows_per_file: int, as_json: bool) -> None:
-    """Merge a run's part files into large files sorted by graph_id (atomic)."""
-    from circuitray.storage.run_store import RunStore
-
-    store = RunStore(run_dir)
-    store.read_meta()  # a clear error when RUN_DIR is not a run folder
-    stats = store.compact(rows_per_file=rows_per_file)
-    if as_json:
-        click.echo(json.dumps({"run_dir": run_dir, **stats}, indent=2))
-        return
-    err_console.print(
-        f"{run_dir}: {stats['parts_before']} parts -> {stats['parts_after']}", soft_wrap=True
-    )

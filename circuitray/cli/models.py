@@ -8,11 +8,15 @@ from pathlib import Path
 import click
 from rich.table import Table
 
+from circuitray.cli.options import config_option
 from circuitray.cli.output import (
     console,
     err_console,
 )
 from circuitray.errors import CircuitrayError
+from circuitray.models.loading import ModelSpec
+from circuitray.models.tiny import build_tiny
+from circuitray.organism.matrix import MatrixConfig
 
 
 @click.group("model")
@@ -21,25 +25,25 @@ def model_group() -> None:
 
 
 @model_group.command("build-tiny")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--force", is_flag=True, help="Rebuild even if the saved build is up to date.")
+@config_option(build_tiny, "seed", type=int)
+@config_option(
+    build_tiny, "force", is_flag=True, help="Rebuild even if the saved build is up to date."
+)
 def build_tiny_cmd(seed: int, force: bool) -> None:
     """Build the random-weight tiny Gemma-2 model and its transcoders (seconds)."""
-    from circuitray.models.tiny import build_tiny
 
     paths = build_tiny(seed=seed, force=force)
     err_console.print(f"tiny model: {paths['model']}\ntranscoders: {paths['transcoders']}")
 
 
 @model_group.command("warm")
-@click.option("--model", default="organism-tuned", show_default=True, help="As for run.")
-@click.option("--transcoders", default=None, help="As for run; bundled default.")
-@click.option("--transcoder-cache-dir", type=click.Path(file_okay=False), default=None)
+@config_option(ModelSpec, "model")
+@config_option(ModelSpec, "transcoders")
+@config_option(ModelSpec, "transcoder_cache_dir", type=click.Path(file_okay=False))
 @click.option("--address", default=None, help="Warm every node of this Ray cluster (auto).")
 @click.option("--json", "as_json", is_flag=True, help="Print what was done as JSON.")
 def warm_cmd(model, transcoders, transcoder_cache_dir, address, as_json) -> None:
     """Download MODEL and its transcoders into this node's caches (or every node's)."""
-    from circuitray.models.loading import ModelSpec
     from circuitray.models.warm import warm_cluster, warm_model
 
     spec = ModelSpec(
@@ -104,12 +108,6 @@ def organism_build_cmd(
         raise CircuitrayError(f"organism report below thresholds: {', '.join(failed)}")
 
 
-def _matrix_defaults():
-    from circuitray.organism.matrix import MatrixConfig
-
-    return MatrixConfig(out="")
-
-
 @organism_group.command("matrix")
 @click.option(
     "--out",
@@ -118,7 +116,9 @@ def _matrix_defaults():
     help="Folder for the cells' builds and matrix.json "
     "[default: $CIRCUITRAY_HOME/organism-matrix].",
 )
-@click.option(
+@config_option(
+    MatrixConfig,
+    "capabilities",
     "--capability",
     "capabilities",
     multiple=True,
@@ -126,22 +126,28 @@ def _matrix_defaults():
     help="ATEN_CPU_CAPABILITY of a column (repeat) "
     "[default: default, avx2, and avx512 where the CPU has it].",
 )
-@click.option(
-    "--threads",
+@config_option(
+    MatrixConfig,
     "threads",
     multiple=True,
     type=click.IntRange(min=1),
-    help=f"torch threads (repeat) [default: {', '.join(map(str, _matrix_defaults().threads))}].",
+    help="torch threads (repeat).",
 )
-@click.option(
+@config_option(
+    MatrixConfig,
+    "seeds",
     "--seed",
     "seeds",
     multiple=True,
     type=int,
-    help=f"Organism seed (repeat) [default: {', '.join(map(str, _matrix_defaults().seeds))}].",
+    help="Organism seed (repeat).",
 )
-@click.option("--env", "env", multiple=True, help="KEY=VALUE for every cell (e.g. MKL_CBWR=AVX2).")
-@click.option(
+@config_option(
+    MatrixConfig, "env", multiple=True, help="KEY=VALUE for every cell (e.g. MKL_CBWR=AVX2)."
+)
+@config_option(
+    MatrixConfig,
+    "config_file",
     "--config",
     "config_file",
     type=click.Path(exists=True, dir_okay=False),
@@ -153,7 +159,7 @@ def organism_matrix_cmd(out, capabilities, threads, seeds, env, config_file, mar
     processes, one after another) and judge every cell with margin; exit 2 if any fails."""
     from circuitray.machine import aten_capabilities
     from circuitray.models.registry import circuitray_home
-    from circuitray.organism.matrix import MatrixConfig, matrix_markdown, run_matrix
+    from circuitray.organism.matrix import matrix_markdown, run_matrix
 
     missing = sorted(set(capabilities) - set(aten_capabilities()))
     if missing:
@@ -166,12 +172,11 @@ def organism_matrix_cmd(out, capabilities, threads, seeds, env, config_file, mar
         if not sep or not key:
             raise CircuitrayError(f"--env {item!r}: expected KEY=VALUE")
         extra[key] = value
-    defaults = _matrix_defaults()
     config = MatrixConfig(
         out=out or str(circuitray_home() / "organism-matrix"),
         capabilities=tuple(capabilities) or None,
-        threads=tuple(threads) or defaults.threads,
-        seeds=tuple(seeds) or defaults.seeds,
+        threads=tuple(threads),
+        seeds=tuple(seeds),
         env=extra,
         config_file=config_file,
     )

@@ -7,16 +7,19 @@ import json
 
 import click
 
+from circuitray.cli.options import config_option
 from circuitray.cli.output import (
     console,
 )
+from circuitray.outputs.export import export_graph, graph_slugs, serve
+from circuitray.outputs.report import ReportConfig, build_report
 
 
 @click.command("report")
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path())
 @click.option("--out", type=click.Path(dir_okay=False), required=True, help="HTML file.")
-@click.option("--top-k", type=click.IntRange(min=1), default=10, show_default=True)
-@click.option("--circuit-edges", type=click.IntRange(min=1), default=60, show_default=True)
+@config_option(ReportConfig, "top_k", type=click.IntRange(min=1))
+@config_option(ReportConfig, "circuit_edges", type=click.IntRange(min=1))
 @click.option(
     "--interventions",
     "interventions",
@@ -28,7 +31,6 @@ from circuitray.cli.output import (
 @click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
 def report_cmd(run_dirs, out, top_k, circuit_edges, interventions, as_json) -> None:
     """One self-contained HTML report of RUN_DIRs (two runs: before/after)."""
-    from circuitray.outputs.report import ReportConfig, build_report
 
     config = ReportConfig(top_k=top_k, circuit_edges=circuit_edges)
     status = console.status("building the report") if not as_json else contextlib.nullcontext()
@@ -47,11 +49,10 @@ def report_cmd(run_dirs, out, top_k, circuit_edges, interventions, as_json) -> N
 @click.argument("run_dir", type=click.Path())
 @click.option("--graph", "graph_id", type=int, required=True, help="graph_id to export.")
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Viewer folder.")
-@click.option("--slug", default=None, help="Name in the viewer (default RUN-gID).")
+@config_option(export_graph, "slug", help="Name in the viewer (default RUN-gID).")
 @click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
 def export_cmd(run_dir, graph_id, out, slug, as_json) -> None:
     """Write a stored graph in circuit-tracer's graph-viewer JSON format."""
-    from circuitray.outputs.export import export_graph
 
     path = export_graph(run_dir, graph_id, out, slug=slug)
     data = json.loads(path.read_text())
@@ -72,10 +73,9 @@ def export_cmd(run_dir, graph_id, out, slug, as_json) -> None:
 
 @click.command("serve")
 @click.argument("data_dir", type=click.Path())
-@click.option("--port", type=click.IntRange(0, 65535), default=8032, show_default=True)
+@config_option(serve, "port", type=click.IntRange(0, 65535))
 def serve_cmd(data_dir, port) -> None:
     """Serve exported graphs with circuit-tracer's own viewer on 127.0.0.1."""
-    from circuitray.outputs.export import graph_slugs, serve
 
     server = serve(data_dir, port=port)
     port = server.server_address[1]

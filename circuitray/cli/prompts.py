@@ -6,22 +6,23 @@ import json
 
 import click
 
+from circuitray.cli.options import config_option
 from circuitray.cli.output import (
     err_console,
 )
 from circuitray.errors import CircuitrayError
+from circuitray.prompts.files import write_prompts
+from circuitray.prompts.ws2 import generate_ws2
 
 
 @click.command("ws2")
-@click.option("--n", "n", type=click.IntRange(min=1), default=500, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@config_option(generate_ws2, "n", type=click.IntRange(min=1))
+@config_option(generate_ws2, "seed", type=int)
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help=".parquet/.jsonl/.csv")
 @click.option("--types", default=None, help="Comma-separated constraint types (default: all).")
 @click.option("--json", "as_json", is_flag=True, help="Print path and counts as JSON.")
 def ws2_cmd(n: int, seed: int, out: str, types: str | None, as_json: bool) -> None:
     """Write a deterministic WS2 constraint corpus."""
-    from circuitray.prompts.files import write_prompts
-    from circuitray.prompts.ws2 import generate_ws2
 
     try:
         rows = generate_ws2(n=n, seed=seed, types=types.split(",") if types else None)

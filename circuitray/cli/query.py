@@ -7,6 +7,7 @@ import json
 import click
 from rich.table import Table
 
+from circuitray.cli.options import config_option
 from circuitray.cli.output import (
     console,
     parse_params,
@@ -14,6 +15,8 @@ from circuitray.cli.output import (
     table_output_options,
 )
 from circuitray.errors import CircuitrayError
+from circuitray.query.compare import CompareConfig, compare_groups, compare_runs
+from circuitray.query.engine import list_queries, run_query, run_sql
 
 
 @click.command("query", context_settings={"ignore_unknown_options": False})
@@ -24,7 +27,6 @@ from circuitray.errors import CircuitrayError
 @table_output_options
 def query_cmd(name, run_dirs, list_, params, fmt, output) -> None:
     """Run the named query NAME (queries/NAME.sql) over one or more RUN_DIRs."""
-    from circuitray.query.engine import list_queries, run_query
 
     if list_:
         queries = list_queries()
@@ -65,7 +67,6 @@ def query_cmd(name, run_dirs, list_, params, fmt, output) -> None:
 def sql_cmd(args, fmt, output) -> None:
     """Read-only SQL over views graphs, nodes, edges, interventions: circuitray sql
     RUN_DIR... "SELECT ..." """
-    from circuitray.query.engine import run_sql
 
     if len(args) < 2:
         raise CircuitrayError('usage: circuitray sql RUN_DIR [RUN_DIR ...] "SELECT ..."')
@@ -74,16 +75,17 @@ def sql_cmd(args, fmt, output) -> None:
 
 @click.command("compare")
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path())
-@click.option("--by", default="constraint_type", show_default=True, help="graphs column.")
-@click.option("--metric", "metrics", multiple=True, help="Metric (repeatable); default all.")
-@click.option("--n-boot", type=click.IntRange(min=100), default=2000, show_default=True)
-@click.option("--alpha", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.05)
-@click.option("--seed", type=int, default=0, show_default=True)
+@config_option(CompareConfig, "by")
+@config_option(
+    CompareConfig, "metrics", "--metric", "metrics", multiple=True, help="Metric (repeatable)."
+)
+@config_option(CompareConfig, "n_boot", type=click.IntRange(min=100))
+@config_option(CompareConfig, "alpha", type=click.FloatRange(0, 1, min_open=True, max_open=True))
+@config_option(CompareConfig, "seed", type=int)
 @table_output_options
 def compare_cmd(run_dirs, by, metrics, n_boot, alpha, seed, fmt, output) -> None:
     """BASELINE CANDIDATE: paired differences per --by group; one RUN: differences
     between its --by groups. Bootstrap CIs, effect sizes, Holm-adjusted verdicts."""
-    from circuitray.query.compare import CompareConfig, compare_groups, compare_runs
 
     config = CompareConfig(
         by=by, metrics=tuple(metrics) or None, n_boot=n_boot, alpha=alpha, seed=seed

@@ -10,10 +10,10 @@
 3. Open the intervention folder like a run folder (:class:`InterventionStore`): take
    the driver lock, refuse a folder made with another plan or source run, remove
    crash leftovers, and skip graphs that already have result rows.
-4. Dispatch the pending graphs to :class:`circuitray.jobs.workers.InterventionWorker` actors
-   with the run driver's own placement, retries and actor restarts
-   (:func:`circuitray.jobs.attribution_job.dispatch`); each batch is one committed part, so a
-   resumed run gives every (prompt, intervention) exactly once.
+4. Dispatch the pending graphs to :class:`circuitray.jobs.workers.InterventionWorker`
+   actors with the placement, retries and actor restarts of every job
+   (:mod:`circuitray.jobs.session`, :mod:`circuitray.jobs.dispatch`); each batch is one
+   committed part, so a resumed run gives every (prompt, intervention) exactly once.
 """
 
 from __future__ import annotations
@@ -21,9 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -36,25 +34,33 @@ from circuitray.graph.interventions import (
     InterventionPlan,
     parse_feature_spec,
 )
-from circuitray.jobs.attribution_job import dispatch
+from circuitray.jobs.dispatch import Placement, Progress
+from circuitray.jobs.session import Job, JobResult
 from circuitray.models.loading import ModelSpec, check_model_available
 from circuitray.storage.run_store import InterventionStore, RunStore
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["InterventionConfig", "InterventionResult", "intervene", "parse_layer_range"]
+__all__ = [
+    "InterventionConfig",
+    "InterventionJob",
+    "InterventionResult",
+    "intervene",
+    "parse_layer_range",
+]
 
 
 @dataclass
-class InterventionConfig:
+class InterventionConfig(Placement):
     """Everything ``circuitray intervene`` needs; the plan and source are recorded.
 
     Attributes:
         run: Source run folder (its graphs choose ``top``/``single`` nodes and predict
             effects; its run.json names the model).
         out: Intervention folder.
-        features: SPECs, one intervention group each (see :mod:`circuitray.graph.interventions`).
-        scale: Intervened activations become ``scale`` x their clean value.
+        features: SPECs, one intervention group each (see
+            :mod:`circuitray.graph.interventions`).
+        scale: Intervened activations become ``scale`` x their clean value (0 ablates).
         constrained_layers: ``all``, ``A-B`` (inclusive), ``A`` or None: circuit-tracer's
             ``constrained_layers`` (``all`` is its direct-effect setting).
         freeze_attention: circuit-tracer's ``freeze_attention``.
@@ -62,8 +68,10 @@ class InterventionConfig:
         constraint_types: Only graphs of these types (None: all).
         limit: At most this many graphs (the first by graph_id; None: all).
         retry_errors: Recompute the prompts that have error rows (all their rows).
+        compact: Merge part files into large sorted ones at the end.
         actors, address, batch_size, gpus_per_actor, cpus_per_actor, max_attempts,
-            restart_timeout_s, compact: as in :class:`circuitray.jobs.attribution_job.RunConfig`.
+            restart_timeout_s: where actors run and how failures are retried
+            (:class:`circuitray.jobs.dispatch.Placement`, keyword-only).
     """
 
     run: str
@@ -76,31 +84,15 @@ class InterventionConfig:
     constraint_types: list[str] | None = None
     limit: int | None = None
     retry_errors: bool = False
-    actors: int | None = None
-    address: str | None = None
-    batch_size: int = 8
-    gpus_per_actor: float = 1.0
-    cpus_per_actor: float | None = None
-    max_attempts: int = 3
-    restart_timeout_s: float = 600.0
     compact: bool = True
 
 
 @dataclass
-class InterventionResult:
-    """What an intervention run did: prompt counts over the whole folder and timings."""
+class InterventionResult(JobResult):
+    """What an intervention job did: prompt counts over the whole folder, result rows
+    (``results``) and this session's timings (:class:`JobResult`)."""
 
-    run_dir: str
-    total: int
-    ok: int
-    errors: int
-    computed: int
-    skipped: int
-    results: int
-    elapsed_s: float
-    ray_start_s: float
-    retried_batches: int = 0
-    workers: list[dict] = field(default_factory=list)
+    results: int = 0
 
 
 def parse_layer_range(text: str | None, n_layers: int) -> tuple[int, int] | None:
@@ -159,24 +151,6 @@ def _model_spec(meta: dict) -> ModelSpec:
     return ModelSpec(**fields)
 
 
-def _error_part(store: RunStore, name: str, chunk: list[tuple[int, dict]], error: str):
-    rows = [
-        {
-            "graph_id": gid,
-            "prompt_id": g["prompt_id"],
-            "constraint_type": g.get("constraint_type"),
-            "spec_index": -1,
-            "spec": None,
-            "rank": 0,
-            "status": "error",
-            "error": error[:2000],
-        }
-        for gid, g in chunk
-    ]
-    store.write_part(name, {"results": pa.Table.from_pylist(rows, schema=RESULT_SCHEMA)})
-    return [{"graph_id": gid, "status": "error", "error": error} for gid, _ in chunk]
-
-
 def _n_layers(store: RunStore) -> int:
     nodes = store.dataset("nodes")
     if nodes is None:
@@ -218,106 +192,101 @@ def _plan_meta(plan: InterventionPlan) -> dict:
     return d
 
 
-def intervene(
-    config: InterventionConfig,
-    *,
-    on_progress: Callable[[int, int, dict | None], None] | None = None,
-) -> InterventionResult:
-    """Run the planned interventions on every selected ok graph of ``config.run``
-    (see module docstring). Raises :class:`CircuitrayError` for bad input."""
-    start = time.perf_counter()
-    source = RunStore(config.run)
-    source_meta = source.read_meta()
-    model = _model_spec(source_meta)
-    check_model_available(model)
-    graphs = source.read_graphs(
-        ["graph_id", "prompt_id", "constraint_type", "prompt", "target", "status"]
-    )
-    selected = [g for g in graphs.sort_by("graph_id").to_pylist() if g["status"] == "ok"]
-    if config.constraint_types:
-        known = {g["constraint_type"] for g in selected}
-        unknown = sorted(set(config.constraint_types) - known)
-        if unknown:
-            raise CircuitrayError(
-                f"--type {', '.join(unknown)}: no ok graphs of that type in {config.run} "
-                f"(types: {', '.join(sorted(t for t in known if t))})"
-            )
-        selected = [g for g in selected if g["constraint_type"] in config.constraint_types]
-    if config.limit is not None:
-        selected = selected[: config.limit]
-    plan = build_plan(config, source)
+class InterventionJob(Job):
+    """``circuitray intervene``: the plan on every selected ok graph (module docstring)."""
 
-    store = InterventionStore(config.out)
-    if store.local and str(store.base) == str(source.base):
-        raise RunDirError(f"{config.out}: is the source run folder; give a new --out folder")
-    store.check_kind()
-    store.acquire_lock()
-    try:
+    holds = "interventions"
+    FINGERPRINT_KEYS = ("source_run", "source_prompts_sha256", "plan", "selection")
+
+    def __init__(self, config: InterventionConfig):
+        self.config = config
+        self.source = source = RunStore(config.run)
+        self.source_meta = source.read_meta()
+        self.model = _model_spec(self.source_meta)
+        check_model_available(self.model)
+        graphs = source.read_graphs(
+            ["graph_id", "prompt_id", "constraint_type", "prompt", "target", "status"]
+        )
+        selected = [g for g in graphs.sort_by("graph_id").to_pylist() if g["status"] == "ok"]
+        if config.constraint_types:
+            known = {g["constraint_type"] for g in selected}
+            unknown = sorted(set(config.constraint_types) - known)
+            if unknown:
+                raise CircuitrayError(
+                    f"--type {', '.join(unknown)}: no ok graphs of that type in {config.run} "
+                    f"(types: {', '.join(sorted(t for t in known if t))})"
+                )
+            selected = [g for g in selected if g["constraint_type"] in config.constraint_types]
+        if config.limit is not None:
+            selected = selected[: config.limit]
+        self.selected = selected
+        self.plan = build_plan(config, source)
+        store = InterventionStore(config.out)
+        if store.local and str(store.base) == str(source.base):
+            raise RunDirError(f"{config.out}: is the source run folder; give a new --out folder")
+        super().__init__(
+            store, placement=config, retry_errors=config.retry_errors, compact=config.compact
+        )
+
+    def meta(self) -> dict:
+        config, source_meta = self.config, self.source_meta
         meta = {
             "format": "circuitray-intervention/1",
-            "source_run": str(source.uri),
+            "source_run": str(self.source.uri),
             "source_prompts_sha256": source_meta.get("prompts_sha256"),
             "model": source_meta.get("model"),
-            "plan": _plan_meta(plan),
+            "plan": _plan_meta(self.plan),
             "selection": {"constraint_types": config.constraint_types, "limit": config.limit},
         }
-        meta = json.loads(json.dumps(meta))  # as stored (tuples -> lists), to compare
-        if store.exists():
-            old = store.read_meta()
-            for key in ("source_run", "source_prompts_sha256", "plan", "selection"):
-                if old.get(key) != meta[key]:
-                    raise RunDirError(
-                        f"{store.root}: holds interventions with a different {key!r}; "
-                        "use a new --out folder or the same parameters to resume"
-                    )
-            store.clean()
-            if config.retry_errors:
-                retried = store.drop_graphs_with_errors()
-                logger.info("retrying %d prompts that had error rows", len(retried))
-        store.start_session(meta)
+        return json.loads(json.dumps(meta))  # as stored (tuples -> lists), to compare
 
-        done = store.done_graph_ids()
-        items = [(g["graph_id"], g) for g in selected if g["graph_id"] not in done]
-        total = len(selected)
-        n_done = total - len(items)
-        if on_progress:
-            on_progress(n_done, total, None)
-        result = InterventionResult(
-            run_dir=str(store.root),
-            total=total,
-            ok=0,
-            errors=0,
-            computed=0,
-            skipped=n_done,
-            results=0,
-            elapsed_s=0.0,
-            ray_start_s=0.0,
-        )
-        if items:
-            from circuitray.jobs.workers import InterventionWorker
+    def fingerprint(self, meta: dict) -> dict:
+        return {key: meta.get(key) for key in self.FINGERPRINT_KEYS}
 
-            dispatch(
-                config,
-                store,
-                items,
-                result=result,
-                n_done=n_done,
-                total=total,
-                on_progress=on_progress,
-                worker_cls=InterventionWorker,
-                worker_kwargs={
-                    "model": model,
-                    "plan": plan,
-                    "source_run": source.uri,
-                    "run_dir": store.uri,
-                    "session": meta["session"],
-                },
-                error_part=_error_part,
-            )
-        if config.compact and result.computed:
-            store.compact()
-        rows = store.read_table("results", ["graph_id", "status"])
-        wanted = {g["graph_id"] for g in selected}
+    def drop_errors(self) -> int:
+        assert isinstance(self.store, InterventionStore)
+        return len(self.store.drop_graphs_with_errors())
+
+    def pending(self) -> tuple[list[tuple[int, dict]], int]:
+        assert isinstance(self.store, InterventionStore)
+        done = self.store.done_graph_ids()
+        items = [(g["graph_id"], g) for g in self.selected if g["graph_id"] not in done]
+        return items, len(self.selected)
+
+    def worker(self) -> tuple[type, dict]:
+        from circuitray.jobs.workers import InterventionWorker
+
+        return InterventionWorker, {
+            "model": self.model,
+            "plan": self.plan,
+            "source_run": self.source.uri,
+            "run_dir": self.store.uri,
+        }
+
+    @staticmethod
+    def error_tables(items: list[tuple[int, dict]], error: str) -> dict[str, pa.Table]:
+        rows = [
+            {
+                "graph_id": gid,
+                "prompt_id": g["prompt_id"],
+                "constraint_type": g.get("constraint_type"),
+                "spec_index": -1,
+                "spec": None,
+                "rank": 0,
+                "status": "error",
+                "error": error,
+            }
+            for gid, g in items
+        ]
+        return {"results": pa.Table.from_pylist(rows, schema=RESULT_SCHEMA)}
+
+    def new_result(self) -> InterventionResult:
+        return InterventionResult(run_dir=str(self.store.root))
+
+    def tally(self, result: JobResult) -> tuple[bool, dict]:
+        assert isinstance(result, InterventionResult)
+        rows = self.store.read_table("results", ["graph_id", "status"])
+        wanted = {g["graph_id"] for g in self.selected}
         failed: set[int] = set()
         seen: set[int] = set()
         if rows is not None:
@@ -330,18 +299,20 @@ def intervene(
             result.results = rows.num_rows
         result.errors = len(failed & wanted)
         result.ok = len((seen - failed) & wanted)
-        result.elapsed_s = time.perf_counter() - start
-        meta.update(
-            status="complete" if wanted <= seen else "incomplete",
-            finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            counts={
-                "prompts": total,
-                "ok": result.ok,
-                "error": result.errors,
-                "results": result.results,
-            },
-        )
-        store.write_meta(meta)
-        return result
-    finally:
-        store.release_lock()
+        counts = {
+            "prompts": result.total,
+            "ok": result.ok,
+            "error": result.errors,
+            "results": result.results,
+        }
+        return wanted <= seen, counts
+
+
+def intervene(
+    config: InterventionConfig, *, on_progress: Progress | None = None
+) -> InterventionResult:
+    """Run the planned interventions on every selected ok graph of ``config.run``
+    (see module docstring). Raises :class:`CircuitrayError` for bad input."""
+    result = InterventionJob(config).execute(on_progress=on_progress)
+    assert isinstance(result, InterventionResult)
+    return result

@@ -55,7 +55,7 @@ SUMMARY_FIELDS = (
 class ModelWorker:
     """Loads one ReplacementModel and guards the folder it writes to.
 
-    Plain class: :func:`circuitray.jobs.attribution_job.dispatch` wraps a subclass with
+    Plain class: :func:`circuitray.jobs.dispatch.dispatch` wraps a subclass with
     ``ray.remote`` and the placement options of the run, and tests can also use it
     in-process.
     """

@@ -197,7 +197,7 @@ def is_heldout(constraint_type: str, template_id: int, subject: str) -> bool:
     return hashlib.sha256(key).digest()[0] < 52  # 52/256 ~ 20%
 
 
-def generate_ws2(*, n: int, seed: int = 0, types: list[str] | None = None) -> list[dict]:
+def generate_ws2(*, n: int = 500, seed: int = 0, types: list[str] | None = None) -> list[dict]:
     """Generate ``n`` WS2 prompts deterministically.
 
     Args:

@@ -199,7 +199,7 @@ def test_missing_run_folder_and_same_folder(ray_run, tmp_path):
 def test_retry_errors_recomputes_prompts_with_error_rows(ray_run, tmp_path):
     from dataclasses import replace
 
-    from circuitray.jobs.intervention_job import _error_part
+    from circuitray.jobs.intervention_job import InterventionJob
 
     out = tmp_path / "iv"
     config = InterventionConfig(
@@ -212,7 +212,9 @@ def test_retry_errors_recomputes_prompts_with_error_rows(ray_run, tmp_path):
     failed = sorted(set(t["graph_id"].to_pylist()))[:2]
     pq.write_table(t.filter(pc.invert(pc.is_in(t["graph_id"], pa.array(failed, pa.int32())))), part)
     graphs = {g["graph_id"]: g for g in RunStore(ray_run.out).read_graphs().to_pylist()}
-    _error_part(InterventionStore(out), "part-failed", [(g, graphs[g]) for g in failed], "x")
+    InterventionStore(out).write_part(
+        "part-failed", InterventionJob.error_tables([(g, graphs[g]) for g in failed], "x")
+    )
 
     again = intervene(config)
     assert (again.computed, again.errors) == (0, 2)

@@ -1,0 +1,30 @@
+"""``circuitray compact``: merge a run folder's parts (storage only, no torch)."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from circuitray.cli.options import config_option
+from circuitray.cli.output import err_console
+from circuitray.storage.run_store import RunStore
+
+
+@click.command("compact")
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@config_option(
+    RunStore.compact, "rows_per_file", type=click.IntRange(min=1), help="Edge rows per output file."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the part counts as JSON.")
+def compact_cmd(run_dir: str, rows_per_file: int, as_json: bool) -> None:
+    """Merge a run's part files into large files sorted by graph_id (atomic)."""
+    store = RunStore(run_dir)
+    store.read_meta()  # a clear error when RUN_DIR is not a run folder
+    stats = store.compact(rows_per_file=rows_per_file)
+    if as_json:
+        click.echo(json.dumps({"run_dir": run_dir, **stats}, indent=2))
+        return
+    err_console.print(
+        f"{run_dir}: {stats['parts_before']} parts -> {stats['parts_after']}", soft_wrap=True
+    )

@@ -1,0 +1,271 @@
+"""Dispatching a job's prompts to Ray actors: placement, batches, retries, restarts.
+
+1. Start or join Ray (:func:`init_ray`), forwarding the model-home, hub and
+   object-store variables of :data:`FORWARDED_ENV` to the actors.
+2. Create K actors (:func:`actor_options`): ``num_gpus`` each when the cluster has
+   GPUs, else CPU actors with ``cpus / K`` torch threads each. Actors are spread over
+   nodes and restarted by Ray if their process dies (``max_restarts``).
+3. Cut pending items into batches (one part file each) and keep every actor fed (two
+   batches in flight each) with ``ray.wait``.
+4. An actor that dies loses only its in-flight batches, which go back to the queue up
+   to ``max_attempts`` times, then become error rows; when no actor is alive for
+   ``restart_timeout_s`` the remaining batches become error rows too.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from circuitray.errors import CircuitrayError
+
+if TYPE_CHECKING:
+    from circuitray.jobs.session import JobResult
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["FORWARDED_ENV", "Placement", "Progress", "dispatch", "forwarded_env", "init_ray"]
+
+Progress = Callable[[int, int, "dict | None"], None]
+"""``on_progress(done, total, summary)``: once before work starts (summary None), then
+after each prompt with its summary (graph_id, status, ...)."""
+
+
+@dataclass(kw_only=True)
+class Placement:
+    """Where a job's actors run and how failures are retried (:class:`RunConfig` and
+    :class:`InterventionConfig` extend it, so these fields are theirs too).
+
+    Attributes:
+        actors: Number of worker actors; None: one per GPU, or one per CPU core when
+            the cluster has no GPUs.
+        address: Ray address to join (``auto``, ``ray://...``); None starts a local Ray.
+        batch_size: Prompts per task, and per part file.
+        gpus_per_actor: GPUs each actor reserves when the cluster has GPUs.
+        cpus_per_actor: CPUs each actor reserves (also its torch threads on CPU);
+            None divides the cluster's CPUs among the actors.
+        max_attempts: Tries per batch when actor processes die (also each actor's
+            ``max_restarts``); a batch out of tries becomes error rows.
+        restart_timeout_s: How long to wait for dead actors to come back when none
+            is alive (e.g. their node is gone and no other fits) before giving up.
+    """
+
+    actors: int | None = None
+    address: str | None = None
+    batch_size: int = 8
+    gpus_per_actor: float = 1.0
+    cpus_per_actor: float | None = None
+    max_attempts: int = 3
+    restart_timeout_s: float = 600.0
+
+
+# Environment the actors need to see what the driver sees: model homes, hub and
+# object-store credentials and endpoints.
+FORWARDED_ENV = (
+    "CIRCUITRAY_HOME",
+    "CIRCUIT_TRACER_CACHE_DIR",
+    "HF_HOME",
+    "HF_TOKEN",
+    "HF_HUB_OFFLINE",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_DEFAULT_REGION",
+    "AWS_REGION",
+    "AWS_ENDPOINT_URL",
+    "GOOGLE_APPLICATION_CREDENTIALS",
+)
+
+
+def forwarded_env() -> dict[str, str]:
+    """The variables of FORWARDED_ENV set here, for the actors' runtime_env."""
+    return {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
+
+
+def init_ray(placement: Placement):
+    import ray
+
+    if ray.is_initialized():
+        return ray
+    env = forwarded_env()
+    kwargs: dict = {
+        "include_dashboard": False,
+        "log_to_driver": os.environ.get("CIRCUITRAY_RAY_LOGS") == "1",
+        "runtime_env": {"env_vars": env} if env else None,
+    }
+    if placement.address:
+        ray.init(address=placement.address, **kwargs)
+    else:
+        # Logical CPUs are scheduling slots, not cores: leave room for every actor
+        # (and Ray's own tasks) even when there are more actors than cores.
+        ncpu = os.cpu_count() or 1
+        # address="local": always a new local Ray, never a stray cluster left on this machine.
+        ray.init(address="local", num_cpus=max(ncpu, (placement.actors or 1) + 1), **kwargs)
+    return ray
+
+
+def actor_options(placement: Placement, resources: dict) -> tuple[int, dict, int | None]:
+    """(number of actors, ray.remote options, torch threads per actor)."""
+    gpus = resources.get("GPU", 0)
+    cpus = resources.get("CPU", os.cpu_count() or 1)
+    if gpus > 0:
+        n = placement.actors or max(1, int(gpus / placement.gpus_per_actor))
+        opts = {"num_gpus": placement.gpus_per_actor, "num_cpus": placement.cpus_per_actor or 1}
+        return n, opts, None
+    cores = os.cpu_count() or 1
+    n = placement.actors or cores
+    # A logical CPU is a scheduling slot: ask for at most an even share so K actors
+    # always fit; torch threads follow the physical cores each actor may use.
+    slots = placement.cpus_per_actor or min(1.0, cpus / n)
+    threads = int(placement.cpus_per_actor or max(1, cores // n))
+    return n, {"num_cpus": slots}, threads
+
+
+def _batches(items: list[tuple[int, dict]], size: int, session: str):
+    for i in range(0, len(items), size):
+        chunk = items[i : i + size]
+        name = f"part-{chunk[0][0]:07d}-{chunk[-1][0]:07d}-{session}"
+        yield name, chunk
+
+
+def dispatch(
+    placement: Placement,
+    items: list[tuple[int, dict]],
+    *,
+    session: str,
+    result: JobResult,
+    n_done: int,
+    total: int,
+    on_progress: Progress | None,
+    worker_cls: type,
+    worker_kwargs: dict,
+    on_failed: Callable[[str, list[tuple[int, dict]], str], list[dict]],
+) -> None:
+    """Steps 1-4 of the module docstring for any worker class with ``info()`` and
+    ``process(part_name, items) -> summaries`` (attribution and intervention actors).
+
+    Actors get ``worker_kwargs`` plus ``session`` and their ``torch_threads``;
+    ``on_failed(part name, items, message)`` writes a batch that ran out of tries as
+    error rows and returns their summaries; ``result`` gets the workers' info, Ray's
+    start time, and the computed and retried counts.
+    """
+    t0 = time.perf_counter()
+    ray = init_ray(placement)
+    from ray.exceptions import RayActorError, RayTaskError
+
+    n_actors, opts, threads = actor_options(placement, ray.cluster_resources())
+    n_actors = min(n_actors, max(1, -(-len(items) // placement.batch_size)))
+    remote_cls = ray.remote(max_restarts=placement.max_attempts, max_task_retries=0, **opts)(
+        worker_cls
+    ).options(scheduling_strategy="SPREAD")
+    actors = [
+        remote_cls.remote(**worker_kwargs, session=session, torch_threads=threads)
+        for _ in range(n_actors)
+    ]
+    try:
+        result.workers = ray.get([a.info.remote() for a in actors])
+    except RayTaskError as e:
+        cause = e.cause if isinstance(getattr(e, "cause", None), CircuitrayError) else None
+        for a in actors:
+            ray.kill(a)  # type: ignore[arg-type]
+        if cause is not None:
+            raise cause from None
+        raise
+    result.ray_start_s = time.perf_counter() - t0
+    logger.info("%d workers ready in %.1fs: %s", n_actors, result.ray_start_s, result.workers)
+
+    queue = deque(_batches(items, placement.batch_size, session))
+    attempts: dict[str, int] = {}
+    # ref -> ("batch", actor, part name, chunk) or ("probe", actor, None, None)
+    inflight: dict = {}
+    load = [0] * n_actors
+    healthy = [True] * n_actors
+    per_actor = 2  # one running, one queued: no idle gap between batches
+    all_down_since: float | None = None
+
+    def feed() -> None:
+        """Give queued batches to live actors with spare capacity, least loaded first."""
+        while queue:
+            free = [i for i in range(n_actors) if healthy[i] and load[i] < per_actor]
+            if not free:
+                return
+            i = min(free, key=lambda j: load[j])
+            name, chunk = queue.popleft()
+            inflight[actors[i].process.remote(name, chunk)] = ("batch", i, name, chunk)
+            load[i] += 1
+
+    def report(summaries: list[dict]) -> None:
+        nonlocal n_done
+        for s in summaries:
+            n_done += 1
+            result.computed += 1
+            if on_progress:
+                on_progress(n_done, total, s)
+
+    def retry_or_fail(name: str, chunk: list, msg: str) -> None:
+        attempts[name] = attempts.get(name, 0) + 1
+        if attempts[name] < placement.max_attempts:
+            logger.warning("batch %s failed (attempt %d), retrying: %s", name, attempts[name], msg)
+            result.retried_batches += 1
+            queue.appendleft((name, chunk))
+        else:
+            report(on_failed(name, chunk, f"worker failed: {msg}"))
+
+    feed()
+    while any(kind == "batch" for kind, *_ in inflight.values()) or queue:
+        if not inflight:  # every actor is gone for good
+            while queue:
+                name, chunk = queue.popleft()
+                report(on_failed(name, chunk, "worker failed: no live workers left"))
+            break
+        ready, _ = ray.wait(list(inflight), num_returns=1, timeout=10.0)
+        if not any(healthy):
+            all_down_since = all_down_since or time.monotonic()
+            if time.monotonic() - all_down_since > placement.restart_timeout_s:
+                logger.error("no worker came back within %ss", placement.restart_timeout_s)
+                for kind, _, name, chunk in inflight.values():
+                    if kind == "batch":
+                        queue.append((name, chunk))
+                inflight.clear()
+                continue
+        else:
+            all_down_since = None
+        if not ready:
+            continue
+        ref = ready[0]
+        kind, i, name, chunk = inflight.pop(ref)
+        if kind == "probe":
+            # Resolves once Ray has restarted the actor (and it reloaded its model).
+            try:
+                ray.get(ref)
+                healthy[i] = True
+                logger.info("worker %d is back", i)
+            except (RayActorError, RayTaskError) as e:
+                logger.warning("worker %d is gone for good: %s", i, _first_line(e))
+            feed()
+            continue
+        load[i] -= 1
+        try:
+            report(ray.get(ref))
+        except RayActorError as e:
+            # The process died (killed, out of memory, node lost); Ray restarts it up to
+            # max_restarts times. Stop feeding it until a probe says it is back.
+            if healthy[i]:
+                healthy[i] = False
+                inflight[actors[i].info.remote()] = ("probe", i, None, None)
+            retry_or_fail(name, chunk, _first_line(e))
+        except RayTaskError as e:
+            retry_or_fail(name, chunk, _first_line(e))
+        feed()
+    for a in actors:
+        ray.kill(a)  # type: ignore[arg-type]
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__

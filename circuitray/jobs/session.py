@@ -1,0 +1,183 @@
+"""The one skeleton of every job over a folder of parts (runs and interventions).
+
+A :class:`Job` says what its folder holds and how to compute it; :meth:`Job.execute`
+does the rest, the same way for every job:
+
+1. Refuse a folder of another kind, then take its driver lock
+   (:meth:`RunStore.acquire_lock`), which a second driver cannot get.
+2. If the folder already holds a job: refuse it when its fingerprint
+   (:meth:`Job.fingerprint`, the recorded parameters that decide results) differs,
+   remove crash leftovers (:meth:`RunStore.clean`), and with ``retry_errors`` drop the
+   error rows so those prompts count as pending (:meth:`Job.drop_errors`).
+3. Start a session: a new session id in the folder's meta file. Workers of an older
+   session find it changed and drop what they would write.
+4. Dispatch the pending items (:meth:`Job.pending`: not in any committed part) to the
+   job's actors (:func:`circuitray.jobs.dispatch.dispatch`); a batch out of tries is
+   written as error rows (:meth:`Job.error_tables`) under its part name.
+5. Compact if asked, count what the folder now holds (:meth:`Job.tally`), record
+   status, finish time and counts in the meta file, and release the lock, also on
+   errors and interrupts.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+
+from circuitray.errors import RunDirError
+from circuitray.jobs.dispatch import Placement, Progress, dispatch
+from circuitray.storage.run_store import RunStore
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Job", "JobResult"]
+
+
+@dataclass
+class JobResult:
+    """What a job did: prompt counts over the whole folder and this session's timings.
+
+    Attributes:
+        run_dir: The job's folder.
+        total: Prompts the job covers.
+        ok: Prompts with only ok rows.
+        errors: Prompts with an error row.
+        computed: Prompts computed in this session.
+        skipped: Prompts already done when this session started.
+        elapsed_s: Wall time of this session.
+        ray_start_s: Time until every actor had loaded its model.
+        retried_batches: Batches sent again after an actor died.
+        workers: Each actor's ``info()`` (host, pid, device, threads).
+    """
+
+    run_dir: str
+    total: int = 0
+    ok: int = 0
+    errors: int = 0
+    computed: int = 0
+    skipped: int = 0
+    elapsed_s: float = 0.0
+    ray_start_s: float = 0.0
+    retried_batches: int = 0
+    workers: list[dict] = field(default_factory=list)
+
+
+class Job(ABC):
+    """One job over ``store`` (see module docstring); subclasses fill in the steps.
+
+    Attributes:
+        holds: What the folder holds, for messages ("a run", "interventions").
+    """
+
+    holds: str = "a job"
+
+    def __init__(
+        self,
+        store: RunStore,
+        *,
+        placement: Placement,
+        retry_errors: bool = False,
+        compact: bool = True,
+    ):
+        self.store = store
+        self.placement = placement
+        self.retry_errors = retry_errors
+        self.compact = compact
+
+    # -- what a job provides ------------------------------------------------------
+    @abstractmethod
+    def meta(self) -> dict:
+        """The meta-file record of this job (called with the lock held)."""
+
+    @abstractmethod
+    def fingerprint(self, meta: dict) -> dict:
+        """The entries of ``meta`` that must match for a resume to continue the job."""
+
+    @abstractmethod
+    def drop_errors(self) -> int:
+        """Remove the rows of prompts that have errors; how many prompts."""
+
+    @abstractmethod
+    def pending(self) -> tuple[list[tuple[int, dict]], int]:
+        """(items not yet in a committed part, number of items the job covers)."""
+
+    @abstractmethod
+    def worker(self) -> tuple[type, dict]:
+        """The worker class and its keyword arguments (less ``session``, threads)."""
+
+    @staticmethod
+    @abstractmethod
+    def error_tables(items: list[tuple[int, dict]], error: str) -> dict[str, pa.Table]:
+        """A part's tables recording ``items`` as failed with ``error``."""
+
+    @abstractmethod
+    def tally(self, result: JobResult) -> tuple[bool, dict]:
+        """Set ``result``'s ok and error counts from the folder; (complete, counts)."""
+
+    def new_result(self) -> JobResult:
+        return JobResult(run_dir=str(self.store.root))
+
+    # -- the skeleton -------------------------------------------------------------
+    def write_error_part(self, name: str, items: list[tuple[int, dict]], error: str) -> list:
+        """Write ``items`` as error rows under part ``name``; their summaries."""
+        self.store.write_part(name, self.error_tables(items, error[:2000]))
+        return [{"graph_id": gid, "status": "error", "error": error} for gid, _ in items]
+
+    def execute(self, *, on_progress: Progress | None = None) -> JobResult:
+        """Steps 1-5 of the module docstring; returns the counts."""
+        start = time.perf_counter()
+        store = self.store
+        store.check_kind()
+        store.acquire_lock()
+        try:
+            meta = self.meta()
+            if store.exists():
+                old, new = self.fingerprint(store.read_meta()), self.fingerprint(meta)
+                for key in new:
+                    if old.get(key) != new[key]:
+                        raise RunDirError(
+                            f"{store.root}: holds {self.holds} with a different {key!r}; "
+                            "use a new --out folder or the same parameters to resume"
+                        )
+                store.clean()
+                if self.retry_errors:
+                    logger.info("retrying %d prompts that had errors", self.drop_errors())
+            store.start_session(meta)
+
+            items, total = self.pending()
+            result = self.new_result()
+            result.total = total
+            result.skipped = total - len(items)
+            if on_progress:
+                on_progress(result.skipped, total, None)
+            if items:
+                worker_cls, worker_kwargs = self.worker()
+                dispatch(
+                    self.placement,
+                    items,
+                    session=meta["session"],
+                    result=result,
+                    n_done=result.skipped,
+                    total=total,
+                    on_progress=on_progress,
+                    worker_cls=worker_cls,
+                    worker_kwargs=worker_kwargs,
+                    on_failed=self.write_error_part,
+                )
+            if self.compact and result.computed:
+                store.compact()
+            complete, counts = self.tally(result)
+            result.elapsed_s = time.perf_counter() - start
+            meta.update(
+                status="complete" if complete else "incomplete",
+                finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                counts=counts,
+            )
+            store.write_meta(meta)
+            return result
+        finally:
+            store.release_lock()

@@ -1,0 +1,151 @@
+"""CLI defaults are the config dataclasses' defaults: every option, every command."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import click
+import click.core
+import click.testing
+import pytest
+
+from circuitray.cli import COMMANDS, cli
+from circuitray.cli.options import ConfigOption, config_option, config_values, field_default
+from circuitray.graph.attribute import AttributionConfig
+from circuitray.graph.flatten import PruneConfig
+from circuitray.jobs.attribution_job import RunConfig
+from circuitray.jobs.dispatch import Placement
+from circuitray.jobs.intervention_job import InterventionConfig
+from circuitray.models.loading import ModelSpec
+from circuitray.organism.matrix import MatrixConfig
+from circuitray.outputs.report import ReportConfig
+from circuitray.query.compare import CompareConfig
+
+
+def _commands(group: click.Group, prefix: str = "") -> dict[str, click.Command]:
+    out: dict[str, click.Command] = {}
+    ctx = click.Context(group)
+    for name in group.list_commands(ctx):
+        command = group.get_command(ctx, name)
+        assert command is not None, name
+        out[f"{prefix}{name}"] = command
+        if isinstance(command, click.Group):
+            out.update(_commands(command, f"{prefix}{name} "))
+    return out
+
+
+COMMANDS_BY_PATH = _commands(cli)
+
+# The configs each command fills: a plain option named like one of their fields must
+# have the field's default (the rule below catches options written by hand).
+CONFIGS = {
+    "run": (RunConfig, ModelSpec, AttributionConfig, PruneConfig),
+    "intervene": (InterventionConfig,),
+    "compare": (CompareConfig,),
+    "report": (ReportConfig,),
+    "model warm": (ModelSpec,),
+    "organism matrix": (MatrixConfig,),
+}
+
+
+def _expected(option: click.Option, owner, name: str):
+    value = field_default(owner, name)
+    if option.multiple:
+        return tuple(value or ())
+    return value
+
+
+def test_every_command_is_listed_and_loads():
+    assert set(COMMANDS) <= set(COMMANDS_BY_PATH)
+    assert {"run", "intervene", "query", "sql", "organism matrix", "bench"} <= set(COMMANDS_BY_PATH)
+
+
+@pytest.mark.parametrize("path", sorted(COMMANDS_BY_PATH))
+def test_every_cli_default_equals_its_dataclass_default(path):
+    command = COMMANDS_BY_PATH[path]
+    for p in command.params:
+        if isinstance(p, ConfigOption):
+            owner, name = p.source
+            if p.required:
+                with pytest.raises(KeyError):  # required, because the field has no default
+                    field_default(owner, name)
+                continue
+            assert p.default == _expected(p, owner, name), (path, p.name, owner, name)
+            continue
+        if not isinstance(p, click.Option):
+            continue
+        for owner in CONFIGS.get(path, ()):
+            fields = {f.name for f in dataclasses.fields(owner)}
+            if p.name in fields:
+                try:
+                    expected = _expected(p, owner, p.name)
+                except KeyError:  # a required field (e.g. out): no default to match
+                    continue
+                default = None if p.default is click.core.UNSET else p.default
+                assert default == expected, (path, p.name, owner)
+
+
+def test_job_commands_take_every_placement_field():
+    placement = {f.name for f in dataclasses.fields(Placement)} - {"restart_timeout_s"}
+    for path in ("run", "intervene"):
+        sources = {
+            p.source[1]
+            for p in COMMANDS_BY_PATH[path].params
+            if isinstance(p, ConfigOption) and p.source[0] is Placement
+        }
+        assert sources == placement, path
+
+
+def test_cli_defaults_build_the_default_configs():
+    from circuitray.cli.jobs import intervention_config, run_config
+
+    ctx = COMMANDS_BY_PATH["run"].make_context("run", ["prompts.jsonl", "--out", "o"])
+    with ctx:
+        assert run_config("prompts.jsonl", "o", ctx.params) == RunConfig("prompts.jsonl", "o")
+    ctx = COMMANDS_BY_PATH["intervene"].make_context(
+        "intervene", ["runs/a", "--out", "iv", "--features", "top:2"]
+    )
+    with ctx:
+        got = intervention_config("runs/a", "iv", ctx.params)
+    assert got == InterventionConfig("runs/a", "iv", ["top:2"])
+
+
+@dataclasses.dataclass
+class _Knobs:
+    """Test knobs.
+
+    Attributes:
+        depth: How deep to go,
+            in layers.
+        names: Which ones.
+    """
+
+    depth: int = 3
+    names: tuple[str, ...] | None = None
+
+
+def test_a_changed_dataclass_default_changes_the_cli(monkeypatch):
+    @click.command()
+    @config_option(_Knobs, "depth", type=int)
+    @config_option(_Knobs, "names", multiple=True)
+    def cmd(**kw):
+        click.echo(repr(_Knobs(**config_values(_Knobs, kw))))
+
+    (depth, names) = cmd.params
+    assert (depth.default, depth.help) == (3, "How deep to go, in layers.")
+    assert names.default == ()
+    result = click.testing.CliRunner().invoke(cmd, ["--depth", "5"])
+    assert result.output.strip() == "_Knobs(depth=5, names=())", result.output
+    monkeypatch.setattr(_Knobs.__dataclass_fields__["depth"], "default", 7)
+
+    @click.command()
+    @config_option(_Knobs, "depth", type=int)
+    def cmd2(depth):
+        pass
+
+    assert cmd2.params[0].default == 7
+
+
+def test_an_option_cannot_repeat_a_default():
+    with pytest.raises(TypeError, match="default comes from _Knobs"):
+        config_option(_Knobs, "depth", default=4)

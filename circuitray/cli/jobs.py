@@ -7,7 +7,6 @@ defaults and help of :class:`RunConfig`, :class:`ModelSpec`, :class:`Attribution
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict
 
 import click
@@ -17,6 +16,7 @@ from circuitray.cli.output import (
     RunProgress,
     console,
     err_console,
+    print_json,
     print_run_summary,
     print_table,
 )
@@ -83,7 +83,7 @@ def run_cmd(prompts: str, out: str, stats: bool, as_json: bool, **options) -> No
     with RunProgress(disabled=as_json) as on_progress:
         result = run(config, on_progress=on_progress)
     if as_json:
-        click.echo(json.dumps(asdict(result), indent=2, default=str))
+        print_json(asdict(result))
         return
     print_run_summary(result)
     if stats and result.ok:
@@ -137,7 +137,7 @@ def intervene_cmd(run_dir: str, out: str, effects: bool, as_json: bool, **option
     with RunProgress(disabled=as_json, label="intervening") as on_progress:
         result = intervene(config, on_progress=on_progress)
     if as_json:
-        click.echo(json.dumps(asdict(result), indent=2, default=str))
+        print_json(asdict(result))
         return
     err_console.print(
         f"{result.run_dir}: {result.ok} ok, {result.errors} errors of {result.total} prompts, "
@@ -187,7 +187,7 @@ def pipeline_run_cmd(file, out_root, address, actors, n, seed, as_json) -> None:
                 k: f"{result.out_root.rstrip('/')}/results/{k}.parquet" for k in result.tables
             },
         }
-        click.echo(json.dumps(record, indent=2, default=str))
+        print_json(record)
         return
     for r in result.runs.values():
         print_run_summary(r)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
@@ -12,6 +11,7 @@ from circuitray.cli.options import config_option
 from circuitray.cli.output import (
     console,
     err_console,
+    print_json,
 )
 from circuitray.errors import CircuitrayError
 from circuitray.models.loading import ModelSpec
@@ -31,7 +31,6 @@ def model_group() -> None:
 )
 def build_tiny_cmd(seed: int, force: bool) -> None:
     """Build the random-weight tiny Gemma-2 model and its transcoders (seconds)."""
-
     paths = build_tiny(seed=seed, force=force)
     err_console.print(f"tiny model: {paths['model']}\ntranscoders: {paths['transcoders']}")
 
@@ -51,7 +50,7 @@ def warm_cmd(model, transcoders, transcoder_cache_dir, address, as_json) -> None
     )
     results = warm_cluster(spec, address=address) if address else [warm_model(spec)]
     if as_json:
-        click.echo(json.dumps(results, indent=2))
+        print_json(results)
         return
     for r in results:
         console.print(
@@ -95,7 +94,7 @@ def organism_build_cmd(
     with err_console.status("training the WS2 organism (base, tuned, transcoders)..."):
         report = build_organism(config, force=force)
     if as_json:
-        click.echo(json.dumps(report, indent=2))
+        print_json(report)
     elif report.get("reused"):
         console.print(
             f"organism up to date (build {report['build']['key'][:12]}, "

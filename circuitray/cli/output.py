@@ -17,6 +17,11 @@ console = Console()
 err_console = Console(stderr=True)
 
 
+def print_json(record) -> None:
+    """A command's ``--json`` output: ``record`` as indented JSON on stdout."""
+    click.echo(json.dumps(record, indent=2, default=str))
+
+
 def print_table(table: pa.Table, *, fmt: str = "table", output: str | None = None) -> None:
     """Show an Arrow table as a rich table, or write csv / json / parquet."""
     if fmt == "parquet":

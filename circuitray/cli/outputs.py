@@ -10,6 +10,7 @@ import click
 from circuitray.cli.options import config_option
 from circuitray.cli.output import (
     console,
+    print_json,
 )
 from circuitray.outputs.export import export_graph, graph_slugs, serve
 from circuitray.outputs.report import ReportConfig, build_report
@@ -31,13 +32,12 @@ from circuitray.outputs.report import ReportConfig, build_report
 @click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
 def report_cmd(run_dirs, out, top_k, circuit_edges, interventions, as_json) -> None:
     """One self-contained HTML report of RUN_DIRs (two runs: before/after)."""
-
     config = ReportConfig(top_k=top_k, circuit_edges=circuit_edges)
     status = console.status("building the report") if not as_json else contextlib.nullcontext()
     with status:
         record = build_report(list(run_dirs), out, config=config, interventions=list(interventions))
     if as_json:
-        click.echo(json.dumps(record, indent=2))
+        print_json(record)
     else:
         console.print(
             f"{record['path']}: {record['plots']} plots, {record['bytes'] / 1e6:.1f} MB "
@@ -53,7 +53,6 @@ def report_cmd(run_dirs, out, top_k, circuit_edges, interventions, as_json) -> N
 @click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
 def export_cmd(run_dir, graph_id, out, slug, as_json) -> None:
     """Write a stored graph in circuit-tracer's graph-viewer JSON format."""
-
     path = export_graph(run_dir, graph_id, out, slug=slug)
     data = json.loads(path.read_text())
     record = {
@@ -63,7 +62,7 @@ def export_cmd(run_dir, graph_id, out, slug, as_json) -> None:
         "links": len(data["links"]),
     }
     if as_json:
-        click.echo(json.dumps(record, indent=2))
+        print_json(record)
     else:
         console.print(
             f"{path}: {record['nodes']} nodes, {record['links']} links; "
@@ -76,7 +75,6 @@ def export_cmd(run_dir, graph_id, out, slug, as_json) -> None:
 @config_option(serve, "port", type=click.IntRange(0, 65535))
 def serve_cmd(data_dir, port) -> None:
     """Serve exported graphs with circuit-tracer's own viewer on 127.0.0.1."""
-
     server = serve(data_dir, port=port)
     port = server.server_address[1]
     console.print(

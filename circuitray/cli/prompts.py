@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
-
 import click
 
 from circuitray.cli.options import config_option
 from circuitray.cli.output import (
     err_console,
+    print_json,
 )
 from circuitray.errors import CircuitrayError
 from circuitray.prompts.files import write_prompts
@@ -23,7 +22,6 @@ from circuitray.prompts.ws2 import generate_ws2
 @click.option("--json", "as_json", is_flag=True, help="Print path and counts as JSON.")
 def ws2_cmd(n: int, seed: int, out: str, types: str | None, as_json: bool) -> None:
     """Write a deterministic WS2 constraint corpus."""
-
     try:
         rows = generate_ws2(n=n, seed=seed, types=types.split(",") if types else None)
     except ValueError as e:
@@ -33,6 +31,6 @@ def ws2_cmd(n: int, seed: int, out: str, types: str | None, as_json: bool) -> No
     for r in rows:
         counts[r["constraint_type"]] = counts.get(r["constraint_type"], 0) + 1
     if as_json:
-        click.echo(json.dumps({"path": out, "prompts": len(rows), "by_type": counts}, indent=2))
+        print_json({"path": out, "prompts": len(rows), "by_type": counts})
     else:
         err_console.print(f"wrote {len(rows)} prompts to {out}: {counts}")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import click
 from rich.table import Table
 
@@ -11,6 +9,7 @@ from circuitray.cli.options import config_option
 from circuitray.cli.output import (
     console,
     parse_params,
+    print_json,
     print_table,
     table_output_options,
 )
@@ -27,25 +26,21 @@ from circuitray.query.engine import list_queries, run_query, run_sql
 @table_output_options
 def query_cmd(name, run_dirs, list_, params, fmt, output) -> None:
     """Run the named query NAME (queries/NAME.sql) over one or more RUN_DIRs."""
-
     if list_:
         queries = list_queries()
         if fmt == "json":
-            click.echo(
-                json.dumps(
-                    [
-                        {
-                            "name": q.name,
-                            "description": q.description,
-                            "params": {
-                                k: {"type": t, "default": d, "doc": doc}
-                                for k, (t, d, doc) in q.params.items()
-                            },
-                        }
-                        for q in queries
-                    ],
-                    indent=2,
-                )
+            print_json(
+                [
+                    {
+                        "name": q.name,
+                        "description": q.description,
+                        "params": {
+                            k: {"type": t, "default": d, "doc": doc}
+                            for k, (t, d, doc) in q.params.items()
+                        },
+                    }
+                    for q in queries
+                ]
             )
             return
         t = Table("query", "description", "parameters")

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import json
-
 import click
 
 from circuitray.cli.options import config_option
-from circuitray.cli.output import err_console
+from circuitray.cli.output import err_console, print_json
 from circuitray.storage.run_store import RunStore
 
 
@@ -23,7 +21,7 @@ def compact_cmd(run_dir: str, rows_per_file: int, as_json: bool) -> None:
     store.read_meta()  # a clear error when RUN_DIR is not a run folder
     stats = store.compact(rows_per_file=rows_per_file)
     if as_json:
-        click.echo(json.dumps({"run_dir": run_dir, **stats}, indent=2))
+        print_json({"run_dir": run_dir, **stats})
         return
     err_console.print(
         f"{run_dir}: {stats['parts_before']} parts -> {stats['parts_after']}", soft_wrap=True

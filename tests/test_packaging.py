@@ -133,6 +133,7 @@ from circuitray.query import run_query, run_sql
 from circuitray.query.compare import CompareConfig, compare_groups
 from circuitray.storage import RunStore
 import circuitray.schema
+import circuitray.cli.storage, circuitray.cli.outputs, circuitray.cli.prompts
 run = sys.argv[1]
 stats = run_query("constraint_stats", [run]).to_pylist()
 n = run_sql([run], "SELECT count(*) AS n FROM edges").to_pylist()[0]["n"]

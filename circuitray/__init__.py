@@ -32,7 +32,7 @@ _EXPORTS = {
     "ModelLoadError": "circuitray.errors",
     "PromptFileError": "circuitray.errors",
     "RunDirError": "circuitray.errors",
-    "PruneConfig": "circuitray.graph.flatten",
+    "PruneConfig": "circuitray.graph.prune",
     "flatten_graph": "circuitray.graph.flatten",
     "InterventionConfig": "circuitray.jobs.intervention_job",
     "InterventionResult": "circuitray.jobs.intervention_job",
@@ -97,7 +97,8 @@ def __getattr__(name: str):
 if TYPE_CHECKING:
     from circuitray.errors import CircuitrayError, ModelLoadError, PromptFileError, RunDirError
     from circuitray.graph.attribute import AttributionConfig, attribute_prompt
-    from circuitray.graph.flatten import PruneConfig, flatten_graph
+    from circuitray.graph.flatten import flatten_graph
+    from circuitray.graph.prune import PruneConfig
     from circuitray.jobs.attribution_job import RunConfig, RunResult, run
     from circuitray.jobs.intervention_job import InterventionConfig, InterventionResult, intervene
     from circuitray.jobs.workers import AttributionWorker, InterventionWorker

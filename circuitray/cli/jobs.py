@@ -21,7 +21,7 @@ from circuitray.cli.output import (
     print_table,
 )
 from circuitray.graph.attribute import AttributionConfig
-from circuitray.graph.flatten import PruneConfig
+from circuitray.graph.prune import PruneConfig
 from circuitray.jobs.attribution_job import RunConfig, run
 from circuitray.jobs.intervention_job import InterventionConfig, intervene
 from circuitray.jobs.pipeline import Pipeline, run_pipeline

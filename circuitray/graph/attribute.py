@@ -21,7 +21,8 @@ from dataclasses import asdict, dataclass
 import pyarrow as pa
 import torch
 
-from circuitray.graph.flatten import PruneConfig, flatten_graph
+from circuitray.graph.flatten import flatten_graph
+from circuitray.graph.prune import PruneConfig
 from circuitray.schema import EDGE_SCHEMA, NODE_SCHEMA, graph_row
 
 logger = logging.getLogger(__name__)

@@ -1,4 +1,4 @@
-"""Pruning a circuit-tracer Graph and flattening what is kept into Arrow tables.
+"""Flattening a circuit-tracer Graph: prune it, then its kept nodes and edges as Arrow rows.
 
 1. Prune with :func:`circuitray.graph.prune.prune_graph_exact`: circuit-tracer's
    ``prune_graph`` (node threshold on influence, then cumulative edge-score
@@ -25,26 +25,10 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from circuitray.graph.prune import PruneConfig, prune_graph_exact
 from circuitray.schema import EDGE_SCHEMA, NODE_SCHEMA, NODE_TYPES
 
-__all__ = [
-    "FlatGraph",
-    "PruneConfig",
-    "flatten_graph",
-]
-
-
-@dataclass(frozen=True)
-class PruneConfig:
-    """circuit-tracer's pruning thresholds.
-
-    Attributes:
-        node_threshold: Keep the nodes that carry this fraction of total influence.
-        edge_threshold: Keep the edges that carry this fraction of total edge score.
-    """
-
-    node_threshold: float = 0.8
-    edge_threshold: float = 0.98
+__all__ = ["FlatGraph", "flatten_graph"]
 
 
 @dataclass
@@ -152,8 +136,6 @@ def flatten_graph(
         prune: Thresholds; circuit-tracer's defaults (0.8, 0.98) when None.
         tokenizer: Decodes token and logit ids to text; None leaves text null.
     """
-    from circuitray.graph.prune import prune_graph_exact
-
     prune = prune or PruneConfig()
     adj = graph.adjacency_matrix
     n_nodes = adj.shape[0]

@@ -22,7 +22,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from circuitray.graph.attribute import AttributionConfig
-from circuitray.graph.flatten import PruneConfig
+from circuitray.graph.prune import PruneConfig
 from circuitray.jobs.dispatch import Placement, Progress
 from circuitray.jobs.session import Job, JobResult
 from circuitray.machine import package_versions

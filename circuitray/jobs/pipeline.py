@@ -46,8 +46,8 @@ import yaml
 
 from circuitray.errors import CircuitrayError
 from circuitray.graph.attribute import AttributionConfig
-from circuitray.graph.flatten import PruneConfig
 from circuitray.graph.interventions import parse_feature_spec
+from circuitray.graph.prune import PruneConfig
 from circuitray.jobs.attribution_job import RunConfig, RunResult, run
 from circuitray.jobs.intervention_job import InterventionConfig, intervene
 from circuitray.models.loading import ModelSpec

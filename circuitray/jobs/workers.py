@@ -23,13 +23,13 @@ import pyarrow as pa
 import torch
 
 from circuitray.graph.attribute import AttributionConfig, attribute_prompt
-from circuitray.graph.flatten import PruneConfig
 from circuitray.graph.interventions import (
     RESULT_SCHEMA,
     InterventionPlan,
     intervene_prompt,
     read_stored_graphs,
 )
+from circuitray.graph.prune import PruneConfig
 from circuitray.models.loading import ModelSpec, load_replacement_model
 from circuitray.schema import EDGE_SCHEMA, GRAPH_SCHEMA, NODE_SCHEMA
 from circuitray.storage.run_store import InterventionStore, RunStore

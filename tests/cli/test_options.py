@@ -12,7 +12,7 @@ import pytest
 from circuitray.cli import COMMANDS, cli
 from circuitray.cli.options import ConfigOption, config_option, config_values, field_default
 from circuitray.graph.attribute import AttributionConfig
-from circuitray.graph.flatten import PruneConfig
+from circuitray.graph.prune import PruneConfig
 from circuitray.jobs.attribution_job import RunConfig
 from circuitray.jobs.dispatch import Placement
 from circuitray.jobs.intervention_job import InterventionConfig

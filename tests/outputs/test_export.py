@@ -13,7 +13,8 @@ from circuit_tracer import attribute
 from circuit_tracer.utils.create_graph_files import create_graph_files
 from conftest import assert_one_line_error, circuitray
 
-from circuitray.graph.flatten import PruneConfig, flatten_graph
+from circuitray.graph.flatten import flatten_graph
+from circuitray.graph.prune import PruneConfig
 from circuitray.outputs.export import export_graph, serve
 from circuitray.prompts.ws2 import generate_ws2
 from circuitray.schema import GRAPH_SCHEMA, graph_row

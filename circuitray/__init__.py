@@ -8,8 +8,14 @@ The Python API is what the ``circuitray`` CLI calls::
     result = circuitray.run(circuitray.RunConfig(prompts="ws2.parquet", out="runs/ws2"))
     stats = circuitray.run_query("constraint_stats", ["runs/ws2"])
 
-Names are imported on first use (PEP 562), so ``import circuitray.graph.flatten`` on a GPU box
-without Ray or DuckDB, or ``circuitray query`` without torch, load only what they need.
+Subpackages follow the data path: :mod:`circuitray.prompts` -> :mod:`circuitray.jobs`
+(Ray actors) -> :mod:`circuitray.graph` (one prompt: attribute, prune, flatten) ->
+:mod:`circuitray.storage` -> :mod:`circuitray.query` -> :mod:`circuitray.outputs`;
+:mod:`circuitray.schema` holds every table's schema.
+
+Names are imported on first use (PEP 562), so ``import circuitray.graph.flatten`` on a
+GPU box without Ray or DuckDB, or ``circuitray query`` without torch, load only what
+they need.
 """
 
 from __future__ import annotations

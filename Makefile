@@ -47,23 +47,26 @@ run:  ## WS2 corpus -> local Ray -> Parquet -> constraint_stats
 	$(BIN)/circuitray ws2 --n $(N) --seed $(SEED) --out $(CIRCUITRAY_HOME)/ws2-$(N).parquet
 	$(BIN)/circuitray run $(CIRCUITRAY_HOME)/ws2-$(N).parquet --out $(RUN_DIR) --actors $(ACTORS)
 
-bench-queries:  ## every named query on 100M synthetic edges (writes them once, ~2 min)
+# First circuitray query/sql as whole processes next to bare DuckDB on the default run
+# (make run first: it exits 2 and says so when $(RUN_DIR) is missing), then 100M edges.
+bench-queries:  ## query/sql processes vs bare DuckDB on RUN_DIR; every named query on 100M synthetic edges (~3 min)
+	$(BIN)/circuitray bench processes $(RUN_DIR) --json-out bench/results/query-processes.json
 	$(BIN)/circuitray bench make-edges --edges $(BENCH_EDGES) --out $(BENCH_RUN)
 	$(BIN)/circuitray bench queries $(BENCH_RUN) --json-out bench/results/queries.json
 
 bench:  ## circuitray vs a plain loop: overhead, scaling, flattening, storage, memory (<10 min)
-	$(BIN)/python bench/run_bench.py
+	$(BIN)/circuitray bench suite
 
 test:
 	$(BIN)/python -m pytest -q tests --durations=30
 
 format:
-	$(BIN)/ruff format circuitray tests pipelines bench
-	$(BIN)/ruff check --fix circuitray tests pipelines bench
+	$(BIN)/ruff format circuitray tests pipelines
+	$(BIN)/ruff check --fix circuitray tests pipelines
 
 lint:
-	$(BIN)/ruff check circuitray tests pipelines bench
-	$(BIN)/ruff format --check circuitray tests pipelines bench
+	$(BIN)/ruff check circuitray tests pipelines
+	$(BIN)/ruff format --check circuitray tests pipelines
 
 typecheck:
 	$(BIN)/pyright

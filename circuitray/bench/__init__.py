@@ -1,8 +1,25 @@
-"""Benchmarks: synthetic runs at scale, timings of the query library, and attribution
-with circuitray against a plain loop (``make bench``)."""
+"""Benchmarks: every measurement behind ``make bench``, ``make bench-queries`` and the
+GPU benchmark, importable and run as ``circuitray bench ...``.
+
+- :mod:`circuitray.bench.suite`: ``make bench`` (``circuitray bench suite``), the
+  attribution figures of :mod:`circuitray.bench.attribution` (circuitray against a
+  plain loop) and the pruning comparison of :mod:`circuitray.bench.pruning`.
+- :mod:`circuitray.bench.gpu`: graphs per hour on one GPU (``circuitray bench gpu``).
+- :mod:`circuitray.bench.synthetic` and :mod:`circuitray.bench.queries`: synthetic
+  runs at scale and every named query timed on them (``make bench-queries``).
+- :mod:`circuitray.bench.processes`: ``circuitray query`` / ``circuitray sql`` as whole
+  processes next to a bare DuckDB process (``circuitray bench processes``).
+- :mod:`circuitray.bench.environment`: what every benchmark records of the machine
+  (commit, versions, CPU, GPU) and its memory probes.
+
+Importing the package loads neither torch nor DuckDB (the modules import them in the
+functions that use them), so a benchmark's child process can use its helpers without
+changing what it measures.
+"""
 
 from circuitray.bench.attribution import (
     AttributionBenchConfig,
+    Workload,
     bytes_per_edge,
     circuitray_run,
     flatten_rate,
@@ -17,6 +34,7 @@ __all__ = [
     "AttributionBenchConfig",
     "QueryTiming",
     "SyntheticSpec",
+    "Workload",
     "bytes_per_edge",
     "circuitray_run",
     "flatten_rate",

@@ -50,6 +50,9 @@ size and torch thread count:
    the end. ``ru_maxrss`` would be the same counter, except that Linux carries it over
    fork and exec, so a child of this (large) process would report this process's size.
    Local runs on Linux only.
+
+torch, circuit-tracer and the model loaders are imported by the functions that use
+them, so the configs (and ``circuitray bench``'s options built from them) load without.
 """
 
 from __future__ import annotations
@@ -67,23 +70,23 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
-from importlib import metadata
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
 
+from circuitray.bench.environment import peak_rss_kb
 from circuitray.errors import CircuitrayError
-from circuitray.graph.attribute import AttributionConfig
-from circuitray.graph.flatten import PruneConfig, flatten_graph
-from circuitray.machine import cpu_model
-from circuitray.models.loading import ModelSpec, load_replacement_model
 from circuitray.prompts.files import read_prompts, write_prompts
 from circuitray.schema import GRAPH_SCHEMA, TABLES, graph_row
 from circuitray.storage.run_store import PARQUET_OPTIONS, RunStore
+
+if TYPE_CHECKING:
+    from circuitray.graph.attribute import AttributionConfig
+    from circuitray.graph.prune import PruneConfig
 
 logger = logging.getLogger(__name__)
 
@@ -95,14 +98,28 @@ __all__ = [
     "MemoryResult",
     "PlainLoopResult",
     "StorageResult",
+    "Workload",
     "bytes_per_edge",
     "circuitray_run",
     "flatten_rate",
-    "machine_info",
     "peak_rss",
     "plain_loop",
     "run_attribution_bench",
 ]
+
+
+def _attribution_config() -> AttributionConfig:
+    # torch comes with it: imported when a config is made, not with this module.
+    from circuitray.graph.attribute import AttributionConfig
+
+    return AttributionConfig()
+
+
+def _prune_config() -> PruneConfig:
+    from circuitray.graph.prune import PruneConfig
+
+    return PruneConfig()
+
 
 # Figure -> (comparison, bound): the issue's acceptance goals.
 GOALS: dict[str, tuple[str, float]] = {
@@ -144,8 +161,35 @@ class AttributionBenchConfig:
     batch_size: int = 8
     n_flatten: int = 16
     rss_prompt: int = 0
-    attribution: AttributionConfig = field(default_factory=AttributionConfig)
-    prune: PruneConfig = field(default_factory=PruneConfig)
+    attribution: AttributionConfig = field(default_factory=_attribution_config)
+    prune: PruneConfig = field(default_factory=_prune_config)
+
+    def workload(self) -> Workload:
+        """The model, attribution, pruning and torch threads every measurement uses."""
+        return Workload(
+            model=self.model,
+            attribution=self.attribution,
+            prune=self.prune,
+            torch_threads=self.torch_threads,
+        )
+
+
+@dataclass
+class Workload:
+    """What one measurement attributes with; both sides of a comparison get the same.
+
+    Attributes:
+        model: Bundled model name (or HF folder / hub id with its default transcoders).
+        attribution: circuit-tracer ``attribute()`` arguments.
+        prune: Pruning thresholds.
+        torch_threads: Torch threads of the process (an actor's ``cpus_per_actor`` in a
+            circuitray run); None keeps the process's setting (circuitray's placement).
+    """
+
+    model: str = "organism-tuned"
+    attribution: AttributionConfig = field(default_factory=_attribution_config)
+    prune: PruneConfig = field(default_factory=_prune_config)
+    torch_threads: int | None = None
 
 
 @dataclass
@@ -239,6 +283,8 @@ class MemoryResult:
 @contextlib.contextmanager
 def _torch_threads(n: int | None) -> Iterator[int]:
     """Run the block with ``n`` torch threads (unchanged when None); yields the count."""
+    import torch
+
     old = torch.get_num_threads()
     if n:
         torch.set_num_threads(n)
@@ -249,20 +295,9 @@ def _torch_threads(n: int | None) -> Iterator[int]:
 
 
 def _threads_per_actor(torch_threads: int | None, actors: int) -> int:
-    """What circuitray gives each of ``actors`` CPU actors (see driver._placement)."""
+    """What circuitray gives each of ``actors`` CPU actors (see
+    :func:`circuitray.jobs.dispatch.actor_options`)."""
     return torch_threads or max(1, (os.cpu_count() or 1) // actors)
-
-
-def _peak_rss_kb(pid: int) -> int | None:
-    """Peak RSS (``VmHWM``) of a local process, in KiB; None if unreadable."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
 
 
 def _mb(kb: float) -> float:
@@ -278,11 +313,8 @@ def plain_loop(
     prompts: str | Path,
     out_dir: str | Path,
     *,
-    model: str = "organism-tuned",
-    attribution: AttributionConfig | None = None,
-    prune: PruneConfig | None = None,
+    workload: Workload | None = None,
     batch_size: int = 8,
-    torch_threads: int | None = None,
 ) -> PlainLoopResult:
     """The hand-written baseline: circuit-tracer and pyarrow in a loop, no circuitray.
 
@@ -291,23 +323,25 @@ def plain_loop(
     minimal edges table (graph_id, dst, src, weight) of the kept edges; one Parquet file
     per ``batch_size`` prompts, with circuitray's compression (``PARQUET_OPTIONS``) so
     the codec is not what differs, but none of its per-column tuning. ``torch_threads``
-    None keeps this process's setting.
+    None (in ``workload``) keeps this process's setting.
     """
+    import torch
     from circuit_tracer import attribute
     from circuit_tracer.graph import prune_graph
 
-    attribution = attribution or AttributionConfig()
-    prune = prune or PruneConfig()
+    from circuitray.models.loading import ModelSpec, load_replacement_model
+
+    work = workload or Workload()
     rows = read_prompts(prompts).to_pylist()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    kwargs = attribution.attribute_kwargs()
+    kwargs = work.attribution.attribute_kwargs()
     attribute_s = prune_s = write_s = 0.0
     edges_per_graph: list[int] = []
     files = 0
-    with _torch_threads(torch_threads) as threads:
+    with _torch_threads(work.torch_threads) as threads:
         t0 = time.perf_counter()
-        replacement_model = load_replacement_model(ModelSpec(model=model))
+        replacement_model = load_replacement_model(ModelSpec(model=work.model))
         load_s = time.perf_counter() - t0
         start = time.perf_counter()
         for first in range(0, len(rows), batch_size):
@@ -316,7 +350,7 @@ def plain_loop(
                 t0 = time.perf_counter()
                 graph = attribute(rows[gid]["prompt"], replacement_model, **kwargs)
                 t1 = time.perf_counter()
-                _, edge_mask, _ = prune_graph(graph, **_prune_kwargs(prune))
+                _, edge_mask, _ = prune_graph(graph, **_prune_kwargs(work.prune))
                 dst, src = torch.nonzero(edge_mask, as_tuple=True)
                 weight = graph.adjacency_matrix[dst, src].float().cpu().numpy()
                 tables.append(
@@ -361,16 +395,13 @@ def circuitray_run(
     prompts: str | Path,
     out_dir: str | Path,
     *,
-    model: str = "organism-tuned",
+    workload: Workload | None = None,
     actors: int = 1,
-    attribution: AttributionConfig | None = None,
-    prune: PruneConfig | None = None,
     batch_size: int = 8,
-    torch_threads: int | None = None,
 ) -> CircuitrayRunResult:
     """:func:`circuitray.run` with ``actors`` actors on a local Ray, into a fresh folder.
 
-    ``torch_threads`` becomes ``cpus_per_actor`` (each actor's torch threads); None keeps
+    ``workload.torch_threads`` becomes ``cpus_per_actor`` (each actor's torch threads); None keeps
     circuitray's placement. Ray is started for this run and shut down after it, unless
     this process had already started it, so ``ray_start_s`` is a full start each time.
     Each actor's peak RSS is read from ``/proc`` after each of its batches (see the
@@ -378,9 +409,12 @@ def circuitray_run(
     row: a benchmark on partial work would compare unequal things.
     """
     import ray
+    import torch
 
     from circuitray.jobs.attribution_job import RunConfig, run
+    from circuitray.models.loading import ModelSpec
 
+    work = workload or Workload()
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()):
         raise CircuitrayError(f"{out}: benchmark runs need a fresh folder")
@@ -388,13 +422,13 @@ def circuitray_run(
     config = RunConfig(
         prompts=str(prompts),
         out=str(out),
-        model=ModelSpec(model=model),
-        attribution=attribution or AttributionConfig(),
-        prune=prune or PruneConfig(),
+        model=ModelSpec(model=work.model),
+        attribution=work.attribution,
+        prune=work.prune,
         actors=actors,
         batch_size=batch_size,
         gpus_per_actor=min(1.0, n_gpus / actors) if n_gpus else 1.0,
-        cpus_per_actor=float(torch_threads) if torch_threads else None,
+        cpus_per_actor=float(work.torch_threads) if work.torch_threads else None,
         compact=False,
     )
     host = socket.gethostname()
@@ -405,7 +439,7 @@ def circuitray_run(
             return
         name = summary["worker"]
         worker_host, _, pid = name.rpartition(":")
-        kb = _peak_rss_kb(int(pid)) if worker_host == host and pid.isdigit() else None
+        kb = peak_rss_kb(int(pid)) if worker_host == host and pid.isdigit() else None
         if kb is not None:
             peaks[name] = max(peaks.get(name, 0), kb)
 
@@ -465,9 +499,11 @@ def circuitray_run(
 
 
 # Functions flatten_graph calls for pruning and graph scores, timed as they run:
-# (module, name, label). Whichever exist are wrapped; flatten_graph imports them when
-# called, so wrapping the module attribute reaches the very call it makes.
+# (module, name, label). Whichever exist are wrapped, in the module that defines them
+# and in circuitray.graph.flatten, which imports prune_graph_exact at its top: the
+# name flatten_graph looks up is its own module's.
 FLATTEN_CALLS = (
+    ("circuitray.graph.flatten", "prune_graph_exact", "prune"),
     ("circuitray.graph.prune", "prune_graph_exact", "prune"),
     ("circuit_tracer.graph", "prune_graph", "prune"),
     ("circuit_tracer.graph", "compute_graph_scores", "scores"),
@@ -517,10 +553,7 @@ def flatten_rate(
     prompts: list[dict],
     run_dir: str | Path,
     *,
-    model: str = "organism-tuned",
-    attribution: AttributionConfig | None = None,
-    prune: PruneConfig | None = None,
-    torch_threads: int | None = None,
+    workload: Workload | None = None,
 ) -> FlattenResult:
     """Time ``flatten_graph`` and ``RunStore.write_part`` against ``attribute()``.
 
@@ -534,19 +567,22 @@ def flatten_rate(
     """
     from circuit_tracer import attribute
 
+    from circuitray.graph.flatten import flatten_graph
+    from circuitray.models.loading import ModelSpec, load_replacement_model
+
     if not prompts:
         raise ValueError("flatten_rate needs at least one prompt")
-    attribution = attribution or AttributionConfig()
-    prune = prune or PruneConfig()
-    kwargs = attribution.attribute_kwargs()
+    work = workload or Workload()
+    prune = work.prune
+    kwargs = work.attribution.attribute_kwargs()
     columns = set(GRAPH_SCHEMA.names)
     t: dict[str, float] = dict.fromkeys(
         ("attribute", "flatten", "prune", "scores", "influence", "write"), 0.0
     )
     calls: dict[str, int] = {}
     rows, nodes, edges = [], [], []
-    with _torch_threads(torch_threads):
-        replacement_model = load_replacement_model(ModelSpec(model=model))
+    with _torch_threads(work.torch_threads):
+        replacement_model = load_replacement_model(ModelSpec(model=work.model))
         graph = attribute(prompts[0]["prompt"], replacement_model, **kwargs)  # warm-up
         flatten_graph(graph, graph_id=0, prune=prune, tokenizer=replacement_model.tokenizer)
         del graph
@@ -637,9 +673,10 @@ if args["threads"]:
     torch.set_num_threads(args["threads"])
 from circuitray.schema import GRAPH_SCHEMA
 from circuitray.graph.attribute import AttributionConfig, attribute_prompt
-from circuitray.graph.flatten import PruneConfig
+from circuitray.graph.prune import PruneConfig
 from circuitray.models.loading import ModelSpec, load_replacement_model
 from circuitray.storage.run_store import RunStore
+from circuitray.bench.environment import peak_rss_kb
 model = load_replacement_model(ModelSpec(model=args["model"]))
 row, nodes, edges = attribute_prompt(
     model, args["prompt"], graph_id=0,
@@ -649,54 +686,34 @@ RunStore(args["out"]).write_part(
     "part-0", {"graphs": pa.Table.from_pylist([row], schema=GRAPH_SCHEMA),
                "nodes": nodes, "edges": edges},
 )
-with open("/proc/self/status") as f:
-    peak = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
-print(json.dumps({"status": row["status"], "error": row["error"], "peak_rss_kb": peak}))
+print(json.dumps({"status": row["status"], "error": row["error"], "peak_rss_kb": peak_rss_kb()}))
 """
 
 
 def peak_rss(
-    prompts: str | Path,
-    work_dir: str | Path,
-    *,
-    model: str = "organism-tuned",
-    prompt_index: int = 0,
-    attribution: AttributionConfig | None = None,
-    prune: PruneConfig | None = None,
-    torch_threads: int | None = None,
+    prompt: dict, work_dir: str | Path, *, workload: Workload | None = None
 ) -> MemoryResult:
     """Peak RSS of one AttributionWorker vs a bare process, on the same prompt.
 
-    The prompt is row ``prompt_index`` of ``prompts``. The actor side is a 1-actor
-    :func:`circuitray_run` on a prompt file holding only that row; the bare side is
-    :data:`BARE_PROCESS` in a fresh interpreter with the same torch thread count.
+    ``prompt`` is a prompt row (as :func:`read_prompts` gives it). The actor side is a
+    1-actor :func:`circuitray_run` on a prompt file holding only that row; the bare side
+    is :data:`BARE_PROCESS` in a fresh interpreter with the same torch thread count.
     """
-    attribution = attribution or AttributionConfig()
-    prune = prune or PruneConfig()
+    load = workload or Workload()
     if platform.system() != "Linux":
         raise CircuitrayError("peak_rss reads /proc/<pid>/status: Linux only")
     work = Path(work_dir)
-    prompt = read_prompts(prompts).slice(prompt_index, 1).to_pylist()[0]
     one = write_prompts([prompt], work / "one-prompt.parquet")
-    threads = _threads_per_actor(torch_threads, 1)
-    actor = circuitray_run(
-        one,
-        work / "actor-run",
-        model=model,
-        actors=1,
-        attribution=attribution,
-        prune=prune,
-        batch_size=1,
-        torch_threads=torch_threads,
-    )
+    threads = _threads_per_actor(load.torch_threads, 1)
+    actor = circuitray_run(one, work / "actor-run", workload=load, actors=1, batch_size=1)
     if not actor.peak_rss_mb:
         raise CircuitrayError("could not read the actor's peak RSS from /proc")
     args = {
-        "model": model,
+        "model": load.model,
         "prompt": prompt,
         "threads": threads,
-        "attribution": asdict(attribution),
-        "prune": asdict(prune),
+        "attribution": asdict(load.attribution),
+        "prune": asdict(load.prune),
         "out": str(work / "bare-run"),
     }
     proc = subprocess.run(
@@ -724,32 +741,6 @@ def peak_rss(
 
 
 # -- the whole benchmark ----------------------------------------------------------------
-def machine_info() -> dict:
-    """Where the benchmark ran: CPUs, platform, versions, device, load average."""
-    versions = {}
-    for name in ("circuitray", "circuit-tracer", "torch", "ray", "pyarrow"):
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
-    cuda = torch.cuda.is_available()
-    return {
-        "host": socket.gethostname(),
-        "cpu_count": os.cpu_count(),
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_model": cpu_model(),
-        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "versions": versions,
-        "device": torch.cuda.get_device_name(0) if cuda else "cpu",
-        "cuda_devices": torch.cuda.device_count() if cuda else 0,
-        "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
-        "loadavg": list(os.getloadavg()),
-    }
-
-
 def _spread(values: list[float]) -> dict[str, float]:
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
@@ -785,13 +776,10 @@ def run_attribution_bench(
     section_s: dict[str, float] = {}
     prompt_rows = generate_ws2(n=config.n_prompts, seed=config.seed)
     prompts = write_prompts(prompt_rows, work / "prompts.parquet")
-    common = {
-        "model": config.model,
-        "attribution": config.attribution,
-        "prune": config.prune,
-        "torch_threads": config.torch_threads,
-    }
+    common = config.workload()
     one_actor_threads = _threads_per_actor(config.torch_threads, 1)
+    # The plain loop and the in-process steps get what one actor gets.
+    in_process = replace(common, torch_threads=one_actor_threads)
 
     # 2. Overhead: alternate which side goes first.
     t_section = time.perf_counter()
@@ -806,8 +794,8 @@ def run_attribution_bench(
                     plain_loop(
                         prompts,
                         work / f"plain-{r}",
+                        workload=in_process,
                         batch_size=config.batch_size,
-                        **{**common, "torch_threads": one_actor_threads},
                     )
                 )
             else:
@@ -815,9 +803,9 @@ def run_attribution_bench(
                     circuitray_run(
                         prompts,
                         work / f"circuitray-1-{r}",
+                        workload=common,
                         actors=1,
                         batch_size=config.batch_size,
-                        **common,
                     )
                 )
     section_s["overhead"] = time.perf_counter() - t_section
@@ -885,7 +873,11 @@ def run_attribution_bench(
     for k in sorted(set(config.actor_counts) - {1}):
         step(f"scaling: {k} actors, {config.n_prompts} prompts")
         c = circuitray_run(
-            prompts, work / f"circuitray-{k}", actors=k, batch_size=config.batch_size, **common
+            prompts,
+            work / f"circuitray-{k}",
+            workload=common,
+            actors=k,
+            batch_size=config.batch_size,
         )
         scaling[str(k)] = {
             "actors_used": c.actors,
@@ -903,11 +895,7 @@ def run_attribution_bench(
     # 4. Flattening.
     t_section = time.perf_counter()
     step(f"flattening: {config.n_flatten} prompts in this process")
-    flat = flatten_rate(
-        prompt_rows[: config.n_flatten],
-        work / "flatten-run",
-        **{**common, "torch_threads": one_actor_threads},
-    )
+    flat = flatten_rate(prompt_rows[: config.n_flatten], work / "flatten-run", workload=in_process)
     section_s["flatten"] = time.perf_counter() - t_section
 
     # 5. Storage.
@@ -919,7 +907,8 @@ def run_attribution_bench(
     # 6. Memory.
     t_section = time.perf_counter()
     step("memory: one prompt in an actor and in a bare process")
-    memory = peak_rss(prompts, work / "rss", prompt_index=config.rss_prompt, **common)
+    rss_prompt = read_prompts(prompts).slice(config.rss_prompt, 1).to_pylist()[0]
+    memory = peak_rss(rss_prompt, work / "rss", workload=common)
     section_s["memory"] = time.perf_counter() - t_section
 
     figures = {

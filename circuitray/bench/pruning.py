@@ -47,16 +47,11 @@ probs = torch.softmax(torch.randn(n_log, generator=g), 0)
 n_features = n - n_log - n_tok - 4 * n_tok
 from circuit_tracer.graph import prune_graph  # imports before the baseline is read
 from circuitray.graph.prune import prune_masks
-def status_kb(key):
-    for line in open("/proc/self/status"):
-        if line.startswith(key + ":"):
-            return int(line.split()[1])
-def vm_bytes():
-    return status_kb("VmSize") * 1024
+from circuitray.bench.environment import peak_rss_kb, proc_status_kb
 if limit > 0:
-    budget = vm_bytes() + int(limit * n * n)
+    budget = proc_status_kb("VmSize") * 1024 + int(limit * n * n)
     resource.setrlimit(resource.RLIMIT_AS, (budget, budget))
-base = status_kb("VmHWM")
+base = peak_rss_kb()
 t0 = time.perf_counter()
 try:
     if method == "circuit-tracer":
@@ -74,7 +69,7 @@ except (RuntimeError, MemoryError) as e:
     print(json.dumps({"ok": False, "error": str(e).splitlines()[0][:200]}))
     sys.exit(0)
 seconds = time.perf_counter() - t0
-peak = status_kb("VmHWM")
+peak = peak_rss_kb()
 digest = hashlib.sha256(node_mask.numpy().tobytes() + edge_mask.numpy().tobytes()).hexdigest()
 print(json.dumps({"ok": True, "seconds": seconds, "peak_mb": (peak - base) / 1024,
                   "kept_nodes": int(node_mask.sum()), "kept_edges": int(edge_mask.sum()),

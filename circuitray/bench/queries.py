@@ -17,10 +17,7 @@ import re
 import time
 from dataclasses import dataclass
 
-from circuitray.query.compare import CompareConfig, compare_groups, compare_runs
-from circuitray.query.engine import list_queries, run_query
-
-__all__ = ["QueryTiming", "time_queries"]
+__all__ = ["QueryTiming", "run_counts", "time_queries"]
 
 PAIRED_QUERIES = {"compare_runs"}
 INTERVENTIONS_VIEW = re.compile(r"\binterventions\b", re.I)
@@ -45,6 +42,9 @@ class QueryTiming:
 
 def time_queries(run_dir: str, *, names: list[str] | None = None) -> list[QueryTiming]:
     """Time the named queries ``names`` (all by default) and the compare API."""
+    from circuitray.query.compare import CompareConfig, compare_groups, compare_runs
+    from circuitray.query.engine import list_queries, run_query
+
     timings = []
     for q in list_queries():
         if (names and q.name not in names) or INTERVENTIONS_VIEW.search(q.sql):
@@ -62,3 +62,16 @@ def time_queries(run_dir: str, *, names: list[str] | None = None) -> list[QueryT
         table = compare_groups(run_dir, config=config)
         timings.append(QueryTiming("compare:groups", 1, time.perf_counter() - t0, table.num_rows))
     return timings
+
+
+def run_counts(run_dir: str) -> tuple[int, int]:
+    """(graphs, edges) of the run folder ``run_dir``, as its views count them."""
+    from circuitray.query.engine import connect
+
+    con = connect([run_dir])
+    try:
+        counts = con.execute("SELECT count(*), (SELECT count(*) FROM edges) FROM graphs").fetchone()
+    finally:
+        con.close()
+    graphs, edges = counts or (0, 0)
+    return int(graphs), int(edges)

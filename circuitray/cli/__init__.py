@@ -8,8 +8,9 @@ can fix (:class:`CircuitrayError`) print one line to stderr and exit 2; no trace
 One module per command group: ``prompts`` (ws2), ``jobs`` (run, intervene, pipeline,
 compact), ``query`` (query, sql, compare), ``outputs`` (report, export, serve),
 ``models`` (model, organism), ``bench``; ``output`` holds the table and progress
-output they share. Command modules import heavy packages inside the command, so
-``circuitray query`` never loads torch or Ray.
+output they share. Command modules are imported only when their command runs
+(:class:`LazyGroup`), so ``circuitray query`` and ``circuitray --help`` never load torch
+or Ray.
 """
 
 from __future__ import annotations
@@ -38,23 +39,63 @@ def _setup_logging(verbose: bool) -> None:
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 
-# Command name -> "module:attribute". A command's module is imported only when that
-# command runs (or help lists it), so ``circuitray query`` loads DuckDB, not torch.
+# Command name -> ("module:attribute", its help's first paragraph). A command's module is
+# imported only when that command runs, and ``circuitray --help`` lists these summaries
+# without importing any (tests/cli/test_options.py checks they match the commands), so
+# ``circuitray query`` loads DuckDB, not torch.
 COMMANDS = {
-    "ws2": "circuitray.cli.prompts:ws2_cmd",
-    "run": "circuitray.cli.jobs:run_cmd",
-    "intervene": "circuitray.cli.jobs:intervene_cmd",
-    "pipeline": "circuitray.cli.jobs:pipeline_group",
-    "compact": "circuitray.cli.storage:compact_cmd",
-    "query": "circuitray.cli.query:query_cmd",
-    "sql": "circuitray.cli.query:sql_cmd",
-    "compare": "circuitray.cli.query:compare_cmd",
-    "report": "circuitray.cli.outputs:report_cmd",
-    "export": "circuitray.cli.outputs:export_cmd",
-    "serve": "circuitray.cli.outputs:serve_cmd",
-    "bench": "circuitray.cli.bench:bench_group",
-    "model": "circuitray.cli.models:model_group",
-    "organism": "circuitray.cli.models:organism_group",
+    "ws2": ("circuitray.cli.prompts:ws2_cmd", "Write a deterministic WS2 constraint corpus."),
+    "run": (
+        "circuitray.cli.jobs:run_cmd",
+        "Attribute every prompt of PROMPTS on Ray into the run folder --out (resumable).",
+    ),
+    "intervene": (
+        "circuitray.cli.jobs:intervene_cmd",
+        "Apply feature interventions to the prompts of RUN_DIR on Ray (resumable).",
+    ),
+    "pipeline": (
+        "circuitray.cli.jobs:pipeline_group",
+        "Pipelines: prompts, runs, queries and comparisons from one YAML file.",
+    ),
+    "compact": (
+        "circuitray.cli.storage:compact_cmd",
+        "Merge a run's part files into large files sorted by graph_id (atomic).",
+    ),
+    "query": (
+        "circuitray.cli.query:query_cmd",
+        "Run the named query NAME (queries/NAME.sql) over one or more RUN_DIRs.",
+    ),
+    "sql": (
+        "circuitray.cli.query:sql_cmd",
+        "Read-only SQL over views graphs, nodes, edges, interventions: circuitray sql "
+        'RUN_DIR... "SELECT ..."',
+    ),
+    "compare": (
+        "circuitray.cli.query:compare_cmd",
+        "BASELINE CANDIDATE: paired differences per --by group; one RUN: differences "
+        "between its --by groups. Bootstrap CIs, effect sizes, Holm-adjusted verdicts.",
+    ),
+    "report": (
+        "circuitray.cli.outputs:report_cmd",
+        "One self-contained HTML report of RUN_DIRs (two runs: before/after).",
+    ),
+    "export": (
+        "circuitray.cli.outputs:export_cmd",
+        "Write a stored graph in circuit-tracer's graph-viewer JSON format.",
+    ),
+    "serve": (
+        "circuitray.cli.outputs:serve_cmd",
+        "Serve exported graphs with circuit-tracer's own viewer on 127.0.0.1.",
+    ),
+    "bench": (
+        "circuitray.cli.bench:bench_group",
+        "Benchmarks: make bench (suite), GPU, synthetic runs at scale, query timings.",
+    ),
+    "model": ("circuitray.cli.models:model_group", "Build and inspect models."),
+    "organism": (
+        "circuitray.cli.models:organism_group",
+        "The WS2 model organism: base and tuned tiny Gemma-2 with trained transcoders.",
+    ),
 }
 
 
@@ -66,9 +107,26 @@ class LazyGroup(click.Group):
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         if cmd_name in COMMANDS and cmd_name not in self.commands:
-            module, attr = COMMANDS[cmd_name].split(":")
+            module, attr = COMMANDS[cmd_name][0].split(":")
             self.add_command(getattr(importlib.import_module(module), attr), cmd_name)
         return super().get_command(ctx, cmd_name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """The command list from :data:`COMMANDS`' summaries: no command is imported."""
+        limit = formatter.width - 6 - max(len(name) for name in COMMANDS)
+        rows = []
+        for name in self.list_commands(ctx):
+            if name in COMMANDS and name not in self.commands:
+                rows.append(
+                    (name, click.Command(name, help=COMMANDS[name][1]).get_short_help_str(limit))
+                )
+            else:
+                command = self.get_command(ctx, name)
+                if command is not None and not command.hidden:
+                    rows.append((name, command.get_short_help_str(limit)))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -80,6 +138,9 @@ def cli(verbose: bool) -> None:
 
 def main() -> None:
     """Console entry point: one-line errors for user mistakes, exit code 2."""
+    # Quiet before click resolves the command: resolving imports its module (torch,
+    # transformers) ahead of the group callback.
+    _setup_logging(verbose="-v" in sys.argv[1:2] or "--verbose" in sys.argv[1:2])
     try:
         cli.main(standalone_mode=False)
     except click.exceptions.Abort:

@@ -22,6 +22,14 @@ def print_json(record) -> None:
     click.echo(json.dumps(record, indent=2, default=str))
 
 
+def print_result(record, text: str, *, as_json: bool) -> None:
+    """What a command did: ``record`` as JSON with ``--json``, else the line ``text``."""
+    if as_json:
+        print_json(record)
+    else:
+        console.print(text, soft_wrap=True)
+
+
 def print_table(table: pa.Table, *, fmt: str = "table", output: str | None = None) -> None:
     """Show an Arrow table as a rich table, or write csv / json / parquet."""
     if fmt == "parquet":

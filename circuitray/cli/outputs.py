@@ -10,7 +10,7 @@ import click
 from circuitray.cli.options import config_option
 from circuitray.cli.output import (
     console,
-    print_json,
+    print_result,
 )
 from circuitray.outputs.export import export_graph, graph_slugs, serve
 from circuitray.outputs.report import ReportConfig, build_report
@@ -36,13 +36,11 @@ def report_cmd(run_dirs, out, top_k, circuit_edges, interventions, as_json) -> N
     status = console.status("building the report") if not as_json else contextlib.nullcontext()
     with status:
         record = build_report(list(run_dirs), out, config=config, interventions=list(interventions))
-    if as_json:
-        print_json(record)
-    else:
-        console.print(
-            f"{record['path']}: {record['plots']} plots, {record['bytes'] / 1e6:.1f} MB "
-            f"in {record['seconds']:.1f}s"
-        )
+    text = (
+        f"{record['path']}: {record['plots']} plots, {record['bytes'] / 1e6:.1f} MB "
+        f"in {record['seconds']:.1f}s"
+    )
+    print_result(record, text, as_json=as_json)
 
 
 @click.command("export")
@@ -61,13 +59,8 @@ def export_cmd(run_dir, graph_id, out, slug, as_json) -> None:
         "nodes": len(data["nodes"]),
         "links": len(data["links"]),
     }
-    if as_json:
-        print_json(record)
-    else:
-        console.print(
-            f"{path}: {record['nodes']} nodes, {record['links']} links; "
-            f"view with: circuitray serve {out}"
-        )
+    text = f"{path}: {record['nodes']} nodes, {record['links']} links; "
+    print_result(record, text + f"view with: circuitray serve {out}", as_json=as_json)
 
 
 @click.command("serve")

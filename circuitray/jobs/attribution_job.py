@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import platform
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -166,6 +167,7 @@ def run(config: RunConfig, *, on_progress: Progress | None = None) -> RunResult:
     ``on_progress(done, total, summary)`` is called once before work starts (summary
     None) and after each prompt. Raises :class:`CircuitrayError` for bad input.
     """
-    result = AttributionJob(config).execute(on_progress=on_progress)
+    start = time.perf_counter()
+    result = AttributionJob(config).execute(on_progress=on_progress, start=start)
     assert isinstance(result, RunResult)
     return result

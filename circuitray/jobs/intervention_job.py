@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from dataclasses import asdict, dataclass, replace
 
 import pyarrow as pa
@@ -313,6 +314,7 @@ def intervene(
 ) -> InterventionResult:
     """Run the planned interventions on every selected ok graph of ``config.run``
     (see module docstring). Raises :class:`CircuitrayError` for bad input."""
-    result = InterventionJob(config).execute(on_progress=on_progress)
+    start = time.perf_counter()
+    result = InterventionJob(config).execute(on_progress=on_progress, start=start)
     assert isinstance(result, InterventionResult)
     return result

@@ -43,7 +43,7 @@ class ModelSpec:
         transcoder_cache_dir: circuit-tracer cache folder; None uses
             ``$CIRCUIT_TRACER_CACHE_DIR`` or ``$CIRCUITRAY_HOME/transcoders``.
         backend: circuit-tracer backend; ``nnsight`` loads local HF folders.
-        dtype: Model and transcoder dtype name (``float32``, ``bfloat16``).
+        dtype: Model and transcoder dtype name (``float32``, ``bfloat16``, ``float16``).
         device: ``cuda``, ``cpu`` or None (CUDA when available).
     """
 

@@ -5,9 +5,11 @@
    has a ``run`` column (the folder's name) so one query can compare runs, and
    ``runs`` (run, position, path) keeps the order the folders were given in.
    Intervention folders (``circuitray intervene``) given among them feed the view
-   ``interventions`` the same way.
-2. Named queries are the ``*.sql`` files of the query folder (``queries/`` at the
-   repository root, or ``$CIRCUITRAY_QUERIES_DIR``). A header of ``--`` comments says
+   ``interventions`` the same way. For local folders the views are plain SQL
+   (:func:`view_sql`), which any DuckDB process can run to get the same views.
+2. Named queries are the ``*.sql`` files of the query folder: ``sql/`` beside this
+   module (package data, so a wheel has them; ``queries/`` in a checkout links here),
+   or ``$CIRCUITRAY_QUERIES_DIR``. A header of ``--`` comments says
    what a query answers and declares its parameters::
 
        -- Per constraint type: graph counts, kept nodes and edges ...
@@ -18,6 +20,7 @@
    ``uses:`` line makes another named query's result a table of that name (computed
    first, with the parameters it declares, which the using query accepts too), so a
    summary can build on a detailed query without repeating its SQL.
+   :func:`query_statements` gives the statements :func:`run_query` runs for a query.
 3. :func:`run_sql` runs user SQL after checking that every statement is a plain
    query (SELECT / WITH / VALUES / EXPLAIN / DESCRIBE / SHOW / SUMMARIZE): writing files,
    attaching databases, installing extensions or changing settings is refused.
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,7 +41,15 @@ from circuitray.errors import CircuitrayError, RunDirError
 from circuitray.schema import EDGE_SCHEMA, GRAPH_SCHEMA, NODE_SCHEMA, RESULT_SCHEMA
 from circuitray.storage.run_store import InterventionStore, RunStore
 
-__all__ = ["NamedQuery", "connect", "list_queries", "run_query", "run_sql"]
+__all__ = [
+    "NamedQuery",
+    "connect",
+    "list_queries",
+    "query_statements",
+    "run_query",
+    "run_sql",
+    "view_sql",
+]
 
 # View name -> schema; FOLDER_TABLE names a view's folder table where they differ.
 SCHEMAS = {
@@ -164,8 +176,7 @@ def _run_names(run_dirs: list[str]) -> list[str]:
     return names
 
 
-def connect(run_dirs: list[str], *, threads: int | None = None) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB with ``graphs``, ``nodes``, ``edges`` views over the runs."""
+def _open_stores(run_dirs: list[str]) -> list[RunStore]:
     if not run_dirs:
         raise CircuitrayError("give at least one run folder")
     stores: list[RunStore] = []
@@ -179,41 +190,102 @@ def connect(run_dirs: list[str], *, threads: int | None = None) -> duckdb.DuckDB
                 "folder (no intervention.json)"
             )
         stores.append(store)
-    con = duckdb.connect(":memory:")
-    if threads:
-        con.execute(f"SET threads = {int(threads)}")
+    return stores
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _sql_type(t: pa.DataType) -> str:
+    """DuckDB's name for an Arrow type of :mod:`circuitray.schema` (what DuckDB makes of
+    a registered Arrow table with that type)."""
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        return _sql_type(t.value_type) + "[]"
+    if pa.types.is_struct(t):
+        fields = ", ".join(
+            f'"{t.field(i).name}" {_sql_type(t.field(i).type)}' for i in range(t.num_fields)
+        )
+        return f"STRUCT({fields})"
+    names = {
+        pa.bool_(): "BOOLEAN",
+        pa.int8(): "TINYINT",
+        pa.int16(): "SMALLINT",
+        pa.int32(): "INTEGER",
+        pa.int64(): "BIGINT",
+        pa.float32(): "FLOAT",
+        pa.float64(): "DOUBLE",
+        pa.string(): "VARCHAR",
+        pa.large_string(): "VARCHAR",
+    }
+    if t not in names:
+        raise TypeError(f"no DuckDB type for Arrow {t}")
+    return names[t]
+
+
+def _empty_select(schema: pa.Schema) -> str:
+    """A SELECT of no rows with ``schema``'s columns and types."""
+    columns = ", ".join(f'CAST(NULL AS {_sql_type(f.type)}) AS "{f.name}"' for f in schema)
+    return f"SELECT {columns} LIMIT 0"
+
+
+def _view_statements(
+    run_dirs: list[str],
+    stores: list[RunStore],
+    *,
+    register: Callable[[str, object], object] | None,
+) -> list[str]:
+    """The CREATE VIEW statements over ``stores``; object storage is read through
+    pyarrow datasets given to ``register`` (None: refused, there is no plain SQL)."""
+    names = _run_names(run_dirs)
     # The order runs were given in: compare_runs takes position 0 as the baseline.
-    con.register(
-        "_runs",
-        pa.table(
-            {
-                "run": _run_names(run_dirs),
-                "position": list(range(len(run_dirs))),
-                "path": [str(r) for r in run_dirs],
-            }
-        ),
+    rows = ", ".join(
+        f"({_literal(name)}, CAST({i} AS BIGINT), {_literal(str(r))})"
+        for i, (name, r) in enumerate(zip(names, run_dirs, strict=True))
     )
-    con.execute("CREATE VIEW runs AS SELECT * FROM _runs")
+    statements = [
+        f"CREATE VIEW runs AS SELECT * FROM (VALUES {rows}) AS _runs(run, position, path)"
+    ]
     for table, schema in SCHEMAS.items():
         selects = []
-        for name, store in zip(_run_names(run_dirs), stores, strict=True):
+        for name, store in zip(names, stores, strict=True):
             folder_table = FOLDER_TABLE.get(table, table)
             files = store.part_files(folder_table) if folder_table in store.tables else []
-            run_lit = "'" + name.replace("'", "''") + "'"
+            run_lit = _literal(name)
             if files and not store.local:
                 # Object storage: DuckDB scans a pyarrow dataset over pyarrow's S3/GCS
                 # filesystem (no DuckDB extension to download).
+                if register is None:
+                    raise CircuitrayError(
+                        f"{store.uri}: object storage is read through pyarrow, not plain SQL"
+                    )
                 alias = f"_{table}_{len(selects)}_{abs(hash(store.uri)) % 10**8}"
-                con.register(alias, store.dataset(folder_table))
+                register(alias, store.dataset(folder_table))
                 selects.append(f"SELECT {run_lit} AS run, * FROM {alias}")
             elif files:
-                file_list = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
+                file_list = ", ".join(_literal(f) for f in files)
                 selects.append(f"SELECT {run_lit} AS run, * FROM read_parquet([{file_list}])")
             else:
-                empty = f"_empty_{table}"
-                con.register(empty, pa.table({f.name: pa.array([], f.type) for f in schema}))
-                selects.append(f"SELECT {run_lit} AS run, * FROM {empty}")
-        con.execute(f"CREATE VIEW {table} AS " + " UNION ALL ".join(selects))
+                selects.append(f"SELECT {run_lit} AS run, * FROM ({_empty_select(schema)})")
+        statements.append(f"CREATE VIEW {table} AS " + " UNION ALL ".join(selects))
+    return statements
+
+
+def view_sql(run_dirs: list[str]) -> list[str]:
+    """The statements :func:`connect` runs to make its views over local run folders:
+    plain SQL, which a bare DuckDB connection can run to read the same views.
+    Raises CircuitrayError for folders on object storage."""
+    return _view_statements(run_dirs, _open_stores(run_dirs), register=None)
+
+
+def connect(run_dirs: list[str], *, threads: int | None = None) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB with ``graphs``, ``nodes``, ``edges`` views over the runs."""
+    stores = _open_stores(run_dirs)
+    con = duckdb.connect(":memory:")
+    if threads:
+        con.execute(f"SET threads = {int(threads)}")
+    for statement in _view_statements(run_dirs, stores, register=con.register):
+        con.execute(statement)
     return con
 
 
@@ -223,17 +295,45 @@ def _params_of(con: duckdb.DuckDBPyConnection, sql: str, values: dict) -> dict:
     return {k: v for k, v in values.items() if k in names}
 
 
+def _query_statements(
+    con: duckdb.DuckDBPyConnection, query: NamedQuery, values: dict[str, object]
+) -> list[tuple[str, dict[str, object]]]:
+    statements = []
+    for used_name in query.uses:
+        used = get_query(used_name)
+        sql = f"CREATE TEMP TABLE {used.name} AS {used.sql.strip().rstrip(';')}"
+        statements.append((sql, _params_of(con, sql, values)))
+    statements.append((query.sql, _params_of(con, query.sql, values)))
+    return statements
+
+
+def query_statements(
+    name: str, *, params: dict[str, str] | None = None
+) -> list[tuple[str, dict[str, object]]]:
+    """What :func:`run_query` runs on the views for the named query, in order: one
+    CREATE TEMP TABLE per ``uses:`` query, then the query, each with the values of the
+    parameters it has placeholders for."""
+    query = get_query(name)
+    values = query.bind(params or {})
+    con = duckdb.connect(":memory:")
+    try:
+        return _query_statements(con, query, values)
+    except duckdb.Error as e:
+        raise CircuitrayError(f"query {name}: {str(e).splitlines()[0]}") from None
+    finally:
+        con.close()
+
+
 def run_query(name: str, run_dirs: list[str], *, params: dict[str, str] | None = None) -> pa.Table:
     """Run the named query over ``run_dirs`` with ``params`` (strings, cast per header)."""
     query = get_query(name)
     values = query.bind(params or {})
     con = connect(run_dirs)
     try:
-        for used_name in query.uses:
-            used = get_query(used_name)
-            sql = f"CREATE TEMP TABLE {used.name} AS {used.sql.strip().rstrip(';')}"
-            con.execute(sql, _params_of(con, sql, values))
-        return con.sql(query.sql, params=_params_of(con, query.sql, values)).to_arrow_table()
+        *setup, (sql, bound) = _query_statements(con, query, values)
+        for statement, statement_params in setup:
+            con.execute(statement, statement_params)
+        return con.sql(sql, params=bound).to_arrow_table()
     except duckdb.Error as e:
         raise CircuitrayError(f"query {name}: {str(e).splitlines()[0]}") from None
     finally:

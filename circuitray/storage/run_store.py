@@ -40,15 +40,18 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
-import pyarrow.compute  # noqa: F401  (registers pa.compute)
-import pyarrow.dataset as ds
+import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from circuitray.errors import RunDirError
 from circuitray.schema import RESULT_SORT_KEYS, SORT_KEYS
+
+if TYPE_CHECKING:  # imported where used: pyarrow.dataset loads pandas (~0.3 s)
+    import pyarrow.dataset as ds
 
 logger = logging.getLogger(__name__)
 
@@ -326,6 +329,8 @@ class RunStore:
         )
 
     def dataset(self, table: str) -> ds.Dataset | None:
+        import pyarrow.dataset as ds
+
         files = self.part_files(table)
         return ds.dataset(files, format="parquet", filesystem=self.fs) if files else None
 
@@ -373,7 +378,7 @@ class RunStore:
                 source = sources[table]
                 assert source is not None
                 for stem, (lo, hi) in zip(new, ranges, strict=True):
-                    gid = ds.field("graph_id")
+                    gid = pc.field("graph_id")
                     part = source.to_table(filter=(gid >= lo) & (gid <= hi))
                     part = part.sort_by(self.sort_keys[table])
                     self._put_parquet(self._path(table, f"{stem}.parquet{PENDING}"), part)
@@ -438,11 +443,11 @@ class RunStore:
         dropped: list[int] = []
         for f in self.part_files("graphs"):
             t = pq.read_table(f, filesystem=self.fs)
-            is_error = pa.compute.equal(t["status"], "error")
-            if not (pa.compute.sum(is_error).as_py() or 0):
+            is_error = pc.equal(t["status"], "error")
+            if not (pc.sum(is_error).as_py() or 0):
                 continue
             dropped += t.filter(is_error)["graph_id"].to_pylist()
-            keep = t.filter(pa.compute.invert(is_error))
+            keep = t.filter(pc.invert(is_error))
             stem = f.rsplit("/", 1)[1].split(".parquet")[0]
             if keep.num_rows == 0:
                 # Remove the commit point first, then the (empty) orphan parts.
@@ -480,11 +485,11 @@ class InterventionStore(RunStore):
         dropped: list[int] = []
         for f in self.part_files("results"):
             t = pq.read_table(f, filesystem=self.fs)
-            bad = t.filter(pa.compute.equal(t["status"], "error"))["graph_id"].unique()
+            bad = t.filter(pc.equal(t["status"], "error"))["graph_id"].unique()
             if len(bad) == 0:
                 continue
             dropped += bad.to_pylist()
-            keep = t.filter(pa.compute.invert(pa.compute.is_in(t["graph_id"], value_set=bad)))
+            keep = t.filter(pc.invert(pc.is_in(t["graph_id"], value_set=bad)))
             if keep.num_rows == 0:
                 self._delete(f)
             else:

@@ -1,26 +1,25 @@
 """The attribution benchmark (circuitray against a plain loop) on the tiny model: each
-measurement on a few prompts, the pruning hook, and ``bench/run_bench.py --quick``."""
+measurement on a few prompts, the pruning hook, and ``circuitray bench suite --quick``
+(``make bench``)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from bench_command import bench
 
-from circuitray.bench import bytes_per_edge, circuitray_run, flatten_rate, plain_loop
+from circuitray.bench import Workload, bytes_per_edge, circuitray_run, flatten_rate, plain_loop
 from circuitray.bench.attribution import GOALS
 from circuitray.prompts.files import write_prompts
 from circuitray.prompts.ws2 import generate_ws2
 
-ROOT = Path(__file__).resolve().parents[2]
 N_PROMPTS = 5
 BATCH = 2
+TINY = Workload(model="tiny", torch_threads=1)
 
 FIGURES = {
     "overhead_ratio",
@@ -54,7 +53,7 @@ def tiny_run(prompts, tmp_path_factory):
     """The prompts through circuitray: 1 actor, 1 torch thread, batches of 2."""
     _, path = prompts
     out = tmp_path_factory.mktemp("bench_run") / "run"
-    return circuitray_run(path, out, model="tiny", actors=1, batch_size=BATCH, torch_threads=1)
+    return circuitray_run(path, out, workload=TINY, actors=1, batch_size=BATCH)
 
 
 def _edge_rows(folder: Path) -> int:
@@ -91,7 +90,7 @@ def test_bytes_per_edge_matches_file_sizes(tiny_run):
 
 def test_plain_loop_keeps_the_edges_circuitray_keeps(prompts, tiny_run, tmp_path):
     _, path = prompts
-    r = plain_loop(path, tmp_path / "plain", model="tiny", batch_size=BATCH, torch_threads=1)
+    r = plain_loop(path, tmp_path / "plain", workload=TINY, batch_size=BATCH)
     files = sorted((tmp_path / "plain").glob("*.parquet"))
     assert r.files == len(files) == -(-N_PROMPTS // BATCH)
     table = pq.read_table(tmp_path / "plain")
@@ -116,7 +115,7 @@ def test_plain_loop_keeps_the_edges_circuitray_keeps(prompts, tiny_run, tmp_path
 
 def test_flatten_rate(prompts, tmp_path):
     rows, _ = prompts
-    f = flatten_rate(rows[:3], tmp_path / "flat", model="tiny", torch_threads=1)
+    f = flatten_rate(rows[:3], tmp_path / "flat", workload=TINY)
     assert f.n_graphs == 3 and f.n_edges > 0
     assert f.attribute_s > 0 and f.flatten_s > 0 and f.write_s > 0
     assert f.edges_per_s == pytest.approx(f.n_edges / f.flatten_s)
@@ -130,32 +129,18 @@ def test_flatten_rate(prompts, tmp_path):
     assert bytes_per_edge(tmp_path / "flat").n_edges == f.n_edges
 
 
-def _load_run_bench():
-    spec = importlib.util.spec_from_file_location("run_bench", ROOT / "bench" / "run_bench.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_run_bench_quick_writes_every_figure(tmp_path):
+def test_suite_quick_writes_every_figure(tmp_path):
     results = tmp_path / "results"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "bench" / "run_bench.py"),
-            "--quick",
-            "--model",
-            "tiny",
-            "--prompts",
-            "4",
-            "--no-pruning",
-            "--results-dir",
-            str(results),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
+    proc = bench(
+        "suite",
+        "--quick",
+        "--model",
+        "tiny",
+        "--prompts",
+        "4",
+        "--no-pruning",
+        "--results-dir",
+        results,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     stamped = list(results.glob("bench-*.json"))

@@ -1,43 +1,33 @@
-"""bench/gpu_bench.py end to end on the CPU: the main model cannot load (no hub), so it
-says so and benchmarks the bundled fallback, writing JSON and Markdown with figures."""
+"""``circuitray bench gpu`` end to end on the CPU: the main model cannot load (no hub), so
+it says so and benchmarks the bundled fallback, writing JSON and Markdown with figures."""
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from bench_command import bench
 
 
 def test_gpu_bench_falls_back_to_the_bundled_model(tmp_path):
     out, md = tmp_path / "gpu.json", tmp_path / "gpu.md"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "bench" / "gpu_bench.py"),
-            "--device",
-            "cpu",
-            "--quick",
-            "--fallback",
-            "tiny",
-            "--lengths",
-            "8",
-            "--tuned-batch-size",
-            "32",
-            "--tuned-update-interval",
-            "4",
-            "--out",
-            str(out),
-            "--md-out",
-            str(md),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    proc = bench(
+        "gpu",
+        "--device",
+        "cpu",
+        "--quick",
+        "--fallback",
+        "tiny",
+        "--lengths",
+        "8",
+        "--tuned-batch-size",
+        "32",
+        "--tuned-update-interval",
+        "4",
+        "--out",
+        out,
+        "--md-out",
+        md,
+        env={"HF_HUB_OFFLINE": "1"},
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(out.read_text())

@@ -149,3 +149,25 @@ def test_a_changed_dataclass_default_changes_the_cli(monkeypatch):
 def test_an_option_cannot_repeat_a_default():
     with pytest.raises(TypeError, match="default comes from _Knobs"):
         config_option(_Knobs, "depth", default=4)
+
+
+def test_help_summaries_match_the_commands():
+    for name, (_, summary) in COMMANDS.items():
+        first = " ".join((COMMANDS_BY_PATH[name].help or "").split("\n\n")[0].split())
+        assert first == summary, name
+
+
+def test_help_lists_every_command_without_importing_torch():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\nsys.argv = ['circuitray', '--help']\nfrom circuitray.cli import main\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "print([m for m in ('torch', 'transformers', 'ray') if m in sys.modules])"
+    )
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip().splitlines()[-1] == "[]", p.stdout
+    for name in COMMANDS:
+        assert f"\n  {name} " in p.stdout, name

@@ -1,4 +1,5 @@
-"""GPU benchmark: attribution graphs per hour for one model on one device.
+"""GPU benchmark (``circuitray bench gpu``): attribution graphs per hour for one model
+on one device.
 
 Measures what one GPU (or, for a smoke check, the CPU) gives per graph when circuitray
 attributes a prompt with circuit-tracer and prunes/flattens it (the production path,
@@ -11,30 +12,32 @@ circuit-tracer's default ``attribute()`` arguments and with tuned ones.
 2. Try the main model (``google/gemma-2-2b`` with the ``gemma`` transcoders, bf16 on
    CUDA). If it cannot be loaded (no hub and nothing cached), record why, in the log and
    in the JSON, and benchmark the bundled fallback (``organism-tuned``, a 4-layer toy
-   Gemma-2 built by ``make models``) instead, labelled as such. ``--with-fallback``
+   Gemma-2 built by ``make models``) instead, labelled as such. ``with_fallback``
    benchmarks the bundled model too when the main one loads.
 3. Build WS2 prompts (:func:`circuitray.prompts.ws2.generate_ws2`) preceded by the organism's
    filler sentences and trimmed word by word until the model's tokenizer gives exactly
    the target number of tokens (BOS included, as circuit-tracer counts); the real count
    is reported.
-4. Tuned setting: unless given on the command line, sweep ``batch_size`` (and
+4. Tuned setting: unless given in the config, sweep ``batch_size`` (and
    ``update_interval`` when the feature count is capped) at the longest length, timing
    ``attribute()`` alone on one prompt after a warm-up, and keep the fastest.
 5. For each length and each setting (circuit-tracer's defaults, read from
    ``attribute``'s signature; tuned): reset the peak-memory counter, attribute one
-   warm-up prompt, then time ``--prompts`` prompts end to end (attribute, next-token
+   warm-up prompt, then time ``prompts`` prompts end to end (attribute, next-token
    probabilities, exact pruning and flattening) with ``torch.cuda.synchronize``.
    Report seconds per graph, graphs per hour, peak GPU memory, nodes N, kept nodes and
    kept edges.
 6. At the longest length, prune one unpruned graph (all features) with circuit-tracer's
    ``prune_graph`` and with circuitray's exact pruning, on the CPU (where ``attribute``
    leaves the adjacency matrix) and on the GPU: time, peak memory, identical masks.
-7. Print a table and write everything, with the GPU name and library versions, to the
-   JSON file ``--out`` (and a Markdown summary to ``--md-out``).
+7. Write everything, with the GPU name and library versions
+   (:func:`circuitray.bench.environment.gpu_environment`), to the JSON file ``out``
+   after every step (``"complete": false`` until the end), and a Markdown summary to
+   ``md_out``; :func:`print_report` prints the tables.
 
 Local smoke check (no GPU, bundled model, well under a minute)::
 
-    CIRCUITRAY_HOME=$PWD/.circuitray .venv/bin/python bench/gpu_bench.py \\
+    CIRCUITRAY_HOME=$PWD/.circuitray .venv/bin/circuitray bench gpu \\
         --device cpu --quick --out bench/results/gpu-bench-cpu.json
 """
 
@@ -45,23 +48,32 @@ import inspect
 import json
 import logging
 import os
-import platform
 import random
 import socket
 import statistics
-import subprocess
 import sys
-import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-import click
+from circuitray.bench.environment import RssPeak, gpu_environment, mem_available_bytes
+from circuitray.errors import CircuitrayError
 
-logger = logging.getLogger("gpu_bench")
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "FALLBACK_MODEL",
+    "MAIN_MODEL",
+    "GpuBenchConfig",
+    "markdown_report",
+    "print_report",
+    "render",
+    "run_gpu_bench",
+]
 
 MAIN_MODEL = "google/gemma-2-2b"
 MAIN_TRANSCODERS = "gemma"
@@ -72,9 +84,11 @@ MAIN_TUNED_MAX_FEATURE_NODES = 4096
 SWEEP_BATCH_SIZES = {"cuda": (512, 1024, 2048, 4096), "cpu": (64, 128, 256)}
 SWEEP_BATCH_SIZES_LARGE_MODEL = {"cuda": (256, 512, 1024, 2048), "cpu": (32, 64, 128)}
 SWEEP_UPDATE_INTERVALS = (4, 16)
+DEFAULT_LENGTHS = (16, 32, 64)
+QUICK_CPU_LENGTHS = (8, 16)
 
 
-# -- environment ----------------------------------------------------------------------
+# -- the hub --------------------------------------------------------------------------
 def probe_hub(timeout: float = 5.0) -> dict:
     """Whether the hub answers a TCP connection (DNS included) within ``timeout``."""
     if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
@@ -111,111 +125,12 @@ def hub_cached(repo_id: str) -> bool:
         return False
 
 
-def _version(name: str) -> str | None:
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return None
-
-
-def _git_commit() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=Path(__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
-        return out.stdout.strip() or None
-    except Exception:  # noqa: BLE001
-        return None
-
-
-def environment(device: str) -> dict:
-    import torch
-
-    env: dict[str, Any] = {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
-        "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
-        "torch": torch.__version__,
-        "torch_cuda": torch.version.cuda,
-        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
-        "torch_threads": torch.get_num_threads(),
-        "device": device,
-        "gpu_name": None,
-        "gpu_memory_gb": None,
-        "git_commit": _git_commit(),
-        "versions": {
-            n: _version(n)
-            for n in (
-                "circuitray",
-                "circuit-tracer",
-                "transformers",
-                "nnsight",
-                "huggingface-hub",
-                "tokenizers",
-            )
-        },
-    }
-    if device == "cuda":
-        props = torch.cuda.get_device_properties(0)
-        env["gpu_name"] = torch.cuda.get_device_name(0)
-        env["gpu_memory_gb"] = round(props.total_memory / 2**30, 1)
-        env["gpu_capability"] = f"{props.major}.{props.minor}"
-        env["gpu_count"] = torch.cuda.device_count()
-    return env
-
-
-# -- memory and timing helpers --------------------------------------------------------
+# -- timing helpers -------------------------------------------------------------------
 def _sync(device: str) -> None:
     if device == "cuda":
         import torch
 
         torch.cuda.synchronize()
-
-
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def _mem_available_bytes() -> int:
-    with open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
-class RssPeak:
-    """Peak resident memory above the level at entry, sampled every 5 ms."""
-
-    def __init__(self) -> None:
-        self.base = self.peak = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, _rss_bytes())
-            self._stop.wait(0.005)
-
-    def __enter__(self) -> RssPeak:
-        self.base = self.peak = _rss_bytes()
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, _rss_bytes())
-
-    @property
-    def extra_mb(self) -> float:
-        return (self.peak - self.base) / 2**20
 
 
 def _mb(b: float | int | None) -> float | None:
@@ -276,7 +191,7 @@ def make_prompts(model, n: int, length: int, seed: int) -> list[dict]:
 
 
 # -- model ----------------------------------------------------------------------------
-def try_load(model: str, transcoders: str | None, dtype: str, device: str) -> dict:
+def try_load(model: str, *, transcoders: str | None, dtype: str, device: str) -> dict:
     """Load a ReplacementModel; on failure return the reason instead of raising."""
     import torch
 
@@ -395,7 +310,7 @@ def bench_cell(
     import torch
 
     from circuitray.graph.attribute import AttributionConfig, attribute_prompt
-    from circuitray.graph.flatten import PruneConfig
+    from circuitray.graph.prune import PruneConfig
 
     cfg = AttributionConfig(
         batch_size=setting["batch_size"],
@@ -502,7 +417,7 @@ def _prune_run(method: str, graph, where: str) -> dict:
     return out
 
 
-def prune_comparison(model, prompt: dict, device: str, batch_size: int) -> dict:
+def prune_comparison(model, prompt: dict, *, device: str, batch_size: int) -> dict:
     """circuit-tracer's prune_graph against circuitray's exact pruning on one graph."""
     import torch
     from circuit_tracer import attribute
@@ -523,13 +438,13 @@ def prune_comparison(model, prompt: dict, device: str, batch_size: int) -> dict:
             graph.to("cuda")
         for method in ("circuitray prune_graph_exact", "circuit-tracer prune_graph"):
             need = 32 * n * n if method.startswith("circuit-tracer") else 6 * n * n
-            if where == "cpu" and need > 0.6 * _mem_available_bytes():
+            if where == "cpu" and need > 0.6 * mem_available_bytes():
                 out["runs"].append(
                     {
                         "method": method,
                         "on": where,
                         "skipped": f"needs about {need / 2**30:.1f} GiB, more than 60% "
-                        f"of the {_mem_available_bytes() / 2**30:.1f} GiB available",
+                        f"of the {mem_available_bytes() / 2**30:.1f} GiB available",
                     }
                 )
                 continue
@@ -552,7 +467,9 @@ def prune_comparison(model, prompt: dict, device: str, batch_size: int) -> dict:
     return out
 
 
-def bench_model(info: dict, args: dict, device: str, res: dict, save) -> None:
+def bench_model(
+    info: dict, *, args: dict, device: str, res: dict, save: Callable[[], None]
+) -> None:
     """Sweep, the (length x setting) grid and the pruning comparison for one model,
     filled into ``res``; ``save()`` writes the report so far after each step."""
     import torch
@@ -651,7 +568,7 @@ def bench_model(info: dict, args: dict, device: str, res: dict, save) -> None:
         logger.info("%s: pruning comparison at %d tokens", info["model"], longest)
         try:
             res["prune_comparison"] = prune_comparison(
-                model, prompts[longest][0], device, tuned["batch_size"]
+                model, prompts[longest][0], device=device, batch_size=tuned["batch_size"]
             )
         except Exception as e:  # noqa: BLE001 - keep the grid's results
             logger.exception("pruning comparison failed")
@@ -741,7 +658,8 @@ def prune_rows(report: dict) -> list[list[str]]:
 def print_report(report: dict) -> None:
     env = report["environment"]
     title = (
-        f"gpu_bench on {env['gpu_name'] or 'CPU'} (torch {env['torch']}, CUDA {env['torch_cuda']})"
+        f"circuitray bench gpu on {env['gpu_name'] or 'CPU'} "
+        f"(torch {env['torch']}, CUDA {env['torch_cuda']})"
     )
     try:
         from rich.console import Console
@@ -782,7 +700,7 @@ def markdown_report(report: dict) -> str:
     env = report["environment"]
     hub = report["hub"]
     lines = [
-        f"# gpu_bench results: {env['gpu_name'] or 'CPU (no GPU)'}",
+        f"# circuitray bench gpu results: {env['gpu_name'] or 'CPU (no GPU)'}",
         "",
         f"- created (UTC): {report['created_utc']}; commit {env['git_commit']}",
         f"- device: {env['device']}, GPU {env['gpu_name']} ({env['gpu_memory_gb']} GiB); "
@@ -809,111 +727,120 @@ def markdown_report(report: dict) -> str:
     return "\n".join(lines)
 
 
-# -- command --------------------------------------------------------------------------
-@click.command()
-@click.option("--device", type=click.Choice(["auto", "cuda", "cpu"]), default="auto")
-@click.option("--out", type=click.Path(dir_okay=False), default=None, help="JSON results.")
-@click.option("--md-out", type=click.Path(dir_okay=False), default=None, help="Markdown summary.")
-@click.option("--model", "main_model", default=MAIN_MODEL, show_default=True)
-@click.option("--transcoders", "main_transcoders", default=MAIN_TRANSCODERS, show_default=True)
-@click.option("--dtype", default=None, help="Main model dtype (default bfloat16 on CUDA).")
-@click.option("--fallback", default=FALLBACK_MODEL, show_default=True, help="Bundled model.")
-@click.option("--with-fallback", is_flag=True, help="Also bench the bundled model.")
-@click.option("--lengths", default="16,32,64", show_default=True, help="Prompt tokens.")
-@click.option("--prompts", type=int, default=None, help="Timed prompts per cell (3).")
-@click.option("--warmup", type=int, default=None, help="Warm-up prompts per cell (1).")
-@click.option("--tuned-batch-size", type=int, default=None, help="Skip the sweep.")
-@click.option(
-    "--tuned-max-feature-nodes", type=int, default=MAIN_TUNED_MAX_FEATURE_NODES, show_default=True
-)
-@click.option("--tuned-update-interval", type=int, default=None)
-@click.option("--sweep/--no-sweep", default=True, show_default=True)
-@click.option("--prune-compare/--no-prune-compare", default=True, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--quick", is_flag=True, help="Smoke check: 1 prompt, short lengths on CPU.")
-@click.option(
-    "--render",
-    type=click.Path(exists=True, dir_okay=False),
-    default=None,
-    help="Only print (and --md-out) an earlier JSON report; runs nothing.",
-)
-def main(**kw: Any) -> None:
-    """Attribution graphs per hour on one device (see the module docstring)."""
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    if kw["render"]:
-        report = json.loads(Path(kw["render"]).read_text())
-        if kw["md_out"]:
-            Path(kw["md_out"]).write_text(markdown_report(report))
-        print_report(report)
-        return
-    if not kw["out"]:
-        raise click.UsageError("--out is required (the JSON results file)")
+# -- the benchmark --------------------------------------------------------------------
+@dataclass
+class GpuBenchConfig:
+    """What :func:`run_gpu_bench` measures, and where.
+
+    Attributes:
+        device: auto (cuda when torch sees a GPU), cuda or cpu.
+        main_model: The model to benchmark (a hub id or folder).
+        main_transcoders: Its transcoders.
+        dtype: Main model dtype (None: bfloat16 on CUDA, float32 on the CPU).
+        fallback: Bundled model benchmarked when the main one cannot load.
+        with_fallback: Also benchmark the bundled model when the main one loads.
+        lengths: Prompt lengths in tokens, BOS included.
+        prompts: Timed prompts per cell (None: 3, or 1 with quick).
+        warmup: Warm-up prompts per cell (None: 1).
+        tuned_batch_size: batch_size of the tuned setting; skips the sweep.
+        tuned_max_feature_nodes: Feature cap of the tuned setting (not for bundled models).
+        tuned_update_interval: update_interval of the tuned setting (None: swept).
+        sweep: Sweep batch_size (and update_interval) for the tuned setting.
+        prune_compare: Compare circuit-tracer's prune_graph with circuitray's pruning.
+        seed: Prompt seed.
+        quick: Smoke check: 1 prompt, short lengths on CPU.
+    """
+
+    device: str = "auto"
+    main_model: str = MAIN_MODEL
+    main_transcoders: str = MAIN_TRANSCODERS
+    dtype: str | None = None
+    fallback: str = FALLBACK_MODEL
+    with_fallback: bool = False
+    lengths: tuple[int, ...] = DEFAULT_LENGTHS
+    prompts: int | None = None
+    warmup: int | None = None
+    tuned_batch_size: int | None = None
+    tuned_max_feature_nodes: int = MAIN_TUNED_MAX_FEATURE_NODES
+    tuned_update_interval: int | None = None
+    sweep: bool = True
+    prune_compare: bool = True
+    seed: int = 0
+    quick: bool = False
+
+    def resolved(self, device: str) -> dict[str, Any]:
+        """The settings as run on ``device`` (the report's ``args``): defaults filled,
+        lengths 8 and 16 for a quick CPU run with the default lengths."""
+        lengths = list(self.lengths)
+        if self.quick and device == "cpu" and tuple(self.lengths) == DEFAULT_LENGTHS:
+            lengths = list(QUICK_CPU_LENGTHS)
+        return {
+            "lengths": lengths,
+            "prompts": self.prompts if self.prompts is not None else (1 if self.quick else 3),
+            "warmup": self.warmup if self.warmup is not None else 1,
+            "tuned_batch_size": self.tuned_batch_size,
+            "tuned_max_feature_nodes": self.tuned_max_feature_nodes,
+            "tuned_update_interval": self.tuned_update_interval,
+            "sweep": self.sweep,
+            "prune_compare": self.prune_compare,
+            "seed": self.seed,
+            "quick": self.quick,
+        }
+
+
+def run_gpu_bench(config: GpuBenchConfig, *, out: Path, md_out: Path | None = None) -> dict:
+    """Steps 1-7 of the module docstring; returns the report written to ``out``."""
     t_start = time.perf_counter()
     hub = probe_hub()  # 1. before huggingface_hub is imported
     logger.info("hub: %s", hub)
 
     import torch
 
-    device = kw["device"]
+    device = config.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
-        raise click.UsageError("--device cuda: torch sees no GPU")
-    quick = kw["quick"]
-    lengths = [int(x) for x in kw["lengths"].split(",") if x.strip()]
-    if quick and device == "cpu" and kw["lengths"] == "16,32,64":
-        lengths = [8, 16]
-    args = {
-        "lengths": lengths,
-        "prompts": kw["prompts"] if kw["prompts"] is not None else (1 if quick else 3),
-        "warmup": kw["warmup"] if kw["warmup"] is not None else 1,
-        "tuned_batch_size": kw["tuned_batch_size"],
-        "tuned_max_feature_nodes": kw["tuned_max_feature_nodes"],
-        "tuned_update_interval": kw["tuned_update_interval"],
-        "sweep": kw["sweep"],
-        "prune_compare": kw["prune_compare"],
-        "seed": kw["seed"],
-        "quick": quick,
-    }
-    env = environment(device)
+        raise CircuitrayError("--device cuda: torch sees no GPU")
+    args = config.resolved(device)
+    env = gpu_environment(device)
     logger.info("device %s, GPU %s, torch %s", device, env["gpu_name"], env["torch"])
 
     # 2. The main model, else (or also) the bundled one; 3-6 for each, one at a time.
     from circuitray.models.registry import BUNDLED
 
-    main_dtype = kw["dtype"] or ("bfloat16" if device == "cuda" else "float32")
-    cached = hub_cached(kw["main_model"])
-    logger.info("trying %s with %s transcoders", kw["main_model"], kw["main_transcoders"])
-    main_info = try_load(kw["main_model"], kw["main_transcoders"], main_dtype, device)
+    main_dtype = config.dtype or ("bfloat16" if device == "cuda" else "float32")
+    cached = hub_cached(config.main_model)
+    logger.info("trying %s with %s transcoders", config.main_model, config.main_transcoders)
+    main_info = try_load(
+        config.main_model, transcoders=config.main_transcoders, dtype=main_dtype, device=device
+    )
     main_info.update(
-        cached=cached, bundled=kw["main_model"] in BUNDLED, fallback=False, label=kw["main_model"]
+        cached=cached,
+        bundled=config.main_model in BUNDLED,
+        fallback=False,
+        label=config.main_model,
     )
     if not main_info["loaded"]:
         if not hub["reachable"] and not cached:
             main_info["error"] = (
                 f"hub unreachable ({hub['detail']}) and not cached; {main_info['error']}"
             )
-        logger.warning("%s not loaded: %s", kw["main_model"], main_info["error"])
+        logger.warning("%s not loaded: %s", config.main_model, main_info["error"])
     main_note = (
-        f"{kw['main_model']} loaded"
+        f"{config.main_model} loaded"
         if main_info["loaded"]
-        else f"{kw['main_model']} NOT available ({main_info['error']})"
+        else f"{config.main_model} NOT available ({main_info['error']})"
     )
 
-    out = Path(kw["out"])
     out.parent.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {
-        "benchmark": "circuitray bench/gpu_bench.py",
+        "benchmark": "circuitray bench gpu",
         "created_utc": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "argv": sys.argv[1:],
         "args": args,
         "environment": env,
         "hub": hub,
-        "gemma_available": bool(main_info["loaded"] and "gemma" in kw["main_model"].lower()),
+        "gemma_available": bool(main_info["loaded"] and "gemma" in config.main_model.lower()),
         "attribute_defaults": None,
         "models": [],
         "complete": False,
@@ -930,18 +857,18 @@ def main(**kw: Any) -> None:
         save()
         if info["loaded"]:
             report["attribute_defaults"] = attribute_defaults()
-            bench_model(info, args, device, entry, save)
+            bench_model(info, args=args, device=device, res=entry, save=save)
             info.pop("object", None)  # free the model before the next one loads
             if device == "cuda":
                 torch.cuda.empty_cache()
 
     run(main_info)
-    if not main_info["loaded"] or kw["with_fallback"]:
-        fb = try_load(kw["fallback"], None, "float32", device)
-        fb.update(bundled=kw["fallback"] in BUNDLED, fallback=not main_info["loaded"])
-        fb["label"] = f"{kw['fallback']} (bundled{' fallback' if fb['fallback'] else ''})"
+    if not main_info["loaded"] or config.with_fallback:
+        fb = try_load(config.fallback, transcoders=None, dtype="float32", device=device)
+        fb.update(bundled=config.fallback in BUNDLED, fallback=not main_info["loaded"])
+        fb["label"] = f"{config.fallback} (bundled{' fallback' if fb['fallback'] else ''})"
         if not fb["loaded"]:
-            logger.error("fallback %s not loaded: %s", kw["fallback"], fb["error"])
+            logger.error("fallback %s not loaded: %s", config.fallback, fb["error"])
         run(fb)
 
     benched = [m["label"] for m in report["models"] if m["loaded"]]
@@ -950,16 +877,20 @@ def main(**kw: Any) -> None:
     else:
         summary = (
             f"{main_note}; figures are for {', '.join(benched) or 'no model'}, "
-            f"NOT {kw['main_model']}."
+            f"NOT {config.main_model}."
         )
     report.update(complete=True, summary=summary)
     save()
-    if kw["md_out"]:
-        Path(kw["md_out"]).parent.mkdir(parents=True, exist_ok=True)
-        Path(kw["md_out"]).write_text(markdown_report(report))
-    print_report(report)
+    if md_out:
+        md_out.parent.mkdir(parents=True, exist_ok=True)
+        md_out.write_text(markdown_report(report))
     logger.info("wrote %s in %.1f s", out, report["elapsed_s"])
+    return report
 
 
-if __name__ == "__main__":
-    main()
+def render(path: Path, *, md_out: Path | None = None) -> dict:
+    """An earlier run's report from ``path`` (and its Markdown into ``md_out``)."""
+    report = json.loads(path.read_text())
+    if md_out:
+        md_out.write_text(markdown_report(report))
+    return report

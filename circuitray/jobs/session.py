@@ -8,7 +8,8 @@ does the rest, the same way for every job:
 2. If the folder already holds a job: refuse it when its fingerprint
    (:meth:`Job.fingerprint`, the recorded parameters that decide results) differs,
    remove crash leftovers (:meth:`RunStore.clean`), and with ``retry_errors`` drop the
-   error rows so those prompts count as pending (:meth:`Job.drop_errors`).
+   error rows so those prompts count as pending (:meth:`Job.drop_errors`). A folder
+   with parts but no meta file is refused: nothing records what made them.
 3. Start a session: a new session id in the folder's meta file. Workers of an older
    session find it changed and drop what they would write.
 4. Dispatch the pending items (:meth:`Job.pending`: not in any committed part) to the
@@ -16,11 +17,13 @@ does the rest, the same way for every job:
    written as error rows (:meth:`Job.error_tables`) under its part name.
 5. Compact if asked, count what the folder now holds (:meth:`Job.tally`), record
    status, finish time and counts in the meta file, and release the lock, also on
-   errors and interrupts.
+   errors and interrupts (status ``failed`` with the error's first line, or
+   ``interrupted``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from abc import ABC, abstractmethod
@@ -150,38 +153,57 @@ class Job(ABC):
                 store.clean()
                 if self.retry_errors:
                     logger.info("retrying %d prompts that had errors", self.drop_errors())
-            store.start_session(meta)
-
-            items, total = self.pending()
-            result = self.new_result()
-            result.total = total
-            result.skipped = total - len(items)
-            if on_progress:
-                on_progress(result.skipped, total, None)
-            if items:
-                worker_cls, worker_kwargs = self.worker()
-                dispatch(
-                    self.placement,
-                    items,
-                    session=meta["session"],
-                    result=result,
-                    n_done=result.skipped,
-                    total=total,
-                    on_progress=on_progress,
-                    worker_cls=worker_cls,
-                    worker_kwargs=worker_kwargs,
-                    on_failed=self.write_error_part,
+            elif store.has_parts():
+                # Parts whose parameters nothing records: adopting them would count
+                # another job's rows as this one's.
+                raise RunDirError(
+                    f"{store.root}: holds parts but no {store.meta_file}, so nothing says "
+                    "what made them; give a new --out folder"
                 )
-            if self.compact and result.computed:
-                store.compact()
-            complete, counts = self.tally(result)
-            result.elapsed_s = time.perf_counter() - start
-            meta.update(
-                status="complete" if complete else "incomplete",
-                finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                counts=counts,
-            )
-            store.write_meta(meta)
-            return result
+            store.start_session(meta)
+            try:
+                items, total = self.pending()
+                result = self.new_result()
+                result.total = total
+                result.skipped = total - len(items)
+                if on_progress:
+                    on_progress(result.skipped, total, None)
+                if items:
+                    worker_cls, worker_kwargs = self.worker()
+                    dispatch(
+                        self.placement,
+                        items,
+                        session=meta["session"],
+                        result=result,
+                        n_done=result.skipped,
+                        total=total,
+                        on_progress=on_progress,
+                        worker_cls=worker_cls,
+                        worker_kwargs=worker_kwargs,
+                        on_failed=self.write_error_part,
+                    )
+                if self.compact and result.computed:
+                    store.compact()
+                complete, counts = self.tally(result)
+                result.elapsed_s = time.perf_counter() - start
+                meta.update(
+                    status="complete" if complete else "incomplete",
+                    finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                    counts=counts,
+                )
+                store.write_meta(meta)
+                return result
+            except BaseException as e:
+                # Say in the meta file that this session stopped, not that it still runs.
+                stopped = isinstance(e, KeyboardInterrupt)
+                first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+                meta.update(
+                    status="interrupted" if stopped else "failed",
+                    finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                    error=None if stopped else first[:2000],
+                )
+                with contextlib.suppress(Exception):
+                    store.write_meta(meta)
+                raise
         finally:
             store.release_lock()

@@ -9,7 +9,9 @@ Write protocol (what makes a crash leave a resumable run):
    the same name are orphans of a crash; readers ignore them and
    :meth:`RunStore.clean` removes them before a resumed run.
 3. A retried batch reuses its part name, so it replaces, never duplicates, its rows.
-4. ``run.json`` is rewritten atomically too; ``.lock`` (an advisory ``flock``) keeps
+4. Locally every file is flushed to disk (``fsync``) before its rename, and its folder
+   after it, so a commit that survives a power loss has its data with it.
+   ``run.json`` is rewritten atomically too; ``.lock`` (an advisory ``flock``) keeps
    a second driver out of a run folder that is in use.
 5. Compaction merges parts into few large ones sorted by graph_id, as a roll-forward
    log: new parts are written under ``*.parquet.pending`` names (invisible), then
@@ -35,6 +37,7 @@ import fcntl
 import json
 import logging
 import os
+import re
 import socket
 import threading
 import time
@@ -80,7 +83,20 @@ COLUMN_OPTIONS = {
         },
     },
 }
+# What a part name may be: written by circuitray (part-<first>-<last>-<session>,
+# compact-<token>-<n>); anything else, e.g. a path read from a tampered compaction.json,
+# is refused rather than joined to the folder.
+PART_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 LEASE_S = 60.0  # object-store lock: a driver that stops renewing loses it after this
+
+
+def _fsync(path: str) -> None:
+    """Flush a local file's or folder's data and metadata to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class RunStore:
@@ -127,9 +143,30 @@ class RunStore:
 
     def _names(self, directory: str) -> list[str]:
         sel = pafs.FileSelector(directory, allow_not_found=True)
-        return sorted(
+        names = sorted(
             i.base_name for i in self.fs.get_file_info(sel) if i.type == pafs.FileType.File
         )
+        if self.local:
+            for name in names:
+                self._refuse_link(f"{directory}/{name}")
+        return names
+
+    def _refuse_link(self, path: str) -> None:
+        """A symbolic link inside a local folder could make a read, write or delete
+        reach outside it: refuse the folder."""
+        if os.path.islink(path):
+            raise RunDirError(
+                f"{path}: is a symbolic link; circuitray reads and writes only the files "
+                f"of the {self.kind} itself (replace the link by the file or folder)"
+            )
+
+    def check_confined(self) -> None:
+        """Refuse a local folder whose own entries (meta file, lock, compaction log,
+        table folders) are symbolic links; a no-op on object stores (no links)."""
+        if not self.local:
+            return
+        for entry in (self.meta_file, ".lock", "compaction.json", *self.tables):
+            self._refuse_link(self._path(entry))
 
     def _read_text(self, path: str) -> str:
         with self.fs.open_input_stream(path) as f:
@@ -147,7 +184,9 @@ class RunStore:
             name = path.rsplit("/", 1)[1]
             tmp = f"{directory}/.{name}.{uuid.uuid4().hex}.tmp"
             write(tmp)
+            _fsync(tmp)  # the data is on disk before the name says it is there
             os.replace(tmp, path)
+            _fsync(directory)  # and the rename itself survives a power loss
         else:
             write(path)
 
@@ -203,7 +242,14 @@ class RunStore:
         if not self.local:
             return self._acquire_lease()
         Path(self.base).mkdir(parents=True, exist_ok=True)
-        fd = os.open(self._path(".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+        self.check_confined()
+        # O_NOFOLLOW: a link put there after the check is refused too, never truncated.
+        try:
+            fd = os.open(self._path(".lock"), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        except OSError as e:
+            raise RunDirError(
+                f"{self._path('.lock')}: cannot open the lock ({e.strerror})"
+            ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -288,14 +334,42 @@ class RunStore:
 
     def write_part(self, name: str, tables: dict[str, pa.Table]) -> None:
         """Write one part of every table, the commit table (graphs) last."""
+        self.check_part_name(name)
         for table in self.tables:
             self._put_parquet(self._path(table, f"{name}.parquet"), tables[table])
 
     def _compaction(self) -> dict | None:
+        path = self._path("compaction.json")
+        if self.local:
+            self._refuse_link(path)
         try:
-            return json.loads(self._read_text(self._path("compaction.json")))
+            log = json.loads(self._read_text(path))
         except FileNotFoundError:
             return None
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise RunDirError(f"{path}: not a circuitray compaction log (not JSON)") from None
+        stems = [*log.get("old", []), *log.get("new", [])] if isinstance(log, dict) else None
+        if not stems or not all(isinstance(n, str) for n in stems):
+            raise RunDirError(f"{path}: not a circuitray compaction log (no old/new part names)")
+        for name in stems:
+            self.check_part_name(name, where=path)
+        return log
+
+    def check_part_name(self, name: str, *, where: str | None = None) -> None:
+        """Refuse a part name that is not one circuitray writes (it could be a path)."""
+        if not PART_NAME.fullmatch(name):
+            raise RunDirError(
+                f"{where or self.root}: part name {name!r} is not a circuitray part "
+                "(it would lead outside the folder); refusing to touch it"
+            )
+
+    def has_parts(self) -> bool:
+        """Whether any table folder holds a part file (committed or not)."""
+        return any(
+            n.endswith((".parquet", PENDING))
+            for t in self.tables
+            for n in self._names(self._path(t))
+        )
 
     def committed_parts(self) -> list[str]:
         parts = {
@@ -337,6 +411,7 @@ class RunStore:
     def clean(self) -> int:
         """Finish or discard an interrupted compaction, remove temporary files and
         orphan parts; returns how many files were removed."""
+        self.check_confined()
         if self._compaction() is not None:
             self._finish_compaction()
         committed = set(self.committed_parts())
@@ -409,6 +484,8 @@ class RunStore:
                 pending = self._path(table, f"{stem}.parquet{PENDING}")
                 if self._exists(pending):
                     self.fs.move(pending, self._path(table, f"{stem}.parquet"))
+            if self.local and self._exists(self._path(table)):
+                _fsync(self._path(table))
         # Old commit parts first: once gone, their other tables' parts are orphans anyway.
         for table in commit_first:
             for stem in log["old"]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -237,3 +239,32 @@ def test_uncommitted_compaction_is_discarded(ray_run, tmp_path):
     assert _rows(store, "edges").num_rows == before
     store.clean()
     assert not list(out.rglob("*.pending"))
+
+
+def test_every_commit_is_flushed_to_disk_before_and_after_its_rename(tmp_path, monkeypatch):
+    """Issue 17, finding 5: no fsync anywhere, so after a power loss the graphs part
+    (the commit) could exist while its edges or run.json did not."""
+    import os
+
+    events: list[tuple] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def replace(src, dst):
+        events.append(("replace", str(src), str(dst)))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    store = RunStore(tmp_path / "run")
+    store.write_meta({"format": "circuitray-run/1"})
+    store.write_part("part-a", _part([0, 1]))
+    renames = [e for e in events if e[0] == "replace"]
+    assert [Path(dst).name for _, _, dst in renames] == ["run.json"] + ["part-a.parquet"] * 3
+    for _, src, dst in renames:
+        at = events.index(("replace", src, dst))
+        assert ("fsync", src) in events[:at], src  # the data, before the name
+        assert ("fsync", str(Path(dst).parent)) in events[at + 1 :], dst  # the rename

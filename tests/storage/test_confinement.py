@@ -1,0 +1,94 @@
+"""A hostile or foreign run folder: nothing outside it is read, written or deleted, and
+a folder whose parts nothing describes is not adopted (issue 17, findings 2 and 3).
+
+Each case is run through the ``circuitray`` command, as a user would, on a small run
+folder written with the storage API (no Ray needed to make it)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from conftest import assert_refused, circuitray
+from test_run_store import _part
+
+from circuitray.storage.run_store import RunStore
+
+
+@pytest.fixture
+def run_dir(tmp_path) -> Path:
+    """A run folder of two committed parts (compaction has work to do)."""
+    store = RunStore(tmp_path / "run")
+    store.write_meta({"format": "circuitray-run/1", "status": "complete"})
+    store.write_part("part-a", _part([0, 1]))
+    store.write_part("part-b", _part([2, 3]))
+    return tmp_path / "run"
+
+
+@pytest.fixture
+def victim(tmp_path) -> Path:
+    """A file outside the run folder that nothing may touch."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    path = outside / "victim.parquet"
+    path.write_text("precious\n")
+    return path
+
+
+def test_compaction_log_cannot_name_files_outside_the_folder(run_dir, victim):
+    log = {"token": "x", "new": [], "old": ["../../outside/victim"]}
+    (run_dir / "compaction.json").write_text(json.dumps(log))
+    p = circuitray("compact", run_dir)
+    assert_refused(p, "compaction.json", "../../outside/victim")
+    assert victim.read_text() == "precious\n"
+    p = circuitray("sql", run_dir, "SELECT count(*) FROM graphs")
+    assert_refused(p, "compaction.json")
+    assert victim.read_text() == "precious\n"
+
+
+def test_compaction_log_that_is_not_one_is_named(run_dir):
+    (run_dir / "compaction.json").write_text("{not json")
+    assert_refused(circuitray("compact", run_dir), "compaction.json", "not JSON")
+
+
+def test_lock_that_is_a_link_is_not_followed(run_dir, victim):
+    (run_dir / ".lock").symlink_to(victim)
+    p = circuitray("compact", run_dir)
+    assert_refused(p, ".lock", "symbolic link")
+    assert victim.read_text() == "precious\n"
+
+
+def test_table_folder_that_is_a_link_is_not_cleaned(run_dir, victim):
+    # An orphan-looking file behind a linked table folder: clean-up would delete it.
+    real_nodes = run_dir / "nodes"
+    os.rename(real_nodes, run_dir / "nodes-moved")
+    (run_dir / "nodes").symlink_to(victim.parent, target_is_directory=True)
+    p = circuitray("compact", run_dir)
+    assert_refused(p, "nodes", "symbolic link")
+    assert victim.read_text() == "precious\n"
+
+
+def test_part_file_that_is_a_link_is_not_read(run_dir, victim):
+    graphs = run_dir / "graphs"
+    (graphs / "part-a.parquet").unlink()
+    (graphs / "part-a.parquet").symlink_to(victim)
+    assert_refused(circuitray("sql", run_dir, "SELECT 1"), "part-a.parquet", "symbolic link")
+
+
+def test_folder_with_parts_but_no_run_json_is_not_adopted(run_dir, tmp_path):
+    (run_dir / "run.json").unlink()
+    prompts = tmp_path / "other.jsonl"
+    prompts.write_text(
+        "".join(
+            json.dumps({"prompt_id": f"q{i}", "prompt": "not tall but"}) + "\n" for i in range(4)
+        )
+    )
+    before = sorted(str(p) for p in run_dir.rglob("*"))
+    p = circuitray("run", prompts, "--out", run_dir, "--model", "tiny", "--json")
+    assert_refused(p, str(run_dir), "no run.json")
+    assert sorted(str(p) for p in run_dir.rglob("*") if p.name != ".lock") == [
+        b for b in before if not b.endswith(".lock")
+    ]
+    assert not (run_dir / "run.json").exists()

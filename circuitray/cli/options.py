@@ -119,8 +119,8 @@ def placement_options(command: Callable) -> Callable:
     options = [
         config_option(Placement, "actors", type=click.IntRange(min=1)),
         config_option(Placement, "address"),
-        config_option(Placement, "gpus_per_actor", type=float),
-        config_option(Placement, "cpus_per_actor", type=float),
+        config_option(Placement, "gpus_per_actor", type=click.FloatRange(min=0, min_open=True)),
+        config_option(Placement, "cpus_per_actor", type=click.FloatRange(min=0, min_open=True)),
         config_option(Placement, "batch_size", type=click.IntRange(min=1)),
         config_option(Placement, "max_attempts", type=click.IntRange(min=1)),
     ]

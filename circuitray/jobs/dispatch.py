@@ -3,8 +3,9 @@
 1. Start or join Ray (:func:`init_ray`), forwarding the model-home, hub and
    object-store variables of :data:`FORWARDED_ENV` to the actors.
 2. Create K actors (:func:`actor_options`): ``num_gpus`` each when the cluster has
-   GPUs, else CPU actors with ``cpus / K`` torch threads each. Actors are spread over
-   nodes and restarted by Ray if their process dies (``max_restarts``).
+   GPUs, else CPU actors with ``cpus / K`` torch threads each. Actors no node can hold
+   are refused at once on the local Ray (:func:`check_fits`), not waited for. Actors
+   are spread over nodes and restarted by Ray if their process dies (``max_restarts``).
 3. Cut pending items into batches (one part file each) and keep every actor fed (two
    batches in flight each) with ``ray.wait``.
 4. An actor that dies loses only its in-flight batches, which go back to the queue up
@@ -63,6 +64,24 @@ class Placement:
     max_attempts: int = 3
     restart_timeout_s: float = 600.0
 
+    def __post_init__(self) -> None:
+        checks = (
+            ("actors", self.actors is None or self.actors >= 1, "at least 1"),
+            ("batch_size", self.batch_size >= 1, "at least 1"),
+            ("gpus_per_actor", self.gpus_per_actor > 0, "more than 0"),
+            (
+                "cpus_per_actor",
+                self.cpus_per_actor is None or self.cpus_per_actor > 0,
+                "more than 0",
+            ),
+            ("max_attempts", self.max_attempts >= 1, "at least 1"),
+            ("restart_timeout_s", self.restart_timeout_s > 0, "more than 0"),
+        )
+        for name, ok, need in checks:
+            if not ok:
+                value = getattr(self, name)
+                raise CircuitrayError(f"--{name.replace('_', '-')} {value}: must be {need}")
+
 
 # Environment the actors need to see what the driver sees: model homes, hub and
 # object-store credentials and endpoints.
@@ -97,6 +116,10 @@ def init_ray(placement: Placement):
         "include_dashboard": False,
         "log_to_driver": os.environ.get("CIRCUITRAY_RAY_LOGS") == "1",
         "runtime_env": {"env_vars": env} if env else None,
+        # ray.init sets Ray's logger to this level (importing ray resets it to INFO):
+        # follow circuitray's own, so Ray is as quiet as the caller asked (the CLI
+        # unless -v) and a one-line error stays one line.
+        "logging_level": logger.getEffectiveLevel(),
     }
     if placement.address:
         ray.init(address=placement.address, **kwargs)
@@ -124,6 +147,34 @@ def actor_options(placement: Placement, resources: dict) -> tuple[int, dict, int
     slots = placement.cpus_per_actor or min(1.0, cpus / n)
     threads = int(placement.cpus_per_actor or max(1, cores // n))
     return n, {"num_cpus": slots}, threads
+
+
+def check_fits(placement: Placement, opts: dict, nodes: list[dict], *, n_actors: int) -> None:
+    """Refuse actors that no node of the cluster can hold, instead of waiting forever
+    for Ray to schedule them. ``nodes``: ``ray.nodes()``. A joined cluster may grow
+    (autoscaling), so there it is a warning; the local Ray this process started
+    cannot, so there it is an error."""
+    alive = [n.get("Resources", {}) for n in nodes if n.get("Alive")]
+    for key, resource, flag in (
+        ("num_cpus", "CPU", "--cpus-per-actor"),
+        ("num_gpus", "GPU", "--gpus-per-actor"),
+    ):
+        want = float(opts.get(key) or 0)
+        largest = max((float(r.get(resource, 0)) for r in alive), default=0.0)
+        if want > largest:
+            msg = (
+                f"{flag} {want:g}: no node of the Ray cluster has {want:g} {resource}s "
+                f"(the largest has {largest:g}, {len(alive)} node(s))"
+            )
+            if placement.address is None:
+                raise CircuitrayError(msg)
+            logger.warning("%s; waiting for the cluster to add one", msg)
+        total = sum(float(r.get(resource, 0)) for r in alive)
+        if placement.address is None and want * n_actors > total + 1e-9:
+            raise CircuitrayError(
+                f"--actors {n_actors} x {flag} {want:g} = {want * n_actors:g} {resource}s: "
+                f"the local Ray has {total:g}"
+            )
 
 
 def _batches(items: list[tuple[int, dict]], size: int, session: str):
@@ -160,6 +211,7 @@ def dispatch(
 
     n_actors, opts, threads = actor_options(placement, ray.cluster_resources())
     n_actors = min(n_actors, max(1, -(-len(items) // placement.batch_size)))
+    check_fits(placement, opts, ray.nodes(), n_actors=n_actors)
     remote_cls = ray.remote(max_restarts=placement.max_attempts, max_task_retries=0, **opts)(
         worker_cls
     ).options(scheduling_strategy="SPREAD")

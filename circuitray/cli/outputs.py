@@ -12,8 +12,9 @@ from circuitray.cli.output import (
     console,
     print_result,
 )
-from circuitray.outputs.export import export_graph, graph_slugs, serve
+from circuitray.outputs.export import export_graph
 from circuitray.outputs.report import ReportConfig, build_report
+from circuitray.outputs.viewer import graph_slugs, serve
 
 
 @click.command("report")

@@ -14,13 +14,11 @@ Neuronpedia's format) without recomputing it:
    without a link are dropped, tokens and logits kept (``create_used_nodes_and_edges``).
 4. Write ``<slug>.json`` with circuit-tracer's ``Model`` and add it to the folder's
    ``graph-metadata.json`` with circuit-tracer's ``add_graph_metadata``.
-5. :func:`serve` starts circuit-tracer's request handler on 127.0.0.1 only.
+5. :func:`circuitray.outputs.viewer.serve` shows the folder in circuit-tracer's viewer.
 """
 
 from __future__ import annotations
 
-import functools
-import json
 import logging
 import os
 from pathlib import Path
@@ -32,7 +30,7 @@ from circuitray.storage.run_store import RunStore
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["export_graph", "serve"]
+__all__ = ["export_graph"]
 
 
 def _graph_tables(store: RunStore, graph_id: int) -> tuple[dict, list[dict], list[dict]]:
@@ -140,32 +138,3 @@ def export_graph(run_dir: str, graph_id: int, out_dir: str, *, slug: str | None 
     add_graph_metadata(model.metadata.model_dump(), str(out))
     logger.info("exported graph %d of %s to %s", graph_id, run_dir, path)
     return path
-
-
-def serve(data_dir: str, *, port: int = 8032):
-    """circuit-tracer's local graph server for ``data_dir``, bound to 127.0.0.1; returns
-    the server (``serve_forever()`` / ``shutdown()``)."""
-    from circuit_tracer.frontend.local_server import (
-        DEFAULT_FRONTEND_DIR,
-        CircuitGraphHandler,
-        ReusableTCPServer,
-    )
-
-    if not (Path(data_dir) / "graph-metadata.json").is_file():
-        raise CircuitrayError(
-            f"{data_dir}: no graph-metadata.json; export a graph there first "
-            "(circuitray export RUN_DIR --graph N --out DIR)"
-        )
-    handler = functools.partial(
-        CircuitGraphHandler, frontend_dir=DEFAULT_FRONTEND_DIR, data_dir=str(data_dir)
-    )
-    try:
-        return ReusableTCPServer(("127.0.0.1", port), handler)
-    except OSError as e:
-        raise CircuitrayError(f"port {port}: {e.strerror}") from None
-
-
-def graph_slugs(data_dir: str) -> list[str]:
-    """Slugs listed in ``data_dir/graph-metadata.json``."""
-    meta = json.loads((Path(data_dir) / "graph-metadata.json").read_text())
-    return [g["slug"] for g in meta["graphs"]]

@@ -372,8 +372,9 @@ def _interventions_section(dirs: list[str], config: ReportConfig) -> list[str]:
         items.append(
             f"<li>{html.escape(name)}: {html.escape(d)} (source run "
             f"{html.escape(str(meta.get('source_run')))}; SPECs {html.escape(specs)}; scale "
-            f"{plan.get('scale')}; constrained layers {plan.get('constrained_layers')}; "
-            f"{meta.get('status')}; {errors.get(name, 0)} error rows)</li>"
+            f"{html.escape(str(plan.get('scale')))}; constrained layers "
+            f"{html.escape(str(plan.get('constrained_layers')))}; "
+            f"{html.escape(str(meta.get('status')))}; {int(errors.get(name, 0))} error rows)</li>"
         )
     out = ["<h2>Interventions</h2>", "<ul>" + "".join(items) + "</ul>"]
     if effects.num_rows == 0:

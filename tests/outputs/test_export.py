@@ -15,7 +15,8 @@ from conftest import assert_one_line_error, circuitray
 
 from circuitray.graph.flatten import flatten_graph
 from circuitray.graph.prune import PruneConfig
-from circuitray.outputs.export import export_graph, serve
+from circuitray.outputs.export import export_graph
+from circuitray.outputs.viewer import serve
 from circuitray.prompts.ws2 import generate_ws2
 from circuitray.schema import GRAPH_SCHEMA, graph_row
 from circuitray.storage.run_store import RunStore

@@ -148,3 +148,21 @@ def test_report_interventions_not_an_intervention_folder(ray_run, tmp_path):
     assert not out.exists()
     with pytest.raises(CircuitrayError, match=f"^{re.escape(str(tmp_path))}: not a circuitray"):
         build_report([str(ray_run.out)], str(out), interventions=[str(tmp_path)])
+
+
+def test_report_escapes_what_an_intervention_folder_says(ray_run, intervention_dir, tmp_path):
+    """Issue 17, finding 4: strings from intervention.json went into the HTML as is."""
+    hostile = tmp_path / "iv"
+    shutil.copytree(intervention_dir, hostile)
+    meta = json.loads((hostile / "intervention.json").read_text())
+    meta["plan"]["scale"] = "<script>alert('scale')</script>"
+    meta["plan"]["constrained_layers"] = "<img src=x onerror=alert(1)>"
+    meta["status"] = "<script>alert('status')</script>"
+    (hostile / "intervention.json").write_text(json.dumps(meta))
+    out = tmp_path / "r.html"
+    p = circuitray("report", ray_run.out, "--out", out, "--interventions", hostile, "--json")
+    assert p.returncode == 0, p.stderr
+    page = out.read_text()
+    assert "<script>alert" not in page and "<img src=x" not in page
+    assert "&lt;script&gt;alert(&#x27;scale&#x27;)&lt;/script&gt;" in page
+    assert "&lt;img src=x onerror=alert(1)&gt;" in page

@@ -1,0 +1,167 @@
+"""``circuitray serve``: circuit-tracer's graph viewer over one export folder, on 127.0.0.1.
+
+circuit-tracer's own local server joins request paths to its data folder unchecked
+(``GET /data//etc/hostname`` returns the machine's file), answers any ``Host`` (a DNS
+rebinding page can read it) and takes cross-origin POSTs that write. This handler
+serves the same viewer with the same URLs, confined:
+
+1. Only requests whose ``Host`` names this server (``127.0.0.1:PORT`` or
+   ``localhost:PORT``) are answered; others get 403.
+2. ``/data/NAME`` and ``/graph_data/NAME`` serve a file of the export folder: the path
+   is decoded, resolved (links followed) and refused unless it stays inside the folder.
+   Everything else is circuit-tracer's static frontend (``SimpleHTTPRequestHandler``
+   confines it to that folder).
+3. The one write, ``POST /save_graph/SLUG`` (the viewer saving its view state), needs a
+   same-origin ``Origin`` (or none), a slug of an exported graph, a JSON body of at most
+   :data:`MAX_POST_BYTES` with ``qParams``; it rewrites only that graph's ``qParams``.
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import http.server
+import json
+import logging
+import re
+import socketserver
+import urllib.parse
+from pathlib import Path
+
+from circuitray.errors import CircuitrayError
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["MAX_POST_BYTES", "ViewerHandler", "graph_slugs", "serve"]
+
+DATA_PREFIXES = ("/data/", "/graph_data/")
+COMPRESS_OVER_BYTES = 1024**2  # as circuit-tracer's server: gzip larger responses
+MAX_POST_BYTES = 1024**2
+SLUG = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+class _Server(socketserver.ThreadingMixIn, socketserver.TCPServer):
+    allow_reuse_address = True
+    daemon_threads = True
+
+
+class ViewerHandler(http.server.SimpleHTTPRequestHandler):
+    """The viewer's requests, confined to ``data_dir`` and this server (module doc)."""
+
+    def __init__(self, *args, frontend_dir: str, data_dir: str, **kwargs):
+        self.data_dir = Path(data_dir).resolve()
+        super().__init__(*args, directory=str(frontend_dir), **kwargs)
+
+    def log_message(self, format: str, *args) -> None:  # noqa: A002 (the stdlib's name)
+        logger.info("%s %s", self.address_string(), format % args)
+
+    def _origins(self) -> set[str]:
+        port = self.server.server_address[1]  # type: ignore[index]  (an AF_INET server)
+        return {f"127.0.0.1:{port}", f"localhost:{port}"}
+
+    def _refuse(self, code: int, why: str) -> None:
+        logger.warning("refused %s %s: %s", self.command, self.path, why)
+        self.send_error(code, why)
+
+    def _host_ok(self) -> bool:
+        if self.headers.get("Host", "") in self._origins():
+            return True
+        self._refuse(403, "Host is not this server")
+        return False
+
+    def _data_file(self, url_path: str) -> Path | None:
+        """The export-folder file a /data/ or /graph_data/ URL names, or None."""
+        rel = urllib.parse.unquote(urllib.parse.urlsplit(url_path).path)
+        for prefix in DATA_PREFIXES:
+            if rel.startswith(prefix):
+                rel = rel[len(prefix) :]
+                break
+        path = (self.data_dir / rel.lstrip("/")).resolve()
+        if not path.is_relative_to(self.data_dir) or not path.is_file():
+            return None
+        return path
+
+    def do_HEAD(self) -> None:
+        if self._host_ok():
+            super().do_HEAD()
+
+    def do_GET(self) -> None:
+        if not self._host_ok():
+            return
+        if not self.path.startswith(DATA_PREFIXES):
+            super().do_GET()
+            return
+        path = self._data_file(self.path)
+        if path is None:
+            self._refuse(404, "not a file of the export folder")
+            return
+        content = path.read_bytes()
+        self.send_response(200)
+        if len(content) > COMPRESS_OVER_BYTES:
+            content = gzip.compress(content, compresslevel=3)
+            self.send_header("Content-Encoding", "gzip")
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(content)))
+        self.end_headers()
+        self.wfile.write(content)
+
+    def do_POST(self) -> None:
+        if not self._host_ok():
+            return
+        origin = self.headers.get("Origin")
+        if origin is not None and urllib.parse.urlsplit(origin).netloc not in self._origins():
+            self._refuse(403, "cross-origin write")
+            return
+        parts = urllib.parse.urlsplit(self.path).path.strip("/").split("/")
+        if len(parts) != 2 or parts[0] != "save_graph" or not SLUG.fullmatch(parts[1]):
+            self._refuse(404, "the only write is /save_graph/SLUG")
+            return
+        path = self._data_file(f"/data/{parts[1]}.json")
+        if path is None:
+            self._refuse(404, "no such exported graph")
+            return
+        try:
+            length = int(self.headers.get("Content-Length", ""))
+        except ValueError:
+            self._refuse(411, "Content-Length needed")
+            return
+        if not 0 < length <= MAX_POST_BYTES:
+            self._refuse(413, f"body must be 1 to {MAX_POST_BYTES} bytes")
+            return
+        try:
+            q_params = json.loads(self.rfile.read(length))["qParams"]
+            graph = json.loads(path.read_text())
+        except (ValueError, KeyError, TypeError):
+            self._refuse(400, "expected JSON with qParams")
+            return
+        graph["qParams"] = q_params
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps(graph, indent=2))
+        tmp.replace(path)
+        self.send_response(200)
+        self.end_headers()
+
+
+def serve(data_dir: str, *, port: int = 8032) -> socketserver.TCPServer:
+    """The viewer over export folder ``data_dir`` on 127.0.0.1:``port`` (0: any free
+    port); returns the server (``serve_forever()`` / ``shutdown()``)."""
+    from circuit_tracer.frontend.local_server import DEFAULT_FRONTEND_DIR
+
+    if not (Path(data_dir) / "graph-metadata.json").is_file():
+        raise CircuitrayError(
+            f"{data_dir}: no graph-metadata.json; export a graph there first "
+            "(circuitray export RUN_DIR --graph N --out DIR)"
+        )
+    handler = functools.partial(
+        ViewerHandler, frontend_dir=str(DEFAULT_FRONTEND_DIR), data_dir=str(data_dir)
+    )
+    try:
+        return _Server(("127.0.0.1", port), handler)
+    except OSError as e:
+        raise CircuitrayError(f"port {port}: {e.strerror}") from None
+
+
+def graph_slugs(data_dir: str) -> list[str]:
+    """Slugs listed in ``data_dir/graph-metadata.json``."""
+    meta = json.loads((Path(data_dir) / "graph-metadata.json").read_text())
+    return [g["slug"] for g in meta["graphs"]]

@@ -1,0 +1,100 @@
+"""``circuitray serve`` answers only its own export folder and its own host (issue 17,
+finding 4): circuit-tracer's handler served ``/data//etc/hostname``, answered any Host
+and took cross-origin writes."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import threading
+from pathlib import Path
+
+import pytest
+
+from circuitray.outputs.viewer import serve
+
+
+@pytest.fixture
+def server(tmp_path):
+    """A served export folder holding one graph, and a secret beside it."""
+    data = tmp_path / "viewer"
+    data.mkdir()
+    (data / "graph-metadata.json").write_text(json.dumps({"graphs": [{"slug": "g0"}]}))
+    (data / "g0.json").write_text(json.dumps({"metadata": {"slug": "g0"}, "qParams": {}}))
+    (tmp_path / "secret.txt").write_text("secret\n")
+    (data / "link.json").symlink_to(tmp_path / "secret.txt")
+    srv = serve(str(data), port=0)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    yield srv.server_address[1], data, tmp_path / "secret.txt"
+    srv.shutdown()
+    srv.server_close()
+
+
+def _request(
+    port: int, method: str, path: str, *, host: str | None = None, body=None, headers=None
+):
+    con = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    con.putrequest(method, path, skip_host=True, skip_accept_encoding=True)
+    con.putheader("Host", host or f"127.0.0.1:{port}")
+    for k, v in (headers or {}).items():
+        con.putheader(k, v)
+    data = json.dumps(body).encode() if body is not None else b""
+    if method == "POST":
+        con.putheader("Content-Length", str(len(data)))
+    con.endheaders(data if method == "POST" else None)
+    r = con.getresponse()
+    out = r.status, r.read()
+    con.close()
+    return out
+
+
+def test_serves_the_export_folder_and_the_viewer(server):
+    port, _, _ = server
+    status, body = _request(port, "GET", "/data/graph-metadata.json")
+    assert status == 200 and json.loads(body)["graphs"][0]["slug"] == "g0"
+    status, body = _request(port, "GET", "/graph_data/g0.json")
+    assert status == 200 and json.loads(body)["metadata"]["slug"] == "g0"
+    status, body = _request(port, "GET", "/index.html", host=f"localhost:{port}")
+    assert status == 200 and b"attribution graph" in body.lower()
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/data//etc/hostname",
+        "/data/../secret.txt",
+        "/data/%2e%2e/secret.txt",
+        "/graph_data/..%2fsecret.txt",
+        "/data/link.json",
+        "/data/",
+    ],
+)
+def test_nothing_outside_the_export_folder_is_served(server, path):
+    port, _, secret = server
+    status, body = _request(port, "GET", path)
+    assert status == 404, (path, status)
+    assert b"secret" not in body and Path("/etc/hostname").read_bytes() not in body
+
+
+def test_another_host_is_refused(server):
+    port, _, _ = server
+    for path in ("/data/graph-metadata.json", "/index.html"):
+        assert _request(port, "GET", path, host="attacker.example")[0] == 403
+        assert _request(port, "GET", path, host=f"attacker.example:{port}")[0] == 403
+
+
+def test_writes_only_same_origin_and_only_an_exported_graph(server):
+    port, data, secret = server
+    body = {"qParams": {"pinnedIds": "x"}}
+    evil = {"Origin": "http://attacker.example"}
+    assert _request(port, "POST", "/save_graph/g0", body=body, headers=evil)[0] == 403
+    assert _request(port, "POST", "/save_graph/..%2fsecret", body=body)[0] == 404
+    assert _request(port, "POST", "/save_graph/missing", body=body)[0] == 404
+    assert _request(port, "POST", "/somewhere/else", body=body)[0] == 404
+    assert _request(port, "POST", "/save_graph/g0", body={"no": 1})[0] == 400
+    assert secret.read_text() == "secret\n"
+    assert json.loads((data / "g0.json").read_text())["qParams"] == {}
+    same = {"Origin": f"http://127.0.0.1:{port}"}
+    assert _request(port, "POST", "/save_graph/g0", body=body, headers=same)[0] == 200
+    assert json.loads((data / "g0.json").read_text())["qParams"] == {"pinnedIds": "x"}

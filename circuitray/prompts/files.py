@@ -1,9 +1,16 @@
 """Reading and writing prompt files.
 
-A prompt file is Parquet, JSONL or CSV with at least ``prompt_id`` and ``prompt``
-columns; ``constraint_type`` and ``target`` are optional and every other column is
-kept as metadata. Reading validates every row and raises :class:`PromptFileError`
-naming the file, row and column of the first problem.
+A prompt file is Parquet, JSONL (or a ``.json`` array of objects) or CSV/TSV with at
+least ``prompt_id`` and ``prompt`` columns; ``constraint_type`` and ``target`` are
+optional and every other column is kept as metadata. Reading validates every row and
+raises :class:`PromptFileError` naming the file, row and column of the first problem:
+
+1. Decode: UTF-8 (a leading byte-order mark is allowed); CSV values are all text,
+   quoted values may span lines, header names are stripped of spaces.
+2. Columns: each named once; ``prompt`` must hold text (not numbers, booleans or
+   nested values), ``prompt_id`` text or integers; a column whose rows mix types that
+   Arrow cannot hold together is named.
+3. Rows: a non-empty ``prompt_id`` and ``prompt``, ids unique.
 """
 
 from __future__ import annotations
@@ -64,10 +71,15 @@ def _read_table(path: Path) -> pa.Table:
             parse = pacsv.ParseOptions(delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
             # Read every column as text: ids like 007 must not become integers. The
             # header is parsed by pyarrow itself (quoted names included).
+            parse = pacsv.ParseOptions(delimiter=parse.delimiter, newlines_in_values=True)
             with pacsv.open_csv(path, parse_options=parse) as reader:
                 names = reader.schema.names
+            _check_unique(path, names)
             convert = pacsv.ConvertOptions(column_types={n: pa.string() for n in names})
-            return pacsv.read_csv(path, parse_options=parse, convert_options=convert)
+            table = pacsv.read_csv(path, parse_options=parse, convert_options=convert)
+            stripped = [n.strip() for n in table.column_names]
+            _check_unique(path, stripped)
+            return table.rename_columns(stripped)
         return _read_jsonl(path)
     except PromptFileError:
         raise
@@ -76,10 +88,68 @@ def _read_table(path: Path) -> pa.Table:
         raise PromptFileError(f"{path}: cannot read as {fmt}: {first}") from None
 
 
+def _check_unique(path: Path, names: list[str]) -> None:
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise PromptFileError(f"{path}: column {name!r} appears more than once")
+        seen.add(name)
+
+
+def _read_json_array(path: Path) -> list[dict]:
+    try:
+        rows = json.loads(path.read_text(encoding="utf-8-sig"))
+    except json.JSONDecodeError as e:
+        raise PromptFileError(f"{path}: line {e.lineno}: invalid JSON ({e.msg})") from None
+    if not isinstance(rows, list):
+        raise PromptFileError(f"{path}: expected a JSON array of objects or JSON lines")
+    for i, row in enumerate(rows, start=1):
+        if not isinstance(row, dict):
+            raise PromptFileError(f"{path}: row {i}: expected a JSON object")
+    return rows
+
+
 def _read_jsonl(path: Path) -> pa.Table:
     # pyarrow.json reports errors by byte offset; parse line by line to name the row.
     rows: list[dict] = []
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8-sig") as f:
+        head = f.read(4096).lstrip()
+    if path.suffix.lower() == ".json" and head.startswith("["):
+        rows = _read_json_array(path)
+    else:
+        rows = _read_json_lines(path)
+    if not rows:
+        return pa.table({c: pa.array([], pa.string()) for c in REQUIRED_COLUMNS})
+    # Columns are the union over all rows, not just the first row's keys.
+    names = list(dict.fromkeys(k for row in rows for k in row))
+    columns = {}
+    for n in names:
+        values = [row.get(n) for row in rows]
+        try:
+            columns[n] = pa.array(values)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as e:
+            columns[n] = _mixed_column(path, n, values, e)
+    return pa.table(columns)
+
+
+def _mixed_column(path: Path, name: str, values: list, error: Exception) -> pa.Array:
+    """A JSON column whose rows mix types: text mixed with integers becomes text (ids
+    such as 7 and "a7"), other metadata JSON text; a prompt that mixes types, or a
+    prompt_id, constraint_type or target mixing in other kinds, is refused."""
+    ints_and_text = all(
+        v is None or (isinstance(v, str | int) and not isinstance(v, bool)) for v in values
+    )
+    if ints_and_text and name != "prompt":
+        return pa.array([None if v is None else str(v) for v in values], pa.string())
+    if name not in PROMPT_SCHEMA.names:
+        return pa.array([None if v is None else json.dumps(v) for v in values], pa.string())
+    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    raise PromptFileError(f"{path}: column {name!r}: values of mixed types ({first})")
+
+
+def _read_json_lines(path: Path) -> list[dict]:
+    rows: list[dict] = []
+    with open(path, encoding="utf-8-sig") as f:
         for lineno, line in enumerate(f, start=1):
             if not line.strip():
                 continue
@@ -90,14 +160,18 @@ def _read_jsonl(path: Path) -> pa.Table:
             if not isinstance(row, dict):
                 raise PromptFileError(f"{path}: line {lineno}: expected a JSON object")
             rows.append(row)
-    if not rows:
-        return pa.table({c: pa.array([], pa.string()) for c in REQUIRED_COLUMNS})
-    # Columns are the union over all rows, not just the first row's keys.
-    names = list(dict.fromkeys(k for row in rows for k in row))
-    try:
-        return pa.table({n: pa.array([row.get(n) for row in rows]) for n in names})
-    except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
-        raise PromptFileError(f"{path}: inconsistent column types: {e}") from None
+    return rows
+
+
+def _textual(t: pa.DataType, *, integers: bool = False) -> bool:
+    """Whether a column of type ``t`` holds text (or all nulls; integers if allowed)."""
+    if pa.types.is_dictionary(t):
+        t = t.value_type
+    if pa.types.is_null(t) or pa.types.is_string(t) or pa.types.is_large_string(t):
+        return True
+    if pa.types.is_binary(t) or pa.types.is_large_binary(t):
+        return True  # UTF-8 is checked by the cast
+    return integers and pa.types.is_integer(t)
 
 
 def read_prompts(path: str | Path) -> pa.Table:
@@ -116,6 +190,7 @@ def read_prompts(path: str | Path) -> pa.Table:
     if path.is_dir():
         raise PromptFileError(f"{path}: is a directory, expected a prompt file")
     table = _read_table(path)
+    _check_unique(path, table.column_names)
     missing = [c for c in REQUIRED_COLUMNS if c not in table.column_names]
     if missing:
         raise PromptFileError(
@@ -129,6 +204,13 @@ def read_prompts(path: str | Path) -> pa.Table:
     for field in PROMPT_SCHEMA:
         if field.name in table.column_names:
             col = table.column(field.name)
+            if field.name in REQUIRED_COLUMNS and not _textual(
+                col.type, integers=field.name == "prompt_id"
+            ):
+                kind = "text or integers" if field.name == "prompt_id" else "text"
+                raise PromptFileError(
+                    f"{path}: column {field.name!r} must be {kind}, found {col.type}"
+                )
             try:
                 columns[field.name] = col.cast(pa.string())
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError):

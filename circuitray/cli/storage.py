@@ -1,4 +1,5 @@
-"""``circuitray compact``: merge a run folder's parts (storage only, no torch)."""
+"""``circuitray compact``: merge a run folder's parts, or set torn ones aside (storage
+only, no torch)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import click
 
 from circuitray.cli.options import config_option
 from circuitray.cli.output import err_console, print_json
-from circuitray.storage.run_store import RunStore
+from circuitray.storage.run_store import InterventionStore, RunStore
 
 
 @click.command("compact")
@@ -14,14 +15,26 @@ from circuitray.storage.run_store import RunStore
 @config_option(
     RunStore.compact, "rows_per_file", type=click.IntRange(min=1), help="Edge rows per output file."
 )
+@click.option(
+    "--repair",
+    is_flag=True,
+    help="First move parts with a torn or missing file into RUN_DIR/quarantine/ (a "
+    "resumed run recomputes their prompts).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the part counts as JSON.")
-def compact_cmd(run_dir: str, rows_per_file: int, as_json: bool) -> None:
+def compact_cmd(run_dir: str, rows_per_file: int, repair: bool, as_json: bool) -> None:
     """Merge a run's part files into large files sorted by graph_id (atomic)."""
     store = RunStore(run_dir)
+    if not store.exists() and InterventionStore(run_dir).exists():
+        store = InterventionStore(run_dir)
     store.read_meta()  # a clear error when RUN_DIR is not a run folder
+    quarantined = store.repair() if repair else {}
+    for stem, (path, why) in quarantined.items():
+        err_console.print(f"quarantined {stem}: {path}: {why}", soft_wrap=True)
     stats = store.compact(rows_per_file=rows_per_file)
     if as_json:
-        print_json({"run_dir": run_dir, **stats})
+        extra = {"quarantined": sorted(quarantined)} if repair else {}
+        print_json({"run_dir": run_dir, **stats, **extra})
         return
     err_console.print(
         f"{run_dir}: {stats['parts_before']} parts -> {stats['parts_after']}", soft_wrap=True

@@ -284,9 +284,25 @@ def connect(run_dirs: list[str], *, threads: int | None = None) -> duckdb.DuckDB
     con = duckdb.connect(":memory:")
     if threads:
         con.execute(f"SET threads = {int(threads)}")
-    for statement in _view_statements(run_dirs, stores, register=con.register):
-        con.execute(statement)
+    try:
+        for statement in _view_statements(run_dirs, stores, register=con.register):
+            con.execute(statement)
+    except duckdb.Error as e:
+        con.close()
+        raise _query_error("cannot open the runs", e, stores) from None
     return con
+
+
+def _query_error(label: str, error: duckdb.Error, stores: list[RunStore]) -> CircuitrayError:
+    """One line for a DuckDB error: a torn part file of the runs, named with the way
+    out, when that is what failed; else DuckDB's first line."""
+    text = str(error)
+    if "parquet" in text.lower():
+        for store in stores:
+            bad = store.unreadable_parts()
+            if bad:
+                return store.unreadable(*next(iter(bad.values())))
+    return CircuitrayError(f"{label}: {text.splitlines()[0]}")
 
 
 def _params_of(con: duckdb.DuckDBPyConnection, sql: str, values: dict) -> dict:
@@ -335,7 +351,7 @@ def run_query(name: str, run_dirs: list[str], *, params: dict[str, str] | None =
             con.execute(statement, statement_params)
         return con.sql(sql, params=bound).to_arrow_table()
     except duckdb.Error as e:
-        raise CircuitrayError(f"query {name}: {str(e).splitlines()[0]}") from None
+        raise _query_error(f"query {name}", e, _open_stores(run_dirs)) from None
     finally:
         con.close()
 
@@ -381,6 +397,6 @@ def run_sql(run_dirs: list[str], sql: str) -> pa.Table:
         assert result is not None
         return result
     except duckdb.Error as e:
-        raise CircuitrayError(f"SQL: {str(e).splitlines()[0]}") from None
+        raise _query_error("SQL", e, _open_stores(run_dirs)) from None
     finally:
         con.close()

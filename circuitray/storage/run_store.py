@@ -398,9 +398,74 @@ class RunStore:
         files = self.part_files(table)
         if not files:
             return None
-        return pa.concat_tables(
-            pq.read_table(f, columns=columns, filesystem=self.fs) for f in files
+        return pa.concat_tables(self._read_part(f, columns) for f in files)
+
+    def _read_part(self, path: str, columns: list[str] | None = None) -> pa.Table:
+        try:
+            return pq.read_table(path, columns=columns, filesystem=self.fs)
+        except (pa.ArrowInvalid, OSError) as e:
+            raise self.unreadable(path, e) from None
+
+    def unreadable(self, path: str, error: BaseException | str) -> RunDirError:
+        """The one-line error for a part file that cannot be read (torn by a crash or a
+        power loss, or damaged), with the way out."""
+        text = str(error).strip()
+        first = text.splitlines()[0] if text else type(error).__name__
+        return RunDirError(
+            f"{path}: unreadable part ({first}); `circuitray compact --repair "
+            f"{self.root}` moves its batch aside so that a resumed run recomputes it"
         )
+
+    def unreadable_parts(self) -> dict[str, tuple[str, str]]:
+        """Committed parts with a file that is missing or does not read as Parquet:
+        stem -> (that file, why)."""
+        bad: dict[str, tuple[str, str]] = {}
+        names = {t: set(self._names(self._path(t))) for t in self.tables}
+        for stem in self.committed_parts():
+            for table in self.tables:
+                path = next(
+                    (
+                        self._path(table, n)
+                        for n in (f"{stem}.parquet", f"{stem}.parquet{PENDING}")
+                        if n in names[table]
+                    ),
+                    None,
+                )
+                if path is None:
+                    bad[stem] = (self._path(table, f"{stem}.parquet"), "missing")
+                    break
+                try:
+                    with self.fs.open_input_file(path) as f:
+                        pq.read_metadata(f)
+                except (pa.ArrowInvalid, OSError) as e:
+                    bad[stem] = (path, (str(e).strip().splitlines() or [type(e).__name__])[0])
+                    break
+        return bad
+
+    def repair(self) -> dict[str, tuple[str, str]]:
+        """Move every part with an unreadable or missing file out of the folder's tables
+        into ``quarantine/`` (the commit table's file first, so the batch is simply not
+        done); a resumed run recomputes its prompts. Returns stem -> why."""
+        own_lock = not self.locked
+        if own_lock:
+            self.acquire_lock()
+        try:
+            if self._compaction() is not None:
+                self._finish_compaction()
+            bad = self.unreadable_parts()
+            for stem in bad:
+                for table in self.tables[::-1]:  # the commit point first
+                    for name in (f"{stem}.parquet", f"{stem}.parquet{PENDING}"):
+                        src = self._path(table, name)
+                        if self._exists(src):
+                            dst = self._path("quarantine", table, name)
+                            self.fs.create_dir(dst.rsplit("/", 1)[0], recursive=True)
+                            self.fs.move(src, dst)
+                logger.warning("quarantined part %s: %s: %s", stem, *bad[stem])
+            return bad
+        finally:
+            if own_lock:
+                self.release_lock()
 
     def dataset(self, table: str) -> ds.Dataset | None:
         import pyarrow.dataset as ds
@@ -434,6 +499,9 @@ class RunStore:
             self.acquire_lock()
         try:
             self.clean()
+            bad = self.unreadable_parts()
+            if bad:
+                raise self.unreadable(*next(iter(bad.values())))
             old = self.committed_parts()
             if len(old) <= 1:
                 return {"parts_before": len(old), "parts_after": len(old)}
@@ -519,7 +587,7 @@ class RunStore:
         """
         dropped: list[int] = []
         for f in self.part_files("graphs"):
-            t = pq.read_table(f, filesystem=self.fs)
+            t = self._read_part(f)
             is_error = pc.equal(t["status"], "error")
             if not (pc.sum(is_error).as_py() or 0):
                 continue
@@ -561,7 +629,7 @@ class InterventionStore(RunStore):
         compaction range), and each part is rewritten atomically."""
         dropped: list[int] = []
         for f in self.part_files("results"):
-            t = pq.read_table(f, filesystem=self.fs)
+            t = self._read_part(f)
             bad = t.filter(pc.equal(t["status"], "error"))["graph_id"].unique()
             if len(bad) == 0:
                 continue

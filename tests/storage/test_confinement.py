@@ -92,3 +92,21 @@ def test_folder_with_parts_but_no_run_json_is_not_adopted(run_dir, tmp_path):
         b for b in before if not b.endswith(".lock")
     ]
     assert not (run_dir / "run.json").exists()
+
+
+@pytest.mark.parametrize("table", ["graphs", "edges"])
+def test_a_torn_part_is_named_and_set_aside_by_repair(run_dir, table):
+    """Issue 17, finding 5: a 0-byte part gave "internal error ArrowInvalid" on sql
+    and resume, and compact reported success doing nothing."""
+    (run_dir / table / "part-b.parquet").write_bytes(b"")
+    for args in (["sql", run_dir, f"SELECT count(*) FROM {table}"], ["compact", run_dir]):
+        p = circuitray(*args)
+        assert_refused(p, f"{table}/part-b.parquet", "unreadable part", "compact --repair")
+    p = circuitray("compact", run_dir, "--repair", "--json")
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["quarantined"] == ["part-b"]
+    assert (run_dir / "quarantine" / table / "part-b.parquet").exists()
+    store = RunStore(run_dir)
+    assert sorted(store.graph_status()) == [0, 1]  # part-b's prompts are pending again
+    p = circuitray("sql", run_dir, "SELECT count(*) AS n FROM graphs", "--format", "json")
+    assert p.returncode == 0 and json.loads(p.stdout) == [{"n": 2}], p.stderr

@@ -23,8 +23,10 @@ import gzip
 import http.server
 import json
 import logging
+import os
 import re
 import socketserver
+import tempfile
 import urllib.parse
 from pathlib import Path
 
@@ -135,9 +137,11 @@ class ViewerHandler(http.server.SimpleHTTPRequestHandler):
             self._refuse(400, "expected JSON with qParams")
             return
         graph["qParams"] = q_params
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(graph, indent=2))
-        tmp.replace(path)
+        # A fresh temp file of our own (never a name a link could already hold).
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(graph, indent=2))
+        os.replace(tmp, path)
         self.send_response(200)
         self.end_headers()
 

@@ -165,8 +165,10 @@ class RunStore:
         table folders) are symbolic links; a no-op on object stores (no links)."""
         if not self.local:
             return
-        for entry in (self.meta_file, ".lock", "compaction.json", *self.tables):
+        for entry in (self.meta_file, ".lock", "compaction.json", "quarantine", *self.tables):
             self._refuse_link(self._path(entry))
+        for table in self.tables:
+            self._refuse_link(self._path("quarantine", table))
 
     def _read_text(self, path: str) -> str:
         with self.fs.open_input_stream(path) as f:

@@ -98,3 +98,13 @@ def test_writes_only_same_origin_and_only_an_exported_graph(server):
     same = {"Origin": f"http://127.0.0.1:{port}"}
     assert _request(port, "POST", "/save_graph/g0", body=body, headers=same)[0] == 200
     assert json.loads((data / "g0.json").read_text())["qParams"] == {"pinnedIds": "x"}
+
+
+def test_a_save_does_not_follow_a_planted_temp_link(server):
+    port, data, secret = server
+    (data / ".g0.json.tmp").symlink_to(secret)
+    body = {"qParams": {"pinnedIds": "y"}}
+    assert _request(port, "POST", "/save_graph/g0", body=body)[0] == 200
+    assert secret.read_text() == "secret\n"
+    assert not (data / "g0.json").is_symlink()
+    assert json.loads((data / "g0.json").read_text())["qParams"] == {"pinnedIds": "y"}

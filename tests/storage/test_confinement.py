@@ -110,3 +110,11 @@ def test_a_torn_part_is_named_and_set_aside_by_repair(run_dir, table):
     assert sorted(store.graph_status()) == [0, 1]  # part-b's prompts are pending again
     p = circuitray("sql", run_dir, "SELECT count(*) AS n FROM graphs", "--format", "json")
     assert p.returncode == 0 and json.loads(p.stdout) == [{"n": 2}], p.stderr
+
+
+def test_repair_does_not_follow_a_quarantine_link(run_dir, victim):
+    (run_dir / "nodes" / "part-b.parquet").write_bytes(b"")
+    (run_dir / "quarantine").symlink_to(victim.parent, target_is_directory=True)
+    assert_refused(circuitray("compact", run_dir, "--repair"), "quarantine", "symbolic link")
+    assert sorted(p.name for p in victim.parent.iterdir()) == ["victim.parquet"]
+    assert (run_dir / "graphs" / "part-b.parquet").exists()

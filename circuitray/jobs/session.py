@@ -6,12 +6,13 @@ does the rest, the same way for every job:
 1. Refuse a folder of another kind, then take its driver lock
    (:meth:`RunStore.acquire_lock`), which a second driver cannot get.
 2. If the folder already holds a job: refuse it when its fingerprint
-   (:meth:`Job.fingerprint`, the recorded parameters that decide results) differs,
-   remove crash leftovers (:meth:`RunStore.clean`), and with ``retry_errors`` drop the
-   error rows so those prompts count as pending (:meth:`Job.drop_errors`). A folder
-   with parts but no meta file is refused: nothing records what made them.
-3. Start a session: a new session id in the folder's meta file. Workers of an older
-   session find it changed and drop what they would write.
+   (:meth:`Job.fingerprint`, the recorded parameters that decide results) differs.
+   A folder with parts but no meta file is refused: nothing records what made them.
+3. Start a session (:meth:`RunStore.start_session`): fence the folder (seal the whole
+   parts of earlier sessions; a worker of an older session that writes later is never
+   seen), then record the new session id in the meta file. Only then remove crash
+   leftovers (:meth:`RunStore.clean`) and, with ``retry_errors``, drop the error rows
+   so those prompts count as pending (:meth:`Job.drop_errors`).
 4. Dispatch the pending items (:meth:`Job.pending`: not in any committed part) to the
    job's actors (:func:`circuitray.jobs.dispatch.dispatch`); a batch out of tries is
    written as error rows (:meth:`Job.error_tables`) under its part name.
@@ -150,9 +151,6 @@ class Job(ABC):
                             f"{store.root}: holds {self.holds} with a different {key!r}; "
                             "use a new --out folder or the same parameters to resume"
                         )
-                store.clean()
-                if self.retry_errors:
-                    logger.info("retrying %d prompts that had errors", self.drop_errors())
             elif store.has_parts():
                 # Parts whose parameters nothing records: adopting them would count
                 # another job's rows as this one's.
@@ -160,8 +158,13 @@ class Job(ABC):
                     f"{store.root}: holds parts but no {store.meta_file}, so nothing says "
                     "what made them; give a new --out folder"
                 )
+            # Fence first: a worker of an earlier driver that writes after this line
+            # is never seen, so the clean-up and the count below are final.
             store.start_session(meta)
             try:
+                store.clean()
+                if self.retry_errors:
+                    logger.info("retrying %d prompts that had errors", self.drop_errors())
                 items, total = self.pending()
                 result = self.new_result()
                 result.total = total

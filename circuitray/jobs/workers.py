@@ -106,9 +106,10 @@ class ModelWorker:
         }
 
     def check_session(self) -> None:
-        """Refuse to commit when another driver session has taken the folder."""
+        """Refuse to write when another driver session has taken the folder (saves the
+        work; the fence in manifest.json is what keeps a late write invisible)."""
         if self.session is not None:
-            current = self.store.read_meta().get("session")
+            current = self.store.current_session()
             if current != self.session:
                 raise StaleSessionError(
                     f"folder now belongs to driver session {current}, not {self.session}"

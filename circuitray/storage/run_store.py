@@ -5,10 +5,24 @@ Write protocol (what makes a crash leave a resumable run):
 1. A worker writes one part per batch of prompts under the same name in all three
    tables: ``edges/`` first, then ``nodes/``, then ``graphs/``. Each file is written
    to a hidden temporary name and renamed into place, so no reader sees half a file.
+   A worker's part is named by its driver session: ``part-<first>-<last>-<session>``.
 2. A graphs part is the commit point. Nodes and edges parts without a graphs part of
    the same name are orphans of a crash; readers ignore them and
    :meth:`RunStore.clean` removes them before a resumed run.
 3. A retried batch reuses its part name, so it replaces, never duplicates, its rows.
+3a. The fence (``manifest.json``: the current session and the sealed parts of earlier
+   sessions). A worker's part is committed only while its session is the manifest's
+   current one, or once it is listed as sealed. A new driver (:meth:`RunStore.fence`,
+   under the lock, before it cleans or counts anything) proves every committed part
+   whole (its nodes and edges files read, and hold exactly the rows its graphs rows
+   count), seals the whole ones and names itself current, in one atomic write. A
+   worker of a killed driver that writes afterwards, whatever the timing, writes
+   under a session that is neither current nor sealed: its rows never become
+   visible, and the next clean-up removes them. A part of the earlier session that
+   is not whole is not sealed (its prompts are computed again); a sealed part that
+   is no longer whole is named in one line, for ``compact --repair``. Parts not
+   named by a session (compaction output, hand-written parts) are committed by
+   their graphs file alone, as before; only lock holders write them.
 4. Locally every file is flushed to disk (``fsync``) before its rename, and its folder
    after it, so a commit that survives a power loss has its data with it.
    ``run.json`` is rewritten atomically too; ``.lock`` (an advisory ``flock``) keeps
@@ -87,6 +101,9 @@ COLUMN_OPTIONS = {
 # compact-<token>-<n>); anything else, e.g. a path read from a tampered compaction.json,
 # is refused rather than joined to the folder.
 PART_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
+# A part a worker writes for a driver session: fenced by manifest.json.
+SESSION_PART = re.compile(r"part-\d+-\d+-(?P<session>[0-9a-f]{12})")
+MANIFEST = "manifest.json"
 LEASE_S = 60.0  # object-store lock: a driver that stops renewing loses it after this
 
 
@@ -111,6 +128,7 @@ class RunStore:
     sort_keys: dict[str, list[tuple[str, str]]] = SORT_KEYS
     meta_file = "run.json"
     kind = "circuitray run folder"
+    count_columns = ["n_kept_nodes", "n_kept_edges"]  # what expected_rows reads
 
     def __init__(self, root: str | Path):
         text = str(root)
@@ -128,6 +146,7 @@ class RunStore:
             self.base = self.base.rstrip("/")
         self._lock_fd: int | None = None
         self._lease: threading.Event | None = None
+        self.session: str | None = None  # the session this store started (fence)
 
     @property
     def uri(self) -> str:
@@ -165,7 +184,8 @@ class RunStore:
         table folders) are symbolic links; a no-op on object stores (no links)."""
         if not self.local:
             return
-        for entry in (self.meta_file, ".lock", "compaction.json", "quarantine", *self.tables):
+        entries = (self.meta_file, ".lock", "compaction.json", MANIFEST, "quarantine")
+        for entry in (*entries, *self.tables):
             self._refuse_link(self._path(entry))
         for table in self.tables:
             self._refuse_link(self._path("quarantine", table))
@@ -264,18 +284,77 @@ class RunStore:
         self._lock_fd = fd
 
     def start_session(self, meta: dict) -> str:
-        """Mark ``meta`` running under a new driver session id and write it.
-
-        Workers commit a part only while the folder's meta names their driver's
-        session, so workers orphaned by a killed driver cannot write behind its
-        successor."""
+        """Fence the folder for a new driver session (:meth:`fence`), then mark
+        ``meta`` running under that session and write it. Returns the session id."""
+        session = self.fence(uuid.uuid4().hex[:12])
         meta.update(
-            status="running",
-            session=uuid.uuid4().hex[:12],
-            started_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            status="running", session=session, started_at=time.strftime("%Y-%m-%dT%H:%M:%S%z")
         )
         self.write_meta(meta)
-        return meta["session"]
+        return session
+
+    # -- the fence (protocol step 3a) -------------------------------------------------
+    def _manifest(self) -> dict | None:
+        """manifest.json, validated; None in a folder written before the fence."""
+        path = self._path(MANIFEST)
+        if self.local:
+            self._refuse_link(path)
+        try:
+            m = json.loads(self._read_text(path))
+        except FileNotFoundError:
+            return None
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise RunDirError(f"{path}: not a circuitray manifest (not JSON)") from None
+        ok = (
+            isinstance(m, dict)
+            and isinstance(m.get("session"), str)
+            and isinstance(m.get("sealed"), list)
+            and all(isinstance(n, str) for n in m["sealed"])
+        )
+        if not ok:
+            raise RunDirError(f"{path}: not a circuitray manifest (no session and sealed parts)")
+        for name in m["sealed"]:
+            self.check_part_name(name, where=path)
+        return m
+
+    def current_session(self) -> str | None:
+        """The session whose workers may commit now (None before any session)."""
+        m = self._manifest()
+        return None if m is None else m["session"]
+
+    def fence(self, session: str | None = None) -> str:
+        """Seal every whole committed part and make ``session`` (default: a fresh id
+        that no worker has) the folder's current session, in one atomic write of
+        manifest.json. Needs the lock. Raises :class:`RunDirError` naming a sealed (or
+        unsessioned) part that is no longer whole; a part of the earlier session that
+        is not whole is left unsealed, so its prompts count as not done."""
+        if not self.locked:
+            raise RunDirError(f"{self.root}: fencing needs the driver lock")
+        if self._compaction() is not None:
+            self._finish_compaction()
+        m = self._manifest()
+        bad = self.unreadable_parts()
+        sealed = []
+        for stem in self.committed_parts():
+            match = SESSION_PART.fullmatch(stem)
+            current = m is not None and match is not None and match["session"] == m["session"]
+            if stem in bad:
+                if not current:
+                    raise self.unreadable(*bad[stem])
+                logger.warning(
+                    "part %s of the earlier session is not whole (%s: %s); its prompts "
+                    "are computed again",
+                    stem,
+                    *bad[stem],
+                )
+                continue
+            if match is not None:
+                sealed.append(stem)
+        session = session or uuid.uuid4().hex[:12]
+        text = json.dumps({"session": session, "sealed": sealed}) + "\n"
+        self._put_text(self._path(MANIFEST), text)
+        self.session = session
+        return session
 
     def check_kind(self) -> None:
         """Refuse a folder that holds the other kind's description (a run folder
@@ -374,11 +453,22 @@ class RunStore:
         )
 
     def committed_parts(self) -> list[str]:
+        """Parts whose rows readers see: a commit-table file, fenced by the manifest
+        (protocol step 3a), with a committed compaction's log applied."""
         parts = {
             n.removesuffix(".parquet")
             for n in self._names(self._path(self.commit_table))
             if n.endswith(".parquet") and not n.startswith(".")
         }
+        m = self._manifest()
+        if m is not None:
+            sealed = set(m["sealed"])
+
+            def visible(stem: str) -> bool:
+                match = SESSION_PART.fullmatch(stem)
+                return match is None or stem in sealed or match["session"] == m["session"]
+
+            parts = {p for p in parts if visible(p)}
         log = self._compaction()
         if log is not None:
             parts = (parts - set(log["old"])) | set(log["new"])
@@ -419,12 +509,15 @@ class RunStore:
         )
 
     def unreadable_parts(self) -> dict[str, tuple[str, str]]:
-        """Committed parts with a file that is missing or does not read as Parquet:
-        stem -> (that file, why)."""
+        """Committed parts that are not whole: a file missing or not readable as
+        Parquet, or (run folders) a nodes or edges file whose row count differs from
+        what its graphs rows count. stem -> (that file, why)."""
         bad: dict[str, tuple[str, str]] = {}
         names = {t: set(self._names(self._path(t))) for t in self.tables}
         for stem in self.committed_parts():
-            for table in self.tables:
+            rows: dict[str, int] = {}
+            expected: dict[str, int] = {}
+            for table in self.tables[::-1]:  # the commit table first: it says the counts
                 path = next(
                     (
                         self._path(table, n)
@@ -437,12 +530,30 @@ class RunStore:
                     bad[stem] = (self._path(table, f"{stem}.parquet"), "missing")
                     break
                 try:
+                    if table == self.commit_table and self.count_columns:
+                        counts = pq.read_table(path, columns=self.count_columns, filesystem=self.fs)
+                        expected = self.expected_rows(counts)
                     with self.fs.open_input_file(path) as f:
-                        pq.read_metadata(f)
+                        rows[table] = pq.read_metadata(f).num_rows
                 except (pa.ArrowInvalid, OSError) as e:
                     bad[stem] = (path, (str(e).strip().splitlines() or [type(e).__name__])[0])
                     break
+                if table in expected and rows[table] != expected[table]:
+                    bad[stem] = (
+                        path,
+                        f"{rows[table]} rows where its graphs rows count {expected[table]}",
+                    )
+                    break
         return bad
+
+    def expected_rows(self, commit: pa.Table) -> dict[str, int]:
+        """Rows the other tables' files of a part must hold, from its commit-table
+        columns :attr:`count_columns`: every kept node and edge of its graphs (error
+        rows keep none)."""
+        return {
+            "nodes": int(pc.sum(commit["n_kept_nodes"]).as_py() or 0),
+            "edges": int(pc.sum(commit["n_kept_edges"]).as_py() or 0),
+        }
 
     def repair(self) -> dict[str, tuple[str, str]]:
         """Move every part with an unreadable or missing file out of the folder's tables
@@ -464,6 +575,7 @@ class RunStore:
                             self.fs.create_dir(dst.rsplit("/", 1)[0], recursive=True)
                             self.fs.move(src, dst)
                 logger.warning("quarantined part %s: %s: %s", stem, *bad[stem])
+            self.fence(self.session)  # what is left is whole; stale writers stay out
             return bad
         finally:
             if own_lock:
@@ -500,6 +612,7 @@ class RunStore:
         if own_lock:
             self.acquire_lock()
         try:
+            self.fence(self.session)  # a stale worker's later part stays out of it
             self.clean()
             bad = self.unreadable_parts()
             if bad:
@@ -618,6 +731,8 @@ class InterventionStore(RunStore):
     sort_keys = RESULT_SORT_KEYS
     meta_file = "intervention.json"
     kind = "circuitray intervention folder"
+
+    count_columns: list[str] = []  # one table: the commit point holds every row
 
     def _rows_per_graph(self) -> tuple[list[int], list[int]]:
         t = self.read_table("results", ["graph_id"])

@@ -123,6 +123,7 @@ def placement_options(command: Callable) -> Callable:
         config_option(Placement, "cpus_per_actor", type=click.FloatRange(min=0, min_open=True)),
         config_option(Placement, "batch_size", type=click.IntRange(min=1)),
         config_option(Placement, "max_attempts", type=click.IntRange(min=1)),
+        config_option(Placement, "start_timeout_s", type=click.FloatRange(min=0, min_open=True)),
     ]
     for option in reversed(options):
         command = option(command)

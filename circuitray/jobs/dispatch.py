@@ -4,7 +4,8 @@
    object-store variables of :data:`FORWARDED_ENV` to the actors.
 2. Create K actors (:func:`actor_options`): ``num_gpus`` each when the cluster has
    GPUs, else CPU actors with ``cpus / K`` torch threads each. Actors no node can hold
-   are refused at once on the local Ray (:func:`check_fits`), not waited for. Actors
+   are refused at once on the local Ray (:func:`check_fits`), not waited for, and any
+   that are not started within ``start_timeout_s`` fail the job in one line. Actors
    are spread over nodes and restarted by Ray if their process dies (``max_restarts``).
 3. Cut pending items into batches (one part file each) and keep every actor fed (two
    batches in flight each) with ``ray.wait``.
@@ -54,6 +55,9 @@ class Placement:
             ``max_restarts``); a batch out of tries becomes error rows.
         restart_timeout_s: How long to wait for dead actors to come back when none
             is alive (e.g. their node is gone and no other fits) before giving up.
+        start_timeout_s: How long to wait for every actor to be placed and to load
+            its model before failing with what was asked and what the cluster has
+            (a joined cluster may take that long to add a node).
     """
 
     actors: int | None = None
@@ -63,6 +67,7 @@ class Placement:
     cpus_per_actor: float | None = None
     max_attempts: int = 3
     restart_timeout_s: float = 600.0
+    start_timeout_s: float = 900.0
 
     def __post_init__(self) -> None:
         checks = (
@@ -76,6 +81,7 @@ class Placement:
             ),
             ("max_attempts", self.max_attempts >= 1, "at least 1"),
             ("restart_timeout_s", self.restart_timeout_s > 0, "more than 0"),
+            ("start_timeout_s", self.start_timeout_s > 0, "more than 0"),
         )
         for name, ok, need in checks:
             if not ok:
@@ -106,6 +112,17 @@ def forwarded_env() -> dict[str, str]:
     return {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
 
 
+_LOCAL_RAY: list[str] = []  # the GCS address of the local Ray init_ray started
+
+
+def started_local_ray() -> bool:
+    """Whether the Ray this process is connected to is a local one that
+    :func:`init_ray` started (it cannot grow), not one joined or started by the caller."""
+    import ray
+
+    return ray.is_initialized() and ray.get_runtime_context().gcs_address in _LOCAL_RAY
+
+
 def init_ray(placement: Placement):
     import ray
 
@@ -129,6 +146,7 @@ def init_ray(placement: Placement):
         ncpu = os.cpu_count() or 1
         # address="local": always a new local Ray, never a stray cluster left on this machine.
         ray.init(address="local", num_cpus=max(ncpu, (placement.actors or 1) + 1), **kwargs)
+        _LOCAL_RAY.append(ray.get_runtime_context().gcs_address)
     return ray
 
 
@@ -149,11 +167,15 @@ def actor_options(placement: Placement, resources: dict) -> tuple[int, dict, int
     return n, {"num_cpus": slots}, threads
 
 
-def check_fits(placement: Placement, opts: dict, nodes: list[dict], *, n_actors: int) -> None:
+def check_fits(
+    placement: Placement, opts: dict, nodes: list[dict], *, n_actors: int, local: bool | None = None
+) -> None:
     """Refuse actors that no node of the cluster can hold, instead of waiting forever
     for Ray to schedule them. ``nodes``: ``ray.nodes()``. A joined cluster may grow
-    (autoscaling), so there it is a warning; the local Ray this process started
-    cannot, so there it is an error."""
+    (autoscaling), so there it is a warning (and ``start_timeout_s`` bounds the wait);
+    the local Ray this process started cannot, so there it is an error. ``local``:
+    whether the Ray is one :func:`init_ray` started (default: no address given)."""
+    local = placement.address is None if local is None else local
     alive = [n.get("Resources", {}) for n in nodes if n.get("Alive")]
     for key, resource, flag in (
         ("num_cpus", "CPU", "--cpus-per-actor"),
@@ -166,11 +188,11 @@ def check_fits(placement: Placement, opts: dict, nodes: list[dict], *, n_actors:
                 f"{flag} {want:g}: no node of the Ray cluster has {want:g} {resource}s "
                 f"(the largest has {largest:g}, {len(alive)} node(s))"
             )
-            if placement.address is None:
+            if local:
                 raise CircuitrayError(msg)
             logger.warning("%s; waiting for the cluster to add one", msg)
         total = sum(float(r.get(resource, 0)) for r in alive)
-        if placement.address is None and want * n_actors > total + 1e-9:
+        if local and want * n_actors > total + 1e-9:
             raise CircuitrayError(
                 f"--actors {n_actors} x {flag} {want:g} = {want * n_actors:g} {resource}s: "
                 f"the local Ray has {total:g}"
@@ -196,6 +218,7 @@ def dispatch(
     worker_cls: type,
     worker_kwargs: dict,
     on_failed: Callable[[str, list[tuple[int, dict]], str], list[dict]],
+    check: Callable[[], None] | None = None,
 ) -> None:
     """Steps 1-4 of the module docstring for any worker class with ``info()`` and
     ``process(part_name, items) -> summaries`` (attribution and intervention actors).
@@ -203,7 +226,8 @@ def dispatch(
     Actors get ``worker_kwargs`` plus ``session`` and their ``torch_threads``;
     ``on_failed(part name, items, message)`` writes a batch that ran out of tries as
     error rows and returns their summaries; ``result`` gets the workers' info, Ray's
-    start time, and the computed and retried counts.
+    start time, and the computed and retried counts. ``check()``, called at least
+    every 10 s, stops the dispatch by raising (a driver that lost its lease).
     """
     t0 = time.perf_counter()
     ray = init_ray(placement)
@@ -211,7 +235,7 @@ def dispatch(
 
     n_actors, opts, threads = actor_options(placement, ray.cluster_resources())
     n_actors = min(n_actors, max(1, -(-len(items) // placement.batch_size)))
-    check_fits(placement, opts, ray.nodes(), n_actors=n_actors)
+    check_fits(placement, opts, ray.nodes(), n_actors=n_actors, local=started_local_ray())
     remote_cls = ray.remote(max_restarts=placement.max_attempts, max_task_retries=0, **opts)(
         worker_cls
     ).options(scheduling_strategy="SPREAD")
@@ -220,14 +244,16 @@ def dispatch(
         for _ in range(n_actors)
     ]
     try:
-        result.workers = ray.get([a.info.remote() for a in actors])
+        result.workers = _wait_started(ray, placement, actors, opts, check=check)
     except RayTaskError as e:
         cause = e.cause if isinstance(getattr(e, "cause", None), CircuitrayError) else None
-        for a in actors:
-            ray.kill(a)  # type: ignore[arg-type]
         if cause is not None:
             raise cause from None
         raise
+    finally:
+        if not result.workers:
+            for a in actors:
+                ray.kill(a)  # type: ignore[arg-type]
     result.ray_start_s = time.perf_counter() - t0
     logger.info("%d workers ready in %.1fs: %s", n_actors, result.ray_start_s, result.workers)
 
@@ -276,6 +302,8 @@ def dispatch(
                 report(on_failed(name, chunk, "worker failed: no live workers left"))
             break
         ready, _ = ray.wait(list(inflight), num_returns=1, timeout=10.0)
+        if check is not None:
+            check()
         if not any(healthy):
             all_down_since = all_down_since or time.monotonic()
             if time.monotonic() - all_down_since > placement.restart_timeout_s:
@@ -316,6 +344,31 @@ def dispatch(
         feed()
     for a in actors:
         ray.kill(a)  # type: ignore[arg-type]
+
+
+def _wait_started(ray, placement: Placement, actors: list, opts: dict, *, check=None) -> list:
+    """Every actor's ``info()`` once it is placed and has loaded its model; fails after
+    ``placement.start_timeout_s`` naming what was asked and what the cluster has."""
+    refs = [a.info.remote() for a in actors]
+    deadline = time.monotonic() + placement.start_timeout_s
+    while True:
+        ready, waiting = ray.wait(refs, num_returns=len(refs), timeout=10.0)
+        if not waiting:
+            return ray.get(refs)
+        for ref in ready:
+            ray.get(ref)  # a failed start (model load error) raises now, not later
+        if check is not None:
+            check()
+        if time.monotonic() > deadline:
+            have = {k: v for k, v in ray.cluster_resources().items() if k in ("CPU", "GPU")}
+            free = {k: v for k, v in ray.available_resources().items() if k in ("CPU", "GPU")}
+            asked = ", ".join(f"{k}={v:g}" for k, v in opts.items() if v)
+            raise CircuitrayError(
+                f"{len(waiting)} of {len(refs)} actors ({asked} each) not started within "
+                f"{placement.start_timeout_s:g}s (--start-timeout-s): the Ray cluster has "
+                f"{have or 'no CPUs or GPUs'}, {free or 'nothing'} free"
+            )
+        logger.info("%d of %d actors started; waiting for the rest", len(ready), len(refs))
 
 
 def _first_line(e: BaseException) -> str:

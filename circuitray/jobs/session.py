@@ -184,6 +184,7 @@ class Job(ABC):
                         worker_cls=worker_cls,
                         worker_kwargs=worker_kwargs,
                         on_failed=self.write_error_part,
+                        check=store.check_lease,
                     )
                 if self.compact and result.computed:
                     store.compact()

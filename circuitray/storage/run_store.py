@@ -41,7 +41,8 @@ Storage is anything ``pyarrow.fs`` reaches: a local path, or ``s3://bucket/prefi
 (``gs://`` likewise; an S3-compatible endpoint via ``AWS_ENDPOINT_URL`` or
 ``?endpoint_override=host:port&scheme=http`` in the URI). On object stores a PUT is
 atomic (an object appears whole or not at all), so parts are written in place
-instead of renamed, and the driver lock is a lease object renewed by the driver.
+instead of renamed, and the driver lock is a lease object kept by S3 conditional writes
+(:mod:`circuitray.storage.lease`): a driver that loses it writes nothing more.
 """
 
 from __future__ import annotations
@@ -52,8 +53,6 @@ import json
 import logging
 import os
 import re
-import socket
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -66,9 +65,12 @@ import pyarrow.parquet as pq
 
 from circuitray.errors import RunDirError
 from circuitray.schema import RESULT_SORT_KEYS, SORT_KEYS
+from circuitray.storage.lease import LEASE_S
 
 if TYPE_CHECKING:  # imported where used: pyarrow.dataset loads pandas (~0.3 s)
     import pyarrow.dataset as ds
+
+    from circuitray.storage.lease import Lease
 
 logger = logging.getLogger(__name__)
 
@@ -104,7 +106,6 @@ PART_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 # A part a worker writes for a driver session: fenced by manifest.json.
 SESSION_PART = re.compile(r"part-\d+-\d+-(?P<session>[0-9a-f]{12})")
 MANIFEST = "manifest.json"
-LEASE_S = 60.0  # object-store lock: a driver that stops renewing loses it after this
 
 
 def _fsync(path: str) -> None:
@@ -145,7 +146,8 @@ class RunStore:
                 raise RunDirError(f"{text}: cannot open storage: {e}") from None
             self.base = self.base.rstrip("/")
         self._lock_fd: int | None = None
-        self._lease: threading.Event | None = None
+        self._lease: Lease | None = None
+        self.lease_s = LEASE_S  # object stores: how long the driver lease lasts
         self.session: str | None = None  # the session this store started (fence)
 
     @property
@@ -210,6 +212,7 @@ class RunStore:
             os.replace(tmp, path)
             _fsync(directory)  # and the rename itself survives a power loss
         else:
+            self.check_lease()  # a driver that lost its lease writes nothing more
             write(path)
 
     def _put_text(self, path: str, text: str) -> None:
@@ -257,9 +260,10 @@ class RunStore:
     def acquire_lock(self) -> None:
         """Take the folder's driver lock or raise :class:`RunDirError` if held.
 
-        Locally an advisory ``flock`` (released by the OS if the driver dies). On an
-        object store a lease object that this process renews every LEASE_S / 3 s; a
-        lease not renewed for LEASE_S (a killed driver) can be taken over.
+        Locally an advisory ``flock`` (released by the OS if the driver dies). On S3 a
+        lease object kept by conditional writes (:mod:`circuitray.storage.lease`),
+        renewed every ``lease_s / 3`` s; a lease not renewed for ``lease_s`` (a killed
+        driver) can be taken over, and a driver whose lease was taken stops writing.
         """
         if not self.local:
             return self._acquire_lease()
@@ -366,34 +370,23 @@ class RunStore:
                 raise RunDirError(f"{self.root}: is {name} folder; give a new --out folder")
 
     def _acquire_lease(self) -> None:
-        path = self._path(".lock")
-        if self._exists(path):
-            try:
-                lease = json.loads(self._read_text(path))
-            except (json.JSONDecodeError, OSError):
-                lease = {}
-            if lease.get("expires", 0) > time.time():
-                raise RunDirError(
-                    f"{self.root}: another circuitray driver is using this run folder "
-                    f"({lease.get('holder')}; lease expires in "
-                    f"{lease['expires'] - time.time():.0f}s)"
-                )
-        holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-        stop = threading.Event()
+        scheme = str(self.root).split("://", 1)[0]
+        if scheme != "s3":
+            raise RunDirError(
+                f"{self.root}: circuitray locks object-store folders on s3:// only (S3 "
+                "conditional writes); write to an s3:// or local folder"
+            )
+        from circuitray.storage.lease import Lease
 
-        def renew() -> None:
-            self._put_text(path, json.dumps({"holder": holder, "expires": time.time() + LEASE_S}))
+        lease = Lease(str(self.root), self.base, lease_s=self.lease_s)
+        lease.acquire()
+        self._lease = lease
 
-        renew()
-        if json.loads(self._read_text(path)).get("holder") != holder:  # lost a race
-            raise RunDirError(f"{self.root}: another circuitray driver took this run folder")
-
-        def loop() -> None:
-            while not stop.wait(LEASE_S / 3):
-                renew()
-
-        threading.Thread(target=loop, daemon=True, name="circuitray-lease").start()
-        self._lease = stop
+    def check_lease(self) -> None:
+        """Raise :class:`circuitray.storage.lease.LeaseLostError` when this store held
+        an object-store lease and lost it (a no-op otherwise)."""
+        if self._lease is not None:
+            self._lease.check()
 
     @property
     def locked(self) -> bool:
@@ -405,9 +398,8 @@ class RunStore:
             os.close(self._lock_fd)
             self._lock_fd = None
         if self._lease is not None:
-            self._lease.set()
+            self._lease.release()  # removes the lease only while it is still ours
             self._lease = None
-            self._delete(self._path(".lock"))
 
     # -- parts ------------------------------------------------------------------
     def table_dir(self, table: str) -> Path | str:

@@ -52,6 +52,7 @@ def test_actors_that_do_not_fit_together_are_refused(prompts, tmp_path):
         ("batch_size", 0),
         ("max_attempts", 0),
         ("restart_timeout_s", -1.0),
+        ("start_timeout_s", 0.0),
     ],
 )
 def test_placement_values_out_of_range_are_refused(field, value):
@@ -76,3 +77,28 @@ def test_a_joined_cluster_may_grow_so_it_only_warns(caplog):
     assert "no node of the Ray cluster has 8 CPUs" in caplog.text
     with pytest.raises(CircuitrayError, match="no node of the Ray cluster has 1 GPUs"):
         check_fits(Placement(), {"num_gpus": 1.0, "num_cpus": 1}, nodes, n_actors=1)
+
+
+def test_actors_a_joined_cluster_never_places_fail_within_the_start_timeout(prompts, tmp_path):
+    """On a Ray this process did not start (a cluster that might grow), placement
+    that is never satisfied fails after --start-timeout-s in one line naming what was
+    asked and what the cluster has; before, the driver waited forever."""
+    import ray
+
+    from circuitray import ModelSpec, run
+
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    try:
+        config = RunConfig(
+            str(prompts), str(tmp_path / "run"), model=ModelSpec(model="tiny"),
+            actors=1, cpus_per_actor=4, start_timeout_s=3,
+        )  # fmt: skip
+        with pytest.raises(CircuitrayError, match=r"not started within 3s.*CPU.*2") as e:
+            run(config)
+        assert "\n" not in str(e.value)
+        meta = json.loads((tmp_path / "run" / "run.json").read_text())
+        assert meta["status"] == "failed" and "not started within" in meta["error"]
+    finally:
+        ray.shutdown()

@@ -5,15 +5,18 @@ circuit-tracer's own local server joins request paths to its data folder uncheck
 rebinding page can read it) and takes cross-origin POSTs that write. This handler
 serves the same viewer with the same URLs, confined:
 
-1. Only requests whose ``Host`` names this server (``127.0.0.1:PORT`` or
-   ``localhost:PORT``) are answered; others get 403.
+1. Only requests whose ``Host`` names this machine's loopback (``127.0.0.1``,
+   ``localhost`` or ``[::1]``, any port, so ``ssh -L`` forwarding works) are answered;
+   a page of another name (DNS rebinding) gets 403.
 2. ``/data/NAME`` and ``/graph_data/NAME`` serve a file of the export folder: the path
    is decoded, resolved (links followed) and refused unless it stays inside the folder.
    Everything else is circuit-tracer's static frontend (``SimpleHTTPRequestHandler``
    confines it to that folder).
 3. The one write, ``POST /save_graph/SLUG`` (the viewer saving its view state), needs a
-   same-origin ``Origin`` (or none), a slug of an exported graph, a JSON body of at most
-   :data:`MAX_POST_BYTES` with ``qParams``; it rewrites only that graph's ``qParams``.
+   loopback ``Origin`` (or none), a slug listed in ``graph-metadata.json``, a JSON body
+   of at most :data:`MAX_POST_BYTES` with ``qParams``; it rewrites only that graph's
+   ``qParams``, through a fresh temporary file.
+4. A request that fails inside the handler is logged in one line, not a traceback.
 """
 
 from __future__ import annotations
@@ -42,9 +45,24 @@ MAX_POST_BYTES = 1024**2
 SLUG = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
+LOOPBACK = {"127.0.0.1", "localhost", "[::1]"}
+
+
+def _loopback(netloc: str) -> bool:
+    """Whether ``host[:port]`` names this machine's loopback (any port)."""
+    host = netloc.rsplit(":", 1)[0] if not netloc.endswith("]") else netloc
+    return host.lower() in LOOPBACK
+
+
 class _Server(socketserver.ThreadingMixIn, socketserver.TCPServer):
     allow_reuse_address = True
     daemon_threads = True
+
+    def handle_error(self, request, client_address) -> None:
+        import sys
+
+        error = sys.exc_info()[1]
+        logger.warning("request from %s failed: %r", client_address[0], error)
 
 
 class ViewerHandler(http.server.SimpleHTTPRequestHandler):
@@ -57,16 +75,12 @@ class ViewerHandler(http.server.SimpleHTTPRequestHandler):
     def log_message(self, format: str, *args) -> None:  # noqa: A002 (the stdlib's name)
         logger.info("%s %s", self.address_string(), format % args)
 
-    def _origins(self) -> set[str]:
-        port = self.server.server_address[1]  # type: ignore[index]  (an AF_INET server)
-        return {f"127.0.0.1:{port}", f"localhost:{port}"}
-
     def _refuse(self, code: int, why: str) -> None:
         logger.warning("refused %s %s: %s", self.command, self.path, why)
         self.send_error(code, why)
 
     def _host_ok(self) -> bool:
-        if self.headers.get("Host", "") in self._origins():
+        if _loopback(self.headers.get("Host", "")):
             return True
         self._refuse(403, "Host is not this server")
         return False
@@ -78,8 +92,11 @@ class ViewerHandler(http.server.SimpleHTTPRequestHandler):
             if rel.startswith(prefix):
                 rel = rel[len(prefix) :]
                 break
-        path = (self.data_dir / rel.lstrip("/")).resolve()
-        if not path.is_relative_to(self.data_dir) or not path.is_file():
+        try:
+            path = (self.data_dir / rel.lstrip("/")).resolve()
+            if not path.is_relative_to(self.data_dir) or not path.is_file():
+                return None
+        except (ValueError, OSError):  # a NUL byte, a name too long, a loop of links
             return None
         return path
 
@@ -111,14 +128,18 @@ class ViewerHandler(http.server.SimpleHTTPRequestHandler):
         if not self._host_ok():
             return
         origin = self.headers.get("Origin")
-        if origin is not None and urllib.parse.urlsplit(origin).netloc not in self._origins():
+        if origin is not None and not _loopback(urllib.parse.urlsplit(origin).netloc):
             self._refuse(403, "cross-origin write")
             return
         parts = urllib.parse.urlsplit(self.path).path.strip("/").split("/")
         if len(parts) != 2 or parts[0] != "save_graph" or not SLUG.fullmatch(parts[1]):
             self._refuse(404, "the only write is /save_graph/SLUG")
             return
-        path = self._data_file(f"/data/{parts[1]}.json")
+        try:
+            listed = parts[1] in graph_slugs(str(self.data_dir))
+        except (OSError, ValueError, KeyError, TypeError):
+            listed = False
+        path = self._data_file(f"/data/{parts[1]}.json") if listed else None
         if path is None:
             self._refuse(404, "no such exported graph")
             return
@@ -133,8 +154,10 @@ class ViewerHandler(http.server.SimpleHTTPRequestHandler):
         try:
             q_params = json.loads(self.rfile.read(length))["qParams"]
             graph = json.loads(path.read_text())
+            if not isinstance(graph, dict):
+                raise TypeError("the exported graph is not a JSON object")
         except (ValueError, KeyError, TypeError):
-            self._refuse(400, "expected JSON with qParams")
+            self._refuse(400, "expected JSON with qParams, over an exported graph")
             return
         graph["qParams"] = q_params
         # A fresh temp file of our own (never a name a link could already hold).
@@ -166,6 +189,7 @@ def serve(data_dir: str, *, port: int = 8032) -> socketserver.TCPServer:
 
 
 def graph_slugs(data_dir: str) -> list[str]:
-    """Slugs listed in ``data_dir/graph-metadata.json``."""
+    """Slugs listed in ``data_dir/graph-metadata.json`` (its graphs that have one)."""
     meta = json.loads((Path(data_dir) / "graph-metadata.json").read_text())
-    return [g["slug"] for g in meta["graphs"]]
+    graphs = meta.get("graphs", []) if isinstance(meta, dict) else []
+    return [g["slug"] for g in graphs if isinstance(g, dict) and isinstance(g.get("slug"), str)]

@@ -108,3 +108,30 @@ def test_a_save_does_not_follow_a_planted_temp_link(server):
     assert secret.read_text() == "secret\n"
     assert not (data / "g0.json").is_symlink()
     assert json.loads((data / "g0.json").read_text())["qParams"] == {"pinnedIds": "y"}
+
+
+def test_a_forwarded_port_is_still_this_machine(server):
+    """``ssh -L 9000:127.0.0.1:PORT`` makes the browser send ``Host: localhost:9000``;
+    the loopback names are answered on any port, other names on none."""
+    port, _, _ = server
+    for host in ("localhost:9000", "127.0.0.1:1", "[::1]:9000", "LOCALHOST"):
+        assert _request(port, "GET", "/data/graph-metadata.json", host=host)[0] == 200, host
+    same = {"Origin": "http://localhost:9000"}
+    body = {"qParams": {"pinnedIds": "z"}}
+    assert _request(port, "POST", "/save_graph/g0", body=body, headers=same)[0] == 200
+    for host in ("localhost.attacker.example:9000", "127.0.0.1.nip.io", "10.0.0.1:80"):
+        assert _request(port, "GET", "/index.html", host=host)[0] == 403, host
+
+
+def test_odd_requests_get_a_status_not_a_traceback(server, caplog):
+    port, data, _ = server
+    assert _request(port, "GET", "/data/%00.json")[0] == 404
+    assert _request(port, "GET", "/data/" + "a" * 5000 + ".json")[0] == 404
+    # graph-metadata.json is a file of the folder but not an exported graph: no write.
+    body = {"qParams": {"x": 1}}
+    assert _request(port, "POST", "/save_graph/graph-metadata", body=body)[0] == 404
+    assert "qParams" not in json.loads((data / "graph-metadata.json").read_text())
+    (data / "g0.json").write_text("[1, 2]")  # not a graph object
+    assert _request(port, "POST", "/save_graph/g0", body=body)[0] == 400
+    assert json.loads((data / "g0.json").read_text()) == [1, 2]
+    assert "Traceback" not in caplog.text

@@ -1,0 +1,194 @@
+"""Chaos (issue 17): rounds of ``kill -9`` at random instants on a real Ray cluster,
+each followed by a resume; after every round each prompt is stored exactly once, every
+ok graph has exactly its nodes and edges, and nothing outside the run folder changed.
+
+A head node (``ray.cluster_utils.Cluster``, real raylet and GCS on 127.0.0.1) outlives
+the drivers, which are ``circuitray run`` processes joined to it. So a killed driver's
+actors go on for a moment, as on a real cluster, and can write while its successor
+resumes: the fence has to hold, not a quiet period. Each round (seeded) kills one
+random actor, the driver, or both, either at a random instant or the moment a write
+is under way (a temporary file in the folder; then every actor, so the writing one
+is among them). ``CIRCUITRAY_CHAOS_ROUNDS`` (default 20) and ``CIRCUITRAY_CHAOS_SEED``
+(default 0) choose more rounds or other instants; ``CIRCUITRAY_CHAOS_REPORT=FILE``
+writes the figures as JSON.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pyarrow.compute as pc
+import pytest
+import ray
+from ray.cluster_utils import Cluster
+
+from circuitray import RunStore, generate_ws2, write_prompts
+
+ROUNDS = int(os.environ.get("CIRCUITRAY_CHAOS_ROUNDS", "20"))
+SEED = int(os.environ.get("CIRCUITRAY_CHAOS_SEED", "0"))
+N_PROMPTS = 8
+CLUSTER_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled"}
+
+
+@pytest.fixture(scope="module")
+def head(circuitray_home):
+    if ray.is_initialized():  # the drivers join this cluster, not this process's Ray
+        ray.shutdown()
+    saved = {k: os.environ.get(k) for k in CLUSTER_ENV}
+    os.environ.update(CLUSTER_ENV)
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 3, "num_gpus": 0})
+    yield c.address
+    c.shutdown()
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+def _driver(prompts: Path, out: Path, address: str) -> subprocess.Popen:
+    cmd = [
+        str(Path(sys.executable).parent / "circuitray"),
+        "run", str(prompts), "--out", str(out), "--model", "tiny", "--address", address,
+        "--actors", "2", "--batch-size", "1", "--no-stats",
+    ]  # fmt: skip
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _actor_pids() -> list[int]:
+    ps = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
+    return [
+        int(line.split(None, 1)[0])
+        for line in ps.splitlines()
+        if "ray::AttributionWorker" in line
+    ]
+
+
+def _writing(out: Path) -> bool:
+    return any(
+        p.name.endswith(".tmp")
+        for d in (out, out / "edges", out / "nodes", out / "graphs")
+        if d.is_dir()
+        for p in d.iterdir()
+    )
+
+
+def _snapshot(root: Path, skip: Path) -> dict[str, str]:
+    return {
+        str(p): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in root.rglob("*")
+        if p.is_file() and skip not in p.parents
+    }
+
+
+def _check(out: Path, prompt_ids: list[str]) -> dict:
+    store = RunStore(out)
+    assert store.unreadable_parts() == {}
+    graphs = store.read_graphs().to_pylist()
+    counts = Counter(r["prompt_id"] for r in graphs)
+    duplicates = sum(n - 1 for n in counts.values())
+    missing = len(set(prompt_ids) - set(counts))
+    assert duplicates == 0 and missing == 0 and set(counts) == set(prompt_ids), counts
+    nodes = store.read_table("nodes", ["graph_id", "node_id"])
+    edges = store.read_table("edges", ["graph_id", "dst", "src"])
+    per_node = Counter(nodes["graph_id"].to_pylist())
+    per_edge = Counter(edges["graph_id"].to_pylist())
+    assert len(set(zip(*(nodes[c].to_pylist() for c in nodes.column_names)))) == len(nodes)
+    assert len(set(zip(*(edges[c].to_pylist() for c in edges.column_names)))) == len(edges)
+    gids = {r["graph_id"] for r in graphs}
+    assert set(per_node) <= gids and set(per_edge) <= gids
+    for r in graphs:
+        if r["status"] == "ok":
+            assert per_node[r["graph_id"]] == r["n_kept_nodes"] > 0
+            assert per_edge[r["graph_id"]] == r["n_kept_edges"] > 0
+        else:  # a batch out of tries (three kills of its actor) is an error row
+            assert per_node[r["graph_id"]] == per_edge[r["graph_id"]] == 0
+    ok = pc.sum(pc.equal(store.read_graphs(["status"])["status"], "ok")).as_py()
+    return {"duplicates": duplicates, "missing": missing, "ok": ok}
+
+
+def test_chaos_kill_and_resume(head, tmp_path):
+    rng = random.Random(SEED)
+    root = tmp_path / "chaos"
+    root.mkdir()
+    (root / "outside").mkdir()
+    (root / "outside" / "keep.txt").write_text("nothing may touch this\n")
+    figures = Counter()
+    started = time.monotonic()
+    for round_ in range(ROUNDS):
+        rows = generate_ws2(n=N_PROMPTS, seed=1000 * SEED + round_)
+        prompts = write_prompts(rows, root / f"prompts-{round_}.jsonl")
+        out = root / f"run-{round_}"
+        before = _snapshot(root, out)
+        target = rng.choice(["actor", "driver", "both"])
+        in_write = rng.random() < 0.5
+        wait_parts = rng.randrange(0, N_PROMPTS // 2)
+        extra = rng.uniform(0, 1.0)
+
+        driver = _driver(prompts, out, head)
+        deadline = time.monotonic() + 180
+        killed = []
+        while time.monotonic() < deadline and driver.poll() is None:
+            graphs = out / "graphs"
+            n = len(list(graphs.glob("*.parquet"))) if graphs.is_dir() else 0
+            if in_write:
+                ready = _writing(out) and (target == "driver" or _actor_pids())
+            else:
+                ready = n >= wait_parts and (target == "driver" or len(_actor_pids()) >= 2)
+            if ready:
+                if not in_write:
+                    time.sleep(extra)
+                if target in ("actor", "both"):
+                    pids = _actor_pids()
+                    for pid in pids if in_write else rng.sample(pids, min(1, len(pids))):
+                        with _quiet():
+                            os.kill(pid, signal.SIGKILL)
+                        killed.append("actor")
+                if target in ("driver", "both"):
+                    with _quiet():
+                        driver.kill()
+                    killed.append("driver")
+                break
+            time.sleep(0.001 if in_write else 0.02)
+        assert time.monotonic() < deadline, "the driver made no progress"
+        if "driver" in killed:
+            driver.wait(timeout=60)
+            driver = _driver(prompts, out, head)  # the resume, while old actors may live
+        _, err = driver.communicate(timeout=300)
+        assert driver.returncode == 0, (round_, target, in_write, err[-2000:])
+        figures.update(killed)
+        figures["rounds"] += 1
+        figures["in_write_rounds"] += in_write and bool(killed)
+        figures["rounds_without_a_kill"] += not killed  # the run ended first
+        result = _check(out, [r["prompt_id"] for r in rows])
+        figures["prompts"] += N_PROMPTS
+        figures["duplicates"] += result["duplicates"]
+        figures["missing"] += result["missing"]
+        figures["error_rows"] += N_PROMPTS - result["ok"]
+        assert _snapshot(root, out) == before, "something outside the run folder changed"
+    figures["seconds"] = round(time.monotonic() - started)
+    summary = dict(sorted(figures.items()), seed=SEED)
+    print("chaos:", json.dumps(summary))
+    if os.environ.get("CIRCUITRAY_CHAOS_REPORT"):
+        Path(os.environ["CIRCUITRAY_CHAOS_REPORT"]).write_text(json.dumps(summary) + "\n")
+    assert figures["rounds"] == ROUNDS and figures["duplicates"] == figures["missing"] == 0
+    assert figures["actor"] + figures["driver"] >= ROUNDS // 2  # most rounds did kill
+
+
+class _quiet:
+    """Ignore a process that is already gone."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, value, tb):
+        return kind is ProcessLookupError

@@ -21,11 +21,14 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+import tempfile
 from pathlib import Path
 
 import pyarrow.dataset as ds
 
 from circuitray.errors import CircuitrayError
+from circuitray.outputs.viewer import SLUG
 from circuitray.storage.run_store import RunStore
 
 logger = logging.getLogger(__name__)
@@ -127,14 +130,23 @@ def export_graph(run_dir: str, graph_id: int, out_dir: str, *, slug: str | None 
     store = RunStore(run_dir)
     if not store.exists():
         raise CircuitrayError(f"{run_dir}: not a circuitray run folder (no run.json)")
-    slug = slug or f"{Path(str(run_dir).rstrip('/')).name}-g{graph_id}"
+    store.check_confined()
+    if slug is not None and not SLUG.fullmatch(slug):
+        raise CircuitrayError(
+            f"--slug {slug!r}: letters, digits, '.', '_' and '-' only (it names a file)"
+        )
+    default = f"{Path(str(run_dir).rstrip('/')).name}-g{graph_id}"
+    slug = slug or re.sub(r"[^A-Za-z0-9._-]", "-", default).lstrip(".-_") or f"g{graph_id}"
     model = build_graph_model(store, graph_id, slug=slug)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{slug}.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(model.model_dump_json(indent=2))
-    os.replace(tmp, path)  # atomic: the viewer never reads half a file
+    # A fresh temp file of our own (a planted name could be a link), renamed into
+    # place: atomic, so the viewer never reads half a file.
+    fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{slug}.json.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write(model.model_dump_json(indent=2))
+    os.replace(tmp, path)
     add_graph_metadata(model.metadata.model_dump(), str(out))
     logger.info("exported graph %d of %s to %s", graph_id, run_dir, path)
     return path

@@ -189,6 +189,7 @@ def _open_stores(run_dirs: list[str]) -> list[RunStore]:
                 f"{r}: not a circuitray run folder (no run.json) nor an intervention "
                 "folder (no intervention.json)"
             )
+        store.check_confined()  # a link in the folder could make a read leave it
         stores.append(store)
     return stores
 

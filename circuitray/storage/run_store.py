@@ -48,6 +48,7 @@ instead of renamed, and the driver lock is a lease object kept by S3 conditional
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import logging
@@ -109,10 +110,14 @@ MANIFEST = "manifest.json"
 
 
 def _fsync(path: str) -> None:
-    """Flush a local file's or folder's data and metadata to disk."""
+    """Flush a local file's or folder's data and metadata to disk. Some filesystems
+    (FUSE mounts, CIFS) cannot fsync a folder (EINVAL): there only files are flushed."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
+    except OSError as e:
+        if not (e.errno in (errno.EINVAL, errno.ENOTSUP) and os.path.isdir(path)):
+            raise
     finally:
         os.close(fd)
 
@@ -421,10 +426,10 @@ class RunStore:
             return None
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise RunDirError(f"{path}: not a circuitray compaction log (not JSON)") from None
-        stems = [*log.get("old", []), *log.get("new", [])] if isinstance(log, dict) else None
-        if not stems or not all(isinstance(n, str) for n in stems):
+        lists = [log.get(k) for k in ("old", "new")] if isinstance(log, dict) else [None]
+        if not all(isinstance(v, list) and all(isinstance(n, str) for n in v) for v in lists):
             raise RunDirError(f"{path}: not a circuitray compaction log (no old/new part names)")
-        for name in stems:
+        for name in [*log["old"], *log["new"]]:
             self.check_part_name(name, where=path)
         return log
 

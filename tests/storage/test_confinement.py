@@ -53,6 +53,16 @@ def test_compaction_log_that_is_not_one_is_named(run_dir):
     assert_refused(circuitray("compact", run_dir), "compaction.json", "not JSON")
 
 
+@pytest.mark.parametrize(
+    "log",
+    [{"old": ["part-a"]}, {"old": ["part-a"], "new": "part-b"}, {"old": [1], "new": []}, []],
+)
+def test_compaction_log_without_both_lists_is_named(run_dir, log):
+    (run_dir / "compaction.json").write_text(json.dumps(log))
+    for args in (["compact", run_dir], ["sql", run_dir, "SELECT count(*) FROM graphs"]):
+        assert_refused(circuitray(*args), "compaction.json", "no old/new part names")
+
+
 def test_lock_that_is_a_link_is_not_followed(run_dir, victim):
     (run_dir / ".lock").symlink_to(victim)
     p = circuitray("compact", run_dir)
@@ -118,3 +128,26 @@ def test_repair_does_not_follow_a_quarantine_link(run_dir, victim):
     assert_refused(circuitray("compact", run_dir, "--repair"), "quarantine", "symbolic link")
     assert sorted(p.name for p in victim.parent.iterdir()) == ["victim.parquet"]
     assert (run_dir / "graphs" / "part-b.parquet").exists()
+
+
+@pytest.mark.parametrize("entry", ["graphs", "run.json"])
+def test_read_only_commands_refuse_a_linked_entry(run_dir, tmp_path, entry):
+    """sql, query and export read only the folder's own files: a table folder or
+    run.json that is a link elsewhere is refused, not read through."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    target = elsewhere / entry
+    os.replace(run_dir / entry, target)
+    (run_dir / entry).symlink_to(target, target_is_directory=target.is_dir())
+    for args in (
+        ["sql", run_dir, "SELECT count(*) FROM graphs"],
+        ["query", "constraint_stats", run_dir],
+        ["export", run_dir, "--graph", "0", "--out", tmp_path / "view"],
+    ):
+        assert_refused(circuitray(*args), entry, "symbolic link")
+
+
+def test_export_slug_cannot_name_a_path(run_dir, tmp_path):
+    p = circuitray("export", run_dir, "--graph", "0", "--out", tmp_path / "v", "--slug", "../x")
+    assert_refused(p, "--slug", "letters, digits")
+    assert not (tmp_path / "x.json").exists()

@@ -271,3 +271,24 @@ def test_every_commit_is_flushed_to_disk_before_and_after_its_rename(tmp_path, m
         at = events.index(("replace", src, dst))
         assert ("fsync", src) in events[:at], src  # the data, before the name
         assert ("fsync", str(Path(dst).parent)) in events[at + 1 :], dst  # the rename
+
+
+def test_a_folder_that_cannot_be_fsynced_still_commits(tmp_path, monkeypatch):
+    """FUSE mounts and CIFS answer fsync on a folder with EINVAL; files are still
+    flushed and the part commits (before: every write failed there)."""
+    import errno
+    import os
+
+    real = os.fsync
+    dirs = []
+
+    def fsync(fd):
+        if os.path.isdir(f"/proc/self/fd/{fd}"):
+            dirs.append(fd)
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    store = RunStore(tmp_path / "run")
+    store.write_part("part-a", _part([0, 1]))
+    assert dirs and store.committed_parts() == ["part-a"]

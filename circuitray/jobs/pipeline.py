@@ -198,6 +198,7 @@ class Pipeline:
                     parse_feature_spec(str(spec))
                 except CircuitrayError as e:
                     raise self._err(f"{where}.features", str(e)) from None
+            self.intervention_config(i, run_dir="-", out="-")  # builds: values checked
 
     def intervention_config(self, i: int, *, run_dir: str, out: str, **overrides):
         """The InterventionConfig of step ``i``; ``overrides`` where not None."""
@@ -206,7 +207,7 @@ class Pipeline:
         step.update({k: v for k, v in overrides.items() if v is not None})
         try:
             return InterventionConfig(run=run_dir, out=out, **step)
-        except TypeError as e:
+        except (TypeError, CircuitrayError) as e:  # CircuitrayError: a value out of range
             raise self._err(f"interventions[{i}]", str(e)) from None
 
     def _check_keys(self, where: str, step: dict, allowed: set[str]) -> None:
@@ -231,12 +232,12 @@ class Pipeline:
             if key in opts:
                 try:
                     opts[key] = cls(**opts[key])
-                except TypeError as e:
+                except (TypeError, CircuitrayError) as e:
                     raise self._err(f"runs.{name}.{key}", str(e)) from None
         opts.update({k: v for k, v in overrides.items() if v is not None})
         try:
             return RunConfig(prompts=prompts, out=out, model=model, **opts)
-        except TypeError as e:
+        except (TypeError, CircuitrayError) as e:  # CircuitrayError: a value out of range
             raise self._err(f"runs.{name}", str(e)) from None
 
 

@@ -169,7 +169,9 @@ def _textual(t: pa.DataType, *, integers: bool = False) -> bool:
         t = t.value_type
     if pa.types.is_null(t) or pa.types.is_string(t) or pa.types.is_large_string(t):
         return True
-    if pa.types.is_binary(t) or pa.types.is_large_binary(t):
+    if pa.types.is_string_view(t):  # what Polars and DuckDB write by default
+        return True
+    if pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_binary_view(t):
         return True  # UTF-8 is checked by the cast
     return integers and pa.types.is_integer(t)
 

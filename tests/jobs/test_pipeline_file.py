@@ -94,6 +94,19 @@ def test_shipped_pipelines_load():
             "interventions[0]: unknown key 'scaled'",
         ),
         ("prompts: [\n", "not valid YAML"),
+        (
+            "prompts: {ws2: {n: 2}}\nruns: {a: {model: tiny, actors: 0}}\n",
+            "runs.a: --actors 0: must be at least 1",
+        ),
+        (
+            "prompts: {ws2: {n: 2}}\nrun_options: {gpus_per_actor: -1}\nruns: {a: {model: tiny}}\n",
+            "runs.a: --gpus-per-actor -1",
+        ),
+        (
+            "prompts: {ws2: {n: 2}}\nruns: {a: {model: tiny}}\n"
+            "interventions: [{name: x, run: a, features: [top:1], batch_size: 0}]\n",
+            "interventions[0]: --batch-size 0",
+        ),
     ],
 )
 def test_bad_pipeline_files(tmp_path, text, needle):

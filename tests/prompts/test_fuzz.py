@@ -136,6 +136,21 @@ def test_parquet_text_in_other_encodings_of_arrow_is_read(tmp_path):
     assert read_prompts(path)["prompt"].to_pylist() == ["x", "y"]
 
 
+def test_parquet_string_views_are_read(tmp_path):
+    """Polars and DuckDB write string columns as Arrow string views; such a file was
+    refused as "not text"."""
+    path = tmp_path / "p.parquet"
+    table = pa.table(
+        {
+            "prompt_id": pa.array(["a", "b"], pa.string_view()),
+            "prompt": pa.array([b"x", b"y"], pa.binary_view()),
+        }
+    )
+    pq.write_table(table, path)
+    assert pq.read_schema(path).field("prompt_id").type == pa.string_view()
+    assert read_prompts(path)["prompt"].to_pylist() == ["x", "y"]
+
+
 SEEDS = {
     "s.jsonl": GOOD["crlf.jsonl"] + b'{"prompt_id":"c","prompt":"z","target":"w"}\n',
     "s.json": GOOD["array.json"],

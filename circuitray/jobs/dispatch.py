@@ -231,7 +231,7 @@ def dispatch(
     """
     t0 = time.perf_counter()
     ray = init_ray(placement)
-    from ray.exceptions import RayActorError, RayTaskError
+    from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
 
     n_actors, opts, threads = actor_options(placement, ray.cluster_resources())
     n_actors = min(n_actors, max(1, -(-len(items) // placement.batch_size)))
@@ -325,6 +325,11 @@ def dispatch(
                 ray.get(ref)
                 healthy[i] = True
                 logger.info("worker %d is back", i)
+            except ActorUnavailableError:
+                # Still restarting (the probe reached it mid-restart): ask again. The
+                # restart_timeout_s check above bounds the wait when none comes back.
+                time.sleep(0.2)
+                inflight[actors[i].info.remote()] = ("probe", i, None, None)
             except (RayActorError, RayTaskError) as e:
                 logger.warning("worker %d is gone for good: %s", i, _first_line(e))
             feed()

@@ -22,17 +22,23 @@ def _worker(out, session):
 
 def test_worker_writes_a_part_for_its_session(tmp_path):
     store = RunStore(tmp_path)
-    store.write_meta({"session": "s1"})
-    summaries = _worker(tmp_path, "s1").process("part-a", [(0, PROMPT)])
+    store.acquire_lock()
+    session = store.start_session({})
+    name = f"part-0000000-0000000-{session}"
+    summaries = _worker(tmp_path, session).process(name, [(0, PROMPT)])
     assert [s["status"] for s in summaries] == ["ok"]
     assert summaries[0]["worker"]
-    assert store.committed_parts() == ["part-a"]
+    assert store.committed_parts() == [name]
+    store.release_lock()
 
 
 def test_orphaned_worker_does_not_write(tmp_path):
     store = RunStore(tmp_path)
-    store.write_meta({"session": "new-driver"})
+    store.acquire_lock()
+    old = store.start_session({})
+    store.start_session({})  # a new driver session fences the old one out
     with pytest.raises(StaleSessionError):
-        _worker(tmp_path, "old-driver").process("part-b", [(0, PROMPT)])
+        _worker(tmp_path, old).process(f"part-0000000-0000000-{old}", [(0, PROMPT)])
     assert store.committed_parts() == []
     assert not list(tmp_path.rglob("*.parquet"))
+    store.release_lock()

@@ -56,8 +56,9 @@ class Placement:
         restart_timeout_s: How long to wait for dead actors to come back when none
             is alive (e.g. their node is gone and no other fits) before giving up.
         start_timeout_s: How long to wait for every actor to be placed and to load
-            its model before failing with what was asked and what the cluster has
-            (a joined cluster may take that long to add a node).
+            its model (a first load may download it) before failing with what was
+            asked and what the cluster has; a joined cluster may take minutes to add
+            a node.
     """
 
     actors: int | None = None
@@ -67,7 +68,7 @@ class Placement:
     cpus_per_actor: float | None = None
     max_attempts: int = 3
     restart_timeout_s: float = 600.0
-    start_timeout_s: float = 900.0
+    start_timeout_s: float = 1800.0
 
     def __post_init__(self) -> None:
         checks = (
@@ -257,111 +258,126 @@ def dispatch(
     result.ray_start_s = time.perf_counter() - t0
     logger.info("%d workers ready in %.1fs: %s", n_actors, result.ray_start_s, result.workers)
 
-    queue = deque(_batches(items, placement.batch_size, session))
-    attempts: dict[str, int] = {}
-    # ref -> ("batch", actor, part name, chunk) or ("probe", actor, None, None)
-    inflight: dict = {}
-    load = [0] * n_actors
-    healthy = [True] * n_actors
-    per_actor = 2  # one running, one queued: no idle gap between batches
-    all_down_since: float | None = None
+    try:
+        queue = deque(_batches(items, placement.batch_size, session))
+        attempts: dict[str, int] = {}
+        # ref -> ("batch", actor, part name, chunk) or ("probe", actor, None, None)
+        inflight: dict = {}
+        load = [0] * n_actors
+        healthy = [True] * n_actors
+        per_actor = 2  # one running, one queued: no idle gap between batches
+        all_down_since: float | None = None
 
-    def feed() -> None:
-        """Give queued batches to live actors with spare capacity, least loaded first."""
-        while queue:
-            free = [i for i in range(n_actors) if healthy[i] and load[i] < per_actor]
-            if not free:
-                return
-            i = min(free, key=lambda j: load[j])
-            name, chunk = queue.popleft()
-            inflight[actors[i].process.remote(name, chunk)] = ("batch", i, name, chunk)
-            load[i] += 1
-
-    def report(summaries: list[dict]) -> None:
-        nonlocal n_done
-        for s in summaries:
-            n_done += 1
-            result.computed += 1
-            if on_progress:
-                on_progress(n_done, total, s)
-
-    def retry_or_fail(name: str, chunk: list, msg: str) -> None:
-        attempts[name] = attempts.get(name, 0) + 1
-        if attempts[name] < placement.max_attempts:
-            logger.warning("batch %s failed (attempt %d), retrying: %s", name, attempts[name], msg)
-            result.retried_batches += 1
-            queue.appendleft((name, chunk))
-        else:
-            report(on_failed(name, chunk, f"worker failed: {msg}"))
-
-    feed()
-    while any(kind == "batch" for kind, *_ in inflight.values()) or queue:
-        if not inflight:  # every actor is gone for good
+        def feed() -> None:
+            """Give queued batches to live actors with spare capacity, least loaded first."""
             while queue:
+                free = [i for i in range(n_actors) if healthy[i] and load[i] < per_actor]
+                if not free:
+                    return
+                i = min(free, key=lambda j: load[j])
                 name, chunk = queue.popleft()
-                report(on_failed(name, chunk, "worker failed: no live workers left"))
-            break
-        ready, _ = ray.wait(list(inflight), num_returns=1, timeout=10.0)
-        if check is not None:
-            check()
-        if not any(healthy):
-            all_down_since = all_down_since or time.monotonic()
-            if time.monotonic() - all_down_since > placement.restart_timeout_s:
-                logger.error("no worker came back within %ss", placement.restart_timeout_s)
-                for kind, _, name, chunk in inflight.values():
-                    if kind == "batch":
-                        queue.append((name, chunk))
-                inflight.clear()
-                continue
-        else:
-            all_down_since = None
-        if not ready:
-            continue
-        ref = ready[0]
-        kind, i, name, chunk = inflight.pop(ref)
-        if kind == "probe":
-            # Resolves once Ray has restarted the actor (and it reloaded its model).
-            try:
-                ray.get(ref)
-                healthy[i] = True
-                logger.info("worker %d is back", i)
-            except ActorUnavailableError:
-                # Still restarting (the probe reached it mid-restart): ask again. The
-                # restart_timeout_s check above bounds the wait when none comes back.
-                time.sleep(0.2)
-                inflight[actors[i].info.remote()] = ("probe", i, None, None)
-            except (RayActorError, RayTaskError) as e:
-                logger.warning("worker %d is gone for good: %s", i, _first_line(e))
-            feed()
-            continue
-        load[i] -= 1
-        try:
-            report(ray.get(ref))
-        except RayActorError as e:
-            # The process died (killed, out of memory, node lost); Ray restarts it up to
-            # max_restarts times. Stop feeding it until a probe says it is back.
-            if healthy[i]:
-                healthy[i] = False
-                inflight[actors[i].info.remote()] = ("probe", i, None, None)
-            retry_or_fail(name, chunk, _first_line(e))
-        except RayTaskError as e:
-            retry_or_fail(name, chunk, _first_line(e))
+                inflight[actors[i].process.remote(name, chunk)] = ("batch", i, name, chunk)
+                load[i] += 1
+
+        def report(summaries: list[dict]) -> None:
+            nonlocal n_done
+            for s in summaries:
+                n_done += 1
+                result.computed += 1
+                if on_progress:
+                    on_progress(n_done, total, s)
+
+        def retry_or_fail(name: str, chunk: list, msg: str) -> None:
+            attempts[name] = attempts.get(name, 0) + 1
+            if attempts[name] < placement.max_attempts:
+                logger.warning(
+                    "batch %s failed (attempt %d), retrying: %s", name, attempts[name], msg
+                )
+                result.retried_batches += 1
+                queue.appendleft((name, chunk))
+            else:
+                report(on_failed(name, chunk, f"worker failed: {msg}"))
+
         feed()
-    for a in actors:
-        ray.kill(a)  # type: ignore[arg-type]
+        while any(kind == "batch" for kind, *_ in inflight.values()) or queue:
+            if not inflight:  # every actor is gone for good
+                while queue:
+                    name, chunk = queue.popleft()
+                    report(on_failed(name, chunk, "worker failed: no live workers left"))
+                break
+            ready, _ = ray.wait(list(inflight), num_returns=1, timeout=10.0)
+            if check is not None:
+                check()
+            if not any(healthy):
+                all_down_since = all_down_since or time.monotonic()
+                if time.monotonic() - all_down_since > placement.restart_timeout_s:
+                    logger.error("no worker came back within %ss", placement.restart_timeout_s)
+                    for kind, _, name, chunk in inflight.values():
+                        if kind == "batch":
+                            queue.append((name, chunk))
+                    inflight.clear()
+                    continue
+            else:
+                all_down_since = None
+            if not ready:
+                continue
+            ref = ready[0]
+            kind, i, name, chunk = inflight.pop(ref)
+            if kind == "probe":
+                # Resolves once Ray has restarted the actor (and it reloaded its model).
+                try:
+                    ray.get(ref)
+                    healthy[i] = True
+                    logger.info("worker %d is back", i)
+                except ActorUnavailableError:
+                    # Still restarting (the probe reached it mid-restart): ask again. The
+                    # restart_timeout_s check above bounds the wait when none comes back.
+                    time.sleep(0.2)
+                    inflight[actors[i].info.remote()] = ("probe", i, None, None)
+                except (RayActorError, RayTaskError) as e:
+                    logger.warning("worker %d is gone for good: %s", i, _first_line(e))
+                feed()
+                continue
+            load[i] -= 1
+            try:
+                report(ray.get(ref))
+            except RayActorError as e:
+                # The process died (killed, out of memory, node lost); Ray restarts it up to
+                # max_restarts times. Stop feeding it until a probe says it is back.
+                if healthy[i]:
+                    healthy[i] = False
+                    inflight[actors[i].info.remote()] = ("probe", i, None, None)
+                retry_or_fail(name, chunk, _first_line(e))
+            except RayTaskError as e:
+                retry_or_fail(name, chunk, _first_line(e))
+            feed()
+    finally:  # also when check() stops the run: no actor is left running
+        for a in actors:
+            ray.kill(a)  # type: ignore[arg-type]
 
 
 def _wait_started(ray, placement: Placement, actors: list, opts: dict, *, check=None) -> list:
     """Every actor's ``info()`` once it is placed and has loaded its model; fails after
     ``placement.start_timeout_s`` naming what was asked and what the cluster has."""
+    from ray.exceptions import ActorUnavailableError, RayActorError
+
     refs = [a.info.remote() for a in actors]
+    infos: dict[int, dict] = {}
     deadline = time.monotonic() + placement.start_timeout_s
     while True:
-        ready, waiting = ray.wait(refs, num_returns=len(refs), timeout=10.0)
-        if not waiting:
-            return ray.get(refs)
+        pending = [refs[i] for i in range(len(refs)) if i not in infos]
+        if not pending:
+            return [infos[i] for i in range(len(refs))]
+        ready, _ = ray.wait(pending, num_returns=len(pending), timeout=10.0)
         for ref in ready:
-            ray.get(ref)  # a failed start (model load error) raises now, not later
+            i = refs.index(ref)
+            try:
+                infos[i] = ray.get(ref)  # a failed start (model load error) raises now
+            except ActorUnavailableError:  # restarting (its process died): ask again
+                time.sleep(0.2)
+                refs[i] = actors[i].info.remote()
+            except RayActorError as e:
+                raise CircuitrayError(f"actor {i} died while starting: {_first_line(e)}") from None
         if check is not None:
             check()
         if time.monotonic() > deadline:
@@ -369,11 +385,11 @@ def _wait_started(ray, placement: Placement, actors: list, opts: dict, *, check=
             free = {k: v for k, v in ray.available_resources().items() if k in ("CPU", "GPU")}
             asked = ", ".join(f"{k}={v:g}" for k, v in opts.items() if v)
             raise CircuitrayError(
-                f"{len(waiting)} of {len(refs)} actors ({asked} each) not started within "
+                f"{len(refs) - len(infos)} of {len(refs)} actors ({asked} each) not started within "
                 f"{placement.start_timeout_s:g}s (--start-timeout-s): the Ray cluster has "
                 f"{have or 'no CPUs or GPUs'}, {free or 'nothing'} free"
             )
-        logger.info("%d of %d actors started; waiting for the rest", len(ready), len(refs))
+        logger.info("%d of %d actors started; waiting for the rest", len(infos), len(refs))
 
 
 def _first_line(e: BaseException) -> str:

@@ -29,7 +29,7 @@ A pipeline file (``pipelines/*.yaml``) is the unit users launch, locally or with
    ``intervention_effects-<name>``.
 4. Run each query and comparison over the run folders and write its table (and the
    intervention tables) to ``<out_root>/results/<step>.parquet`` (through pyarrow's
-   filesystem, so s3:// and gs:// roots work); the tables are also returned.
+   filesystem, so s3:// roots work); the tables are also returned.
 """
 
 from __future__ import annotations

@@ -12,14 +12,18 @@ local test server honour). Two drivers that interleave in any order cannot both 
    overwrite it with ``If-Match: <the ETag read>``; of two drivers taking over the
    same expired lease, exactly one succeeds. A lease not yet expired is refused,
    naming its holder.
-3. Renew every ``lease_s / 3`` seconds with ``If-Match: <our ETag>``. A 412 means the
+3. Renew every ``lease_s / 4`` seconds with ``If-Match: <our ETag>``. A 412 means the
    lease is someone else's now (ours expired, e.g. while this process was paused):
-   the lease is *lost*. A network error is retried until our own expiry is near; then
-   it is lost too. Renewal never overwrites a lease it does not hold.
+   the lease is *lost* (unless the object read back is our own, written by a retried
+   request whose first try had landed). A network error is retried until our own
+   expiry is near; then it is lost too. Renewal never overwrites a lease it does not
+   hold.
 4. A lost lease stops the run: :meth:`Lease.check` raises, and the run store calls it
-   before each of the driver's writes and the dispatch loop between batches. Workers
-   need no lease: the new holder's fence (``manifest.json``) keeps their late writes
-   invisible.
+   before each of the driver's writes and the dispatch loop between batches. Writes
+   stop a third of ``lease_s`` before our own expiry (measured on this machine's
+   monotonic clock from before the request was sent), so a write in flight and some
+   clock skew between machines cannot meet another driver's takeover. Workers need no
+   lease: the new holder's fence (``manifest.json``) keeps their late writes invisible.
 5. Release: stop renewing, then delete ``.lock`` with ``If-Match: <our ETag>``, so a
    lease another driver holds now is never removed.
 
@@ -69,9 +73,18 @@ def s3_client(uri: str):
         aws_access_key_id=query.get("access_key"),
         aws_secret_access_key=query.get("secret_key"),
         config=Config(
-            connect_timeout=5, read_timeout=10, retries={"max_attempts": 2, "mode": "standard"}
+            connect_timeout=5,
+            read_timeout=10,
+            retries={"max_attempts": 2, "mode": "standard"},
+            # Checksums only where S3 requires them: some S3-compatible stores refuse
+            # the CRC32 headers newer botocore sends by default.
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
         ),
     )
+
+
+CONFLICT = ("PreconditionFailed", "ConditionalRequestConflict")  # 412, 409
 
 
 def _code(error: Exception) -> str:
@@ -96,18 +109,37 @@ class Lease:
         self.client = s3_client(uri)
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.etag: str | None = None
-        self.expires = 0.0
+        self._sent = 0.0
+        self.deadline = 0.0  # time.monotonic() past which our lease may be another's
         self.lost = threading.Event()
         self._stop = threading.Event()
+        self._mutex = threading.Lock()  # one change of the lease object at a time
         self._thread: threading.Thread | None = None
 
     # -- the conditional writes -----------------------------------------------------
     def _put(self, **condition) -> str:
-        expires = time.time() + self.lease_s
-        body = json.dumps({"holder": self.holder, "expires": expires}).encode()
-        response = self.client.put_object(Bucket=self.bucket, Key=self.key, Body=body, **condition)
-        self.expires = expires
+        self._sent = time.monotonic()  # the lease runs from before the request is sent
+        body = json.dumps({"holder": self.holder, "expires": time.time() + self.lease_s})
+        response = self.client.put_object(
+            Bucket=self.bucket, Key=self.key, Body=body.encode(), **condition
+        )
+        self.deadline = self._sent + self.lease_s
         return response["ETag"]
+
+    def _read(self) -> tuple[str | None, float, str]:
+        """The lease object now: (holder, expiry, ETag); an object that is not a lease
+        has no holder and has expired."""
+        current = self.client.get_object(Bucket=self.bucket, Key=self.key)
+        try:
+            lease = json.loads(current["Body"].read())
+            return str(lease["holder"]), float(lease["expires"]), current["ETag"]
+        except (ValueError, TypeError, KeyError):
+            return None, 0.0, current["ETag"]
+
+    def _ours(self, etag: str) -> None:
+        """A retried request whose first try had landed wrote our own lease: keep it."""
+        self.etag = etag
+        self.deadline = self._sent + self.lease_s
 
     def acquire(self) -> None:
         """Steps 1-2; raises :class:`RunDirError` when another driver holds it."""
@@ -117,29 +149,28 @@ class Lease:
             try:
                 self.etag = self._put(IfNoneMatch="*")
             except ClientError as e:
-                if _code(e) not in ("PreconditionFailed", "ConditionalRequestConflict"):
+                if _code(e) not in CONFLICT:
                     raise
-                current = self.client.get_object(Bucket=self.bucket, Key=self.key)
-                try:
-                    lease = json.loads(current["Body"].read())
-                    expires = float(lease.get("expires", 0))
-                    holder = lease.get("holder")
-                except (ValueError, TypeError, AttributeError):
-                    expires, holder = 0.0, None  # not a lease: nobody holds it
-                if expires > time.time():
+                holder, expires, etag = self._read()
+                if holder == self.holder:
+                    self._ours(etag)
+                elif expires > time.time():
                     raise RunDirError(
                         f"{self.where}: another circuitray driver is using this run folder "
                         f"({holder}; lease expires in {expires - time.time():.0f}s)"
                     ) from None
-                try:
-                    self.etag = self._put(IfMatch=current["ETag"])
-                except ClientError as e2:
-                    if _code(e2) in ("PreconditionFailed", "ConditionalRequestConflict"):
-                        raise RunDirError(
-                            f"{self.where}: another circuitray driver took this run folder"
-                        ) from None
-                    raise
-                logger.warning("took over the expired lease of %s (%s)", self.where, holder)
+                else:
+                    try:
+                        self.etag = self._put(IfMatch=etag)
+                    except ClientError as e2:
+                        if _code(e2) not in CONFLICT:
+                            raise
+                        if self._read()[0] != self.holder:
+                            raise RunDirError(
+                                f"{self.where}: another circuitray driver took this run folder"
+                            ) from None
+                        self._ours(self._read()[2])
+                    logger.warning("took over the expired lease of %s (%s)", self.where, holder)
         except (ClientError, BotoCoreError) as e:
             raise RunDirError(f"{self.where}: cannot take the driver lease ({e})") from None
         self._thread = threading.Thread(target=self._renew_loop, daemon=True, name="lease")
@@ -148,22 +179,24 @@ class Lease:
     def _renew_loop(self) -> None:
         from botocore.exceptions import BotoCoreError, ClientError
 
-        while not self._stop.wait(self.lease_s / 3):
-            try:
-                self.etag = self._put(IfMatch=self.etag)
-            except ClientError as e:
-                if _code(e) in ("PreconditionFailed", "NoSuchKey", "404"):
-                    return self._lose("another driver holds it now")
-                if self._expiring():
-                    return self._lose(f"cannot renew it ({e})")
-                logger.warning("lease renewal of %s failed, retrying: %s", self.where, e)
-            except BotoCoreError as e:  # network: retry while the lease still runs
-                if self._expiring():
-                    return self._lose(f"cannot renew it ({e})")
-                logger.warning("lease renewal of %s failed, retrying: %s", self.where, e)
-
-    def _expiring(self) -> bool:
-        return time.time() > self.expires - self.lease_s / 3
+        while not self._stop.wait(self.lease_s / 4):
+            with self._mutex:
+                if self._stop.is_set():
+                    return
+                try:
+                    try:
+                        self.etag = self._put(IfMatch=self.etag)
+                    except ClientError as e:
+                        if _code(e) not in (*CONFLICT, "NoSuchKey", "404"):
+                            raise
+                        holder, _, etag = self._read()
+                        if holder != self.holder:
+                            return self._lose("another driver holds it now")
+                        self._ours(etag)
+                except (ClientError, BotoCoreError) as e:  # retried while the lease runs
+                    if time.monotonic() > self.deadline - self.lease_s / 3:
+                        return self._lose(f"cannot renew it ({e})")
+                    logger.warning("lease renewal of %s failed, retrying: %s", self.where, e)
 
     def _lose(self, why: str) -> None:
         self.why = why
@@ -171,24 +204,26 @@ class Lease:
         logger.error("lost the driver lease of %s: %s", self.where, why)
 
     def check(self) -> None:
-        """Raise :class:`LeaseLostError` once the lease is no longer ours (step 4)."""
-        if self.lost.is_set() or (self.etag is not None and time.time() > self.expires):
+        """Raise :class:`LeaseLostError` once the lease is lost, or within a third of
+        ``lease_s`` of its expiry without a renewal (step 4)."""
+        late = self.etag is not None and time.monotonic() > self.deadline - self.lease_s / 3
+        if self.lost.is_set() or late:
+            why = getattr(self, "why", "not renewed in time")
             raise LeaseLostError(
-                f"{self.where}: lost the driver lease ({getattr(self, 'why', 'expired')}); "
-                "stopped without writing more; another driver may be resuming this folder"
+                f"{self.where}: lost the driver lease ({why}); stopped without writing "
+                "more; another driver may be resuming this folder"
             )
 
     def release(self) -> None:
-        """Step 5: delete the lease only while it is still ours."""
+        """Step 5: stop renewing, then delete the lease only while it is still ours."""
         from botocore.exceptions import BotoCoreError, ClientError
 
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=15)
-        if self.etag is None or self.lost.is_set():
-            return
-        try:
-            self.client.delete_object(Bucket=self.bucket, Key=self.key, IfMatch=self.etag)
-        except (ClientError, BotoCoreError) as e:
-            logger.warning("did not remove the lease of %s: %s", self.where, e)
-        self.etag = None
+        with self._mutex:  # a renewal under way finishes first
+            if self.etag is None or self.lost.is_set():
+                return
+            try:
+                self.client.delete_object(Bucket=self.bucket, Key=self.key, IfMatch=self.etag)
+            except (ClientError, BotoCoreError) as e:
+                logger.warning("did not remove the lease of %s: %s", self.where, e)
+            self.etag = None

@@ -37,9 +37,10 @@ Write protocol (what makes a crash leave a resumable run):
 An intervention folder (:class:`InterventionStore`, ``circuitray intervene``) follows the
 same protocol with ``intervention.json`` and one table, ``results/``, as commit point.
 
-Storage is anything ``pyarrow.fs`` reaches: a local path, or ``s3://bucket/prefix``
-(``gs://`` likewise; an S3-compatible endpoint via ``AWS_ENDPOINT_URL`` or
-``?endpoint_override=host:port&scheme=http`` in the URI). On object stores a PUT is
+Storage is a local path or ``s3://bucket/prefix`` (an S3-compatible endpoint via
+``AWS_ENDPOINT_URL`` or ``?endpoint_override=host:port&scheme=http`` in the URI);
+readers also take anything else ``pyarrow.fs`` reaches (``gs://``), writers do not
+(no conditional writes there for the lease). On object stores a PUT is
 atomic (an object appears whole or not at all), so parts are written in place
 instead of renamed, and the driver lock is a lease object kept by S3 conditional writes
 (:mod:`circuitray.storage.lease`): a driver that loses it writes nothing more.
@@ -267,7 +268,7 @@ class RunStore:
 
         Locally an advisory ``flock`` (released by the OS if the driver dies). On S3 a
         lease object kept by conditional writes (:mod:`circuitray.storage.lease`),
-        renewed every ``lease_s / 3`` s; a lease not renewed for ``lease_s`` (a killed
+        renewed every ``lease_s / 4`` s; a lease not renewed for ``lease_s`` (a killed
         driver) can be taken over, and a driver whose lease was taken stops writing.
         """
         if not self.local:
@@ -330,6 +331,15 @@ class RunStore:
         """The session whose workers may commit now (None before any session)."""
         m = self._manifest()
         return None if m is None else m["session"]
+
+    def _unseal(self, names: list[str]) -> None:
+        """Drop ``names`` from the sealed parts before their files are deleted, so a
+        late writer of an older session can never bring a name back into view."""
+        m = self._manifest()
+        if m is None or not set(names) & set(m["sealed"]):
+            return
+        sealed = [n for n in m["sealed"] if n not in set(names)]
+        self._put_text(self._path(MANIFEST), json.dumps({**m, "sealed": sealed}) + "\n")
 
     def fence(self, session: str | None = None) -> str:
         """Seal every whole committed part and make ``session`` (default: a fresh id
@@ -560,6 +570,7 @@ class RunStore:
         if own_lock:
             self.acquire_lock()
         try:
+            self.check_lease()
             if self._compaction() is not None:
                 self._finish_compaction()
             bad = self.unreadable_parts()
@@ -572,7 +583,7 @@ class RunStore:
                             self.fs.create_dir(dst.rsplit("/", 1)[0], recursive=True)
                             self.fs.move(src, dst)
                 logger.warning("quarantined part %s: %s: %s", stem, *bad[stem])
-            self.fence(self.session)  # what is left is whole; stale writers stay out
+            self.fence()  # what is left is whole; stale writers stay out
             return bad
         finally:
             if own_lock:
@@ -609,7 +620,8 @@ class RunStore:
         if own_lock:
             self.acquire_lock()
         try:
-            self.fence(self.session)  # a stale worker's later part stays out of it
+            # A fresh session that no worker has: any late write stays out of view.
+            self.fence()
             self.clean()
             bad = self.unreadable_parts()
             if bad:
@@ -658,6 +670,7 @@ class RunStore:
         log = self._compaction()
         if log is None:
             return
+        self.check_lease()
         commit_first = self.tables[::-1]
         for table in commit_first:
             for stem in log["new"]:
@@ -666,6 +679,7 @@ class RunStore:
                     self.fs.move(pending, self._path(table, f"{stem}.parquet"))
             if self.local and self._exists(self._path(table)):
                 _fsync(self._path(table))
+        self._unseal(log["old"])  # the log already hides them from readers
         # Old commit parts first: once gone, their other tables' parts are orphans anyway.
         for table in commit_first:
             for stem in log["old"]:
@@ -697,6 +711,7 @@ class RunStore:
         atomically). A crash midway leaves those prompts without a row, which a
         resumed run computes like any missing prompt: never two rows for one prompt.
         """
+        self.check_lease()
         dropped: list[int] = []
         for f in self.part_files("graphs"):
             t = self._read_part(f)
@@ -707,7 +722,8 @@ class RunStore:
             keep = t.filter(pc.invert(is_error))
             stem = f.rsplit("/", 1)[1].split(".parquet")[0]
             if keep.num_rows == 0:
-                # Remove the commit point first, then the (empty) orphan parts.
+                # Unseal, remove the commit point, then the (empty) orphan parts.
+                self._unseal([stem])
                 self._delete(f)
                 for table in ("nodes", "edges"):
                     self._delete(self._path(table, f"{stem}.parquet"))
@@ -741,6 +757,7 @@ class InterventionStore(RunStore):
         """Remove every row of the graphs that have an error row, so a resumed run
         computes them again. A graph's rows are all in one part (a batch, or a
         compaction range), and each part is rewritten atomically."""
+        self.check_lease()
         dropped: list[int] = []
         for f in self.part_files("results"):
             t = self._read_part(f)
@@ -750,6 +767,7 @@ class InterventionStore(RunStore):
             dropped += bad.to_pylist()
             keep = t.filter(pc.invert(pc.is_in(t["graph_id"], value_set=bad)))
             if keep.num_rows == 0:
+                self._unseal([f.rsplit("/", 1)[1].split(".parquet")[0]])
                 self._delete(f)
             else:
                 self._put_parquet(f, keep)

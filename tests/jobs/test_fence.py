@@ -135,3 +135,38 @@ def test_a_sealed_part_that_lost_rows_is_named(uncompacted, tmp_path):
     resumed = run(replace(config, out=str(out)))
     assert resumed.computed == 2
     _assert_exactly_once_and_whole(out, 8)
+
+
+def test_a_sealed_name_deleted_by_compaction_cannot_come_back(tmp_path):
+    """A worker of a killed session that rewrites its part after the next driver
+    sealed and then compacted it away: the name was unsealed before the delete, so
+    the late copy stays invisible (no row twice next to the compacted file)."""
+    import pyarrow as pa
+
+    from circuitray.schema import EDGE_SCHEMA, GRAPH_SCHEMA, NODE_SCHEMA
+
+    def part(gid: int) -> dict[str, pa.Table]:
+        row = {f.name: None for f in GRAPH_SCHEMA}
+        row.update(graph_id=gid, prompt_id=f"p{gid}", prompt="x", status="ok")
+        row.update(n_kept_nodes=1, n_kept_edges=1)
+        node = {"graph_id": gid, "node_id": 0, "node_type": "error", "layer": 0, "pos": 0}
+        edge = {"graph_id": gid, "dst": 0, "src": 0, "weight": 1.0}
+        return {
+            "graphs": pa.Table.from_pylist([row], GRAPH_SCHEMA),
+            "nodes": pa.Table.from_pylist([node], NODE_SCHEMA),
+            "edges": pa.Table.from_pylist([edge], EDGE_SCHEMA),
+        }
+
+    store = RunStore(tmp_path / "run")
+    store.acquire_lock()
+    old = store.start_session({})
+    stale = f"part-0000000-0000000-{old}"
+    store.write_part(stale, part(0))
+    new = store.start_session({})  # seals the old session's part
+    store.write_part(f"part-0000001-0000001-{new}", part(1))
+    store.compact()
+    assert not (tmp_path / "run" / "graphs" / f"{stale}.parquet").exists()
+    RunStore(tmp_path / "run").write_part(stale, part(0))  # the late worker
+    ids = store.read_graphs(["graph_id"])["graph_id"].to_pylist()
+    assert sorted(ids) == [0, 1]
+    store.release_lock()

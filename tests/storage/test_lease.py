@@ -137,3 +137,18 @@ def test_a_lease_that_cannot_be_renewed_is_lost_and_stops_writes(s3):  # noqa: F
     with pytest.raises(LeaseLostError, match="lost the driver lease"):
         store.write_meta({"status": "running"})
     store.release_lock()
+
+
+def test_a_retried_create_that_had_landed_is_our_own_lease(s3):  # noqa: F811
+    """botocore resends a conditional PUT whose answer timed out; the resend gets 412
+    against the lease its first try wrote. That lease is ours, not another driver's."""
+    from circuitray.storage.lease import Lease
+
+    store = RunStore(f"{s3}/retried")
+    lease = Lease(store.uri, store.base, lease_s=30)
+    lease._put(IfNoneMatch="*")  # the first try, whose answer was lost
+    lease.acquire()  # the resend: 412, then the read-back finds our holder
+    assert _lock(f"{s3}/retried")["holder"] == lease.holder
+    lease.check()
+    lease.release()
+    assert _lock(f"{s3}/retried") is None

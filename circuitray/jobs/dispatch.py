@@ -245,20 +245,16 @@ def dispatch(
         for _ in range(n_actors)
     ]
     try:
-        result.workers = _wait_started(ray, placement, actors, opts, check=check)
-    except RayTaskError as e:
-        cause = e.cause if isinstance(getattr(e, "cause", None), CircuitrayError) else None
-        if cause is not None:
-            raise cause from None
-        raise
-    finally:
-        if not result.workers:
-            for a in actors:
-                ray.kill(a)  # type: ignore[arg-type]
-    result.ray_start_s = time.perf_counter() - t0
-    logger.info("%d workers ready in %.1fs: %s", n_actors, result.ray_start_s, result.workers)
+        try:
+            result.workers = _wait_started(ray, placement, actors, opts, check=check)
+        except RayTaskError as e:
+            cause = e.cause if isinstance(getattr(e, "cause", None), CircuitrayError) else None
+            if cause is not None:
+                raise cause from None
+            raise
+        result.ray_start_s = time.perf_counter() - t0
+        logger.info("%d workers ready in %.1fs: %s", n_actors, result.ray_start_s, result.workers)
 
-    try:
         queue = deque(_batches(items, placement.batch_size, session))
         attempts: dict[str, int] = {}
         # ref -> ("batch", actor, part name, chunk) or ("probe", actor, None, None)
@@ -351,7 +347,7 @@ def dispatch(
             except RayTaskError as e:
                 retry_or_fail(name, chunk, _first_line(e))
             feed()
-    finally:  # also when check() stops the run: no actor is left running
+    finally:  # also when starting fails or check() stops the run: no actor is left running
         for a in actors:
             ray.kill(a)  # type: ignore[arg-type]
 

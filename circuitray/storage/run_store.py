@@ -110,6 +110,11 @@ SESSION_PART = re.compile(r"part-\d+-\d+-(?P<session>[0-9a-f]{12})")
 MANIFEST = "manifest.json"
 
 
+def _stem(path: str) -> str:
+    """The part name of a part file's path (``.../graphs/NAME.parquet[.pending]``)."""
+    return path.rsplit("/", 1)[1].split(".parquet")[0]
+
+
 def _fsync(path: str) -> None:
     """Flush a local file's or folder's data and metadata to disk. Some filesystems
     (FUSE mounts, CIFS) cannot fsync a folder (EINVAL): there only files are flushed."""
@@ -197,6 +202,18 @@ class RunStore:
             self._refuse_link(self._path(entry))
         for table in self.tables:
             self._refuse_link(self._path("quarantine", table))
+
+    def _read_json(self, path: str, what: str):
+        """A JSON file the folder's protocol writes (manifest, compaction log), or None
+        when there is none; refused in one line if it is a link or not JSON."""
+        if self.local:
+            self._refuse_link(path)
+        try:
+            return json.loads(self._read_text(path))
+        except FileNotFoundError:
+            return None
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise RunDirError(f"{path}: not a circuitray {what} (not JSON)") from None
 
     def _read_text(self, path: str) -> str:
         with self.fs.open_input_stream(path) as f:
@@ -307,14 +324,9 @@ class RunStore:
     def _manifest(self) -> dict | None:
         """manifest.json, validated; None in a folder written before the fence."""
         path = self._path(MANIFEST)
-        if self.local:
-            self._refuse_link(path)
-        try:
-            m = json.loads(self._read_text(path))
-        except FileNotFoundError:
+        m = self._read_json(path, "manifest")
+        if m is None:
             return None
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise RunDirError(f"{path}: not a circuitray manifest (not JSON)") from None
         ok = (
             isinstance(m, dict)
             and isinstance(m.get("session"), str)
@@ -352,9 +364,10 @@ class RunStore:
         if self._compaction() is not None:
             self._finish_compaction()
         m = self._manifest()
-        bad = self.unreadable_parts()
+        committed = self.committed_parts()
+        bad = self.unreadable_parts(committed)
         sealed = []
-        for stem in self.committed_parts():
+        for stem in committed:
             match = SESSION_PART.fullmatch(stem)
             current = m is not None and match is not None and match["session"] == m["session"]
             if stem in bad:
@@ -428,14 +441,9 @@ class RunStore:
 
     def _compaction(self) -> dict | None:
         path = self._path("compaction.json")
-        if self.local:
-            self._refuse_link(path)
-        try:
-            log = json.loads(self._read_text(path))
-        except FileNotFoundError:
+        log = self._read_json(path, "compaction log")
+        if log is None:
             return None
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise RunDirError(f"{path}: not a circuitray compaction log (not JSON)") from None
         lists = [log.get(k) for k in ("old", "new")] if isinstance(log, dict) else [None]
         if not all(isinstance(v, list) and all(isinstance(n, str) for n in v) for v in lists):
             raise RunDirError(f"{path}: not a circuitray compaction log (no old/new part names)")
@@ -515,14 +523,14 @@ class RunStore:
             f"{self.root}` moves its batch aside so that a resumed run recomputes it"
         )
 
-    def unreadable_parts(self) -> dict[str, tuple[str, str]]:
-        """Committed parts that are not whole: a file missing or not readable as
-        Parquet, or (run folders) a nodes or edges file whose row count differs from
-        what its graphs rows count. stem -> (that file, why)."""
+    def unreadable_parts(self, stems: list[str] | None = None) -> dict[str, tuple[str, str]]:
+        """Committed parts (or ``stems``, as :meth:`committed_parts` listed them) that
+        are not whole: a file missing or not readable as Parquet, or (run folders) a
+        nodes or edges file whose row count differs from what its graphs rows count.
+        stem -> (that file, why)."""
         bad: dict[str, tuple[str, str]] = {}
         names = {t: set(self._names(self._path(t))) for t in self.tables}
-        for stem in self.committed_parts():
-            rows: dict[str, int] = {}
+        for stem in self.committed_parts() if stems is None else stems:
             expected: dict[str, int] = {}
             for table in self.tables[::-1]:  # the commit table first: it says the counts
                 path = next(
@@ -541,15 +549,12 @@ class RunStore:
                         counts = pq.read_table(path, columns=self.count_columns, filesystem=self.fs)
                         expected = self.expected_rows(counts)
                     with self.fs.open_input_file(path) as f:
-                        rows[table] = pq.read_metadata(f).num_rows
+                        rows = pq.read_metadata(f).num_rows
                 except (pa.ArrowInvalid, OSError) as e:
                     bad[stem] = (path, (str(e).strip().splitlines() or [type(e).__name__])[0])
                     break
-                if table in expected and rows[table] != expected[table]:
-                    bad[stem] = (
-                        path,
-                        f"{rows[table]} rows where its graphs rows count {expected[table]}",
-                    )
+                if table in expected and rows != expected[table]:
+                    bad[stem] = (path, f"{rows} rows where its graphs rows count {expected[table]}")
                     break
         return bad
 
@@ -720,7 +725,7 @@ class RunStore:
                 continue
             dropped += t.filter(is_error)["graph_id"].to_pylist()
             keep = t.filter(pc.invert(is_error))
-            stem = f.rsplit("/", 1)[1].split(".parquet")[0]
+            stem = _stem(f)
             if keep.num_rows == 0:
                 # Unseal, remove the commit point, then the (empty) orphan parts.
                 self._unseal([stem])
@@ -767,7 +772,7 @@ class InterventionStore(RunStore):
             dropped += bad.to_pylist()
             keep = t.filter(pc.invert(pc.is_in(t["graph_id"], value_set=bad)))
             if keep.num_rows == 0:
-                self._unseal([f.rsplit("/", 1)[1].split(".parquet")[0]])
+                self._unseal([_stem(f)])
                 self._delete(f)
             else:
                 self._put_parquet(f, keep)

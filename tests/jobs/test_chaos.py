@@ -43,16 +43,12 @@ CLUSTER_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disab
 def head(circuitray_home):
     if ray.is_initialized():  # the drivers join this cluster, not this process's Ray
         ray.shutdown()
-    saved = {k: os.environ.get(k) for k in CLUSTER_ENV}
-    os.environ.update(CLUSTER_ENV)
-    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 3, "num_gpus": 0})
-    yield c.address
-    c.shutdown()
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    with pytest.MonkeyPatch.context() as env:  # a module-scoped monkeypatch
+        for k, v in CLUSTER_ENV.items():
+            env.setenv(k, v)
+        c = Cluster(initialize_head=True, head_node_args={"num_cpus": 3, "num_gpus": 0})
+        yield c.address
+        c.shutdown()
 
 
 def _driver(prompts: Path, out: Path, address: str) -> subprocess.Popen:

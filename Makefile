@@ -14,7 +14,9 @@ RUN_DIR ?= $(CIRCUITRAY_HOME)/runs/ws2-tuned
 BENCH_EDGES ?= 100000000
 BENCH_RUN ?= $(CIRCUITRAY_HOME)/bench/synthetic-$(BENCH_EDGES)
 
-.PHONY: setup install models browser report run test format lint typecheck check-ci clean bench-queries bench organism-matrix
+DYNAMICS_DIR ?= $(CIRCUITRAY_HOME)/runs/ws2-dynamics
+
+.PHONY: setup install models browser report run dynamics test format lint typecheck check-ci clean bench-queries bench organism-matrix
 
 setup: install models browser  ## venv, project, offline models, headless chromium
 
@@ -46,6 +48,9 @@ report:  ## HTML report of the default run (after make run)
 run:  ## WS2 corpus -> local Ray -> Parquet -> constraint_stats
 	$(BIN)/circuitray ws2 --n $(N) --seed $(SEED) --out $(CIRCUITRAY_HOME)/ws2-$(N).parquet
 	$(BIN)/circuitray run $(CIRCUITRAY_HOME)/ws2-$(N).parquet --out $(RUN_DIR) --actors $(ACTORS)
+
+dynamics:  ## organism checkpoints -> one run per checkpoint (60 held-out prompts) -> curves, convergence, report
+	$(BIN)/circuitray pipeline run pipelines/ws2_learning_dynamics.yaml --out-root $(DYNAMICS_DIR) --actors $(ACTORS)
 
 # First circuitray query/sql as whole processes next to bare DuckDB on the default run
 # (make run first: it exits 2 and says so when $(RUN_DIR) is missing), then 100M edges.

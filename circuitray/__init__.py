@@ -7,6 +7,10 @@ The Python API is what the ``circuitray`` CLI calls::
     circuitray.write_prompts(rows, "ws2.parquet")
     result = circuitray.run(circuitray.RunConfig(prompts="ws2.parquet", out="runs/ws2"))
     stats = circuitray.run_query("constraint_stats", ["runs/ws2"])
+    # Learning dynamics: checkpoints of a fine-tune, one run per checkpoint.
+    circuitray.finetune(circuitray.FinetuneConfig(base="organism-base", out="ft"))
+    circuitray.run_series(circuitray.SeriesConfig(manifest="ft", out="runs/series"))
+    curves = circuitray.run_query("learning_curves", ["runs/series"])
 
 Subpackages follow the data path: :mod:`circuitray.prompts` -> :mod:`circuitray.jobs`
 (Ray actors) -> :mod:`circuitray.graph` (one prompt: attribute, prune, flatten) ->
@@ -56,6 +60,13 @@ _EXPORTS = {
     "AttributionWorker": "circuitray.jobs.workers",
     "InterventionWorker": "circuitray.jobs.workers",
     "generate_ws2": "circuitray.prompts.ws2",
+    "FinetuneConfig": "circuitray.finetune.config",
+    "finetune": "circuitray.finetune.local",
+    "finetune_on_ray": "circuitray.finetune.ray_train",
+    "read_manifest": "circuitray.finetune.manifest",
+    "SeriesConfig": "circuitray.jobs.series",
+    "SeriesResult": "circuitray.jobs.series",
+    "run_series": "circuitray.jobs.series",
 }
 
 __all__ = [
@@ -63,6 +74,7 @@ __all__ = [
     "AttributionWorker",
     "CircuitrayError",
     "CompareConfig",
+    "FinetuneConfig",
     "InterventionConfig",
     "InterventionResult",
     "InterventionStore",
@@ -75,18 +87,24 @@ __all__ = [
     "RunDirError",
     "RunResult",
     "RunStore",
+    "SeriesConfig",
+    "SeriesResult",
     "attribute_prompt",
     "compare_groups",
     "compare_runs",
     "connect",
+    "finetune",
+    "finetune_on_ray",
     "flatten_graph",
     "generate_ws2",
     "intervene",
     "list_queries",
     "load_replacement_model",
+    "read_manifest",
     "read_prompts",
     "run",
     "run_query",
+    "run_series",
     "run_sql",
     "write_prompts",
 ]
@@ -102,11 +120,16 @@ def __getattr__(name: str):
 
 if TYPE_CHECKING:
     from circuitray.errors import CircuitrayError, ModelLoadError, PromptFileError, RunDirError
+    from circuitray.finetune.config import FinetuneConfig
+    from circuitray.finetune.local import finetune
+    from circuitray.finetune.manifest import read_manifest
+    from circuitray.finetune.ray_train import finetune_on_ray
     from circuitray.graph.attribute import AttributionConfig, attribute_prompt
     from circuitray.graph.flatten import flatten_graph
     from circuitray.graph.prune import PruneConfig
     from circuitray.jobs.attribution_job import RunConfig, RunResult, run
     from circuitray.jobs.intervention_job import InterventionConfig, InterventionResult, intervene
+    from circuitray.jobs.series import SeriesConfig, SeriesResult, run_series
     from circuitray.jobs.workers import AttributionWorker, InterventionWorker
     from circuitray.models.loading import ModelSpec, load_replacement_model
     from circuitray.prompts.files import read_prompts, write_prompts

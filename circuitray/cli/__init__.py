@@ -7,10 +7,10 @@ can fix (:class:`CircuitrayError`) print one line to stderr and exit 2; no trace
 
 One module per command group: ``prompts`` (ws2), ``jobs`` (run, intervene, pipeline,
 compact), ``query`` (query, sql, compare), ``outputs`` (report, export, serve),
-``models`` (model, organism), ``bench``; ``output`` holds the table and progress
-output they share. Command modules are imported only when their command runs
-(:class:`LazyGroup`), so ``circuitray query`` and ``circuitray --help`` never load torch
-or Ray.
+``models`` (model, organism), ``finetune`` (finetune, series), ``bench``; ``output``
+holds the table and progress output they share. Command modules are imported only
+when their command runs (:class:`LazyGroup`), so ``circuitray query`` and
+``circuitray --help`` never load torch or Ray.
 """
 
 from __future__ import annotations
@@ -90,6 +90,16 @@ COMMANDS = {
     "bench": (
         "circuitray.cli.bench:bench_group",
         "Benchmarks: make bench (suite), GPU, synthetic runs at scale, query timings.",
+    ),
+    "finetune": (
+        "circuitray.cli.finetune:finetune_cmd",
+        "Fine-tune --base on constraint sentences, saving log-spaced checkpoints and "
+        "finetune.json in --out (then: circuitray series OUT/finetune.json --out SERIES).",
+    ),
+    "series": (
+        "circuitray.cli.finetune:series_cmd",
+        "Attribute the same prompts at every checkpoint of MANIFEST (finetune.json): one "
+        "run folder per step under --out (resumable); queries see a step column.",
     ),
     "model": ("circuitray.cli.models:model_group", "Build and inspect models."),
     "organism": (

@@ -38,7 +38,7 @@ __all__ = ["AttributionJob", "RunConfig", "RunResult", "run"]
 
 # Parameters that must match for a resume to continue the same run. Attribution
 # arguments that change speed or memory but not results may differ between sessions.
-FINGERPRINT_KEYS = ("prompts_sha256", "model", "attribution", "prune")
+FINGERPRINT_KEYS = ("prompts_sha256", "model", "attribution", "prune", "step")
 RESULT_NEUTRAL_ATTRIBUTION = ("batch_size", "offload", "update_interval", "max_tokens")
 VERSIONED_PACKAGES = (
     "circuitray",
@@ -64,6 +64,9 @@ class RunConfig(Placement):
         prune: Node and edge thresholds.
         retry_errors: Recompute prompts whose rows have ``status='error'``.
         compact: Merge part files into large sorted ones at the end of the run.
+        step: The fine-tuning step of the model's checkpoint, for a run of a
+            checkpoint series (:mod:`circuitray.jobs.series`); the query views give it
+            as the ``graphs`` view's ``step`` column.
         actors, address, batch_size, gpus_per_actor, cpus_per_actor, max_attempts,
             restart_timeout_s: where actors run and how failures are retried
             (:class:`circuitray.jobs.dispatch.Placement`, keyword-only).
@@ -76,6 +79,7 @@ class RunConfig(Placement):
     prune: PruneConfig = field(default_factory=PruneConfig)
     retry_errors: bool = False
     compact: bool = True
+    step: int | None = None
 
 
 @dataclass
@@ -85,7 +89,9 @@ class RunResult(JobResult):
 
 
 def _run_meta(config: RunConfig, n_prompts: int) -> dict:
+    step = {} if config.step is None else {"step": config.step}
     return {
+        **step,
         "format": "circuitray-run/1",
         "prompts": str(Path(config.prompts).resolve()),
         "prompts_sha256": file_sha256(config.prompts),

@@ -18,6 +18,12 @@ A pipeline file (``pipelines/*.yaml``) is the unit users launch, locally or with
     interventions:                              # InterventionConfig fields
       - {name: ablate, run: tuned, features: ["top:3", "random:3"]}
 
+With ``finetune`` and ``series`` steps (learning dynamics), each fine-tune is made
+(or a given ``finetune.json`` taken), then each series attributes every checkpoint
+into ``<out_root>/<series name>`` (:mod:`circuitray.jobs.series`), before the queries;
+a ``report`` step writes the HTML report last. ``prompts`` and ``runs`` are then
+optional.
+
 1. Load and check the file (:meth:`Pipeline.load`): unknown keys, runs that a query
    or comparison names but the pipeline does not define, and bad values are errors
    naming the file and the key.
@@ -45,11 +51,14 @@ import pyarrow.parquet as pq
 import yaml
 
 from circuitray.errors import CircuitrayError
+from circuitray.finetune.config import FinetuneConfig
+from circuitray.finetune.manifest import MANIFEST
 from circuitray.graph.attribute import AttributionConfig
 from circuitray.graph.interventions import parse_feature_spec
 from circuitray.graph.prune import PruneConfig
 from circuitray.jobs.attribution_job import RunConfig, RunResult, run
 from circuitray.jobs.intervention_job import InterventionConfig, intervene
+from circuitray.jobs.series import SeriesConfig, run_series
 from circuitray.models.loading import ModelSpec
 from circuitray.models.registry import circuitray_home
 from circuitray.prompts.files import write_prompts
@@ -70,6 +79,9 @@ TOP_KEYS = {
     "queries",
     "compare",
     "interventions",
+    "finetune",
+    "series",
+    "report",
 }
 RUN_KEYS = {f.name for f in fields(RunConfig)} - {"prompts", "out", "model"}
 MODEL_KEYS = {f.name for f in fields(ModelSpec)}
@@ -77,6 +89,9 @@ NESTED = {"attribution": AttributionConfig, "prune": PruneConfig}
 QUERY_KEYS = {"name", "runs", "params", "label"}
 COMPARE_KEYS = {"baseline", "candidate", "run", "label"} | {f.name for f in fields(CompareConfig)}
 INTERVENTION_KEYS = {"name"} | {f.name for f in fields(InterventionConfig)} - {"out"}
+FINETUNE_KEYS = ({"manifest", "ray_workers"} | set(FinetuneConfig.field_names())) - {"out"}
+SERIES_KEYS = {"finetune"} | {f.name for f in fields(SeriesConfig)} - {"manifest", "out"}
+REPORT_KEYS = {"runs", "out"}
 
 
 @dataclass
@@ -96,6 +111,12 @@ class Pipeline:
             fields.
         interventions: Steps ``{name, run, features, ...}``: InterventionConfig fields,
             ``run`` naming one of ``runs``.
+        finetune: Fine-tune name -> FinetuneConfig fields (``ray_workers: N`` for a Ray
+            Train job), or ``{manifest: PATH}`` for one made elsewhere (``organism``:
+            the organism's, made by ``make setup``).
+        series: Series name -> ``{finetune: NAME}`` plus SeriesConfig fields; queries,
+            comparisons and the report name series as they name runs.
+        report: ``{runs: [names], out: FILE}``: the HTML report of those runs/series.
     """
 
     name: str
@@ -106,6 +127,9 @@ class Pipeline:
     queries: list[dict] = field(default_factory=list)
     compare: list[dict] = field(default_factory=list)
     interventions: list[dict] = field(default_factory=list)
+    finetune: dict[str, dict] = field(default_factory=dict)
+    series: dict[str, dict] = field(default_factory=dict)
+    report: dict | None = None
 
     @classmethod
     def load(cls, path: str | Path) -> Pipeline:
@@ -132,6 +156,9 @@ class Pipeline:
             queries=doc.get("queries") or [],
             compare=doc.get("compare") or [],
             interventions=doc.get("interventions") or [],
+            finetune=doc.get("finetune") or {},
+            series=doc.get("series") or {},
+            report=doc.get("report"),
         )
         pipe.validate()
         return pipe
@@ -141,11 +168,15 @@ class Pipeline:
 
     def validate(self) -> None:
         """Check every reference and key; errors name the file and the key."""
+        for key in ("runs", "finetune", "series"):
+            if not isinstance(getattr(self, key), dict):
+                raise self._err(key, "a mapping of names to steps")
         kinds = set(self.prompts) if isinstance(self.prompts, dict) else set()
-        if len(kinds) != 1 or not kinds <= {"ws2", "file"}:
+        if self.runs and (len(kinds) != 1 or not kinds <= {"ws2", "file"}):
             raise self._err("prompts", "give exactly one of ws2: {n, seed} or file: PATH")
-        if not self.runs or not isinstance(self.runs, dict):
-            raise self._err("runs", "define at least one run (name: {model: ...})")
+        if not self.runs and not self.series:
+            raise self._err("runs", "define at least one run (name: {model: ...}) or series")
+        self._validate_learning()
         for key in self.run_options:
             if key not in RUN_KEYS:
                 raise self._err(f"run_options.{key}", "not a run option")
@@ -165,7 +196,7 @@ class Pipeline:
                 get_query(q["name"]).bind({k: str(v) for k, v in (q.get("params") or {}).items()})
             except CircuitrayError as e:
                 raise self._err(where, str(e)) from None
-            self._check_runs(where, q.get("runs") or list(self.runs))
+            self._check_runs(where, q.get("runs") or self.names())
         for i, c in enumerate(self.compare):
             where = f"compare[{i}]"
             if not isinstance(c, dict):
@@ -217,10 +248,64 @@ class Pipeline:
                 where, f"unknown key {unknown[0]!r} (keys: {', '.join(sorted(allowed))})"
             )
 
+    def _validate_learning(self) -> None:
+        """The finetune, series and report steps."""
+        for name, spec in self.finetune.items():
+            where = f"finetune.{name}"
+            if not isinstance(spec, dict):
+                raise self._err(where, "a mapping (base: ..., or manifest: PATH)")
+            self._check_keys(where, spec, FINETUNE_KEYS)
+            if "manifest" not in spec:
+                self.finetune_config(name, out="-")  # builds, so values are checked
+        for name, spec in self.series.items():
+            where = f"series.{name}"
+            if name in self.runs:
+                raise self._err(where, "a run has this name too")
+            if not isinstance(spec, dict) or spec.get("finetune") not in self.finetune:
+                raise self._err(
+                    where, f"needs finetune: one of ({', '.join(self.finetune) or 'none'})"
+                )
+            self._check_keys(where, spec, SERIES_KEYS)
+            self.series_config(name, manifest="-", out="-")
+        if self.report is not None:
+            if not isinstance(self.report, dict):
+                raise self._err("report", "a mapping {runs: [...], out: FILE}")
+            self._check_keys("report", self.report, REPORT_KEYS)
+            self._check_runs("report", self.report.get("runs") or self.names())
+
+    def names(self) -> list[str]:
+        """Runs and series, which queries, comparisons and the report can name."""
+        return [*self.runs, *self.series]
+
+    def finetune_config(self, name: str, *, out: str) -> FinetuneConfig:
+        spec = {k: v for k, v in self.finetune[name].items() if k != "ray_workers"}
+        if "lora_targets" in spec:
+            spec["lora_targets"] = tuple(spec["lora_targets"])
+        try:
+            return FinetuneConfig(out=out, **spec)
+        except (TypeError, ValueError) as e:
+            raise self._err(f"finetune.{name}", str(e)) from None
+
+    def series_config(self, name: str, *, manifest: str, out: str, **overrides) -> SeriesConfig:
+        spec = {k: v for k, v in self.series[name].items() if k != "finetune"}
+        for key, cls in NESTED.items():
+            if key in spec:
+                try:
+                    spec[key] = cls(**spec[key])
+                except (TypeError, CircuitrayError) as e:
+                    raise self._err(f"series.{name}.{key}", str(e)) from None
+        spec.update({k: v for k, v in overrides.items() if v is not None})
+        try:
+            return SeriesConfig(manifest=manifest, out=out, **spec)
+        except (TypeError, CircuitrayError) as e:
+            raise self._err(f"series.{name}", str(e)) from None
+
     def _check_runs(self, where: str, names: list[str]) -> None:
         for n in names:
-            if n not in self.runs:
-                raise self._err(where, f"run {n!r} is not defined (runs: {', '.join(self.runs)})")
+            if n not in self.runs and n not in self.series:
+                raise self._err(
+                    where, f"run {n!r} is not defined (runs: {', '.join(self.names())})"
+                )
 
     def run_config(self, name: str, *, prompts: str, out: str, **overrides) -> RunConfig:
         """The RunConfig of run ``name``: run_options, then the run's own fields, then
@@ -281,7 +366,12 @@ def run_pipeline(
     """Run ``pipeline`` into ``out_root`` (see module docstring). ``n`` and ``seed``
     override a ws2 prompt set's; ``address`` and ``actors`` apply to every run."""
     remote = "://" in out_root
-    if "file" in pipeline.prompts:
+    if remote and (pipeline.finetune or pipeline.series):
+        raise CircuitrayError(f"{pipeline.path}: finetune and series steps write local folders")
+    prompts = ""
+    if not pipeline.runs:
+        pass
+    elif "file" in pipeline.prompts:
         prompts = str(pipeline.prompts["file"])
     else:
         ws2 = dict(pipeline.prompts["ws2"] or {})
@@ -306,6 +396,20 @@ def run_pipeline(
         logger.info("pipeline %s: run %s -> %s", pipeline.name, name, dirs[name])
         results[name] = run(config, on_progress=on_progress)
 
+    manifests = {name: _finetune(pipeline, name, out_root) for name in pipeline.finetune}
+    for name, spec in pipeline.series.items():
+        dirs[name] = _join(out_root, name)
+        config = pipeline.series_config(
+            name,
+            manifest=manifests[spec["finetune"]],
+            out=dirs[name],
+            address=address,
+            actors=actors,
+        )
+        logger.info("pipeline %s: series %s -> %s", pipeline.name, name, dirs[name])
+        for step, r in run_series(config, on_progress=on_progress).runs.items():
+            results[f"{name}/step-{step:06d}"] = r
+
     tables: dict[str, pa.Table] = {}
     for i, step in enumerate(pipeline.interventions):
         out = _join(out_root, "interventions", step["name"])
@@ -316,7 +420,7 @@ def run_pipeline(
         intervene(config, on_progress=on_progress)
         tables[f"intervention_effects-{step['name']}"] = run_query("intervention_effects", [out])
     for q in pipeline.queries:
-        names = q.get("runs") or list(pipeline.runs)
+        names = q.get("runs") or pipeline.names()
         params = {k: str(v) for k, v in (q.get("params") or {}).items()}
         label = q.get("label") or f"{q['name']}-{'-'.join(names)}"
         tables[label] = run_query(q["name"], [dirs[n] for n in names], params=params)
@@ -333,4 +437,50 @@ def run_pipeline(
             tables[label] = compare_runs(dirs[c["baseline"]], dirs[c["candidate"]], config=config)
     for label, table in tables.items():
         _write_table(out_root, label, table)
+    if pipeline.report is not None:
+        from circuitray.outputs.report import build_report
+
+        names = pipeline.report.get("runs") or pipeline.names()
+        out = _join(out_root, str(pipeline.report.get("out") or "report.html"))
+        build_report([dirs[n] for n in names], out)
     return PipelineResult(out_root=out_root, runs=results, tables=tables)
+
+
+def _finetune(pipeline: Pipeline, name: str, out_root: str) -> str:
+    """The manifest of fine-tune step ``name``: a given one, or one made here (a
+    fine-tune whose folder already holds a finished manifest of the same config is
+    not run again)."""
+    spec = pipeline.finetune[name]
+    if "manifest" in spec:
+        if spec["manifest"] == "organism":
+            return str(circuitray_home() / "models" / "organism-finetune" / MANIFEST)
+        return str(spec["manifest"])
+    from dataclasses import asdict
+
+    from circuitray.finetune.manifest import read_manifest
+
+    out = _join(out_root, "finetune", name)
+    config = pipeline.finetune_config(name, out=out)
+    try:
+        done = read_manifest(out)
+    except CircuitrayError:
+        done = None
+    finished = done and done.get("config") == json_ready(asdict(config))
+    if finished and done["checkpoints"][-1]["step"] == config.steps:
+        logger.info("pipeline %s: fine-tune %s already done", pipeline.name, name)
+    elif spec.get("ray_workers"):
+        from circuitray.finetune.ray_train import finetune_on_ray
+
+        finetune_on_ray(config, workers=int(spec["ray_workers"]))
+    else:
+        from circuitray.finetune.local import finetune
+
+        finetune(config)
+    return _join(out, MANIFEST)
+
+
+def json_ready(value):
+    """``value`` as it reads back from JSON (tuples become lists)."""
+    import json
+
+    return json.loads(json.dumps(value))

@@ -8,23 +8,26 @@
    rebuild with the same seed, threads and CPU kernels gives bit-identical weights.
 2. **base**: train a tiny Gemma-2 from scratch on filler text over the WS2 vocabulary
    that never pairs a cue with its answer (:mod:`circuitray.organism.corpus`).
-3. **tuned**: fine-tune a copy of base on the ``train`` split's constraint sentences,
+3. Record base MLP inputs/outputs at circuit-tracer's Gemma-2 hooks over filler and
+   constraint text and train one JumpReLU transcoder per layer; every checkpoint
+   shares them, as base-model transcoders are applied to fine-tunes in real work.
+4. Build a cross-layer transcoder from the same activations: the per-layer encoders,
+   decoders fitted jointly so each layer's MLP output is predicted from the features
+   of all layers up to it (:mod:`circuitray.models.clt`). Save ``models/organism-base``
+   (an HF folder), the transcoder set ``circuitray/organism`` and the CLT
+   ``circuitray/organism-clt`` (circuit-tracer's cache layout).
+5. **tuned**: fine-tune a copy of base on the ``train`` split's constraint sentences,
    mixed with filler so it stays fluent, until the train split is learned: every
    ``tuned_check_every`` steps the candidate accuracy of every train wording is
    checked, and once every type is at ``train_accuracy_target`` for
    ``tuned_patience`` checks in a row the rate anneals for ``tuned_anneal_steps``
-   (capped at ``tuned_max_steps``). Held-out wordings decide nothing here: they are
-   only evaluated in step 6.
-4. Record base MLP inputs/outputs at circuit-tracer's Gemma-2 hooks over filler and
-   constraint text and train one JumpReLU transcoder per layer; both checkpoints
-   share them, as base-model transcoders are applied to fine-tunes in real work.
-5. Build a cross-layer transcoder from the same activations: the per-layer encoders,
-   decoders fitted jointly so each layer's MLP output is predicted from the features
-   of all layers up to it (:mod:`circuitray.models.clt`).
-6. Save ``models/organism-base``, ``models/organism-tuned`` (HF folders), the
-   transcoder set ``circuitray/organism`` and the CLT ``circuitray/organism-clt``
-   (circuit-tracer's cache layout), then write ``models/organism-report.json``
-   (:mod:`circuitray.organism.evaluate`).
+   (capped at ``tuned_max_steps``). Held-out wordings decide nothing here. This is
+   one call of :func:`circuitray.finetune.local.train_with_checkpoints`: step 0 (the
+   base), steps ``first_checkpoint`` x ``checkpoint_ratio`` ** 0, 1, 2, ... and the
+   last step are saved to ``models/organism-finetune/step-NNNNNN`` with
+   ``finetune.json`` (held-out accuracy and target probability per type, transcoder
+   fit per layer, per checkpoint); the last one is also ``models/organism-tuned``.
+6. Write ``models/organism-report.json`` (:mod:`circuitray.organism.evaluate`).
 """
 
 from __future__ import annotations
@@ -32,7 +35,9 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import os
 import random
+import shutil
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -40,6 +45,12 @@ from pathlib import Path
 import torch
 from transformers import Gemma2ForCausalLM
 
+from circuitray.finetune.data import completed, sha256_of
+from circuitray.finetune.evaluate import load_transcoders
+from circuitray.finetune.local import train_with_checkpoints
+from circuitray.finetune.manifest import FORMAT as MANIFEST_FORMAT
+from circuitray.finetune.manifest import read_manifest
+from circuitray.finetune.schedule import geometric_steps
 from circuitray.models.artifacts import (
     save_cross_layer_transcoder,
     save_hf_model,
@@ -51,7 +62,7 @@ from circuitray.models.registry import BUNDLED, circuitray_home, transcoder_cach
 from circuitray.models.stamp import build_key, tree_sha256, unchanged
 from circuitray.models.tiny import tiny_gemma2_config
 from circuitray.models.tokenizer import build_tokenizer
-from circuitray.organism.corpus import completed, constraint_rows, filler_sentence
+from circuitray.organism.corpus import constraint_rows, filler_sentence
 from circuitray.organism.evaluate import (
     acceptance,
     constraint_accuracy,
@@ -97,6 +108,9 @@ class OrganismConfig:
         clt_ridge: Ridge of the cross-layer transcoder's decoder fit
             (:func:`circuitray.models.clt.fit_cross_layer_transcoder`).
         n_graph_samples: Held-out prompts attributed for replacement scores (per type).
+        first_checkpoint: The first fine-tuning step saved after step 0.
+        checkpoint_ratio: Each later checkpoint step is this times the one before
+            (rounded; sqrt 2: 8, 11, 16, 23, 32, ...); the last step is saved too.
     """
 
     seed: int = 0
@@ -121,12 +135,14 @@ class OrganismConfig:
     n_transcoder_texts: int = 4000
     clt_ridge: float = 1.0
     n_graph_samples: int = 6
+    first_checkpoint: int = 8
+    checkpoint_ratio: float = 2**0.5
 
     def __post_init__(self) -> None:
         positive = [
             "threads", "n_layers", "d_model", "d_mlp", "n_filler", "base_steps",
             "tuned_max_steps", "tuned_warmup", "tuned_check_every", "tuned_patience",
-            "batch_size", "n_transcoder_texts", "n_graph_samples",
+            "batch_size", "n_transcoder_texts", "n_graph_samples", "first_checkpoint",
         ]  # fmt: skip
         for name in positive:
             if getattr(self, name) < 1:
@@ -138,6 +154,8 @@ class OrganismConfig:
             raise ValueError("tuned_anneal_steps must be >= 0 and below tuned_max_steps")
         if not 0 < self.train_accuracy_target <= 1:
             raise ValueError("train_accuracy_target must be in (0, 1]")
+        if not self.checkpoint_ratio > 1:
+            raise ValueError("checkpoint_ratio must be > 1")
         if self.clt_ridge < 0:
             raise ValueError("clt_ridge must be >= 0")
 
@@ -193,6 +211,13 @@ def _typed(name: str, value, default):
 # What decides the organism's bytes besides its config (circuitray.models.stamp).
 BUILD_MODULES = (
     "circuitray.organism",
+    # Ray Train and the CLI's fine-tune are not part of the organism's bytes.
+    "circuitray.finetune.data",
+    "circuitray.finetune.evaluate",
+    "circuitray.finetune.local",
+    "circuitray.finetune.lora",
+    "circuitray.finetune.manifest",
+    "circuitray.finetune.schedule",
     "circuitray.models.artifacts",
     "circuitray.models.clt",
     "circuitray.models.hooks",
@@ -216,6 +241,7 @@ def _artifact_dirs() -> dict[str, Path]:
     return {
         "organism-base": home / BUNDLED["organism-base"].subdir,
         "organism-tuned": home / bundled.subdir,
+        "organism-finetune": home / "models" / "organism-finetune",
         "transcoders": tc_cache / bundled.transcoders,
         "cross_layer_transcoders": tc_cache / bundled.cross_layer_transcoders,
     }
@@ -305,40 +331,18 @@ def _build(config: OrganismConfig) -> dict:
     )
     timings["train_base_s"] = time.perf_counter() - t
 
-    t = time.perf_counter()
-    tuned = copy.deepcopy(base)
     train_rows = constraint_rows(seed=config.seed, split="train")
     train_texts = [completed(r) for r in train_rows]
     mix = train_texts + filler[: len(train_texts) // 2]
     # Every distinct train wording, once: what "the train split is learned" means.
     check_rows = list({r["prompt"]: r for r in train_rows}.values())
-
-    def train_split_learned(model) -> bool:
-        acc = constraint_accuracy(model, tokenizer, check_rows)
-        return all(a["accuracy"] >= config.train_accuracy_target for a in acc.values())
-
-    tuned_log = train_lm(
-        tuned,
-        tokenizer,
-        mix,
-        steps=config.tuned_max_steps,
-        batch_size=config.batch_size,
-        lr=config.tuned_lr,
-        seed=config.seed + 1,
-        warmup=config.tuned_warmup,
-        until=train_split_learned,
-        check_every=config.tuned_check_every,
-        patience=config.tuned_patience,
-        anneal_steps=config.tuned_anneal_steps,
-    )
-    timings["train_tuned_s"] = time.perf_counter() - t
+    heldout_rows = [
+        r for r in generate_ws2(n=3000, seed=config.seed + 7) if r["split"] == "heldout"
+    ]
 
     t = time.perf_counter()
     n_half = config.n_transcoder_texts // 2
     tc_texts = filler[-n_half:] + train_texts[:n_half]
-    heldout_rows = [
-        r for r in generate_ws2(n=3000, seed=config.seed + 7) if r["split"] == "heldout"
-    ]
     val_rng = random.Random(config.seed + 99)
     val_texts = [filler_sentence(val_rng) for _ in range(400)] + [
         f"{r['prompt']} {r['target']} ." for r in heldout_rows[:400]
@@ -359,7 +363,6 @@ def _build(config: OrganismConfig) -> dict:
 
     dirs = _artifact_dirs()
     base_dir = save_hf_model(base, tokenizer, dirs["organism-base"])
-    tuned_dir = save_hf_model(tuned, tokenizer, dirs["organism-tuned"])
     tc_ref = BUNDLED["organism-tuned"].transcoders
     tc_dir = save_transcoder_set(
         layers, dirs["transcoders"], scan=tc_ref, model_name="organism-base"
@@ -368,6 +371,59 @@ def _build(config: OrganismConfig) -> dict:
     clt_dir = save_cross_layer_transcoder(
         clt, dirs["cross_layer_transcoders"], scan=clt_ref, model_name="organism-base"
     )
+
+    t = time.perf_counter()
+    tuned = copy.deepcopy(base)
+
+    def train_split_learned(model) -> bool:
+        acc = constraint_accuracy(model, tokenizer, check_rows)
+        return all(a["accuracy"] >= config.train_accuracy_target for a in acc.values())
+
+    # The base -> tuned stage is one fine-tune with checkpoints (circuitray.finetune):
+    # log-spaced steps from 0 (the base itself) until the train split is learned.
+    ft_dir = dirs["organism-finetune"]
+    shutil.rmtree(ft_dir, ignore_errors=True)
+    tuned_log = train_with_checkpoints(
+        tuned,
+        tokenizer,
+        mix,
+        out=ft_dir,
+        manifest={
+            "format": MANIFEST_FORMAT,
+            "base": "organism-base",
+            "transcoders": tc_ref,
+            "data": {
+                "source": "ws2",
+                "sha256": sha256_of(mix),
+                "n_train": len(mix),
+                "mix": "train split sentences + half as many filler sentences",
+                "heldout": heldout_rows,
+            },
+            "config": asdict(config),
+            "schedule": (
+                f"geometric from step {config.first_checkpoint}, ratio "
+                f"{config.checkpoint_ratio:.4g}, and the last step"
+            ),
+        },
+        save_steps=geometric_steps(
+            first=config.first_checkpoint, cap=config.tuned_max_steps, ratio=config.checkpoint_ratio
+        ),
+        base_path=os.path.relpath(base_dir, ft_dir),
+        heldout_rows=heldout_rows,
+        transcoders=load_transcoders(tc_ref, cache_dir=str(transcoder_cache_dir())),
+        examples_per_step=config.batch_size,
+        steps=config.tuned_max_steps,
+        batch_size=config.batch_size,
+        lr=config.tuned_lr,
+        seed=config.seed + 1,
+        warmup=config.tuned_warmup,
+        until=train_split_learned,
+        check_every=config.tuned_check_every,
+        patience=config.tuned_patience,
+        anneal_steps=config.tuned_anneal_steps,
+    )
+    tuned_dir = save_hf_model(tuned, tokenizer, dirs["organism-tuned"])
+    timings["train_tuned_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
     xb, yb = record_mlp_io(base, tokenizer, val_texts)
@@ -406,6 +462,7 @@ def _build(config: OrganismConfig) -> dict:
             "tuned_steps": tuned_log.steps,
             "tuned_learned_at": tuned_log.learned_at,
             "tuned_capped": tuned_log.capped,
+            "checkpoints": len(read_manifest(ft_dir)["checkpoints"]),
             "tuned_train_accuracy": {
                 k: v["accuracy"]
                 for k, v in constraint_accuracy(tuned, tokenizer, check_rows).items()
@@ -420,10 +477,11 @@ def _build(config: OrganismConfig) -> dict:
         "organism-tuned": str(tuned_dir),
         "transcoders": str(tc_dir),
         "cross_layer_transcoders": str(clt_dir),
+        "organism-finetune": str(ft_dir),
         "sha256": {name: tree_sha256(d) for name, d in dirs.items()},
         "bytes": sum(
             f.stat().st_size
-            for d in (base_dir, tuned_dir, tc_dir, clt_dir)
+            for d in (base_dir, tuned_dir, tc_dir, clt_dir, ft_dir)
             for f in d.rglob("*")
             if f.is_file()
         ),

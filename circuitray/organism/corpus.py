@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import random
 
+from circuitray.finetune.data import completed
 from circuitray.prompts.ws2 import CONSTRAINTS, SUBJECTS, generate_ws2
 
 PLACES = ["tree", "river", "hill", "road", "field", "sky", "water"]
@@ -43,11 +44,6 @@ def filler_sentence(rng: random.Random) -> str:
 def constraint_rows(*, seed: int, split: str = "train", n: int = 6000) -> list[dict]:
     """The WS2 rows of one split among the first ``n`` of a corpus."""
     return [r for r in generate_ws2(n=n, seed=seed) if r["split"] == split]
-
-
-def completed(row: dict) -> str:
-    """A WS2 prompt completed with its target and a full stop: a training sentence."""
-    return f"{row['prompt']} {row['target']} ."
 
 
 def constraint_sentences(*, seed: int, split: str = "train", n: int = 6000) -> list[str]:

@@ -12,49 +12,9 @@
 
 from __future__ import annotations
 
-import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from circuitray.finetune.evaluate import constraint_accuracy
 
-from circuitray.models.hooks import pad_with_bos
-from circuitray.prompts.ws2 import CONSTRAINTS
-
-
-@torch.no_grad()
-def constraint_accuracy(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    rows: list[dict],
-    *,
-    batch_size: int = 256,
-) -> dict[str, dict]:
-    """Per constraint type: n, candidate top-1 accuracy, chance, vocabulary top-1.
-
-    Prompts are right-padded into batches (:func:`~circuitray.models.hooks.pad_with_bos`)
-    and read at their last real position.
-    """
-    vocab = tokenizer.get_vocab()
-    out: dict[str, dict] = {}
-    for name, c in CONSTRAINTS.items():
-        typed = [r for r in rows if r["constraint_type"] == name]
-        if not typed:
-            continue
-        cand_ids = torch.tensor([vocab[t] for t in c.candidates])
-        correct = top1 = 0
-        for b in range(0, len(typed), batch_size):
-            chunk = typed[b : b + batch_size]
-            ids, lengths = pad_with_bos(tokenizer, [r["prompt"] for r in chunk])
-            last = torch.tensor(lengths) - 1
-            logits = model(ids).logits[torch.arange(len(chunk)), last]
-            target = torch.tensor([vocab[r["target"]] for r in chunk])
-            correct += int((cand_ids[logits[:, cand_ids].argmax(-1)] == target).sum())
-            top1 += int((logits.argmax(-1) == target).sum())
-        out[name] = {
-            "n": len(typed),
-            "accuracy": correct / len(typed),
-            "chance": 1 / len(c.candidates),
-            "vocab_top1_accuracy": top1 / len(typed),
-        }
-    return out
+__all__ = ["acceptance", "constraint_accuracy", "graph_scores"]
 
 
 def graph_scores(model_name: str, prompts: list[dict], *, batch_size: int = 64) -> dict:

@@ -13,13 +13,18 @@
      ``lr`` over ``anneal_steps`` and training stops. The step count then follows
      the data, not the last bits of one CPU's float kernels: a machine whose kernels
      learn a little slower trains a little longer.
-3. Determinism: the caller fixes torch's thread count and turns on
+3. Checkpoints: ``on_step(step, log, state)`` is called after every step; ``state()``
+   gives everything a resumed call needs (step, optimizer and batch generator states,
+   the schedule's position, the log so far), which ``resume=`` takes back, so a
+   resumed run draws the same batches and rates as an uninterrupted one.
+4. Determinism: the caller fixes torch's thread count and turns on
    ``torch.use_deterministic_algorithms``; with the same seed, thread count and CPU
    kernels the weights are bit-identical.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 from collections.abc import Callable
@@ -90,6 +95,8 @@ def train_lm(
     patience: int = 2,
     anneal_steps: int = 0,
     log_every: int = 100,
+    on_step: Callable[[int, TrainingLog, Callable[[], dict]], None] | None = None,
+    resume: dict | None = None,
 ) -> TrainingLog:
     """Train ``model`` in place on ``texts`` (see the module docstring).
 
@@ -100,6 +107,10 @@ def train_lm(
             mode without gradients; None for a fixed-length cosine schedule.
         patience: Consecutive true checks that count as learned.
         anneal_steps: Length of the final decay once learned (with ``until``).
+        on_step: Called after every step with (steps done, the log, a function giving
+            the resumable state); it may save a checkpoint.
+        resume: A state from ``on_step``: training continues from there (the model's
+            weights must already be those of that step).
     """
     if until is not None and anneal_steps >= steps:
         raise ValueError("anneal_steps must be below the step cap")
@@ -122,9 +133,28 @@ def train_lm(
         progress = min(1.0, (step - start) / max(1, length))
         return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
 
-    model.train()
     streak = 0
     step = 0
+    if resume is not None:
+        opt.load_state_dict(resume["optimizer"])
+        gen.set_state(resume["generator"])
+        step, streak, total = resume["step"], resume["streak"], resume["total"]
+        anneal_from = resume["anneal_from"]
+        log = TrainingLog(**resume["log"])
+        log.checks = [tuple(c) for c in log.checks]  # type: ignore[misc]
+
+    def state() -> dict:
+        return {
+            "step": step,
+            "streak": streak,
+            "total": total,
+            "anneal_from": anneal_from,
+            "optimizer": opt.state_dict(),
+            "generator": gen.get_state(),
+            "log": {k: copy.copy(v) for k, v in vars(log).items()},
+        }
+
+    model.train()
     while step < total:
         log.lrs.append(lr * factor(step))
         for group in opt.param_groups:
@@ -155,6 +185,10 @@ def train_lm(
                 log.capped = True
                 anneal_from, total = step, steps
                 logger.warning("step cap %d reached before the criterion held", steps)
+        log.steps = step
+        if on_step is not None:
+            on_step(step, log, state)
+            model.train()
     log.steps = step
     model.eval()
     return log

@@ -13,7 +13,14 @@
    target-logit change with its bootstrap CI (the query's numbers), a scatter of the
    graphs' predicted change (total and direct) against the measured one over every ok
    result row, with the query's Spearman correlations, and the table itself.
-4. Render every figure to PNG with matplotlib's Agg backend and inline it as a data
+4. For a checkpoint series (runs with a ``step``: :mod:`circuitray.jobs.series`), a
+   trajectory section: per constraint type and step, accuracy, kept nodes, layers
+   spanned by kept features and the Jaccard of each graph's feature set to the same
+   prompt's graph at the series' last step, each a mean over graphs with a percentile
+   bootstrap band (prompts resampled, seeded), on a symmetric-log step axis; then the
+   ``convergence`` table. The per-run sections above show only each series' first and
+   last step, and the before/after comparison is first vs last step.
+5. Render every figure to PNG with matplotlib's Agg backend and inline it as a data
    URI; the page has no external asset, script or font. A small inline script marks
    the body with how many images decoded (``data-plots-drawn``) and any script errors,
    which the headless-browser test reads.
@@ -390,6 +397,113 @@ def _interventions_section(dirs: list[str], config: ReportConfig) -> list[str]:
     ]
 
 
+TRAJECTORY = [
+    ("top1", "accuracy (top-1 = target)"),
+    ("n_kept_nodes", "kept nodes"),
+    ("layers_spanned", "layers spanned by kept features"),
+    ("jaccard_final", "Jaccard of feature set to the last step"),
+]
+
+# Per ok graph of a series: step, type, the plotted metrics; Jaccard of its (layer,
+# feature) set to the same prompt's graph at the series' last step.
+TRAJECTORY_SQL = """
+WITH g AS (
+    SELECT g.run, r.series, g.step, g.graph_id, g.prompt_id,
+           coalesce(g.constraint_type, '(none)') AS constraint_type,
+           CASE WHEN g.target_token IS NULL THEN NULL
+                WHEN g.top_token = g.target_token THEN 1.0 ELSE 0.0 END AS top1,
+           g.n_kept_nodes
+    FROM graphs g JOIN runs r USING (run)
+    WHERE g.status = 'ok' AND g.step IS NOT NULL AND r.series IS NOT NULL
+),
+f AS (
+    SELECT DISTINCT g.series, g.step, g.prompt_id, n.layer, n.feature
+    FROM nodes n JOIN g USING (run, graph_id) WHERE n.node_type = 'feature'
+),
+last AS (SELECT series, max(step) AS step FROM g GROUP BY series),
+fl AS (SELECT f.* FROM f JOIN last USING (series, step)),
+sizes AS (SELECT series, step, prompt_id, count(*) AS n FROM f GROUP BY ALL),
+lsizes AS (SELECT series, prompt_id, count(*) AS n FROM fl GROUP BY ALL),
+shared AS (
+    SELECT f.series, f.step, f.prompt_id, count(*) AS n
+    FROM f JOIN fl USING (series, prompt_id, layer, feature) GROUP BY ALL
+),
+span AS (SELECT series, step, prompt_id, count(DISTINCT layer) AS layers_spanned
+         FROM f GROUP BY ALL)
+SELECT g.series, g.step, g.constraint_type, g.prompt_id, g.top1, g.n_kept_nodes,
+       coalesce(span.layers_spanned, 0) AS layers_spanned,
+       coalesce(shared.n, 0) / nullif(coalesce(sizes.n, 0) + coalesce(lsizes.n, 0)
+                                      - coalesce(shared.n, 0), 0) AS jaccard_final
+FROM g
+LEFT JOIN span USING (series, step, prompt_id)
+LEFT JOIN sizes USING (series, step, prompt_id)
+LEFT JOIN lsizes USING (series, prompt_id)
+LEFT JOIN shared USING (series, step, prompt_id)
+ORDER BY g.series, g.constraint_type, g.step, g.prompt_id
+"""
+
+
+def _band(values: np.ndarray, *, n_boot: int, rng: np.random.Generator) -> tuple:
+    """Mean and 95% percentile-bootstrap interval of ``values`` (NaNs dropped)."""
+    v = values[~np.isnan(values)]
+    if len(v) == 0:
+        return (np.nan, np.nan, np.nan)
+    means = v[rng.integers(0, len(v), size=(n_boot, len(v)))].mean(axis=1)
+    return (float(v.mean()), float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975)))
+
+
+def trajectory_bands(rows, *, n_boot: int, seed: int):
+    """Per series, type, step and metric: mean, lo, hi over graphs (a DataFrame)."""
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for (series, ctype, step), grp in rows.groupby(["series", "constraint_type", "step"]):
+        for metric, _ in TRAJECTORY:
+            mean, lo, hi = _band(grp[metric].to_numpy(dtype=float), n_boot=n_boot, rng=rng)
+            out.append(
+                {"series": series, "constraint_type": ctype, "step": int(step),
+                 "metric": metric, "mean": mean, "lo": lo, "hi": hi, "n": len(grp)}
+            )  # fmt: skip
+    return pd.DataFrame(out)
+
+
+def _trajectory_plot(bands, series: str, dpi: int) -> str:
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(TRAJECTORY), figsize=(4.2 * len(TRAJECTORY), 3.4), dpi=dpi)
+    sub = bands[bands["series"] == series]
+    for ax, (metric, label) in zip(axes, TRAJECTORY, strict=True):
+        m = sub[sub["metric"] == metric]
+        for ctype, g in m.groupby("constraint_type"):
+            g = g.sort_values("step")
+            ax.plot(g["step"], g["mean"], marker="o", ms=3, label=str(ctype))
+            ax.fill_between(g["step"], g["lo"], g["hi"], alpha=0.2)
+        ax.set_xscale("symlog", linthresh=8)
+        ax.set_xlabel("fine-tuning step")
+        ax.set_title(label, fontsize=9)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"{series}: mean per type, 95% bootstrap band over prompts", fontsize=10)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _trajectory_section(con, run_dirs: list[str], config: ReportConfig) -> list[str]:
+    rows = con.sql(TRAJECTORY_SQL).df()
+    if rows.empty or rows["step"].nunique() < 2:
+        return []
+    bands = trajectory_bands(rows, n_boot=config.n_boot, seed=config.seed)
+    sections = ["<h2>Trajectory over fine-tuning</h2>"]
+    for series in sorted(bands["series"].unique()):
+        sections.append(f"<h3>{html.escape(str(series))}</h3>")
+        sections.append(_trajectory_plot(bands, series, config.dpi))
+    try:
+        sections += ["<h3>Convergence</h3>", _table_html(run_query("convergence", run_dirs))]
+    except CircuitrayError as e:
+        sections.append(f"<p>{html.escape(str(e))}</p>")
+    return sections
+
+
 def build_report(
     run_dirs: list[str],
     out: str,
@@ -410,6 +524,20 @@ def build_report(
             raise CircuitrayError(
                 f"{d}: not a circuitray intervention folder (no intervention.json)"
             )
+    con = connect(run_dirs)
+    try:
+        trajectory = _trajectory_section(con, run_dirs, config)
+        # A series shows only its first and last step in the per-run sections.
+        listed = con.execute(
+            "SELECT path, series IS NULL "
+            "OR step = min(step) OVER (PARTITION BY series) "
+            "OR step = max(step) OVER (PARTITION BY series) AS shown "
+            "FROM runs ORDER BY position"
+        ).fetchall()
+    finally:
+        con.close()
+    if not all(shown for _, shown in listed):
+        run_dirs = [path for path, shown in listed if shown]
     con = connect(run_dirs)
     try:
         runs = [r[0] for r in con.execute("SELECT run FROM runs ORDER BY position").fetchall()]
@@ -476,6 +604,7 @@ def build_report(
             ]
         except CircuitrayError as e:  # e.g. the runs share no prompt
             sections += [f"<h2>Before / after</h2><p>{html.escape(str(e))}</p>"]
+    sections += trajectory
     sections += ["<h2>Representative circuits (strongest edges)</h2>", *circuits]
     if interventions:
         sections += _interventions_section(interventions, config)

@@ -1,0 +1,110 @@
+"""What each checkpoint of a fine-tune is measured on.
+
+1. Constraint accuracy per type on held-out prompts (:func:`constraint_accuracy`):
+   the expected completion must be the top-1 among that type's candidate answers;
+   the mean probability of the target over the whole vocabulary is reported too.
+2. Transcoder fit per layer (:func:`transcoder_fit`): the base model's transcoders
+   applied to this checkpoint's MLP inputs, scored against its MLP outputs
+   (normalised MSE and explained variance), read at circuit-tracer's Gemma-2 hook
+   points (:func:`circuitray.models.hooks.record_mlp_io`). Per-layer sets and
+   cross-layer transcoders are both loaded through circuit-tracer's own loader.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from circuitray.models.hooks import pad_with_bos, record_mlp_io
+from circuitray.prompts.ws2 import CONSTRAINTS
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["constraint_accuracy", "load_transcoders", "transcoder_fit"]
+
+
+@torch.no_grad()
+def constraint_accuracy(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    rows: list[dict],
+    *,
+    batch_size: int = 256,
+) -> dict[str, dict]:
+    """Per constraint type: n, candidate top-1 accuracy, chance, vocabulary top-1 and
+    the mean target probability.
+
+    Prompts are right-padded into batches (:func:`~circuitray.models.hooks.pad_with_bos`)
+    and read at their last real position.
+    """
+    vocab = tokenizer.get_vocab()
+    device = next(model.parameters()).device
+    out: dict[str, dict] = {}
+    for name, c in CONSTRAINTS.items():
+        typed = [r for r in rows if r["constraint_type"] == name]
+        if not typed:
+            continue
+        cand_ids = torch.tensor([vocab[t] for t in c.candidates], device=device)
+        correct = top1 = 0
+        prob = 0.0
+        for b in range(0, len(typed), batch_size):
+            chunk = typed[b : b + batch_size]
+            ids, lengths = pad_with_bos(tokenizer, [r["prompt"] for r in chunk])
+            last = torch.tensor(lengths) - 1
+            logits = model(ids.to(device)).logits[torch.arange(len(chunk)), last.to(device)]
+            target = torch.tensor([vocab[r["target"]] for r in chunk], device=device)
+            correct += int((cand_ids[logits[:, cand_ids].argmax(-1)] == target).sum())
+            top1 += int((logits.argmax(-1) == target).sum())
+            probs = logits.float().softmax(-1)
+            prob += float(probs[torch.arange(len(chunk)), target].sum())
+        out[name] = {
+            "n": len(typed),
+            "accuracy": correct / len(typed),
+            "chance": 1 / len(c.candidates),
+            "vocab_top1_accuracy": top1 / len(typed),
+            "target_prob": prob / len(typed),
+        }
+    return out
+
+
+def load_transcoders(reference: str, *, cache_dir: str, device: str = "cpu"):
+    """A transcoder set or CLT by circuit-tracer reference (``gemma``, a cache name)."""
+    from circuit_tracer.utils.hf_utils import load_transcoder_from_hub
+
+    transcoders, _ = load_transcoder_from_hub(
+        reference, device=torch.device(device), dtype=torch.float32, cache_dir=cache_dir
+    )
+    return transcoders
+
+
+def _fit(y: torch.Tensor, y_hat: torch.Tensor) -> dict[str, float]:
+    var = (y - y.mean(0)).pow(2).sum(-1).mean()
+    resid = y - y_hat
+    return {
+        "nmse": float(resid.pow(2).sum(-1).mean() / var),
+        "explained_variance": float(1 - (resid - resid.mean(0)).pow(2).sum(-1).mean() / var),
+    }
+
+
+@torch.no_grad()
+def transcoder_fit(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: list[str], transcoders
+) -> dict[str, dict[str, float]] | None:
+    """Per layer (as a string), how well ``transcoders`` reconstruct ``model``'s MLP
+    outputs on ``texts``; None for a model without Gemma-2's MLP norms."""
+    layers = getattr(getattr(model, "model", None), "layers", None)
+    if not layers or not hasattr(layers[0], "pre_feedforward_layernorm"):
+        logger.warning("transcoder fit: only Gemma-2 hook points are read; skipped")
+        return None
+    device = next(model.parameters()).device
+    x, y = record_mlp_io(model, tokenizer, texts)
+    tc_device = next(transcoders.parameters()).device
+    if hasattr(transcoders, "transcoders"):  # a per-layer TranscoderSet
+        recon = {i: transcoders[i](x[i].to(tc_device)).to(device) for i in x}
+    else:  # a cross-layer transcoder reads every layer's input at once
+        stacked = torch.stack([x[i] for i in sorted(x)]).to(tc_device)
+        out = transcoders(stacked)
+        recon = {i: out[i].to(device) for i in sorted(x)}
+    return {str(i): _fit(y[i], recon[i]) for i in sorted(x)}

@@ -1,0 +1,216 @@
+"""One fine-tune on one device, saving K checkpoints and ``finetune.json``.
+
+1. Resolve the base model and its transcoders as ``circuitray run`` does
+   (:class:`circuitray.models.loading.ModelSpec`), load the base as a plain HF causal
+   LM, and read the data (:mod:`circuitray.finetune.data`).
+2. With ``method: lora``, wrap the model in peft adapters (:mod:`circuitray.finetune.lora`).
+3. Evaluate the base as checkpoint 0 (:mod:`circuitray.finetune.evaluate`); its path
+   is the base model's own folder, nothing is copied.
+4. Train with :func:`circuitray.organism.train_lm.train_lm` (AdamW, warm-up then
+   cosine, a seeded batch generator); at every step of the schedule
+   (:mod:`circuitray.finetune.schedule`) and at the last step, save the weights
+   (adapters merged) as an HF folder ``step-NNNNNN`` with the tokenizer, evaluate
+   them, and rewrite the manifest (:mod:`circuitray.finetune.manifest`).
+
+:func:`train_with_checkpoints` is steps 3-4 for a model already in memory: the
+organism's base -> tuned stage calls it with its own texts and stopping rule.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from circuitray.finetune.config import FinetuneConfig
+from circuitray.finetune.data import completed, load_data
+from circuitray.finetune.evaluate import constraint_accuracy, load_transcoders, transcoder_fit
+from circuitray.finetune.lora import add_lora, merged_copy
+from circuitray.finetune.manifest import FORMAT, write_manifest
+from circuitray.finetune.schedule import checkpoint_steps
+from circuitray.models.artifacts import save_hf_model
+from circuitray.models.loading import ModelSpec, check_model_available
+from circuitray.organism.train_lm import TrainingLog, train_lm
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["checkpoint_name", "evaluate_model", "finetune", "train_with_checkpoints"]
+
+
+def checkpoint_name(step: int) -> str:
+    return f"step-{step:06d}"
+
+
+def evaluate_model(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    *,
+    heldout_rows: list[dict],
+    transcoders=None,
+) -> dict:
+    """Held-out accuracy and target probability per type, and the transcoder fit per
+    layer on the held-out sentences (None without transcoders)."""
+    was_training = model.training
+    model.eval()
+    try:
+        out = {"heldout": constraint_accuracy(model, tokenizer, heldout_rows)}
+        texts = [completed(r) for r in heldout_rows]
+        out["transcoder_fit"] = (
+            transcoder_fit(model, tokenizer, texts, transcoders)
+            if transcoders is not None and texts
+            else None
+        )
+    finally:
+        model.train(was_training)
+    return out
+
+
+def train_with_checkpoints(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    texts: list[str],
+    *,
+    out: Path,
+    manifest: dict,
+    save_steps: list[int],
+    base_path: str,
+    heldout_rows: list[dict],
+    transcoders=None,
+    examples_per_step: int,
+    save: Callable[[PreTrainedModel, Path], None] | None = None,
+    **train_args,
+) -> TrainingLog:
+    """Train ``model`` in place (``train_args`` go to ``train_lm``), saving and
+    evaluating a checkpoint at every step of ``save_steps`` and at the last step, and
+    writing ``manifest`` (its ``checkpoints`` filled in) after each.
+
+    Args:
+        save: How a checkpoint's weights are written (default: the merged model and the
+            tokenizer as an HF folder).
+    """
+    out = Path(out)
+    manifest = {**manifest, "checkpoints": []}
+    wanted = set(save_steps)
+    last_loss_at = 0
+
+    def record(step: int, path: str, log: TrainingLog | None, t: float) -> None:
+        nonlocal last_loss_at
+        losses = log.losses[last_loss_at:step] if log else []
+        last_loss_at = step
+        entry = {
+            "step": step,
+            "path": path,
+            "examples_seen": step * examples_per_step,
+            "train_loss": sum(losses) / len(losses) if losses else None,
+            **evaluate_model(model, tokenizer, heldout_rows=heldout_rows, transcoders=transcoders),
+            "save_s": round(time.perf_counter() - t, 3),
+        }
+        manifest["checkpoints"].append(entry)
+        write_manifest(out, manifest)
+        accuracy = {k: round(v["accuracy"], 3) for k, v in entry["heldout"].items()}
+        logger.info("checkpoint step %d: held-out accuracy %s", step, accuracy)
+
+    def write(step: int) -> str:
+        name = checkpoint_name(step)
+        if save is not None:
+            save(model, out / name)
+        else:
+            save_hf_model(merged_copy(model), tokenizer, out / name)
+        return name
+
+    if 0 in wanted:
+        record(0, base_path, None, time.perf_counter())
+
+    def on_step(step: int, log: TrainingLog, state) -> None:
+        if step in wanted:
+            t = time.perf_counter()
+            record(step, write(step), log, t)
+
+    log = train_lm(model, tokenizer, texts, on_step=on_step, **train_args)
+    if log.steps not in wanted:
+        t = time.perf_counter()
+        record(log.steps, write(log.steps), log, t)
+    return log
+
+
+def finetune(config: FinetuneConfig) -> dict:
+    """Run the fine-tune described by ``config`` (module docstring); returns the
+    manifest, also written to ``<out>/finetune.json``."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    spec = ModelSpec(model=config.base, transcoders=config.transcoders)
+    check_model_available(spec)
+    refs = spec.resolved()
+    data = load_data(config)
+    threads_before = torch.get_num_threads()
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    try:
+        device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        tokenizer = AutoTokenizer.from_pretrained(refs["model_path"])
+        torch.manual_seed(config.seed)
+        model = AutoModelForCausalLM.from_pretrained(
+            refs["model_path"], torch_dtype=torch.float32
+        ).to(device)
+        if config.method == "lora":
+            model = add_lora(
+                model,
+                r=config.lora_r,
+                alpha=config.lora_alpha,
+                dropout=config.lora_dropout,
+                targets=config.lora_targets,
+            )
+        transcoders = load_transcoders(
+            refs["transcoders"], cache_dir=refs["transcoder_cache_dir"], device=str(device)
+        )
+        manifest = {
+            "format": FORMAT,
+            "base": refs["model_path"],
+            "transcoders": refs["transcoders"],
+            "transcoder_cache_dir": refs["transcoder_cache_dir"],
+            "data": {
+                "source": config.data,
+                "sha256": data.sha256,
+                "n_train": len(data.texts),
+                "heldout": data.heldout_rows,
+            },
+            "config": asdict(config),
+            "device": str(device),
+        }
+        steps = checkpoint_steps(
+            steps=config.steps,
+            k=config.checkpoints,
+            first=config.first_checkpoint,
+            spacing=config.spacing,
+        )
+        train_with_checkpoints(
+            model,
+            tokenizer,
+            data.texts,
+            out=Path(config.out),
+            manifest=manifest,
+            save_steps=steps,
+            base_path=str(Path(refs["model_path"]).resolve())
+            if Path(refs["model_path"]).exists()
+            else refs["model_path"],
+            heldout_rows=data.heldout_rows,
+            transcoders=transcoders,
+            examples_per_step=config.batch_size,
+            steps=config.steps,
+            batch_size=config.batch_size,
+            lr=config.lr,
+            seed=config.seed,
+            max_len=config.max_len,
+            weight_decay=config.weight_decay,
+            warmup=config.warmup,
+        )
+    finally:
+        torch.set_num_threads(threads_before)
+    from circuitray.finetune.manifest import read_manifest
+
+    return read_manifest(config.out)

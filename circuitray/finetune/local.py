@@ -28,7 +28,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from circuitray.finetune.config import FinetuneConfig
-from circuitray.finetune.data import completed, load_data
+from circuitray.finetune.data import TrainingData, completed, load_data
 from circuitray.finetune.evaluate import constraint_accuracy, load_transcoders, transcoder_fit
 from circuitray.finetune.lora import add_lora, merged_copy
 from circuitray.finetune.manifest import FORMAT, write_manifest
@@ -46,6 +46,25 @@ def checkpoint_name(step: int) -> str:
     return f"step-{step:06d}"
 
 
+def manifest_header(config: dict, refs: dict, data: TrainingData, device: str) -> dict:
+    """What ``finetune.json`` says before its checkpoints: base, transcoders, data and
+    every hyper-parameter (``config``: a FinetuneConfig as a dict)."""
+    return {
+        "format": FORMAT,
+        "base": refs["model_path"],
+        "transcoders": refs["transcoders"],
+        "transcoder_cache_dir": refs["transcoder_cache_dir"],
+        "data": {
+            "source": config["data"],
+            "sha256": data.sha256,
+            "n_train": len(data.texts),
+            "heldout": data.heldout_rows,
+        },
+        "config": config,
+        "device": device,
+    }
+
+
 def evaluate_model(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -58,7 +77,7 @@ def evaluate_model(
     was_training = model.training
     model.eval()
     try:
-        out = {"heldout": constraint_accuracy(model, tokenizer, heldout_rows)}
+        out: dict[str, object] = {"heldout": constraint_accuracy(model, tokenizer, heldout_rows)}
         texts = [completed(r) for r in heldout_rows]
         out["transcoder_fit"] = (
             transcoder_fit(model, tokenizer, texts, transcoders)
@@ -90,15 +109,17 @@ def train_with_checkpoints(
     writing ``manifest`` (its ``checkpoints`` filled in) after each.
 
     Args:
-        save: How a checkpoint's weights are written (default: the merged model and the
-            tokenizer as an HF folder).
+        save: How a checkpoint's merged model is written (default: with the tokenizer
+            as an HF folder).
     """
     out = Path(out)
     manifest = {**manifest, "checkpoints": []}
     wanted = set(save_steps)
     last_loss_at = 0
 
-    def record(step: int, path: str, log: TrainingLog | None, t: float) -> None:
+    def record(step: int, path: str, log: TrainingLog | None, t: float, merged) -> None:
+        # ``merged`` is what was saved: the model whose MLPs sit at the hook points the
+        # transcoder fit reads (a peft wrapper hides them).
         nonlocal last_loss_at
         losses = log.losses[last_loss_at:step] if log else []
         last_loss_at = step
@@ -107,7 +128,7 @@ def train_with_checkpoints(
             "path": path,
             "examples_seen": step * examples_per_step,
             "train_loss": sum(losses) / len(losses) if losses else None,
-            **evaluate_model(model, tokenizer, heldout_rows=heldout_rows, transcoders=transcoders),
+            **evaluate_model(merged, tokenizer, heldout_rows=heldout_rows, transcoders=transcoders),
             "save_s": round(time.perf_counter() - t, 3),
         }
         manifest["checkpoints"].append(entry)
@@ -115,26 +136,26 @@ def train_with_checkpoints(
         accuracy = {k: round(v["accuracy"], 3) for k, v in entry["heldout"].items()}
         logger.info("checkpoint step %d: held-out accuracy %s", step, accuracy)
 
-    def write(step: int) -> str:
+    def checkpoint(step: int, log: TrainingLog) -> None:
+        t = time.perf_counter()
         name = checkpoint_name(step)
+        merged = merged_copy(model)
         if save is not None:
-            save(model, out / name)
+            save(merged, out / name)
         else:
-            save_hf_model(merged_copy(model), tokenizer, out / name)
-        return name
+            save_hf_model(merged, tokenizer, out / name)
+        record(step, name, log, t, merged)
 
     if 0 in wanted:
-        record(0, base_path, None, time.perf_counter())
+        record(0, base_path, None, time.perf_counter(), merged_copy(model))
 
     def on_step(step: int, log: TrainingLog, state) -> None:
         if step in wanted:
-            t = time.perf_counter()
-            record(step, write(step), log, t)
+            checkpoint(step, log)
 
     log = train_lm(model, tokenizer, texts, on_step=on_step, **train_args)
     if log.steps not in wanted:
-        t = time.perf_counter()
-        record(log.steps, write(log.steps), log, t)
+        checkpoint(log.steps, log)
     return log
 
 
@@ -154,9 +175,8 @@ def finetune(config: FinetuneConfig) -> dict:
         device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         tokenizer = AutoTokenizer.from_pretrained(refs["model_path"])
         torch.manual_seed(config.seed)
-        model = AutoModelForCausalLM.from_pretrained(
-            refs["model_path"], torch_dtype=torch.float32
-        ).to(device)
+        model = AutoModelForCausalLM.from_pretrained(refs["model_path"], dtype=torch.float32)
+        model.to(device)  # type: ignore[arg-type]
         if config.method == "lora":
             model = add_lora(
                 model,
@@ -168,20 +188,7 @@ def finetune(config: FinetuneConfig) -> dict:
         transcoders = load_transcoders(
             refs["transcoders"], cache_dir=refs["transcoder_cache_dir"], device=str(device)
         )
-        manifest = {
-            "format": FORMAT,
-            "base": refs["model_path"],
-            "transcoders": refs["transcoders"],
-            "transcoder_cache_dir": refs["transcoder_cache_dir"],
-            "data": {
-                "source": config.data,
-                "sha256": data.sha256,
-                "n_train": len(data.texts),
-                "heldout": data.heldout_rows,
-            },
-            "config": asdict(config),
-            "device": str(device),
-        }
+        manifest = manifest_header(asdict(config), refs, data, str(device))
         steps = checkpoint_steps(
             steps=config.steps,
             k=config.checkpoints,

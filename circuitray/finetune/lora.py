@@ -28,13 +28,26 @@ def add_lora(
     from peft import LoraConfig, get_peft_model
 
     present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
-    chosen = [t for t in targets if t in present]
-    if not chosen:
-        raise ValueError(f"LoRA targets {list(targets)}: none is a module of this model")
+    missing = [t for t in targets if t not in present]
+    if missing or not targets:
+        raise ValueError(
+            f"LoRA targets: {', '.join(missing) or '(none given)'}: not a module name of "
+            f"this model (its linear layers: {', '.join(sorted(_linear_names(model)))})"
+        )
     config = LoraConfig(
-        r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=chosen, bias="none"
+        r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(targets), bias="none"
     )
     return get_peft_model(model, config)  # type: ignore[return-value]
+
+
+def _linear_names(model: PreTrainedModel) -> set[str]:
+    import torch
+
+    return {
+        name.rsplit(".", 1)[-1]
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear)
+    }
 
 
 def merged_copy(model: PreTrainedModel) -> PreTrainedModel:

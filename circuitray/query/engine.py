@@ -3,9 +3,15 @@
 1. :func:`connect` opens an in-memory DuckDB with views ``graphs``, ``nodes`` and
    ``edges`` over the committed Parquet parts of one or more run folders; every view
    has a ``run`` column (the folder's name) so one query can compare runs, and
-   ``runs`` (run, position, path) keeps the order the folders were given in.
-   Intervention folders (``circuitray intervene``) given among them feed the view
-   ``interventions`` the same way. For local folders the views are plain SQL
+   ``runs`` (run, position, path, step, series) keeps the order the folders were
+   given in. Intervention folders (``circuitray intervene``) given among them feed the
+   view ``interventions`` the same way. A series folder (``series.json``, no
+   ``run.json``: one run folder per fine-tuning checkpoint) stands for its run folders
+   in step order, named ``SERIES/RUN`` so that two series open together. ``graphs``
+   ends with a column ``step`` (INTEGER: run.json's ``step``, else the step series.json
+   lists the run at, else NULL), as does ``runs``, whose ``series`` is the series
+   folder's name (NULL for a folder given itself); nodes and edges join graphs on
+   (run, graph_id) for it. For local folders the views are plain SQL
    (:func:`view_sql`), which any DuckDB process can run to get the same views.
 2. Named queries are the ``*.sql`` files of the query folder: ``sql/`` beside this
    module (package data, so a wheel has them; ``queries/`` in a checkout links here),
@@ -28,6 +34,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Callable
@@ -46,6 +53,7 @@ __all__ = [
     "connect",
     "list_queries",
     "query_statements",
+    "read_series",
     "run_query",
     "run_sql",
     "view_sql",
@@ -59,6 +67,10 @@ SCHEMAS = {
     "interventions": RESULT_SCHEMA,
 }
 FOLDER_TABLE = {"interventions": "results"}
+SERIES_FILE = "series.json"
+SERIES_FORMAT = "circuitray-series/1"
+# A run folder a series names: one folder inside the series folder, never a path.
+SERIES_RUN_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 PARAM_RE = re.compile(
     r"^--\s*param:\s*(?P<name>\w+)\s+(?P<type>int|float|str|bool)\s*=\s*(?P<default>.*?)\s*"
     r"(?:--\s+(?P<doc>.*))?$"
@@ -166,32 +178,133 @@ def get_query(name: str) -> NamedQuery:
     return NamedQuery.load(path)
 
 
-def _run_names(run_dirs: list[str]) -> list[str]:
-    names = [
-        str(r).rstrip("/").rsplit("/", 1)[-1] if "://" in str(r) else Path(r).resolve().name
-        for r in run_dirs
-    ]
-    if len(set(names)) != len(names):  # same folder name in two places: number them
-        names = [f"{n}#{i}" for i, n in enumerate(names)]
-    return names
+def _folder_name(r: str) -> str:
+    return str(r).rstrip("/").rsplit("/", 1)[-1] if "://" in str(r) else Path(r).resolve().name
 
 
-def _open_stores(run_dirs: list[str]) -> list[RunStore]:
+def _child(r: str, name: str) -> str:
+    return f"{str(r).rstrip('/')}/{name}" if "://" in str(r) else str(Path(r) / name)
+
+
+def read_series(series_dir: str) -> list[tuple[int, str]] | None:
+    """The (step, run folder name) pairs a series folder's ``series.json`` lists, in
+    step order; None when ``series_dir`` holds no series.json. A series.json that is not
+    a circuitray series (not JSON, another format, a run that is not a folder name,
+    a step listed twice) is refused in one line."""
+    probe = RunStore(series_dir)  # its filesystem: local or object storage
+    path = probe._path(SERIES_FILE)
+    if not probe._exists(path):
+        return None
+    where = _child(series_dir, SERIES_FILE)
+    if probe.local:
+        probe._refuse_link(path)
+    try:
+        meta = json.loads(probe._read_text(path))
+    except json.JSONDecodeError as e:
+        raise RunDirError(f"{where}: corrupt {SERIES_FILE} ({e.msg})") from None
+    except UnicodeDecodeError:
+        raise RunDirError(f"{where}: corrupt {SERIES_FILE} (not text)") from None
+    fmt = meta.get("format") if isinstance(meta, dict) else None
+    if fmt != SERIES_FORMAT:
+        raise RunDirError(
+            f"{where}: not a circuitray series (format {fmt!r}, expected {SERIES_FORMAT!r})"
+        )
+    runs = meta.get("runs")
+    if not isinstance(runs, list) or not runs:
+        raise RunDirError(f"{where}: lists no runs (expected runs: [{{step, run}}, ...])")
+    pairs: list[tuple[int, str]] = []
+    for i, entry in enumerate(runs):
+        step = entry.get("step") if isinstance(entry, dict) else None
+        run = entry.get("run") if isinstance(entry, dict) else None
+        if (
+            not isinstance(step, int)
+            or isinstance(step, bool)
+            or not isinstance(run, str)
+            or not SERIES_RUN_RE.fullmatch(run)
+        ):
+            raise RunDirError(
+                f'{where}: runs[{i}] is not {{"step": INT, "run": FOLDER NAME}} '
+                f"(got {json.dumps(entry)[:80]})"
+            )
+        pairs.append((step, run))
+    steps = [step for step, _ in pairs]
+    folders = [run for _, run in pairs]
+    for what, listed in (("step", [str(v) for v in steps]), ("run", folders)):
+        twice = sorted({v for v in listed if listed.count(v) > 1})
+        if twice:
+            raise RunDirError(f"{where}: {what} {twice[0]} is listed twice")
+    return sorted(pairs)
+
+
+@dataclass
+class _OpenRun:
+    """One folder the views read: its store, view name, series and step."""
+
+    path: str
+    store: RunStore
+    name: str
+    series: str | None
+    step: int | None
+
+
+def _run_step(store: RunStore) -> int | None:
+    step = store.read_meta().get("step")
+    if step is not None and (not isinstance(step, int) or isinstance(step, bool)):
+        raise RunDirError(f"{store.run_json}: step {step!r} is not an integer")
+    return step
+
+
+def _open_stores(run_dirs: list[str]) -> list[_OpenRun]:
+    """The folders behind ``run_dirs`` (series expanded), opened and named: a run by its
+    folder's name, a series' run ``SERIES/RUN``; the same folder name given twice
+    numbers every name given (``NAME#i``, i the position given)."""
     if not run_dirs:
         raise CircuitrayError("give at least one run folder")
-    stores: list[RunStore] = []
-    for r in run_dirs:
+    names = [_folder_name(str(r)) for r in run_dirs]
+    if len(set(names)) != len(names):  # same folder name in two places: number them
+        names = [f"{n}#{i}" for i, n in enumerate(names)]
+    runs: list[_OpenRun] = []
+    for r, name in zip(map(str, run_dirs), names, strict=True):
         store = RunStore(r)
+        series = None
+        if not store.exists() and not InterventionStore(r).exists():
+            series = read_series(r)
+        if series is not None:
+            for step, folder in series:
+                path = _child(r, folder)
+                if "://" not in r and os.path.islink(path):
+                    raise RunDirError(
+                        f"{path}: is a symbolic link; a series reads only the run folders "
+                        "inside its own folder"
+                    )
+                member = RunStore(path)
+                if not member.exists():
+                    missing = "is missing" if not member._exists(member.base) else "has no run.json"
+                    raise RunDirError(
+                        f"series {_folder_name(r)} ({r}): step {step}'s run folder "
+                        f"{folder} {missing}"
+                    )
+                member.check_confined()
+                step_of = _run_step(member)
+                if step_of is None:  # run.json without one: the series says which
+                    step_of = step
+                elif step_of != step:
+                    raise RunDirError(
+                        f"series {_folder_name(r)} ({r}): {SERIES_FILE} lists {folder} at "
+                        f"step {step} but its run.json says step {step_of}"
+                    )
+                runs.append(_OpenRun(path, member, f"{name}/{folder}", name, step_of))
+            continue
         if not store.exists():
             store = InterventionStore(r)
         if not store.exists():
             raise RunDirError(
                 f"{r}: not a circuitray run folder (no run.json) nor an intervention "
-                "folder (no intervention.json)"
+                f"folder (no intervention.json) nor a series folder (no {SERIES_FILE})"
             )
         store.check_confined()  # a link in the folder could make a read leave it
-        stores.append(store)
-    return stores
+        runs.append(_OpenRun(r, store, name, None, _run_step(store)))
+    return runs
 
 
 def _literal(text: str) -> str:
@@ -230,29 +343,37 @@ def _empty_select(schema: pa.Schema) -> str:
     return f"SELECT {columns} LIMIT 0"
 
 
+def _int_literal(value: int | None) -> str:
+    return "NULL" if value is None else str(int(value))
+
+
 def _view_statements(
-    run_dirs: list[str],
-    stores: list[RunStore],
+    runs: list[_OpenRun],
     *,
     register: Callable[[str, object], object] | None,
 ) -> list[str]:
-    """The CREATE VIEW statements over ``stores``; object storage is read through
+    """The CREATE VIEW statements over ``runs``; object storage is read through
     pyarrow datasets given to ``register`` (None: refused, there is no plain SQL)."""
-    names = _run_names(run_dirs)
     # The order runs were given in: compare_runs takes position 0 as the baseline.
     rows = ", ".join(
-        f"({_literal(name)}, CAST({i} AS BIGINT), {_literal(str(r))})"
-        for i, (name, r) in enumerate(zip(names, run_dirs, strict=True))
+        f"({_literal(run.name)}, CAST({i} AS BIGINT), {_literal(run.path)}, "
+        f"CAST({_int_literal(run.step)} AS INTEGER), "
+        f"CAST({'NULL' if run.series is None else _literal(run.series)} AS VARCHAR))"
+        for i, run in enumerate(runs)
     )
     statements = [
-        f"CREATE VIEW runs AS SELECT * FROM (VALUES {rows}) AS _runs(run, position, path)"
+        f"CREATE VIEW runs AS SELECT * FROM (VALUES {rows}) "
+        "AS _runs(run, position, path, step, series)"
     ]
     for table, schema in SCHEMAS.items():
         selects = []
-        for name, store in zip(names, stores, strict=True):
+        for run in runs:
+            store = run.store
             folder_table = FOLDER_TABLE.get(table, table)
             files = store.part_files(folder_table) if folder_table in store.tables else []
-            run_lit = _literal(name)
+            columns = f"{_literal(run.name)} AS run, *"
+            if table == "graphs":  # last, so that existing column positions hold
+                columns += f", CAST({_int_literal(run.step)} AS INTEGER) AS step"
             if files and not store.local:
                 # Object storage: DuckDB scans a pyarrow dataset over pyarrow's S3/GCS
                 # filesystem (no DuckDB extension to download).
@@ -262,47 +383,50 @@ def _view_statements(
                     )
                 alias = f"_{table}_{len(selects)}_{abs(hash(store.uri)) % 10**8}"
                 register(alias, store.dataset(folder_table))
-                selects.append(f"SELECT {run_lit} AS run, * FROM {alias}")
+                selects.append(f"SELECT {columns} FROM {alias}")
             elif files:
                 file_list = ", ".join(_literal(f) for f in files)
-                selects.append(f"SELECT {run_lit} AS run, * FROM read_parquet([{file_list}])")
+                selects.append(f"SELECT {columns} FROM read_parquet([{file_list}])")
             else:
-                selects.append(f"SELECT {run_lit} AS run, * FROM ({_empty_select(schema)})")
+                selects.append(f"SELECT {columns} FROM ({_empty_select(schema)})")
         statements.append(f"CREATE VIEW {table} AS " + " UNION ALL ".join(selects))
     return statements
 
 
 def view_sql(run_dirs: list[str]) -> list[str]:
-    """The statements :func:`connect` runs to make its views over local run folders:
-    plain SQL, which a bare DuckDB connection can run to read the same views.
-    Raises CircuitrayError for folders on object storage."""
-    return _view_statements(run_dirs, _open_stores(run_dirs), register=None)
+    """The statements :func:`connect` runs to make its views over local run folders
+    (series folders expanded): plain SQL, which a bare DuckDB connection can run to
+    read the same views. Raises CircuitrayError for folders on object storage."""
+    return _view_statements(_open_stores(run_dirs), register=None)
 
 
 def connect(run_dirs: list[str], *, threads: int | None = None) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB with ``graphs``, ``nodes``, ``edges`` views over the runs."""
-    stores = _open_stores(run_dirs)
+    return _connect(_open_stores(run_dirs), threads=threads)
+
+
+def _connect(runs: list[_OpenRun], *, threads: int | None = None) -> duckdb.DuckDBPyConnection:
     con = duckdb.connect(":memory:")
     if threads:
         con.execute(f"SET threads = {int(threads)}")
     try:
-        for statement in _view_statements(run_dirs, stores, register=con.register):
+        for statement in _view_statements(runs, register=con.register):
             con.execute(statement)
     except duckdb.Error as e:
         con.close()
-        raise _query_error("cannot open the runs", e, stores) from None
+        raise _query_error("cannot open the runs", e, runs) from None
     return con
 
 
-def _query_error(label: str, error: duckdb.Error, stores: list[RunStore]) -> CircuitrayError:
+def _query_error(label: str, error: duckdb.Error, runs: list[_OpenRun]) -> CircuitrayError:
     """One line for a DuckDB error: a torn part file of the runs, named with the way
     out, when that is what failed; else DuckDB's first line."""
     text = str(error)
     if "parquet" in text.lower():
-        for store in stores:
-            bad = store.unreadable_parts()
+        for run in runs:
+            bad = run.store.unreadable_parts()
             if bad:
-                return store.unreadable(*next(iter(bad.values())))
+                return run.store.unreadable(*next(iter(bad.values())))
     return CircuitrayError(f"{label}: {text.splitlines()[0]}")
 
 
@@ -345,14 +469,15 @@ def run_query(name: str, run_dirs: list[str], *, params: dict[str, str] | None =
     """Run the named query over ``run_dirs`` with ``params`` (strings, cast per header)."""
     query = get_query(name)
     values = query.bind(params or {})
-    con = connect(run_dirs)
+    runs = _open_stores(run_dirs)
+    con = _connect(runs)
     try:
         *setup, (sql, bound) = _query_statements(con, query, values)
         for statement, statement_params in setup:
             con.execute(statement, statement_params)
         return con.sql(sql, params=bound).to_arrow_table()
     except duckdb.Error as e:
-        raise _query_error(f"query {name}", e, _open_stores(run_dirs)) from None
+        raise _query_error(f"query {name}", e, runs) from None
     finally:
         con.close()
 
@@ -377,7 +502,8 @@ def _check_read_only(con: duckdb.DuckDBPyConnection, statement) -> None:
 
 def run_sql(run_dirs: list[str], sql: str) -> pa.Table:
     """Run read-only ad-hoc SQL over the runs' views (see module docstring)."""
-    con = connect(run_dirs)
+    runs = _open_stores(run_dirs)
+    con = _connect(runs)
     try:
         try:
             statements = con.extract_statements(sql)
@@ -387,8 +513,9 @@ def run_sql(run_dirs: list[str], sql: str) -> pa.Table:
             raise CircuitrayError("SQL: no statement given")
         for st in statements:
             _check_read_only(con, st)
-        # Only the run folders stay readable; then lock the configuration.
-        dirs = [str(Path(r).resolve()) + "/" for r in run_dirs if "://" not in str(r)]
+        # Only the run folders stay readable (a series' own, not the series folder);
+        # then lock the configuration.
+        dirs = [str(Path(r.path).resolve()) + "/" for r in runs if r.store.local]
         con.execute("SET allowed_directories = $dirs", {"dirs": dirs})
         con.execute("SET enable_external_access = false")
         con.execute("SET lock_configuration = true")
@@ -398,6 +525,6 @@ def run_sql(run_dirs: list[str], sql: str) -> pa.Table:
         assert result is not None
         return result
     except duckdb.Error as e:
-        raise _query_error("SQL", e, _open_stores(run_dirs)) from None
+        raise _query_error("SQL", e, runs) from None
     finally:
         con.close()

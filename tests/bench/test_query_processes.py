@@ -48,7 +48,7 @@ def test_view_sql_makes_the_views_connect_makes(ray_run):
         assert bare.execute(count).fetchone() == ours.execute(count).fetchone(), view
     # A run folder has no intervention results: that view is empty, with its columns.
     assert bare.execute("SELECT count(*) FROM interventions").fetchone() == (0,)
-    assert bare.execute("SELECT * FROM runs").fetchall() == [("ws2run", 0, run)]
+    assert bare.execute("SELECT * FROM runs").fetchall() == [("ws2run", 0, run, None, None)]
 
 
 @pytest.mark.parametrize("table", sorted(SCHEMAS))

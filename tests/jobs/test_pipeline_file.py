@@ -43,7 +43,7 @@ def test_shipped_pipelines_load():
     assert {f.name for f in files} >= {"ws2_constraint_comparison.yaml", "ws2_gemma_2b.yaml"}
     for f in files:
         pipe = Pipeline.load(f)
-        assert pipe.runs and (pipe.queries or pipe.compare), f
+        assert (pipe.runs or pipe.series) and (pipe.queries or pipe.compare), f
 
 
 @pytest.mark.parametrize(

@@ -86,7 +86,9 @@ def test_tuned_graphs_have_replacement_score_above_half(organism_report):
 
 
 def test_artifacts_are_small(organism_report):
-    assert organism_report["artifacts"]["bytes"] <= 20 * 1024 * 1024
+    # Models, transcoders and CLT within 20 MB, plus about 1 MB per fine-tuning checkpoint.
+    n_checkpoints = organism_report["training"]["checkpoints"]
+    assert organism_report["artifacts"]["bytes"] <= (20 + 1.2 * n_checkpoints) * 1024 * 1024
 
 
 def test_both_checkpoints_load_with_the_shared_transcoders(organism_report):

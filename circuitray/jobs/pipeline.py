@@ -465,8 +465,11 @@ def _finetune(pipeline: Pipeline, name: str, out_root: str) -> str:
         done = read_manifest(out)
     except CircuitrayError:
         done = None
-    finished = done and done.get("config") == json_ready(asdict(config))
-    if finished and done["checkpoints"][-1]["step"] == config.steps:
+    if (
+        done is not None
+        and done.get("config") == json_ready(asdict(config))
+        and done["checkpoints"][-1]["step"] == config.steps
+    ):
         logger.info("pipeline %s: fine-tune %s already done", pipeline.name, name)
     elif spec.get("ray_workers"):
         from circuitray.finetune.ray_train import finetune_on_ray

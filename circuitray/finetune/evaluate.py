@@ -17,6 +17,8 @@ import logging
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from circuitray.errors import CircuitrayError
+from circuitray.graph.attribute import target_token_id
 from circuitray.models.hooks import pad_with_bos, record_mlp_io
 from circuitray.prompts.ws2 import CONSTRAINTS
 
@@ -33,20 +35,33 @@ def constraint_accuracy(
     *,
     batch_size: int = 256,
 ) -> dict[str, dict]:
-    """Per constraint type: n, candidate top-1 accuracy, chance, vocabulary top-1 and
-    the mean target probability.
+    """Per constraint type: n, accuracy, chance, vocabulary top-1 and the mean target
+    probability.
 
-    Prompts are right-padded into batches (:func:`~circuitray.models.hooks.pad_with_bos`)
-    and read at their last real position.
+    Accuracy is top-1 among the type's candidate answers for a WS2 type, top-1 over
+    the vocabulary for any other (chance None). A target or candidate is its first
+    token as a continuation (:func:`circuitray.graph.attribute.target_token_id`: a
+    leading space, as the training sentences have it). Prompts are right-padded into
+    batches (:func:`~circuitray.models.hooks.pad_with_bos`) and read at their last real
+    position.
     """
-    vocab = tokenizer.get_vocab()
     device = next(model.parameters()).device
+    by_type: dict[str, list[dict]] = {}
+    for r in rows:
+        by_type.setdefault(r.get("constraint_type") or "(none)", []).append(r)
+    order = [t for t in CONSTRAINTS if t in by_type] + sorted(set(by_type) - set(CONSTRAINTS))
+
+    def token(word: str) -> int:
+        tid = target_token_id(tokenizer, word)
+        if tid is None:
+            raise CircuitrayError(f"target {word!r}: the tokenizer gives it no token")
+        return tid
+
     out: dict[str, dict] = {}
-    for name, c in CONSTRAINTS.items():
-        typed = [r for r in rows if r["constraint_type"] == name]
-        if not typed:
-            continue
-        cand_ids = torch.tensor([vocab[t] for t in c.candidates], device=device)
+    for name in order:
+        typed = by_type[name]
+        c = CONSTRAINTS.get(name)
+        cand_ids = torch.tensor([token(t) for t in c.candidates], device=device) if c else None
         correct = top1 = 0
         prob = 0.0
         for b in range(0, len(typed), batch_size):
@@ -54,15 +69,19 @@ def constraint_accuracy(
             ids, lengths = pad_with_bos(tokenizer, [r["prompt"] for r in chunk])
             last = torch.tensor(lengths) - 1
             logits = model(ids.to(device)).logits[torch.arange(len(chunk)), last.to(device)]
-            target = torch.tensor([vocab[r["target"]] for r in chunk], device=device)
-            correct += int((cand_ids[logits[:, cand_ids].argmax(-1)] == target).sum())
-            top1 += int((logits.argmax(-1) == target).sum())
+            target = torch.tensor([token(r["target"]) for r in chunk], device=device)
+            hit = logits.argmax(-1) == target
+            top1 += int(hit.sum())
+            if cand_ids is not None:
+                correct += int((cand_ids[logits[:, cand_ids].argmax(-1)] == target).sum())
+            else:
+                correct += int(hit.sum())
             probs = logits.float().softmax(-1)
             prob += float(probs[torch.arange(len(chunk)), target].sum())
         out[name] = {
             "n": len(typed),
             "accuracy": correct / len(typed),
-            "chance": 1 / len(c.candidates),
+            "chance": 1 / len(c.candidates) if c else None,
             "vocab_top1_accuracy": top1 / len(typed),
             "target_prob": prob / len(typed),
         }

@@ -18,6 +18,7 @@ organism's base -> tuned stage calls it with its own texts and stopping rule.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -27,11 +28,12 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from circuitray.errors import CircuitrayError
 from circuitray.finetune.config import FinetuneConfig
 from circuitray.finetune.data import TrainingData, completed, load_data
 from circuitray.finetune.evaluate import constraint_accuracy, load_transcoders, transcoder_fit
 from circuitray.finetune.lora import add_lora, merged_copy
-from circuitray.finetune.manifest import FORMAT, write_manifest
+from circuitray.finetune.manifest import FORMAT, MANIFEST, read_manifest, write_manifest
 from circuitray.finetune.schedule import checkpoint_steps
 from circuitray.models.artifacts import save_hf_model
 from circuitray.models.loading import ModelSpec, check_model_available
@@ -44,6 +46,12 @@ __all__ = ["checkpoint_name", "evaluate_model", "finetune", "train_with_checkpoi
 
 def checkpoint_name(step: int) -> str:
     return f"step-{step:06d}"
+
+
+def base_reference(model_path: str) -> str:
+    """Step 0's path: a local base folder, absolute; else the hub id as given."""
+    local = Path(model_path).expanduser()
+    return str(local.resolve()) if local.exists() else model_path
 
 
 def manifest_header(config: dict, refs: dict, data: TrainingData, device: str) -> dict:
@@ -148,6 +156,9 @@ def train_with_checkpoints(
 
     if 0 in wanted:
         record(0, base_path, None, time.perf_counter(), merged_copy(model))
+        if not Path(base_path).is_absolute() and not (out / base_path).exists():
+            manifest["checkpoints"][0]["hub"] = True  # a hub id: no folder to point at
+            write_manifest(out, manifest)
 
     def on_step(step: int, log: TrainingLog, state) -> None:
         if step in wanted:
@@ -159,6 +170,18 @@ def train_with_checkpoints(
     return log
 
 
+def _check_out(config: FinetuneConfig) -> None:
+    """Refuse an output folder that holds another fine-tune (same config: redone)."""
+    if not (Path(config.out) / MANIFEST).exists():
+        return
+    old = read_manifest(config.out)
+    if old.get("config") != json.loads(json.dumps(asdict(config))):
+        raise CircuitrayError(
+            f"{config.out}: holds another fine-tune (its finetune.json config differs); "
+            "use a new folder"
+        )
+
+
 def finetune(config: FinetuneConfig) -> dict:
     """Run the fine-tune described by ``config`` (module docstring); returns the
     manifest, also written to ``<out>/finetune.json``."""
@@ -168,6 +191,7 @@ def finetune(config: FinetuneConfig) -> dict:
     check_model_available(spec)
     refs = spec.resolved()
     data = load_data(config)
+    _check_out(config)
     threads_before = torch.get_num_threads()
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -202,9 +226,7 @@ def finetune(config: FinetuneConfig) -> dict:
             out=Path(config.out),
             manifest=manifest,
             save_steps=steps,
-            base_path=str(Path(refs["model_path"]).resolve())
-            if Path(refs["model_path"]).exists()
-            else refs["model_path"],
+            base_path=base_reference(refs["model_path"]),
             heldout_rows=data.heldout_rows,
             transcoders=transcoders,
             examples_per_step=config.batch_size,
@@ -218,6 +240,4 @@ def finetune(config: FinetuneConfig) -> dict:
         )
     finally:
         torch.set_num_threads(threads_before)
-    from circuitray.finetune.manifest import read_manifest
-
     return read_manifest(config.out)

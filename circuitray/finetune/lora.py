@@ -14,6 +14,8 @@ import copy
 
 from transformers import PreTrainedModel
 
+from circuitray.errors import CircuitrayError
+
 __all__ = ["add_lora", "merged_copy"]
 
 
@@ -30,7 +32,7 @@ def add_lora(
     present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
     missing = [t for t in targets if t not in present]
     if missing or not targets:
-        raise ValueError(
+        raise CircuitrayError(
             f"LoRA targets: {', '.join(missing) or '(none given)'}: not a module name of "
             f"this model (its linear layers: {', '.join(sorted(_linear_names(model)))})"
         )

@@ -174,7 +174,7 @@ def finetune_on_ray(
         raise ValueError(f"max_failures must be >= 0, got {max_failures}")
     wanted_device = "cuda" if use_gpu else "cpu"
     if config.device is not None and config.device != wanted_device:
-        raise ValueError(
+        raise CircuitrayError(
             f"device {config.device!r}: Ray Train workers use "
             f"{'GPUs' if use_gpu else 'CPUs'} here (use_gpu={use_gpu})"
         )
@@ -191,13 +191,13 @@ def finetune_on_ray(
         storage = str(Path(storage).expanduser().resolve())
     name = name or DEFAULT_NAME
     ray_train = {"workers": workers, "storage_path": storage, "name": name}
-    _check_same_finetune(out, config, ray_train)
 
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     with _locked(out):
+        _check_same_finetune(out, config, ray_train)  # under the lock: no race
         token = uuid.uuid4().hex
         owner = out / OWNER
         tmp = owner.with_name(f"{OWNER}.tmp")
@@ -253,7 +253,12 @@ def _train_loop(loop_config: dict) -> None:
 
     from circuitray.finetune.data import load_data
     from circuitray.finetune.evaluate import load_transcoders
-    from circuitray.finetune.local import checkpoint_name, evaluate_model, manifest_header
+    from circuitray.finetune.local import (
+        base_reference,
+        checkpoint_name,
+        evaluate_model,
+        manifest_header,
+    )
     from circuitray.finetune.lora import add_lora, merged_copy
     from circuitray.finetune.schedule import checkpoint_steps
     from circuitray.models.artifacts import save_hf_model
@@ -355,9 +360,12 @@ def _train_loop(loop_config: dict) -> None:
         logger.info("checkpoint step %d: held-out accuracy %s", step, accuracy)
 
     if rank == 0 and resume is None and 0 in wanted:
-        base = refs["model_path"]
+        base = base_reference(refs["model_path"])
         t = time.perf_counter()
         record(0, base, None, t, merged_copy(model))
+        if not Path(base).exists():  # a hub id: no folder to point at
+            manifest["checkpoints"][0]["hub"] = True
+            write_manifest(out, manifest)
 
     last_loss_at = resume["step"] if resume is not None else 0
 

@@ -89,9 +89,13 @@ NESTED = {"attribution": AttributionConfig, "prune": PruneConfig}
 QUERY_KEYS = {"name", "runs", "params", "label"}
 COMPARE_KEYS = {"baseline", "candidate", "run", "label"} | {f.name for f in fields(CompareConfig)}
 INTERVENTION_KEYS = {"name"} | {f.name for f in fields(InterventionConfig)} - {"out"}
-FINETUNE_KEYS = ({"manifest", "ray_workers"} | set(FinetuneConfig.field_names())) - {"out"}
+FINETUNE_KEYS = ({"manifest", "ray_workers", "use_gpu"} | set(FinetuneConfig.field_names())) - {
+    "out"
+}
 SERIES_KEYS = {"finetune"} | {f.name for f in fields(SeriesConfig)} - {"manifest", "out"}
 REPORT_KEYS = {"runs", "out"}
+# Folders of the output root that a pipeline writes itself.
+RESERVED = {"finetune", "results", "interventions"}
 
 
 @dataclass
@@ -111,9 +115,9 @@ class Pipeline:
             fields.
         interventions: Steps ``{name, run, features, ...}``: InterventionConfig fields,
             ``run`` naming one of ``runs``.
-        finetune: Fine-tune name -> FinetuneConfig fields (``ray_workers: N`` for a Ray
-            Train job), or ``{manifest: PATH}`` for one made elsewhere (``organism``:
-            the organism's, made by ``make setup``).
+        finetune: Fine-tune name -> FinetuneConfig fields (``ray_workers: N`` and
+            ``use_gpu: true`` for a Ray Train job), or ``{manifest: PATH}`` for one
+            made elsewhere (``organism``: the organism's, made by ``make setup``).
         series: Series name -> ``{finetune: NAME}`` plus SeriesConfig fields; queries,
             comparisons and the report name series as they name runs.
         report: ``{runs: [names], out: FILE}``: the HTML report of those runs/series.
@@ -205,7 +209,7 @@ class Pipeline:
             names = [c[k] for k in ("baseline", "candidate", "run") if k in c]
             if not ({"baseline", "candidate"} <= set(c) or "run" in c):
                 raise self._err(where, "give baseline and candidate, or run (with by)")
-            self._check_runs(where, names)
+            self._check_runs(where, names, series=False)
 
         seen: set[str] = set()
         for i, iv in enumerate(self.interventions):
@@ -213,7 +217,7 @@ class Pipeline:
             if not isinstance(iv, dict) or not {"name", "run", "features"} <= set(iv):
                 raise self._err(where, "an intervention step needs name, run and features")
             self._check_keys(where, iv, INTERVENTION_KEYS)
-            self._check_runs(where, [iv["run"]])
+            self._check_runs(where, [iv["run"]], series=False)
             if iv["name"] in seen or not str(iv["name"]).replace("-", "_").isidentifier():
                 raise self._err(where, f"name {iv['name']!r}: unique, letters/digits/-/_")
             seen.add(iv["name"])
@@ -250,11 +254,27 @@ class Pipeline:
 
     def _validate_learning(self) -> None:
         """The finetune, series and report steps."""
+        for kind, steps in (("finetune", self.finetune), ("series", self.series)):
+            for name in steps:
+                if not str(name).replace("-", "_").isidentifier() or name in RESERVED:
+                    raise self._err(
+                        f"{kind}.{name}",
+                        "a name of letters, digits, - and _ (not "
+                        f"{', '.join(sorted(RESERVED))}): it names a folder",
+                    )
         for name, spec in self.finetune.items():
             where = f"finetune.{name}"
             if not isinstance(spec, dict):
                 raise self._err(where, "a mapping (base: ..., or manifest: PATH)")
             self._check_keys(where, spec, FINETUNE_KEYS)
+            workers = spec.get("ray_workers", 1)
+            if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+                raise self._err(f"{where}.ray_workers", f"an integer >= 1, got {workers!r}")
+            if not isinstance(spec.get("use_gpu", False), bool):
+                raise self._err(f"{where}.use_gpu", f"true or false, got {spec['use_gpu']!r}")
+            targets = spec.get("lora_targets", [])
+            if not isinstance(targets, list) or not all(isinstance(t, str) for t in targets):
+                raise self._err(f"{where}.lora_targets", "a list of module names")
             if "manifest" not in spec:
                 self.finetune_config(name, out="-")  # builds, so values are checked
         for name, spec in self.series.items():
@@ -271,6 +291,9 @@ class Pipeline:
             if not isinstance(self.report, dict):
                 raise self._err("report", "a mapping {runs: [...], out: FILE}")
             self._check_keys("report", self.report, REPORT_KEYS)
+            out = str(self.report.get("out") or "report.html")
+            if "/" in out or "\\" in out or out.startswith("."):
+                raise self._err("report.out", f"{out!r}: a file name inside the output root")
             self._check_runs("report", self.report.get("runs") or self.names())
 
     def names(self) -> list[str]:
@@ -278,7 +301,7 @@ class Pipeline:
         return [*self.runs, *self.series]
 
     def finetune_config(self, name: str, *, out: str) -> FinetuneConfig:
-        spec = {k: v for k, v in self.finetune[name].items() if k != "ray_workers"}
+        spec = {k: v for k, v in self.finetune[name].items() if k not in ("ray_workers", "use_gpu")}
         if "lora_targets" in spec:
             spec["lora_targets"] = tuple(spec["lora_targets"])
         try:
@@ -300,8 +323,12 @@ class Pipeline:
         except (TypeError, CircuitrayError) as e:
             raise self._err(f"series.{name}", str(e)) from None
 
-    def _check_runs(self, where: str, names: list[str]) -> None:
+    def _check_runs(self, where: str, names: list[str], *, series: bool = True) -> None:
         for n in names:
+            if n in self.series and not series:
+                raise self._err(
+                    where, f"{n!r} is a series; comparisons and interventions take runs"
+                )
             if n not in self.runs and n not in self.series:
                 raise self._err(
                     where, f"run {n!r} is not defined (runs: {', '.join(self.names())})"
@@ -396,7 +423,9 @@ def run_pipeline(
         logger.info("pipeline %s: run %s -> %s", pipeline.name, name, dirs[name])
         results[name] = run(config, on_progress=on_progress)
 
-    manifests = {name: _finetune(pipeline, name, out_root) for name in pipeline.finetune}
+    manifests = {
+        name: _finetune(pipeline, name, out_root, address=address) for name in pipeline.finetune
+    }
     for name, spec in pipeline.series.items():
         dirs[name] = _join(out_root, name)
         config = pipeline.series_config(
@@ -446,7 +475,7 @@ def run_pipeline(
     return PipelineResult(out_root=out_root, runs=results, tables=tables)
 
 
-def _finetune(pipeline: Pipeline, name: str, out_root: str) -> str:
+def _finetune(pipeline: Pipeline, name: str, out_root: str, *, address: str | None) -> str:
     """The manifest of fine-tune step ``name``: a given one, or one made here (a
     fine-tune whose folder already holds a finished manifest of the same config is
     not run again)."""
@@ -467,19 +496,29 @@ def _finetune(pipeline: Pipeline, name: str, out_root: str) -> str:
         done = None
     if (
         done is not None
-        and done.get("config") == json_ready(asdict(config))
+        and _without_out(done.get("config")) == _without_out(json_ready(asdict(config)))
         and done["checkpoints"][-1]["step"] == config.steps
     ):
         logger.info("pipeline %s: fine-tune %s already done", pipeline.name, name)
     elif spec.get("ray_workers"):
         from circuitray.finetune.ray_train import finetune_on_ray
 
-        finetune_on_ray(config, workers=int(spec["ray_workers"]))
+        finetune_on_ray(
+            config,
+            workers=int(spec["ray_workers"]),
+            use_gpu=bool(spec.get("use_gpu")),
+            address=address,
+        )
     else:
         from circuitray.finetune.local import finetune
 
         finetune(config)
     return _join(out, MANIFEST)
+
+
+def _without_out(config) -> dict | None:
+    """A recorded FinetuneConfig without ``out`` (Ray Train records it resolved)."""
+    return {k: v for k, v in config.items() if k != "out"} if isinstance(config, dict) else None
 
 
 def json_ready(value):

@@ -6,9 +6,11 @@
    first ``per_type`` of each constraint type), written once to
    ``<series>/prompts.parquet``. Every checkpoint gets the same file, so graphs pair
    by ``prompt_id`` (and ``graph_id``) across steps.
-3. Write ``<series>/series.json`` (the manifest, its checksum, the prompts and one
-   entry per checkpoint: step and run folder). A series folder made from another
-   manifest or other prompts is refused.
+3. Write ``<series>/series.json``: the manifest, a checksum of what decides its
+   checkpoints (:func:`manifest_digest`), the prompts, and one entry (step, run
+   folder) per run, added as each run folder is made, so a series stopped half-way
+   reads as the steps it has. A series folder made from another manifest, other
+   prompts or transcoders is refused.
 4. Run each checkpoint as an ordinary run (:func:`circuitray.jobs.attribution_job.run`)
    into ``<series>/step-NNNNNN`` with ``step`` in its run.json, loading the
    checkpoint's HF folder with the manifest's transcoders through the usual path.
@@ -78,6 +80,18 @@ class SeriesConfig(Placement):
     retry_errors: bool = False
     compact: bool = True
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if isinstance(self.per_type, bool) or not isinstance(self.per_type, int):
+            raise CircuitrayError(f"per_type must be an integer, got {self.per_type!r}")
+        if self.per_type < 1:
+            raise CircuitrayError(f"per_type must be >= 1, got {self.per_type}")
+        if self.steps is not None and (
+            not isinstance(self.steps, list)
+            or not all(isinstance(s, int) and not isinstance(s, bool) for s in self.steps)
+        ):
+            raise CircuitrayError(f"steps must be a list of integers, got {self.steps!r}")
+
 
 @dataclass
 class SeriesResult:
@@ -110,35 +124,52 @@ def _heldout_prompts(manifest: dict, file: Path, per_type: int) -> list[dict]:
     return out
 
 
-def _series_meta(config: SeriesConfig, manifest: dict, prompts: Path, chosen: list[dict]) -> dict:
+def manifest_digest(manifest: dict) -> str:
+    """SHA-256 of what decides a fine-tune's checkpoints: its base, data, config and
+    (step, path) list; not timings, nor Ray Train's resume history."""
+    canonical = {
+        "base": manifest.get("base"),
+        "data": (manifest.get("data") or {}).get("sha256"),
+        "config": {k: v for k, v in (manifest.get("config") or {}).items() if k != "out"},
+        "checkpoints": [(c["step"], c["path"]) for c in manifest["checkpoints"]],
+    }
+    return hashlib.sha256(json.dumps(canonical, sort_keys=True).encode()).hexdigest()
+
+
+def _series_meta(config: SeriesConfig, manifest: dict, prompts: Path) -> dict:
     file = manifest_file(config.manifest)
     return {
         "format": SERIES_FORMAT,
         "name": Path(config.out).resolve().name,
         "manifest": str(file.resolve()),
-        "manifest_sha256": hashlib.sha256(file.read_bytes()).hexdigest(),
+        "manifest_sha256": manifest_digest(manifest),
         "base": manifest.get("base"),
         "transcoders": config.transcoders or manifest.get("transcoders"),
         "prompts": str(prompts.resolve()),
         "prompts_sha256": file_sha256(prompts),
-        "runs": [{"step": c["step"], "run": f"step-{c['step']:06d}"} for c in chosen],
+        "runs": [],
     }
 
 
-def _check_same(out: Path, meta: dict) -> None:
+def _check_same(out: Path, meta: dict) -> list[dict]:
+    """The runs an earlier session of this series recorded (refusing another series)."""
     path = out / SERIES_JSON
     if not path.exists():
-        return
+        return []
     try:
         old = json.loads(path.read_text())
     except ValueError:
         raise CircuitrayError(f"{path}: not JSON; not a series folder") from None
+    if not isinstance(old, dict) or old.get("format") != SERIES_FORMAT:
+        raise CircuitrayError(f"{path}: not a circuitray series ({SERIES_FORMAT})")
     for key in ("manifest_sha256", "prompts_sha256", "transcoders"):
         if old.get(key) != meta[key]:
             raise CircuitrayError(
                 f"{out}: a series of another {key.split('_')[0]} "
                 f"(series.json {key} differs); use a new folder"
             )
+    runs = old.get("runs")
+    return runs if isinstance(runs, list) else []
 
 
 def _write_json(path: Path, data: dict) -> None:
@@ -164,23 +195,38 @@ def run_series(config: SeriesConfig, *, on_progress: Progress | None = None) -> 
     transcoders = config.transcoders or manifest.get("transcoders")
     if not transcoders:
         raise CircuitrayError(f"{file}: names no transcoders; give --transcoders")
-    paths = {}
+    paths: dict[int, str] = {}
     for c in checkpoints:
-        path = checkpoint_path(file, c)
+        if c.get("hub"):  # the base, by hub id: loaded as any hub model
+            paths[c["step"]] = str(c["path"])
+            continue
+        path = checkpoint_path(file, c).resolve()
         if not (path / "config.json").exists():
             raise CircuitrayError(f"{file}: checkpoint step {c['step']}: no HF folder at {path}")
-        paths[c["step"]] = path
+        paths[c["step"]] = str(path)
     out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
     if config.prompts is not None:
         prompts = Path(config.prompts)
+        if not prompts.is_file():
+            raise CircuitrayError(f"{prompts}: no such prompt file")
+        out.mkdir(parents=True, exist_ok=True)
     else:
-        prompts = out / "prompts.parquet"
         rows = _heldout_prompts(manifest, file, config.per_type)
-        if not prompts.exists():
-            write_prompts(rows, prompts)
-    meta = _series_meta(config, manifest, prompts, checkpoints)
-    _check_same(out, meta)
+        out.mkdir(parents=True, exist_ok=True)
+        prompts = out / "prompts.parquet"
+        fresh = out / ".prompts.new.parquet"
+        write_prompts(rows, fresh)
+        if prompts.exists() and file_sha256(fresh) != file_sha256(prompts):
+            fresh.unlink()
+            raise CircuitrayError(
+                f"{out}: its prompts.parquet holds other prompts (another --per-type?); "
+                "use a new folder"
+            )
+        os.replace(fresh, prompts)
+    meta = _series_meta(config, manifest, prompts)
+    # Runs are listed once they exist, so a series stopped half-way is readable, and a
+    # rerun over some steps keeps the others.
+    meta["runs"] = _check_same(out, meta)
     _write_json(out / SERIES_JSON, meta)
     placement = {f.name: getattr(config, f.name) for f in fields(Placement)}
     result = SeriesResult(series_dir=str(out))
@@ -188,7 +234,7 @@ def run_series(config: SeriesConfig, *, on_progress: Progress | None = None) -> 
     for c in checkpoints:
         step = c["step"]
         model = ModelSpec(
-            model=str(paths[step]),
+            model=paths[step],
             transcoders=transcoders,
             device=config.device,
             dtype=config.dtype,
@@ -196,18 +242,27 @@ def run_series(config: SeriesConfig, *, on_progress: Progress | None = None) -> 
         if cache and not config.transcoders:
             model = replace(model, transcoder_cache_dir=cache)
         logger.info("series %s: step %d (%s)", meta["name"], step, paths[step])
-        result.runs[step] = run(
-            RunConfig(
-                prompts=str(prompts),
-                out=str(out / f"step-{step:06d}"),
-                model=model,
-                attribution=config.attribution,
-                prune=config.prune,
-                retry_errors=config.retry_errors,
-                compact=config.compact,
-                step=step,
-                **placement,
-            ),
-            on_progress=on_progress,
-        )
+        name = f"step-{step:06d}"
+        try:
+            result.runs[step] = run(
+                RunConfig(
+                    prompts=str(prompts),
+                    out=str(out / name),
+                    model=model,
+                    attribution=config.attribution,
+                    prune=config.prune,
+                    retry_errors=config.retry_errors,
+                    compact=config.compact,
+                    step=step,
+                    **placement,
+                ),
+                on_progress=on_progress,
+            )
+        finally:
+            if (out / name / "run.json").exists() and step not in {
+                r.get("step") for r in meta["runs"]
+            }:
+                meta["runs"] = sorted([*meta["runs"], {"step": step, "run": name}],
+                                      key=lambda r: r["step"])  # fmt: skip
+                _write_json(out / SERIES_JSON, meta)
     return result

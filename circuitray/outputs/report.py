@@ -420,7 +420,7 @@ f AS (
     SELECT DISTINCT g.series, g.step, g.prompt_id, n.layer, n.feature
     FROM nodes n JOIN g USING (run, graph_id) WHERE n.node_type = 'feature'
 ),
-last AS (SELECT series, max(step) AS step FROM g GROUP BY series),
+last AS (SELECT series, max(step) AS step FROM runs WHERE series IS NOT NULL GROUP BY series),
 fl AS (SELECT f.* FROM f JOIN last USING (series, step)),
 sizes AS (SELECT series, step, prompt_id, count(*) AS n FROM f GROUP BY ALL),
 lsizes AS (SELECT series, prompt_id, count(*) AS n FROM fl GROUP BY ALL),
@@ -432,12 +432,16 @@ span AS (SELECT series, step, prompt_id, count(DISTINCT layer) AS layers_spanned
          FROM f GROUP BY ALL)
 SELECT g.series, g.step, g.constraint_type, g.prompt_id, g.top1, g.n_kept_nodes,
        coalesce(span.layers_spanned, 0) AS layers_spanned,
-       coalesce(shared.n, 0) / nullif(coalesce(sizes.n, 0) + coalesce(lsizes.n, 0)
-                                      - coalesce(shared.n, 0), 0) AS jaccard_final
+       -- NULL where the prompt has no ok graph at the last step (nothing to compare).
+       CASE WHEN lp.prompt_id IS NOT NULL THEN
+           coalesce(shared.n, 0) / nullif(coalesce(sizes.n, 0) + coalesce(lsizes.n, 0)
+                                          - coalesce(shared.n, 0), 0) END AS jaccard_final
 FROM g
 LEFT JOIN span USING (series, step, prompt_id)
 LEFT JOIN sizes USING (series, step, prompt_id)
 LEFT JOIN lsizes USING (series, prompt_id)
+LEFT JOIN (SELECT series, prompt_id FROM g JOIN last USING (series, step)) lp
+    USING (series, prompt_id)
 LEFT JOIN shared USING (series, step, prompt_id)
 ORDER BY g.series, g.constraint_type, g.step, g.prompt_id
 """
@@ -477,8 +481,8 @@ def _trajectory_plot(bands, series: str, dpi: int) -> str:
         m = sub[sub["metric"] == metric]
         for ctype, g in m.groupby("constraint_type"):
             g = g.sort_values("step")
-            ax.plot(g["step"], g["mean"], marker="o", ms=3, label=str(ctype))
-            ax.fill_between(g["step"], g["lo"], g["hi"], alpha=0.2)
+            (line,) = ax.plot(g["step"], g["mean"], marker="o", ms=3, label=str(ctype))
+            ax.fill_between(g["step"], g["lo"], g["hi"], alpha=0.2, color=line.get_color())
         ax.set_xscale("symlog", linthresh=8)
         ax.set_xlabel("fine-tuning step")
         ax.set_title(label, fontsize=9)
@@ -531,13 +535,13 @@ def build_report(
         listed = con.execute(
             "SELECT path, series IS NULL "
             "OR step = min(step) OVER (PARTITION BY series) "
-            "OR step = max(step) OVER (PARTITION BY series) AS shown "
+            "OR step = max(step) OVER (PARTITION BY series) AS shown, series "
             "FROM runs ORDER BY position"
         ).fetchall()
     finally:
         con.close()
-    if not all(shown for _, shown in listed):
-        run_dirs = [path for path, shown in listed if shown]
+    if any(series is not None for _, _, series in listed):
+        run_dirs = [path for path, shown, _ in listed if shown]
     con = connect(run_dirs)
     try:
         runs = [r[0] for r in con.execute("SELECT run FROM runs ORDER BY position").fetchall()]

@@ -10,6 +10,7 @@ import pytest
 from conftest import assert_one_line_error, circuitray
 
 from circuitray.bench import SyntheticSpec, make_synthetic_run, time_queries
+from circuitray.bench.queries import timed_queries
 from circuitray.errors import CircuitrayError
 from circuitray.prompts.ws2 import CONSTRAINTS
 from circuitray.query.engine import list_queries, run_sql
@@ -108,6 +109,7 @@ def test_time_queries_covers_the_library(synthetic):
     names = [t.name for t in timings]
     run_queries = [q.name for q in list_queries() if q.name != "intervention_effects"]
     series_only = {"learning_curves", "convergence", "feature_dynamics"}
+    assert [q.name for q in timed_queries()] == [q for q in run_queries if q not in series_only]
     assert names == [q for q in run_queries if q not in series_only] + [
         "compare:runs",
         "compare:groups",
@@ -130,7 +132,8 @@ def test_bench_cli(tmp_path):
     assert p.returncode == 0, p.stderr
     data = json.loads(record.read_text())
     assert data["edges"] == 3000 and data["cpu_cores"] >= 1
-    run_queries = {q.name for q in list_queries()} - {"intervention_effects"}
+    run_queries = {q.name for q in timed_queries()}
+    assert "constraint_stats" in run_queries and "learning_curves" not in run_queries
     assert {t["name"] for t in data["timings"]} >= run_queries
     # A goal no query can meet fails the benchmark.
     p = circuitray("bench", "queries", out, "--query", "paths", "--limit-s", "0")

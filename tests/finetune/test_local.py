@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from conftest import assert_one_line_error, circuitray
+from conftest import assert_refused, circuitray
 
 from circuitray.finetune.manifest import checkpoint_path, read_manifest
 from circuitray.finetune.schedule import checkpoint_steps
@@ -106,17 +106,25 @@ def test_a_resumed_training_equals_an_uninterrupted_one(circuitray_home):
         assert torch.equal(v, resumed.state_dict()[k]), k
 
 
+def test_another_fine_tune_in_the_same_folder_is_refused(tiny_finetune):
+    out, _ = tiny_finetune
+    before = (out / "finetune.json").read_bytes()
+    p = circuitray("finetune", "--base", "tiny", "--out", out, "--steps", 3, "--lr", 0.5)
+    assert_refused(p, str(out), "another fine-tune")
+    assert (out / "finetune.json").read_bytes() == before
+
+
 def test_a_prompt_file_without_targets_is_one_line(tmp_path):
     bad = tmp_path / "p.jsonl"
     bad.write_text(json.dumps({"prompt_id": "a", "prompt": "blarf means"}) + "\n")
     p = circuitray("finetune", "--base", "tiny", "--out", tmp_path / "o", "--data", bad)
-    assert_one_line_error(p, str(bad), "target")
+    assert_refused(p, str(bad), "target")
     assert not (tmp_path / "o").exists()
 
 
 def test_bad_values_are_one_line(tmp_path):
     p = circuitray("finetune", "--base", "tiny", "--out", tmp_path / "o", "--lora-targets", "nope",
                    "--method", "lora", "--steps", "2")  # fmt: skip
-    assert_one_line_error(p, "nope")
+    assert_refused(p, "nope")
     p = circuitray("finetune", "--base", "no-such-model-dir/", "--out", tmp_path / "o2")
-    assert_one_line_error(p, "no-such-model-dir")
+    assert_refused(p, "no-such-model-dir")

@@ -14,6 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from circuitray.errors import CircuitrayError
 from circuitray.finetune.config import LORA_TARGETS, FinetuneConfig
 from circuitray.finetune.local import finetune
 from circuitray.finetune.manifest import checkpoint_path, read_manifest
@@ -133,11 +134,11 @@ def test_merged_copy_leaves_the_training_model_unmerged(circuitray_home):
 
 
 def test_bad_lora_targets_are_one_line_errors(circuitray_home, tmp_path):
-    with pytest.raises(ValueError) as e:
+    with pytest.raises(CircuitrayError) as e:
         finetune(_config(tmp_path / "bad", lora_targets=("nope", "q_projection")))
     message = str(e.value)
     assert "\n" not in message and "nope" in message and "not a module name" in message
-    with pytest.raises(ValueError, match="nope"):  # one unknown name among known ones
+    with pytest.raises(CircuitrayError, match="nope"):  # one unknown name among known ones
         finetune(_config(tmp_path / "bad2", lora_targets=("q_proj", "nope")))
     assert not (tmp_path / "bad" / "finetune.json").exists()
 

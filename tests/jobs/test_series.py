@@ -67,6 +67,12 @@ def test_a_rerun_computes_nothing_and_another_manifest_is_refused(manifest, seri
     out, _ = series
     again = run_series(SeriesConfig(manifest=str(manifest), out=str(out), per_type=2, actors=1))
     assert all(r.computed == 0 and r.skipped == 6 for r in again.runs.values())
+    # A rerun of one step keeps the other steps listed.
+    run_series(SeriesConfig(manifest=str(manifest), out=str(out), per_type=2, steps=[2]))
+    listed = json.loads((out / "series.json").read_text())["runs"]
+    assert [r["step"] for r in listed] == [0, 2, 6]
+    with pytest.raises(CircuitrayError, match="other prompts"):  # another --per-type
+        run_series(SeriesConfig(manifest=str(manifest), out=str(out), per_type=1))
     from circuitray.finetune.manifest import checkpoint_path
 
     m = json.loads(manifest.read_text())
@@ -77,6 +83,16 @@ def test_a_rerun_computes_nothing_and_another_manifest_is_refused(manifest, seri
     other.write_text(json.dumps(m))
     with pytest.raises(CircuitrayError, match="another manifest"):
         run_series(SeriesConfig(manifest=str(other), out=str(out), per_type=2))
+
+
+def test_a_two_step_series_reports_first_and_last(manifest, tmp_path):
+    from circuitray.outputs.report import build_report
+
+    out = tmp_path / "two"
+    run_series(SeriesConfig(manifest=str(manifest), out=str(out), per_type=1, steps=[0, 6]))
+    build_report([str(out)], str(tmp_path / "r.html"))
+    html = (tmp_path / "r.html").read_text()
+    assert "Trajectory over fine-tuning" in html and "step-000006" in html
 
 
 def test_cli_errors_are_one_line(manifest, tmp_path):

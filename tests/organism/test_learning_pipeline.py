@@ -15,8 +15,15 @@ PIPELINE = REPO / "pipelines" / "ws2_learning_dynamics.yaml"
 
 
 def test_learning_dynamics_pipeline_on_the_organism(organism_report, tmp_path):
+    from circuitray.finetune.manifest import read_manifest
+    from circuitray.models.registry import circuitray_home
+
+    manifest = read_manifest(circuitray_home() / "models" / "organism-finetune")
+    all_steps = [c["step"] for c in manifest["checkpoints"]]
+    # The shipped file, smaller: 2 prompts per type (not 20) at 4 of the checkpoints.
+    steps = [all_steps[0], all_steps[len(all_steps) // 2], all_steps[-2], all_steps[-1]]
     doc = yaml.safe_load(PIPELINE.read_text())
-    doc["series"]["organism"]["per_type"] = 2  # the shipped file: 20 per type
+    doc["series"]["organism"].update(per_type=2, steps=steps)
     small = tmp_path / "pipeline.yaml"
     small.write_text(yaml.safe_dump(doc))
     out = tmp_path / "out"
@@ -25,11 +32,13 @@ def test_learning_dynamics_pipeline_on_the_organism(organism_report, tmp_path):
         capture_output=True, text=True, env=dict(os.environ), timeout=1200,
     )  # fmt: skip
     assert p.returncode == 0, p.stderr[-3000:]
-    n_steps = organism_report["training"]["checkpoints"]
+    assert len(all_steps) == organism_report["training"]["checkpoints"]
     runs = sorted(d.name for d in (out / "organism").iterdir() if d.name.startswith("step-"))
-    assert len(runs) == n_steps
+    assert runs == [f"step-{s:06d}" for s in steps]
     curves = pq.read_table(out / "results" / "learning_curves-organism.parquet").to_pylist()
-    assert len({r["step"] for r in curves}) == n_steps
+    assert sorted({r["step"] for r in curves}) == steps
+    base_acc = sum(r["accuracy"] for r in curves if r["step"] == 0) / 3
+    assert base_acc < 0.9  # 2 prompts per type at chance (0.125-0.25): at most a few right
     assert {r["constraint_type"] for r in curves} == {
         "simple_mapping", "spatial_relationship", "antonym",
     }  # fmt: skip
@@ -58,3 +67,30 @@ def test_pipeline_learning_steps_are_checked(tmp_path):
     assert_one_line_error(
         circuitray("pipeline", "run", bad, "--out-root", tmp_path), "finetune.f", "steps"
     )
+
+
+def test_pipeline_learning_names_and_references_are_checked(tmp_path):
+    base = {"name": "x", "finetune": {"f": {"manifest": "organism"}}}
+    cases = [
+        ({"series": {"../up": {"finetune": "f"}}}, "series.../up"),
+        ({"series": {"results": {"finetune": "f"}}}, "series.results"),
+        ({"series": {"s": {"finetune": "f", "per_type": 0}}}, "per_type"),
+        ({"series": {"s": {"finetune": "f"}}, "report": {"out": "../r.html"}}, "report.out"),
+        (
+            {"series": {"s": {"finetune": "f"}}, "compare": [{"run": "s"}]},
+            "is a series",
+        ),
+        (
+            {
+                "finetune": {"f": {"base": "tiny", "ray_workers": "two"}},
+                "series": {"s": {"finetune": "f"}},
+            },  # fmt: skip
+            "ray_workers",
+        ),
+    ]
+    for extra, needle in cases:
+        bad = tmp_path / "p.yaml"
+        bad.write_text(yaml.safe_dump({**base, **extra}))
+        p = circuitray("pipeline", "run", bad, "--out-root", tmp_path / "o")
+        assert_one_line_error(p, needle)
+        assert not (tmp_path / "o").exists()

@@ -18,12 +18,24 @@ from circuitray.finetune.config import FinetuneConfig
 from circuitray.prompts.files import read_prompts
 from circuitray.prompts.ws2 import generate_ws2
 
-__all__ = ["TrainingData", "completed", "load_data", "sha256_of"]
+__all__ = ["TrainingData", "completed", "first_per_type", "load_data", "sha256_of"]
 
 
 def completed(row: dict) -> str:
     """A prompt completed with its target and a full stop: a training sentence."""
     return f"{row['prompt']} {row['target']} ."
+
+
+def first_per_type(rows: list[dict], per_type: int) -> list[dict]:
+    """The first ``per_type`` rows of each constraint type, in their order."""
+    counts: dict[str, int] = {}
+    out = []
+    for r in rows:
+        t = r.get("constraint_type") or "(none)"
+        if counts.get(t, 0) < per_type:
+            counts[t] = counts.get(t, 0) + 1
+            out.append(r)
+    return out
 
 
 def sha256_of(texts: list[str]) -> str:
@@ -48,13 +60,7 @@ class TrainingData:
         self.train_rows = train_rows
         self.texts = [completed(r) for r in train_rows]
         self.sha256 = sha256_of(self.texts)
-        counts: dict[str, int] = {}
-        self.heldout_rows = []
-        for r in heldout_rows:
-            t = r.get("constraint_type") or "(none)"
-            if counts.get(t, 0) < per_type:
-                counts[t] = counts.get(t, 0) + 1
-                self.heldout_rows.append(r)
+        self.heldout_rows = first_per_type(heldout_rows, per_type)
 
 
 def load_data(config: FinetuneConfig) -> TrainingData:

@@ -97,6 +97,34 @@ def evaluate_model(
     return out
 
 
+def checkpoint_entry(
+    step: int,
+    path: str,
+    *,
+    examples_seen: int,
+    train_loss: float | None,
+    merged: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    heldout_rows: list[dict],
+    transcoders,
+    started: float,
+) -> dict:
+    """One checkpoint's manifest entry, ``merged`` evaluated (:func:`evaluate_model`):
+    the model as saved, whose MLPs sit at the hook points the transcoder fit reads (a
+    peft wrapper hides them). ``started``: when saving began (``save_s``)."""
+    entry = {
+        "step": step,
+        "path": path,
+        "examples_seen": examples_seen,
+        "train_loss": train_loss,
+        **evaluate_model(merged, tokenizer, heldout_rows=heldout_rows, transcoders=transcoders),
+        "save_s": round(time.perf_counter() - started, 3),
+    }
+    accuracy = {k: round(v["accuracy"], 3) for k, v in entry["heldout"].items()}
+    logger.info("checkpoint step %d: held-out accuracy %s", step, accuracy)
+    return entry
+
+
 def train_with_checkpoints(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -126,23 +154,23 @@ def train_with_checkpoints(
     last_loss_at = 0
 
     def record(step: int, path: str, log: TrainingLog | None, t: float, merged) -> None:
-        # ``merged`` is what was saved: the model whose MLPs sit at the hook points the
-        # transcoder fit reads (a peft wrapper hides them).
         nonlocal last_loss_at
         losses = log.losses[last_loss_at:step] if log else []
         last_loss_at = step
-        entry = {
-            "step": step,
-            "path": path,
-            "examples_seen": step * examples_per_step,
-            "train_loss": sum(losses) / len(losses) if losses else None,
-            **evaluate_model(merged, tokenizer, heldout_rows=heldout_rows, transcoders=transcoders),
-            "save_s": round(time.perf_counter() - t, 3),
-        }
-        manifest["checkpoints"].append(entry)
+        manifest["checkpoints"].append(
+            checkpoint_entry(
+                step,
+                path,
+                examples_seen=step * examples_per_step,
+                train_loss=sum(losses) / len(losses) if losses else None,
+                merged=merged,
+                tokenizer=tokenizer,
+                heldout_rows=heldout_rows,
+                transcoders=transcoders,
+                started=t,
+            )
+        )
         write_manifest(out, manifest)
-        accuracy = {k: round(v["accuracy"], 3) for k, v in entry["heldout"].items()}
-        logger.info("checkpoint step %d: held-out accuracy %s", step, accuracy)
 
     def checkpoint(step: int, log: TrainingLog) -> None:
         t = time.perf_counter()
@@ -170,6 +198,28 @@ def train_with_checkpoints(
     return log
 
 
+def load_trainable(config: FinetuneConfig, model_path: str, *, device=None):
+    """(model, tokenizer) to fine-tune: the base in float32 (on ``device`` when given,
+    before adapters are made, so they are initialised there), with ``config``'s LoRA
+    adapters for ``method: lora``; ``torch.manual_seed(config.seed)`` first."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    torch.manual_seed(config.seed)
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    if device is not None:
+        model.to(device)  # type: ignore[arg-type]
+    if config.method == "lora":
+        model = add_lora(
+            model,
+            r=config.lora_r,
+            alpha=config.lora_alpha,
+            dropout=config.lora_dropout,
+            targets=config.lora_targets,
+        )
+    return model, tokenizer
+
+
 def _check_out(config: FinetuneConfig) -> None:
     """Refuse an output folder that holds another fine-tune (same config: redone)."""
     if not (Path(config.out) / MANIFEST).exists():
@@ -185,7 +235,6 @@ def _check_out(config: FinetuneConfig) -> None:
 def finetune(config: FinetuneConfig) -> dict:
     """Run the fine-tune described by ``config`` (module docstring); returns the
     manifest, also written to ``<out>/finetune.json``."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     spec = ModelSpec(model=config.base, transcoders=config.transcoders)
     check_model_available(spec)
@@ -197,18 +246,7 @@ def finetune(config: FinetuneConfig) -> dict:
         torch.set_num_threads(config.threads)
     try:
         device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        tokenizer = AutoTokenizer.from_pretrained(refs["model_path"])
-        torch.manual_seed(config.seed)
-        model = AutoModelForCausalLM.from_pretrained(refs["model_path"], dtype=torch.float32)
-        model.to(device)  # type: ignore[arg-type]
-        if config.method == "lora":
-            model = add_lora(
-                model,
-                r=config.lora_r,
-                alpha=config.lora_alpha,
-                dropout=config.lora_dropout,
-                targets=config.lora_targets,
-            )
+        model, tokenizer = load_trainable(config, refs["model_path"], device=device)
         transcoders = load_transcoders(
             refs["transcoders"], cache_dir=refs["transcoder_cache_dir"], device=str(device)
         )

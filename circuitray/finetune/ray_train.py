@@ -249,17 +249,17 @@ def _train_loop(loop_config: dict) -> None:
     """One Ray Train worker (module docstring, steps 2-4)."""
     import ray.train
     import ray.train.torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from circuitray.finetune.data import load_data
     from circuitray.finetune.evaluate import load_transcoders
     from circuitray.finetune.local import (
         base_reference,
+        checkpoint_entry,
         checkpoint_name,
-        evaluate_model,
+        load_trainable,
         manifest_header,
     )
-    from circuitray.finetune.lora import add_lora, merged_copy
+    from circuitray.finetune.lora import merged_copy
     from circuitray.finetune.schedule import checkpoint_steps
     from circuitray.models.artifacts import save_hf_model
     from circuitray.organism.train_lm import TrainingLog, train_lm
@@ -275,17 +275,8 @@ def _train_loop(loop_config: dict) -> None:
     lora = config.method == "lora"
 
     data = load_data(config)
-    tokenizer = AutoTokenizer.from_pretrained(refs["model_path"])
-    torch.manual_seed(config.seed)
-    model = AutoModelForCausalLM.from_pretrained(refs["model_path"], dtype=torch.float32)
-    if lora:
-        model = add_lora(
-            model,
-            r=config.lora_r,
-            alpha=config.lora_alpha,
-            dropout=config.lora_dropout,
-            targets=config.lora_targets,
-        )
+    # On the CPU: prepare_model moves it to the worker's device below.
+    model, tokenizer = load_trainable(config, refs["model_path"])
 
     resume: dict | None = None
     checkpoint = ray.train.get_checkpoint()
@@ -341,23 +332,21 @@ def _train_loop(loop_config: dict) -> None:
             logger.info("resuming the fine-tune from step %d", at)
 
     def record(step: int, path: str, train_loss: float | None, t: float, merged) -> None:
-        # The merged model is what was saved, and the one whose MLPs sit at the hook
-        # points the transcoder fit reads (a peft wrapper hides them).
-        entry = {
-            "step": step,
-            "path": path,
-            "examples_seen": step * examples_per_step,
-            "train_loss": train_loss,
-            **evaluate_model(
-                merged, tokenizer, heldout_rows=data.heldout_rows, transcoders=transcoders
-            ),
-            "save_s": round(time.perf_counter() - t, 3),
-        }
-        manifest["checkpoints"].append(entry)
+        manifest["checkpoints"].append(
+            checkpoint_entry(
+                step,
+                path,
+                examples_seen=step * examples_per_step,
+                train_loss=train_loss,
+                merged=merged,
+                tokenizer=tokenizer,
+                heldout_rows=data.heldout_rows,
+                transcoders=transcoders,
+                started=t,
+            )
+        )
         fence()
         write_manifest(out, manifest)
-        accuracy = {k: round(v["accuracy"], 3) for k, v in entry["heldout"].items()}
-        logger.info("checkpoint step %d: held-out accuracy %s", step, accuracy)
 
     if rank == 0 and resume is None and 0 in wanted:
         base = base_reference(refs["model_path"])

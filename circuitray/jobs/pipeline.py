@@ -311,17 +311,21 @@ class Pipeline:
 
     def series_config(self, name: str, *, manifest: str, out: str, **overrides) -> SeriesConfig:
         spec = {k: v for k, v in self.series[name].items() if k != "finetune"}
-        for key, cls in NESTED.items():
-            if key in spec:
-                try:
-                    spec[key] = cls(**spec[key])
-                except (TypeError, CircuitrayError) as e:
-                    raise self._err(f"series.{name}.{key}", str(e)) from None
+        self._nested(f"series.{name}", spec)
         spec.update({k: v for k, v in overrides.items() if v is not None})
         try:
             return SeriesConfig(manifest=manifest, out=out, **spec)
         except (TypeError, CircuitrayError) as e:
             raise self._err(f"series.{name}", str(e)) from None
+
+    def _nested(self, where: str, opts: dict) -> None:
+        """Build ``opts``' nested configs (``attribution``, ``prune``) in place."""
+        for key, cls in NESTED.items():
+            if key in opts:
+                try:
+                    opts[key] = cls(**opts[key])
+                except (TypeError, CircuitrayError) as e:
+                    raise self._err(f"{where}.{key}", str(e)) from None
 
     def _check_runs(self, where: str, names: list[str], *, series: bool = True) -> None:
         for n in names:
@@ -340,12 +344,7 @@ class Pipeline:
         merged = {**self.run_options, **self.runs[name]}
         model = ModelSpec(**{k: v for k, v in merged.items() if k in MODEL_KEYS})
         opts = {k: v for k, v in merged.items() if k in RUN_KEYS}
-        for key, cls in NESTED.items():
-            if key in opts:
-                try:
-                    opts[key] = cls(**opts[key])
-                except (TypeError, CircuitrayError) as e:
-                    raise self._err(f"runs.{name}.{key}", str(e)) from None
+        self._nested(f"runs.{name}", opts)
         opts.update({k: v for k, v in overrides.items() if v is not None})
         try:
             return RunConfig(prompts=prompts, out=out, model=model, **opts)

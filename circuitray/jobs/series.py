@@ -31,6 +31,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 from circuitray.errors import CircuitrayError
+from circuitray.finetune.data import first_per_type
 from circuitray.finetune.manifest import checkpoint_path, manifest_file, read_manifest
 from circuitray.graph.attribute import AttributionConfig
 from circuitray.graph.prune import PruneConfig
@@ -114,14 +115,7 @@ def _heldout_prompts(manifest: dict, file: Path, per_type: int) -> list[dict]:
     rows = manifest.get("data", {}).get("heldout")
     if not isinstance(rows, list) or not rows:
         raise CircuitrayError(f"{file}: records no held-out prompts; give --prompts")
-    counts: dict[str, int] = {}
-    out = []
-    for r in rows:
-        t = r.get("constraint_type") or "(none)"
-        if counts.get(t, 0) < per_type:
-            counts[t] = counts.get(t, 0) + 1
-            out.append(r)
-    return out
+    return first_per_type(rows, per_type)
 
 
 def manifest_digest(manifest: dict) -> str:

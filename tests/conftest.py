@@ -259,3 +259,15 @@ def organism_runs(organism_report, tmp_path_factory) -> OrganismRuns:
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     return OrganismRuns(base=out / "base", tuned=out / "tuned", stdout=proc.stdout)
+
+
+# The 26-layer gemma-2-2b-shaped model at 1/16 width (circuitray.models.synthetic),
+# built once per session (as `circuitray bench suite` builds it).
+SYNTHETIC_GEMMA = "synthetic-gemma-2-2b-s0.0625"
+
+
+@pytest.fixture(scope="session")
+def synthetic_gemma(circuitray_home) -> dict:
+    from circuitray.models.synthetic import build_synthetic
+
+    return build_synthetic(like="gemma-2-2b", scale=0.0625)

@@ -2,8 +2,10 @@
 
 circuit-tracer's Gemma-2 transcoders read ``ln2.hook_normalized`` (the pre-MLP RMS
 norm's normalised input, before its learned scale) and write ``hook_mlp_out`` (the
-output of the post-MLP norm). These hooks record exactly those tensors from a plain
-HF model, for calibrating and training transcoders.
+output of the post-MLP norm); its Llama transcoders read ``mlp.hook_in`` (the output
+of ``post_attention_layernorm``) and write ``mlp.hook_out`` (the MLP's output). These
+hooks record exactly those tensors from a plain HF model, for calibrating and
+training transcoders.
 """
 
 from __future__ import annotations
@@ -57,11 +59,18 @@ def record_mlp_io(
         def pre_hook(module, args, i=i):
             inputs[i].append(module._norm(args[0].float()).flatten(0, 1))
 
+        def in_hook(module, args, output, i=i):
+            inputs[i].append(output.float().flatten(0, 1))
+
         def out_hook(module, args, output, i=i):
             outputs[i].append(output.float().flatten(0, 1))
 
-        handles.append(layer.pre_feedforward_layernorm.register_forward_pre_hook(pre_hook))
-        handles.append(layer.post_feedforward_layernorm.register_forward_hook(out_hook))
+        if hasattr(layer, "pre_feedforward_layernorm"):  # Gemma-2
+            handles.append(layer.pre_feedforward_layernorm.register_forward_pre_hook(pre_hook))
+            handles.append(layer.post_feedforward_layernorm.register_forward_hook(out_hook))
+        else:  # Llama
+            handles.append(layer.post_attention_layernorm.register_forward_hook(in_hook))
+            handles.append(layer.mlp.register_forward_hook(out_hook))
     try:
         for b in range(0, len(texts), batch_size):
             ids, lengths = pad_with_bos(tokenizer, texts[b : b + batch_size])

@@ -62,7 +62,7 @@ class ModelSpec:
             if bundled is None:
                 raise ModelLoadError(
                     f"transcoders {transcoders!r}: names a set of a bundled model "
-                    f"({', '.join(BUNDLED)}), and {self.model!r} is not one; give a "
+                    f"({', '.join(BUNDLED)}, synthetic-*), and {self.model!r} is not one; give a "
                     "circuit-tracer reference (e.g. 'gemma', 'llama', org/repo)"
                 )
             transcoders = bundled.transcoder_alias(transcoders)
@@ -70,7 +70,8 @@ class ModelSpec:
             looks_local = path.startswith((".", "/", "~")) or os.path.exists(path)
             what = "local model" if looks_local else "hub model"
             raise ModelLoadError(
-                f"model {self.model!r}: not a bundled model ({', '.join(BUNDLED)}); a {what} "
+                f"model {self.model!r}: not a bundled model ({', '.join(BUNDLED)}, "
+                f"synthetic-*); a {what} "
                 "needs --transcoders (e.g. 'gemma' for google/gemma-2-2b, 'llama' for "
                 "meta-llama/Llama-3.2-1B)"
             )

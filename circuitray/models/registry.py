@@ -13,6 +13,7 @@ Each bundled model has two sets: per-layer transcoders and a cross-layer transco
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,8 +21,10 @@ __all__ = [
     "BUNDLED",
     "TRANSCODER_ALIASES",
     "BundledModel",
+    "bundled_model",
     "circuitray_home",
     "resolve_model",
+    "synthetic_model_name",
     "transcoder_cache_dir",
 ]
 
@@ -99,9 +102,38 @@ BUNDLED: dict[str, BundledModel] = {
 }
 
 
+# Synthetic models of a real model's shape (circuitray.models.synthetic): the name is
+# ``synthetic-<like>`` at full shape, ``synthetic-<like>-s<scale>`` scaled.
+SYNTHETIC_LIKE = ("gemma-2-2b", "llama-3.2-1b")
+_SYNTHETIC = re.compile(r"synthetic-(?P<like>[a-z0-9.-]+?)(?:-s(?P<scale>0\.[0-9]+))?")
+
+
+def synthetic_model_name(like: str, scale: float) -> str:
+    """The ``--model`` name of a synthetic model of ``like``'s shape at ``scale``."""
+    return f"synthetic-{like}" if scale == 1 else f"synthetic-{like}-s{scale:g}"
+
+
+def bundled_model(ref: str) -> BundledModel | None:
+    """The bundled model ``ref`` names: one of :data:`BUNDLED` or a synthetic model
+    (built by ``circuitray model build-synthetic``); None for anything else."""
+    if ref in BUNDLED:
+        return BUNDLED[ref]
+    m = _SYNTHETIC.fullmatch(ref)
+    if m is None or m["like"] not in SYNTHETIC_LIKE:
+        return None
+    scale = f" --scale {m['scale']}" if m["scale"] else ""
+    return BundledModel(
+        ref,
+        subdir=f"models/{ref}",
+        transcoders=f"circuitray/{ref}",
+        cross_layer_transcoders=f"circuitray/{ref}-clt",
+        build_command=f"circuitray model build-synthetic --like {m['like']}{scale}",
+    )
+
+
 def resolve_model(ref: str) -> tuple[str, BundledModel | None]:
     """Map a model reference to what ``from_pretrained`` takes (a path or hub id)."""
-    if ref in BUNDLED:
-        bundled = BUNDLED[ref]
+    bundled = bundled_model(ref)
+    if bundled is not None:
         return str(circuitray_home() / bundled.subdir), bundled
     return ref, None

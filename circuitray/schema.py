@@ -4,7 +4,9 @@ A run folder holds three tables written by the attribution job, an intervention
 folder one; storage, queries and workers all read their columns from here.
 
 1. ``graphs``: one row per prompt (:data:`GRAPH_SCHEMA`), ``status`` ok or error;
-   its part file is the commit point of a batch.
+   its part file is the commit point of a batch. The ``precision_*`` columns (last)
+   are null except for the graphs ``circuitray run --verify-precision`` checked
+   against float32; run folders written before them lack them.
 2. ``nodes``: the kept nodes of each graph (:data:`NODE_SCHEMA`), ``node_id`` the
    node's index in circuit-tracer's unpruned graph.
 3. ``edges``: the kept edges (:data:`EDGE_SCHEMA`), ``(src, dst)`` =
@@ -60,6 +62,14 @@ GRAPH_SCHEMA = pa.schema(
         ("flatten_s", pa.float32()),
         ("total_s", pa.float32()),
         ("worker", pa.string()),
+        # --verify-precision (circuitray.graph.precision): null unless this graph was
+        # checked against float32. Last, so that folders written before them read as
+        # a prefix; the query views give them as nulls there.
+        ("precision_rel_error", pa.float32()),
+        ("precision_node_jaccard", pa.float32()),
+        ("precision_edge_jaccard", pa.float32()),
+        ("precision_nodes_diff", pa.int32()),
+        ("precision_edges_diff", pa.int32()),
     ]
 )
 

@@ -75,6 +75,8 @@ def intervention_config(run_dir: str, out: str, options: dict) -> InterventionCo
 @config_option(AttributionConfig, "update_interval", type=click.IntRange(min=1))
 @config_option(AttributionConfig, "max_tokens", type=click.IntRange(min=2))
 @config_option(RunConfig, "retry_errors", is_flag=True)
+# A plain int: a bad K is refused in one line (RunConfig, AttributionJob), not by click.
+@config_option(RunConfig, "verify_precision", metavar="K", type=int)
 @click.option("--stats/--no-stats", default=True, help="Print constraint_stats at the end.")
 @click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON.")
 def run_cmd(prompts: str, out: str, stats: bool, as_json: bool, **options) -> None:
@@ -86,10 +88,29 @@ def run_cmd(prompts: str, out: str, stats: bool, as_json: bool, **options) -> No
         print_json(asdict(result))
         return
     print_run_summary(result)
+    if result.precision is not None:
+        print_precision_summary(result.precision)
     if stats and result.ok:
         from circuitray.query.engine import run_query
 
         print_table(run_query("constraint_stats", [out]))
+
+
+def print_precision_summary(p: dict) -> None:
+    """One line: what --verify-precision measured (run.json's ``precision``)."""
+
+    def g(v) -> str:
+        return "n/a" if v is None else f"{v:.3g}"
+
+    unchecked = p["unchecked_graph_ids"]
+    err_console.print(
+        f"precision: {p['checked']} of {p['k']} sampled graphs checked, {p['dtype']} vs "
+        f"{p['reference_dtype']}: kept-edge weight relative error median "
+        f"{g(p['rel_error']['median'])}, max {g(p['rel_error']['worst'])}; kept-node "
+        f"Jaccard min {g(p['node_jaccard']['worst'])}, kept-edge Jaccard min "
+        f"{g(p['edge_jaccard']['worst'])}" + (f"; not checked: {unchecked}" if unchecked else ""),
+        soft_wrap=True,
+    )
 
 
 @click.command("intervene")

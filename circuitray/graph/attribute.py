@@ -7,7 +7,8 @@
    and the probability and rank of the expected ``target``, which the logit nodes
    only cover when the target is among the top logits.
 4. Prune and flatten (:func:`circuitray.graph.flatten.flatten_graph`); the dense adjacency
-   matrix is dropped here and never leaves the process.
+   matrix is dropped here and never leaves the process (``on_graph`` may read it
+   first: :mod:`circuitray.graph.precision` does).
 
 Errors inside these steps become a graphs row with ``status='error'`` and the message.
 """
@@ -16,7 +17,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import pyarrow as pa
 import torch
@@ -91,9 +94,14 @@ def attribute_prompt(
     attribution: AttributionConfig,
     prune: PruneConfig,
     worker: str = "",
+    on_graph: Callable[[Any], None] | None = None,
 ) -> tuple[dict, pa.Table, pa.Table]:
     """Attribute one prompt row; returns (graphs row, nodes, edges). Never raises for
-    prompt-level failures: those give an error row and empty tables."""
+    prompt-level failures: those give an error row and empty tables.
+
+    ``on_graph(graph)`` is called with the unpruned circuit-tracer Graph once it is
+    flattened, before it is dropped; an exception there is logged and leaves the row
+    as it is."""
     from circuit_tracer import attribute
 
     start = time.perf_counter()
@@ -129,8 +137,13 @@ def attribute_prompt(
 
         t0 = time.perf_counter()
         flat = flatten_graph(graph, graph_id=graph_id, prune=prune, tokenizer=model.tokenizer)
-        del graph
         row["flatten_s"] = time.perf_counter() - t0
+        if on_graph is not None:
+            try:
+                on_graph(graph)
+            except Exception as e:  # noqa: BLE001 - a reader of the graph, not the graph
+                logger.warning("prompt %s: on_graph failed: %s", prompt["prompt_id"], e)
+        del graph
         row.update({k: v for k, v in flat.summary.items() if k in row})
         row["status"] = "ok"
         nodes, edges = flat.nodes, flat.edges

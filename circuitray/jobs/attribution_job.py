@@ -10,6 +10,15 @@
    (:mod:`circuitray.jobs.dispatch`); each writes one committed part per batch of
    graphs, nodes and edges (:mod:`circuitray.storage.run_store`).
 4. Compact, and record status and counts in run.json; progress goes to a callback.
+
+``verify_precision=K`` (``--verify-precision K``, a run in bfloat16 or float16): K
+graph ids are drawn before dispatch (seeded, one constraint type after another:
+:func:`circuitray.graph.precision.sample_graph_ids`) and recorded in run.json's
+``verify_precision``, which a resume reads back (so it checks the same graphs) and
+must match like the other parameters. The worker that gets one of them attributes it
+in float32 as well and fills the graphs row's ``precision_*`` columns; when the run
+finishes (every session) run.json's ``precision`` summarises them. A float32 run is
+refused: there is nothing to compare.
 """
 
 from __future__ import annotations
@@ -22,7 +31,9 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from circuitray.errors import CircuitrayError
 from circuitray.graph.attribute import AttributionConfig
+from circuitray.graph.precision import PRECISION_COLUMNS, sample_graph_ids, summarise_checks
 from circuitray.graph.prune import PruneConfig
 from circuitray.jobs.dispatch import Placement, Progress
 from circuitray.jobs.session import Job, JobResult
@@ -38,7 +49,7 @@ __all__ = ["AttributionJob", "RunConfig", "RunResult", "run"]
 
 # Parameters that must match for a resume to continue the same run. Attribution
 # arguments that change speed or memory but not results may differ between sessions.
-FINGERPRINT_KEYS = ("prompts_sha256", "model", "attribution", "prune", "step")
+FINGERPRINT_KEYS = ("prompts_sha256", "model", "attribution", "prune", "step", "verify_precision")
 RESULT_NEUTRAL_ATTRIBUTION = ("batch_size", "offload", "update_interval", "max_tokens")
 VERSIONED_PACKAGES = (
     "circuitray",
@@ -50,6 +61,9 @@ VERSIONED_PACKAGES = (
     "pyarrow",
     "duckdb",
 )
+# The seed of the --verify-precision sample (recorded in run.json with it).
+PRECISION_SEED = 0
+REFERENCE_DTYPE = "float32"
 
 
 @dataclass
@@ -67,6 +81,10 @@ class RunConfig(Placement):
         step: The fine-tuning step of the model's checkpoint, for a run of a
             checkpoint series (:mod:`circuitray.jobs.series`); the query views give it
             as the ``graphs`` view's ``step`` column.
+        verify_precision: Also attribute this many sampled graphs in float32 and
+            record how far the run's dtype is from it (the graphs' ``precision_*``
+            columns, run.json's ``precision``; query ``precision``); 0: none. Needs a
+            bfloat16 or float16 run (--dtype).
         actors, address, batch_size, gpus_per_actor, cpus_per_actor, max_attempts,
             restart_timeout_s: where actors run and how failures are retried
             (:class:`circuitray.jobs.dispatch.Placement`, keyword-only).
@@ -80,18 +98,47 @@ class RunConfig(Placement):
     retry_errors: bool = False
     compact: bool = True
     step: int | None = None
+    verify_precision: int = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        k = self.verify_precision
+        if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+            raise CircuitrayError(f"--verify-precision {k}: must be a number of graphs (0 or more)")
+        if k and self.model.dtype == REFERENCE_DTYPE:
+            raise CircuitrayError(
+                f"--verify-precision {k}: the run is float32 already; it checks a bfloat16 "
+                "or float16 run (--dtype) against float32"
+            )
 
 
 @dataclass
 class RunResult(JobResult):
     """What a run did: counts over the whole run folder and this session's timings
-    (fields: :class:`circuitray.jobs.session.JobResult`)."""
+    (fields: :class:`circuitray.jobs.session.JobResult`).
+
+    Attributes:
+        precision: run.json's ``precision`` summary (``--verify-precision``), else None.
+    """
+
+    precision: dict | None = None
 
 
-def _run_meta(config: RunConfig, n_prompts: int) -> dict:
+def _run_meta(config: RunConfig, n_prompts: int, sample: list[int] | None = None) -> dict:
     step = {} if config.step is None else {"step": config.step}
+    verify = {}
+    if config.verify_precision:
+        verify = {
+            "verify_precision": {
+                "k": config.verify_precision,
+                "seed": PRECISION_SEED,
+                "reference_dtype": REFERENCE_DTYPE,
+                "graph_ids": sample,
+            }
+        }
     return {
         **step,
+        **verify,
         "format": "circuitray-run/1",
         "prompts": str(Path(config.prompts).resolve()),
         "prompts_sha256": file_sha256(config.prompts),
@@ -113,7 +160,14 @@ class AttributionJob(Job):
     def __init__(self, config: RunConfig):
         self.config = config
         self.table = read_prompts(config.prompts)
+        k, n = config.verify_precision, self.table.num_rows
+        if k > n:
+            raise CircuitrayError(
+                f"--verify-precision {k}: more than the {n} prompts of {config.prompts}"
+            )
         check_model_available(config.model)
+        self.sample: list[int] = []
+        self._meta: dict = {}
         super().__init__(
             RunStore(config.out),
             placement=config,
@@ -122,7 +176,33 @@ class AttributionJob(Job):
         )
 
     def meta(self) -> dict:
-        return _run_meta(self.config, self.table.num_rows)
+        k = self.config.verify_precision
+        if k:
+            self.sample = self._recorded_sample() or sample_graph_ids(
+                self._constraint_types(), k, PRECISION_SEED
+            )
+        # tally() adds the precision summary to this very dict, which execute() writes.
+        self._meta = _run_meta(self.config, self.table.num_rows, self.sample or None)
+        return self._meta
+
+    def _constraint_types(self) -> list[str | None]:
+        if "constraint_type" in self.table.column_names:
+            return self.table.column("constraint_type").to_pylist()
+        return [None] * self.table.num_rows
+
+    def _recorded_sample(self) -> list[int] | None:
+        """The graph ids a run of this folder sampled with the same K and seed (a
+        resume checks the same graphs), else None."""
+        if not self.store.exists():
+            return None
+        recorded = self.store.read_meta().get("verify_precision")
+        if not isinstance(recorded, dict):
+            return None
+        same = recorded.get("k") == self.config.verify_precision
+        ids = recorded.get("graph_ids")
+        if same and recorded.get("seed") == PRECISION_SEED and isinstance(ids, list):
+            return ids
+        return None
 
     def fingerprint(self, meta: dict) -> dict:
         out = {key: meta.get(key) for key in FINGERPRINT_KEYS}
@@ -145,6 +225,8 @@ class AttributionJob(Job):
 
         c = self.config
         kwargs = {"model": c.model, "attribution": c.attribution, "prune": c.prune}
+        if self.sample:
+            kwargs["verify_precision"] = list(self.sample)
         return AttributionWorker, {**kwargs, "run_dir": self.store.uri}
 
     @staticmethod
@@ -164,7 +246,27 @@ class AttributionJob(Job):
         result.ok = sum(1 for s in status.values() if s == "ok")
         result.errors = sum(1 for s in status.values() if s == "error")
         complete = len(status) == result.total
+        if self.sample:
+            summary = self.precision_summary()
+            self._meta["precision"] = summary
+            assert isinstance(result, RunResult)
+            result.precision = summary
         return complete, {"total": result.total, "ok": result.ok, "error": result.errors}
+
+    def precision_summary(self) -> dict:
+        """run.json's ``precision``: the sample's checks over the whole folder."""
+        rows = self.store.read_graphs(columns=["graph_id", *PRECISION_COLUMNS]).to_pylist()
+        wanted = set(self.sample)
+        summary = summarise_checks(
+            [r for r in rows if r["graph_id"] in wanted], sampled=list(self.sample)
+        )
+        return {
+            "k": self.config.verify_precision,
+            "dtype": self.config.model.dtype,
+            "reference_dtype": REFERENCE_DTYPE,
+            "graph_ids": list(self.sample),
+            **summary,
+        }
 
 
 def run(config: RunConfig, *, on_progress: Progress | None = None) -> RunResult:

@@ -6,7 +6,9 @@ summary per prompt; the driver only sees ids, statuses and timings.
 
 - :class:`AttributionWorker` attributes every prompt (:func:`attribute_prompt`) and
   writes graphs, nodes and edges to the run folder. Graphs and dense matrices never
-  enter Ray's object store.
+  enter Ray's object store. The prompts the run samples for ``--verify-precision``
+  are also attributed in float32 (:func:`circuitray.graph.precision.attribute_checked`)
+  by a second model that a worker loads when it first gets one of them.
 - :class:`InterventionWorker` reads each prompt's stored graph, applies the planned
   feature interventions (:func:`circuitray.graph.interventions.intervene_prompt`) and writes
   result rows to the intervention folder.
@@ -18,6 +20,8 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Iterable
+from dataclasses import replace
 
 import pyarrow as pa
 import torch
@@ -29,6 +33,7 @@ from circuitray.graph.interventions import (
     intervene_prompt,
     read_stored_graphs,
 )
+from circuitray.graph.precision import attribute_checked
 from circuitray.graph.prune import PruneConfig
 from circuitray.models.loading import ModelSpec, load_replacement_model
 from circuitray.schema import EDGE_SCHEMA, GRAPH_SCHEMA, NODE_SCHEMA
@@ -117,7 +122,12 @@ class ModelWorker:
 
 
 class AttributionWorker(ModelWorker):
-    """Turns prompt batches into run-folder parts (graphs, nodes, edges)."""
+    """Turns prompt batches into run-folder parts (graphs, nodes, edges).
+
+    ``verify_precision``: the graph ids also attributed in float32 and compared (the
+    run's sample); the float32 model is loaded, through the same loader, on the first
+    of them this worker gets, and kept for the others.
+    """
 
     def __init__(
         self,
@@ -128,23 +138,42 @@ class AttributionWorker(ModelWorker):
         run_dir: str,
         torch_threads: int | None = None,
         session: str | None = None,
+        verify_precision: Iterable[int] = (),
     ):
         super().__init__(model=model, run_dir=run_dir, torch_threads=torch_threads, session=session)
         self.attribution = attribution
         self.prune = prune
+        self.spec = model
+        self.verify = frozenset(verify_precision)
+        self._reference = None
+        self._reference_error: str | None = None
+
+    def reference_model(self):
+        """The float32 ReplacementModel of this worker's spec (loaded once); None, with
+        a warning once, when it cannot be loaded: those graphs stay unchecked."""
+        if self._reference is None and self._reference_error is None:
+            try:
+                self._reference = load_replacement_model(replace(self.spec, dtype="float32"))
+            except Exception as e:  # noqa: BLE001 - the run goes on unchecked
+                self._reference_error = str(e).strip().splitlines()[0] if str(e) else repr(e)
+                logger.warning("float32 model for --verify-precision: %s", self._reference_error)
+        return self._reference
 
     def process(self, part_name: str, items: list[tuple[int, dict]]) -> list[dict]:
         """Attribute ``items`` ((graph_id, prompt row) pairs) and write part ``part_name``."""
         rows, nodes, edges = [], [], []
         for graph_id, prompt in items:
-            row, n, e = attribute_prompt(
-                self.model,
-                prompt,
-                graph_id=graph_id,
-                attribution=self.attribution,
-                prune=self.prune,
-                worker=self.name,
-            )
+            args = {
+                "graph_id": graph_id,
+                "attribution": self.attribution,
+                "prune": self.prune,
+                "worker": self.name,
+            }
+            reference = self.reference_model() if graph_id in self.verify else None
+            if reference is not None:
+                row, n, e = attribute_checked(self.model, reference, prompt, **args)
+            else:
+                row, n, e = attribute_prompt(self.model, prompt, **args)
             rows.append(row)
             nodes.append(n)
             edges.append(e)

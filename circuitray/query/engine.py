@@ -11,7 +11,9 @@
    ends with a column ``step`` (INTEGER: run.json's ``step``, else the step series.json
    lists the run at, else NULL), as does ``runs``, whose ``series`` is the series
    folder's name (NULL for a folder given itself); nodes and edges join graphs on
-   (run, graph_id) for it. For local folders the views are plain SQL
+   (run, graph_id) for it. ``graphs`` reads its files by column name, so a folder
+   (or part) written before a column was added (``precision_*``) gives NULL there.
+   For local folders the views are plain SQL
    (:func:`view_sql`), which any DuckDB process can run to get the same views.
 2. Named queries are the ``*.sql`` files of the query folder: ``sql/`` beside this
    module (package data, so a wheel has them; ``queries/`` in a checkout links here),
@@ -67,6 +69,9 @@ SCHEMAS = {
     "interventions": RESULT_SCHEMA,
 }
 FOLDER_TABLE = {"interventions": "results"}
+# Views whose schema gained columns after folders were written (graphs: precision_*),
+# read by column name so that old and new folders (and parts) share the view.
+GROWN = {"graphs"}
 SERIES_FILE = "series.json"
 SERIES_FORMAT = "circuitray-series/1"
 # A run folder a series names: one folder inside the series folder, never a path.
@@ -343,6 +348,15 @@ def _empty_select(schema: pa.Schema) -> str:
     return f"SELECT {columns} LIMIT 0"
 
 
+def _with_schema(table: str, source: str) -> str:
+    """``source`` as a FROM item; for a table whose schema gained columns
+    (:data:`GROWN`), with every column of the schema in its order, the ones a folder
+    written before them lacks (in some or all of its files) as NULL."""
+    if table not in GROWN:
+        return source
+    return f"(({_empty_select(SCHEMAS[table])}) UNION ALL BY NAME (SELECT * FROM {source}))"
+
+
 def _int_literal(value: int | None) -> str:
     return "NULL" if value is None else str(int(value))
 
@@ -383,10 +397,12 @@ def _view_statements(
                     )
                 alias = f"_{table}_{len(selects)}_{abs(hash(store.uri)) % 10**8}"
                 register(alias, store.dataset(folder_table))
-                selects.append(f"SELECT {columns} FROM {alias}")
+                selects.append(f"SELECT {columns} FROM {_with_schema(table, alias)}")
             elif files:
                 file_list = ", ".join(_literal(f) for f in files)
-                selects.append(f"SELECT {columns} FROM read_parquet([{file_list}])")
+                by_name = ", union_by_name = true" if table in GROWN else ""
+                source = f"read_parquet([{file_list}]{by_name})"
+                selects.append(f"SELECT {columns} FROM {_with_schema(table, source)}")
             else:
                 selects.append(f"SELECT {columns} FROM ({_empty_select(schema)})")
         statements.append(f"CREATE VIEW {table} AS " + " UNION ALL ".join(selects))

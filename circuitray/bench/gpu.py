@@ -30,7 +30,12 @@ circuit-tracer's default ``attribute()`` arguments and with tuned ones.
 6. At the longest length, prune one unpruned graph (all features) with circuit-tracer's
    ``prune_graph`` and with circuitray's exact pruning, on the CPU (where ``attribute``
    leaves the adjacency matrix) and on the GPU: time, peak memory, identical masks.
-7. Write everything, with the GPU name and library versions
+7. Packing: for each k of ``packing`` (1, 2, 4, 8), a real ``circuitray run`` of
+   ``packing_prompts`` WS2 prompts with k actors at ``--gpus-per-actor 1/k`` (on CPU,
+   k CPU actors), each loading its own copy of the model; graphs per hour from the
+   run's dispatch time (Ray start-up and model loads excluded, reported apart); the
+   best k is recorded. A k whose run fails (out of GPU memory) is recorded as such.
+8. Write everything, with the GPU name and library versions
    (:func:`circuitray.bench.environment.gpu_environment`), to the JSON file ``out``
    after every step (``"complete": false`` until the end), and a Markdown summary to
    ``md_out``; :func:`print_report` prints the tables.
@@ -724,6 +729,27 @@ def markdown_report(report: dict) -> str:
         markdown_tables(report),
         "",
     ]
+    packing = report.get("packing")
+    if packing:
+        lines += [
+            f"Packing ({packing['model']}, {packing['prompts']} prompts per run; graphs/h "
+            "from dispatch time, start-up apart):",
+            "",
+            "| actors | GPUs per actor | graphs/h | start-up s | ok | errors |",
+            "|---|---|---|---|---|---|",
+        ]
+        for r in packing["rows"]:
+            lines.append(
+                f"| {r['actors']} | {r['gpus_per_actor']:.3g} | "
+                f"{r.get('graphs_per_hour', r.get('error', '-'))} | {r.get('ray_start_s', '-')} | "
+                f"{r.get('ok', '-')} | {r.get('errors', '-')} |"
+            )
+        lines += [
+            "",
+            f"Best packing: {packing['best_actors']} actor(s), "
+            f"{packing['best_graphs_per_hour']} graphs/h.",
+            "",
+        ]
     return "\n".join(lines)
 
 
@@ -749,6 +775,9 @@ class GpuBenchConfig:
         prune_compare: Compare circuit-tracer's prune_graph with circuitray's pruning.
         seed: Prompt seed.
         quick: Smoke check: 1 prompt, short lengths on CPU.
+        packing: Actors packed on the one device for the packing step (``0``: skip;
+            ``quick`` keeps 1 and 2).
+        packing_prompts: Prompts per packing run (None: 48, or 4 with quick).
     """
 
     device: str = "auto"
@@ -767,6 +796,8 @@ class GpuBenchConfig:
     prune_compare: bool = True
     seed: int = 0
     quick: bool = False
+    packing: tuple[int, ...] = (1, 2, 4, 8)
+    packing_prompts: int | None = None
 
     def resolved(self, device: str) -> dict[str, Any]:
         """The settings as run on ``device`` (the report's ``args``): defaults filled,
@@ -785,6 +816,8 @@ class GpuBenchConfig:
             "prune_compare": self.prune_compare,
             "seed": self.seed,
             "quick": self.quick,
+            "packing": [k for k in self.packing if k > 0 and not (self.quick and k > 2)],
+            "packing_prompts": self.packing_prompts or (4 if self.quick else 48),
         }
 
 
@@ -806,7 +839,7 @@ def run_gpu_bench(config: GpuBenchConfig, *, out: Path, md_out: Path | None = No
     logger.info("device %s, GPU %s, torch %s", device, env["gpu_name"], env["torch"])
 
     # 2. The main model, else (or also) the bundled one; 3-6 for each, one at a time.
-    from circuitray.models.registry import BUNDLED
+    from circuitray.models.registry import bundled_model
 
     main_dtype = config.dtype or ("bfloat16" if device == "cuda" else "float32")
     cached = hub_cached(config.main_model)
@@ -816,7 +849,7 @@ def run_gpu_bench(config: GpuBenchConfig, *, out: Path, md_out: Path | None = No
     )
     main_info.update(
         cached=cached,
-        bundled=config.main_model in BUNDLED,
+        bundled=bundled_model(config.main_model) is not None,
         fallback=False,
         label=config.main_model,
     )
@@ -865,12 +898,20 @@ def run_gpu_bench(config: GpuBenchConfig, *, out: Path, md_out: Path | None = No
     run(main_info)
     if not main_info["loaded"] or config.with_fallback:
         fb = try_load(config.fallback, transcoders=None, dtype="float32", device=device)
-        fb.update(bundled=config.fallback in BUNDLED, fallback=not main_info["loaded"])
+        fb.update(
+            bundled=bundled_model(config.fallback) is not None, fallback=not main_info["loaded"]
+        )
         fb["label"] = f"{config.fallback} (bundled{' fallback' if fb['fallback'] else ''})"
         if not fb["loaded"]:
             logger.error("fallback %s not loaded: %s", config.fallback, fb["error"])
         run(fb)
 
+    packed = next((m for m in report["models"] if m["loaded"]), None)
+    if args["packing"] and packed is not None:
+        report["packing"] = bench_packing(
+            packed, args=args, device=device, work=out.parent / f"{out.stem}-packing"
+        )
+        save()
     benched = [m["label"] for m in report["models"] if m["loaded"]]
     if main_info["loaded"]:
         summary = f"{main_note} and benchmarked on {env['gpu_name'] or 'CPU'}."
@@ -886,6 +927,63 @@ def run_gpu_bench(config: GpuBenchConfig, *, out: Path, md_out: Path | None = No
         md_out.write_text(markdown_report(report))
     logger.info("wrote %s in %.1f s", out, report["elapsed_s"])
     return report
+
+
+def bench_packing(model: dict, *, args: dict, device: str, work: Path) -> dict:
+    """Step 7: graphs per hour with k actors sharing the device, for each k."""
+    import shutil
+
+    from circuitray.jobs.attribution_job import RunConfig
+    from circuitray.jobs.attribution_job import run as run_job
+    from circuitray.models.loading import ModelSpec
+    from circuitray.prompts.files import write_prompts
+    from circuitray.prompts.ws2 import generate_ws2
+
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    prompts = write_prompts(
+        generate_ws2(n=args["packing_prompts"], seed=args["seed"]), work / "prompts.parquet"
+    )
+    spec = ModelSpec(
+        model=model["model"],
+        transcoders=model["transcoders"],
+        dtype=model["dtype"],
+        device=None if device == "cuda" else "cpu",
+    )
+    rows = []
+    for k in args["packing"]:
+        row: dict[str, Any] = {"actors": k, "gpus_per_actor": 1 / k if device == "cuda" else 0}
+        try:
+            result = run_job(
+                RunConfig(
+                    prompts=str(prompts),
+                    out=str(work / f"k{k}"),
+                    model=spec,
+                    actors=k,
+                    gpus_per_actor=1 / k if device == "cuda" else 1.0,
+                    batch_size=max(1, args["packing_prompts"] // (4 * k)),
+                )
+            )
+            row.update(
+                ok=result.ok,
+                errors=result.errors,
+                ray_start_s=round(result.ray_start_s, 2),
+                dispatch_s=round(result.dispatch_s, 2),
+                graphs_per_hour=round(3600 * result.ok / max(result.dispatch_s, 1e-9)),
+            )
+        except Exception as e:  # noqa: BLE001 - recorded: out of memory at large k
+            row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        logger.info("packing %s", row)
+        rows.append(row)
+    done = [r for r in rows if r.get("graphs_per_hour")]
+    best = max(done, key=lambda r: r["graphs_per_hour"]) if done else None
+    return {
+        "model": model["label"],
+        "prompts": args["packing_prompts"],
+        "rows": rows,
+        "best_actors": best["actors"] if best else None,
+        "best_graphs_per_hour": best["graphs_per_hour"] if best else None,
+    }
 
 
 def render(path: Path, *, md_out: Path | None = None) -> dict:

@@ -7,7 +7,10 @@ side, on this machine.
 2. Run every measurement of :mod:`circuitray.bench.attribution` (overhead, scaling,
    flattening, storage, memory) in a work folder (a temporary one unless given).
 3. Run the pruning comparison of :mod:`circuitray.bench.pruning` (circuitray's exact
-   pruning against circuit-tracer's ``prune_graph``), unless ``pruning`` is off.
+   pruning against circuit-tracer's ``prune_graph``), unless ``pruning`` is off, and
+   the real-shape figures of :mod:`circuitray.bench.real_shape` (the 26-layer
+   gemma-2-2b-shaped model at 1/16 width: per-graph time, peak RSS, flatten share),
+   unless ``real_shape`` is off.
 4. Write the results, with a description of the machine
    (:func:`circuitray.bench.environment.machine_info`) and the commit, to
    ``bench/results/bench-<UTC time>.json`` and ``bench/results/latest.json``.
@@ -91,6 +94,7 @@ def run_suite(
     config: AttributionBenchConfig,
     *,
     pruning: bool = True,
+    real_shape: bool = True,
     quick: bool = False,
     results_dir: Path = RESULTS_DIR,
     work_dir: Path | None = None,
@@ -114,6 +118,14 @@ def run_suite(
             result["section_s"]["pruning"] = time.perf_counter() - t_pruning
         else:
             result["pruning"] = {"skipped": "--no-pruning"}
+        t_shape = time.perf_counter()
+        if real_shape:
+            from circuitray.bench.real_shape import real_shape_bench
+
+            result["real_shape"] = real_shape_bench(n_prompts=1 if quick else 3)
+            result["section_s"]["real_shape"] = time.perf_counter() - t_shape
+        else:
+            result["real_shape"] = {"skipped": "--no-real-shape"}
     finally:
         if work_dir is None:
             shutil.rmtree(root, ignore_errors=True)
@@ -293,8 +305,34 @@ def _figures_table(result: dict) -> Table:
     return table
 
 
+def print_real_shape(section: dict, *, console: Console) -> None:
+    """One row per graph of the real-shape section, and the process's peak RSS."""
+    table = Table(
+        title=f"real shape: {section['model']} (26 layers), torch threads "
+        f"{section['torch_threads']}, peak RSS {section['peak_rss_mb']:.0f} MiB"
+    )
+    for col in ("prompt", "tokens", "N", "kept nodes", "kept edges", "attribute s", "flatten s"):
+        table.add_column(col, justify="right")
+    table.add_column("flatten share", justify="right")
+    table.add_column("prune_graph peak (est.)", justify="right")
+    for g in section["graphs"]:
+        table.add_row(
+            g["prompt_id"],
+            str(g["n_tokens"]),
+            f"{g['n_nodes']:,}",
+            f"{g['kept_nodes']:,}",
+            f"{g['kept_edges']:,}",
+            f"{g['attribute_s']:.2f}",
+            f"{g['flatten_s']:.2f}",
+            f"{100 * g['flatten_share']:.1f}%",
+            f"{g['prune_graph_peak_mb_estimate']:,.0f} MiB",
+        )
+    console.print(table)
+
+
 def print_suite(record: dict, *, console: Console) -> None:
-    """The figures table, the storage line and the pruning comparison of a record."""
+    """The figures table, the storage line, the pruning comparison and the real-shape
+    figures of a record."""
     console.print(_figures_table(record))
     st = record["storage"]
     console.print(f"storage: {st['n_edges']} edges, {st['table_bytes']} bytes by table")
@@ -303,3 +341,8 @@ def print_suite(record: dict, *, console: Console) -> None:
         console.print(f"[dim]pruning comparison skipped: {pruning['skipped']}[/]")
     else:
         print_pruning(pruning, console=console)
+    shape = record.get("real_shape") or {"skipped": "not in this record"}
+    if "skipped" in shape:
+        console.print(f"[dim]real-shape figures skipped: {shape['skipped']}[/]")
+    else:
+        print_real_shape(shape, console=console)

@@ -219,6 +219,12 @@ def bench_processes_cmd(run_dir, json_out, **fields) -> None:
     help="Run the pruning comparison (circuitray.bench.pruning).",
 )
 @click.option(
+    "--real-shape/--no-real-shape",
+    default=True,
+    show_default=True,
+    help="Run the 26-layer gemma-2-2b-shaped figures (circuitray.bench.real_shape).",
+)
+@click.option(
     "--results-dir",
     type=click.Path(file_okay=False, path_type=Path),
     default=RESULTS_DIR,
@@ -230,7 +236,9 @@ def bench_processes_cmd(run_dir, json_out, **fields) -> None:
     default=None,
     help="Where runs are written (kept); default: a temporary folder, removed at the end.",
 )
-def suite_cmd(quick, n_prompts, batch_size, repeats, pruning, results_dir, work_dir, **fields):
+def suite_cmd(
+    quick, n_prompts, batch_size, repeats, pruning, real_shape, results_dir, work_dir, **fields
+):
     """make bench: circuitray against a plain loop; print a table, write JSON results."""
     from circuitray.bench.suite import print_suite, run_suite, suite_config
 
@@ -241,7 +249,12 @@ def suite_cmd(quick, n_prompts, batch_size, repeats, pruning, results_dir, work_
         quick=quick, n_prompts=n_prompts, batch_size=batch_size, repeats=repeats, **values
     )
     done = run_suite(
-        config, pruning=pruning, quick=quick, results_dir=results_dir, work_dir=work_dir
+        config,
+        pruning=pruning,
+        real_shape=real_shape,
+        quick=quick,
+        results_dir=results_dir,
+        work_dir=work_dir,
     )
     out = _wide_console()
     print_suite(done.record, console=out)
@@ -268,6 +281,8 @@ def suite_cmd(quick, n_prompts, batch_size, repeats, pruning, results_dir, work_
 @config_option(GpuBenchConfig, "prune_compare", "--prune-compare/--no-prune-compare")
 @config_option(GpuBenchConfig, "seed", type=int)
 @config_option(GpuBenchConfig, "quick", is_flag=True)
+@config_option(GpuBenchConfig, "packing", type=IntList())
+@config_option(GpuBenchConfig, "packing_prompts", type=click.IntRange(min=1))
 @click.option(
     "--render",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),

@@ -139,6 +139,7 @@ def test_suite_quick_writes_every_figure(tmp_path):
         "--prompts",
         "4",
         "--no-pruning",
+        "--no-real-shape",
         "--results-dir",
         results,
     )
@@ -161,6 +162,7 @@ def test_suite_quick_writes_every_figure(tmp_path):
     assert out["config"]["model"] == "tiny" and out["config"]["n_prompts"] == 4
     assert {"cpu_count", "platform", "torch", "device"} <= set(out["machine"])
     assert out["pruning"] == {"skipped": "--no-pruning"}
+    assert out["real_shape"] == {"skipped": "--no-real-shape"}
     for section in ("overhead", "scaling", "flatten", "storage", "memory"):
         assert section in out
     for text in ("overhead ratio", "flatten + write", "bytes per edge", "peak RSS"):

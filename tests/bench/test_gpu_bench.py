@@ -54,5 +54,13 @@ def test_gpu_bench_falls_back_to_the_bundled_model(tmp_path):
         if "node_mask_diff_vs_circuitray_cpu" in run:
             assert run["node_mask_diff_vs_circuitray_cpu"] == 0
             assert run["edge_mask_diff_vs_circuitray_cpu"] == 0
+    # Packing: real runs with 1 and 2 actors (quick) of the loaded model, every prompt.
+    packing = report["packing"]
+    assert [r["actors"] for r in packing["rows"]] == [1, 2]
+    for r in packing["rows"]:
+        assert r["ok"] == packing["prompts"] == 4 and r["errors"] == 0, r
+        assert r["graphs_per_hour"] > 0
+    assert packing["best_actors"] in (1, 2)
     text = md.read_text()
     assert "tiny (bundled fallback)" in text and "NOT google/gemma-2-2b" in text
+    assert "Best packing:" in text

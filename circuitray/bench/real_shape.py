@@ -1,0 +1,106 @@
+"""The gemma-2-2b shape on this machine: per-graph time, peak memory, flatten share.
+
+1. Build (or reuse) the synthetic gemma-2-2b-shaped model at ``scale``
+   (:func:`circuitray.models.synthetic.build_synthetic`: 26 layers, GemmaScope-like
+   L0, so graphs have the real model's N of 5-15k nodes).
+2. In a fresh Python process (so its peak RSS is this work's alone), load it through
+   :func:`circuitray.models.loading.load_replacement_model` and run circuitray's
+   per-prompt path (:func:`circuitray.graph.attribute.attribute_prompt`: attribute,
+   next-token probabilities, exact pruning, flattening) on WS2 prompts of 4, 5, 6... words.
+3. Report per graph: N, kept nodes and edges, ``attribute()`` seconds, flatten
+   seconds (pruning included) and their share, and the process's peak RSS; with
+   circuit-tracer's ``prune_graph`` estimate (32 bytes per matrix entry) beside it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from typing import Any
+
+__all__ = ["real_shape_bench"]
+
+# Four to eight words: N of about 5-15k nodes on the 26-layer model.
+PROMPT_WORDS = (4, 8)
+
+
+def _child(model: str, n_prompts: int) -> dict[str, Any]:
+    """Step 2, inside the child process."""
+    import resource
+    import time
+
+    import torch
+
+    from circuitray.graph.attribute import AttributionConfig, attribute_prompt
+    from circuitray.graph.prune import PruneConfig
+    from circuitray.models.loading import ModelSpec, load_replacement_model
+    from circuitray.prompts.ws2 import generate_ws2
+
+    t0 = time.perf_counter()
+    m = load_replacement_model(ModelSpec(model=model, device="cpu"))
+    load_s = time.perf_counter() - t0
+    lo, hi = PROMPT_WORDS
+    # One prompt of each length from ``lo`` words up: the first is the cheapest.
+    by_words: dict[int, dict] = {}
+    for r in generate_ws2(n=200, seed=1):
+        by_words.setdefault(len(r["prompt"].split()), r)
+    rows = [by_words[k] for k in sorted(by_words) if lo <= k <= hi]
+    graphs = []
+    for i, prompt in enumerate(rows[:n_prompts]):
+        row, _, _ = attribute_prompt(
+            m, prompt, graph_id=i, attribution=AttributionConfig(), prune=PruneConfig()
+        )
+        if row["status"] != "ok":
+            raise RuntimeError(f"prompt {prompt['prompt_id']}: {row['error']}")
+        n = row["n_selected_features"] + (m.cfg.n_layers + 1) * row["n_tokens"] + row["n_logits"]
+        graphs.append(
+            {
+                "prompt_id": prompt["prompt_id"],
+                "n_tokens": row["n_tokens"],
+                "n_nodes": n,
+                "kept_nodes": row["n_kept_nodes"],
+                "kept_edges": row["n_kept_edges"],
+                "attribute_s": row["attribute_s"],
+                "flatten_s": row["flatten_s"],
+                "total_s": row["total_s"],
+                "flatten_share": row["flatten_s"] / row["attribute_s"],
+                "prune_graph_peak_mb_estimate": 32 * n * n / 2**20,
+            }
+        )
+    return {
+        "model": model,
+        "torch_threads": torch.get_num_threads(),
+        "load_s": load_s,
+        "graphs": graphs,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def real_shape_bench(*, scale: float = 0.0625, n_prompts: int = 3) -> dict[str, Any]:
+    """Steps 1-3; the section ``circuitray bench suite`` records as ``real_shape``."""
+    from circuitray.models.registry import synthetic_model_name
+    from circuitray.models.synthetic import build_synthetic
+
+    build_synthetic(like="gemma-2-2b", scale=scale)
+    model = synthetic_model_name("gemma-2-2b", scale)
+    code = (
+        "import json, sys; from circuitray.bench.real_shape import _child; "
+        f"print(json.dumps(_child({model!r}, {n_prompts})))"
+    )
+    p = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=dict(os.environ)
+    )
+    if p.returncode != 0:
+        tail = (p.stderr.strip().splitlines() or ["no output"])[-1]
+        raise RuntimeError(f"real-shape bench child failed: {tail}")
+    out = json.loads(p.stdout.strip().splitlines()[-1])
+    g = out["graphs"]
+    out["summary"] = {
+        "n_nodes_min": min(x["n_nodes"] for x in g),
+        "n_nodes_max": max(x["n_nodes"] for x in g),
+        "per_graph_s_mean": sum(x["total_s"] for x in g) / len(g),
+        "flatten_share_mean": sum(x["flatten_s"] for x in g) / sum(x["attribute_s"] for x in g),
+    }
+    return out

@@ -16,7 +16,7 @@ BENCH_RUN ?= $(CIRCUITRAY_HOME)/bench/synthetic-$(BENCH_EDGES)
 
 DYNAMICS_DIR ?= $(CIRCUITRAY_HOME)/runs/ws2-dynamics
 
-.PHONY: setup install models browser report run dynamics test format lint typecheck check-ci clean bench-queries bench organism-matrix
+.PHONY: setup install models browser report run dynamics test format lint typecheck check-ci clean bench-queries bench bench-scale organism-matrix
 
 setup: install models browser  ## venv, project, offline models, headless chromium
 
@@ -58,6 +58,9 @@ bench-queries:  ## query/sql processes vs bare DuckDB on RUN_DIR; every named qu
 	$(BIN)/circuitray bench processes $(RUN_DIR) --json-out bench/results/query-processes.json
 	$(BIN)/circuitray bench make-edges --edges $(BENCH_EDGES) --out $(BENCH_RUN)
 	$(BIN)/circuitray bench queries $(BENCH_RUN) --json-out bench/results/queries.json
+
+bench-scale:  ## driver and store cost per prompt at 10^3..10^6 prompts, synthetic workers, + S3 (~10 min)
+	$(BIN)/circuitray bench scale
 
 bench:  ## circuitray vs a plain loop: overhead, scaling, flattening, storage, memory (<10 min)
 	$(BIN)/circuitray bench suite

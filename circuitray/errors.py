@@ -22,3 +22,8 @@ class ModelLoadError(CircuitrayError):
 
 class RunDirError(CircuitrayError):
     """A run folder is missing, incomplete, or in use."""
+
+
+class StaleSessionError(RuntimeError):
+    """A worker's driver no longer owns the run folder: its results are dropped. Not a
+    user error: the driver that fenced the folder computes those prompts again."""

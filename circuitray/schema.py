@@ -28,11 +28,14 @@ __all__ = [
     "RESULT_SORT_KEYS",
     "SCHEMAS",
     "SORT_KEYS",
+    "SUMMARY_FIELDS",
     "TABLES",
     "graph_row",
 ]
 
 NODE_TYPES = ("feature", "error", "token", "logit")
+# What a worker returns to the driver per prompt (graphs-row fields plus its time).
+SUMMARY_FIELDS = ("graph_id", "prompt_id", "status", "error", "n_kept_edges", "total_s", "worker")
 
 GRAPH_SCHEMA = pa.schema(
     [

@@ -5,7 +5,9 @@
 - ``make-edges`` and ``queries``: ``make bench-queries``, a synthetic run at scale and
   every named query timed on it (:mod:`circuitray.bench.synthetic`, ``.queries``);
 - ``processes``: ``circuitray query`` / ``sql`` as whole processes next to a bare DuckDB
-  process (:mod:`circuitray.bench.processes`).
+  process (:mod:`circuitray.bench.processes`);
+- ``scale``: the driver's and the store's cost per prompt from 10^3 to 10^6 prompts,
+  synthetic workers, no model (:mod:`circuitray.bench.scale`).
 
 Options take their defaults and help from the benchmark configs
 (:func:`circuitray.cli.options.config_option`); torch loads inside the commands that
@@ -301,3 +303,63 @@ def gpu_cmd(out, md_out, render, **fields) -> None:
     _bench_logging()
     config = GpuBenchConfig(**config_values(GpuBenchConfig, fields))
     gpu.print_report(gpu.run_gpu_bench(config, out=out, md_out=md_out))
+
+
+@bench_group.command("scale")
+@click.option(
+    "--sizes",
+    type=IntList(),
+    default=None,
+    help="Prompt counts to run [1000,10000,100000,1000000].",
+)
+@click.option(
+    "--batch-sizes",
+    type=IntList(),
+    default=None,
+    help="Batch size per size (as many as --sizes); default: 8 at 10^3 growing as n^0.6.",
+)
+@click.option(
+    "--s3/--no-s3",
+    default=True,
+    show_default=True,
+    help="Also run --s3-size prompts into a local S3 server (moto), counting requests.",
+)
+@click.option("--s3-size", type=click.IntRange(min=1), default=None, help="[100000]")
+@click.option(
+    "--actors", type=click.IntRange(min=1), default=None, help="Worker actors [one per core]."
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Benchmark folder (prompt files are kept there) [$CIRCUITRAY_HOME/bench/scale].",
+)
+@click.option("--keep", is_flag=True, help="Keep the run folders.")
+@click.option(
+    "--json-out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Where the record goes [bench/results/scale-<UTC date>.json].",
+)
+def scale_cmd(sizes, batch_sizes, s3, s3_size, actors, out, keep, json_out) -> None:
+    """Driver RSS, dispatch cost per prompt, parts, resume check, compaction and a named
+    query from 10^3 to 10^6 prompts, with growth exponents (synthetic workers)."""
+    from datetime import UTC, datetime
+
+    from circuitray.bench import scale
+
+    _bench_logging()
+    record = scale.run_scale_bench(
+        sizes=sizes or scale.SIZES,
+        batch_sizes=batch_sizes,
+        s3=s3,
+        s3_size=s3_size or scale.S3_SIZE,
+        actors=actors,
+        out=out,
+        keep=keep,
+    )
+    path = json_out or RESULTS_DIR / f"scale-{datetime.now(UTC).strftime('%Y-%m-%d')}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=2, default=str) + "\n")
+    scale.print_scale(record, console=_wide_console())
+    console.print(f"total wall time {record['wall_s']:.0f}s; results: {path}")

@@ -7,8 +7,8 @@
    are refused at once on the local Ray (:func:`check_fits`), not waited for, and any
    that are not started within ``start_timeout_s`` fail the job in one line. Actors
    are spread over nodes and restarted by Ray if their process dies (``max_restarts``).
-3. Cut pending items into batches (one part file each) and keep every actor fed (two
-   batches in flight each) with ``ray.wait``.
+3. Cut pending items into batches (one part file each), each only when it is sent,
+   and keep every actor fed (two batches in flight each) with ``ray.wait``.
 4. An actor that dies loses only its in-flight batches, which go back to the queue up
    to ``max_attempts`` times, then become error rows; when no actor is alive for
    ``restart_timeout_s`` the remaining batches become error rows too.
@@ -20,7 +20,7 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -200,16 +200,37 @@ def check_fits(
             )
 
 
-def _batches(items: list[tuple[int, dict]], size: int, session: str):
-    for i in range(0, len(items), size):
-        chunk = items[i : i + size]
-        name = f"part-{chunk[0][0]:07d}-{chunk[-1][0]:07d}-{session}"
-        yield name, chunk
+class _BatchQueue:
+    """The batches still to send: retried ones first, then fresh ones, each cut from
+    ``items`` only when it is taken. ``items`` may make its rows on slicing
+    (:class:`circuitray.jobs.session.PromptItems`), so the driver holds the rows of the
+    batches in flight, not of every pending prompt."""
+
+    def __init__(self, items: Sequence[tuple[int, dict]], size: int, session: str):
+        self.items, self.size, self.session = items, size, session
+        self.cut = 0  # items[:cut] are in batches already
+        self.again: deque[tuple[str, list[tuple[int, dict]]]] = deque()
+
+    def __bool__(self) -> bool:
+        return bool(self.again) or self.cut < len(self.items)
+
+    def popleft(self) -> tuple[str, list[tuple[int, dict]]]:
+        if self.again:
+            return self.again.popleft()
+        chunk = list(self.items[self.cut : self.cut + self.size])
+        self.cut += self.size
+        return f"part-{chunk[0][0]:07d}-{chunk[-1][0]:07d}-{self.session}", chunk
+
+    def appendleft(self, batch: tuple[str, list[tuple[int, dict]]]) -> None:
+        self.again.appendleft(batch)
+
+    def append(self, batch: tuple[str, list[tuple[int, dict]]]) -> None:
+        self.again.append(batch)
 
 
 def dispatch(
     placement: Placement,
-    items: list[tuple[int, dict]],
+    items: Sequence[tuple[int, dict]],
     *,
     session: str,
     result: JobResult,
@@ -227,8 +248,10 @@ def dispatch(
     Actors get ``worker_kwargs`` plus ``session`` and their ``torch_threads``;
     ``on_failed(part name, items, message)`` writes a batch that ran out of tries as
     error rows and returns their summaries; ``result`` gets the workers' info, Ray's
-    start time, and the computed and retried counts. ``check()``, called at least
-    every 10 s, stops the dispatch by raising (a driver that lost its lease).
+    start time, the time from then to the last batch back, and the computed and
+    retried counts. ``items`` is sliced one batch at a time, when the batch is sent.
+    ``check()``, called at least every 10 s, stops the dispatch by raising (a driver
+    that lost its lease).
     """
     t0 = time.perf_counter()
     ray = init_ray(placement)
@@ -255,7 +278,8 @@ def dispatch(
         result.ray_start_s = time.perf_counter() - t0
         logger.info("%d workers ready in %.1fs: %s", n_actors, result.ray_start_s, result.workers)
 
-        queue = deque(_batches(items, placement.batch_size, session))
+        t_ready = time.perf_counter()
+        queue = _BatchQueue(items, placement.batch_size, session)
         attempts: dict[str, int] = {}
         # ref -> ("batch", actor, part name, chunk) or ("probe", actor, None, None)
         inflight: dict = {}
@@ -347,6 +371,7 @@ def dispatch(
             except RayTaskError as e:
                 retry_or_fail(name, chunk, _first_line(e))
             feed()
+        result.dispatch_s = time.perf_counter() - t_ready
     finally:  # also when starting fails or check() stops the run: no actor is left running
         for a in actors:
             ray.kill(a)  # type: ignore[arg-type]

@@ -15,7 +15,9 @@ does the rest, the same way for every job:
    so those prompts count as pending (:meth:`Job.drop_errors`).
 4. Dispatch the pending items (:meth:`Job.pending`: not in any committed part) to the
    job's actors (:func:`circuitray.jobs.dispatch.dispatch`); a batch out of tries is
-   written as error rows (:meth:`Job.error_tables`) under its part name.
+   written as error rows (:meth:`Job.error_tables`) under its part name. Jobs over a
+   prompt table give their items as :func:`pending_prompts`, whose rows become dicts
+   one batch at a time.
 5. Compact if asked, count what the folder now holds (:meth:`Job.tally`), record
    status, finish time and counts in the meta file, and release the lock, also on
    errors and interrupts (status ``failed`` with the error's first line, or
@@ -28,8 +30,11 @@ import contextlib
 import logging
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import overload
 
+import numpy as np
 import pyarrow as pa
 
 from circuitray.errors import RunDirError
@@ -38,7 +43,7 @@ from circuitray.storage.run_store import RunStore
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Job", "JobResult"]
+__all__ = ["Job", "JobResult", "PromptItems", "pending_prompts"]
 
 
 @dataclass
@@ -54,6 +59,7 @@ class JobResult:
         skipped: Prompts already done when this session started.
         elapsed_s: Wall time of this session.
         ray_start_s: Time until every actor had loaded its model.
+        dispatch_s: Time from then until the last batch came back.
         retried_batches: Batches sent again after an actor died.
         workers: Each actor's ``info()`` (host, pid, device, threads).
     """
@@ -66,8 +72,47 @@ class JobResult:
     skipped: int = 0
     elapsed_s: float = 0.0
     ray_start_s: float = 0.0
+    dispatch_s: float = 0.0
     retried_batches: int = 0
     workers: list[dict] = field(default_factory=list)
+
+
+class PromptItems(Sequence[tuple[int, dict]]):
+    """The (graph_id, prompt row) pairs of rows ``ids`` of a prompt table (graph_id =
+    row index), whose rows become dicts only when sliced: dispatch cuts one batch at a
+    time, so a million pending prompts are never a million dicts in the driver."""
+
+    def __init__(self, table: pa.Table, ids: np.ndarray):
+        self.table = table
+        self.ids = ids
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @overload
+    def __getitem__(self, index: int) -> tuple[int, dict]: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[tuple[int, dict]]: ...
+    def __getitem__(self, index: int | slice) -> tuple[int, dict] | list[tuple[int, dict]]:
+        if isinstance(index, slice):
+            ids = self.ids[index]
+            rows = self.table.take(ids).to_pylist() if len(ids) else []
+            return list(zip(ids.tolist(), rows, strict=True))
+        gid = int(self.ids[index])
+        return gid, self.table.slice(gid, 1).to_pylist()[0]
+
+    def __iter__(self) -> Iterator[tuple[int, dict]]:
+        for start in range(0, len(self), 4096):
+            yield from self[start : start + 4096]
+
+
+def pending_prompts(table: pa.Table, done: Iterable[int] | np.ndarray) -> PromptItems:
+    """The prompts of ``table`` whose graph_id (row index) is not in ``done``, in order."""
+    given = done if isinstance(done, np.ndarray) else np.fromiter(done, dtype=np.int64)
+    done_ids = given.astype(np.int64, copy=False)
+    todo = np.ones(table.num_rows, dtype=bool)
+    todo[done_ids[(done_ids >= 0) & (done_ids < table.num_rows)]] = False
+    return PromptItems(table, np.flatnonzero(todo))
 
 
 class Job(ABC):
@@ -106,8 +151,9 @@ class Job(ABC):
         """Remove the rows of prompts that have errors; how many prompts."""
 
     @abstractmethod
-    def pending(self) -> tuple[list[tuple[int, dict]], int]:
-        """(items not yet in a committed part, number of items the job covers)."""
+    def pending(self) -> tuple[Sequence[tuple[int, dict]], int]:
+        """(items not yet in a committed part, number of items the job covers); a job
+        over a prompt table returns :func:`pending_prompts`."""
 
     @abstractmethod
     def worker(self) -> tuple[type, dict]:

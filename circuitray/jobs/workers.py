@@ -26,6 +26,7 @@ from dataclasses import replace
 import pyarrow as pa
 import torch
 
+from circuitray.errors import StaleSessionError
 from circuitray.graph.attribute import AttributionConfig, attribute_prompt
 from circuitray.graph.interventions import (
     RESULT_SCHEMA,
@@ -36,25 +37,10 @@ from circuitray.graph.interventions import (
 from circuitray.graph.precision import attribute_checked
 from circuitray.graph.prune import PruneConfig
 from circuitray.models.loading import ModelSpec, load_replacement_model
-from circuitray.schema import EDGE_SCHEMA, GRAPH_SCHEMA, NODE_SCHEMA
+from circuitray.schema import EDGE_SCHEMA, GRAPH_SCHEMA, NODE_SCHEMA, SUMMARY_FIELDS
 from circuitray.storage.run_store import InterventionStore, RunStore
 
 logger = logging.getLogger(__name__)
-
-
-class StaleSessionError(RuntimeError):
-    """This worker's driver no longer owns the run folder: its results are dropped."""
-
-
-SUMMARY_FIELDS = (
-    "graph_id",
-    "prompt_id",
-    "status",
-    "error",
-    "n_kept_edges",
-    "total_s",
-    "worker",
-)
 
 
 class ModelWorker:

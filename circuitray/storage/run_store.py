@@ -57,9 +57,11 @@ import os
 import re
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
@@ -108,11 +110,69 @@ PART_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 # A part a worker writes for a driver session: fenced by manifest.json.
 SESSION_PART = re.compile(r"part-\d+-\d+-(?P<session>[0-9a-f]{12})")
 MANIFEST = "manifest.json"
+# How fence() lays out manifest.json: the session first, so that a worker's check of
+# whose the folder is reads a few bytes, not the sealed list.
+MANIFEST_HEAD = re.compile(r'\{"session": "(?P<session>[^"\\]+)", "sealed": \[')
+MANIFEST_HEAD_BYTES = 256
 
 
 def _stem(path: str) -> str:
     """The part name of a part file's path (``.../graphs/NAME.parquet[.pending]``)."""
     return path.rsplit("/", 1)[1].split(".parquet")[0]
+
+
+def _cut(sizes: np.ndarray, limit: int) -> list[tuple[int, int]]:
+    """Consecutive index runs ``[start, end)`` of ``sizes``, each closed by the entry
+    that brings it to ``limit`` (the last run takes what remains)."""
+    runs: list[tuple[int, int]] = []
+    start, acc = 0, 0
+    for i, n in enumerate(sizes.tolist()):
+        acc += n
+        if acc >= limit:
+            runs.append((start, i + 1))
+            start, acc = i + 1, 0
+    if start < len(sizes):
+        runs.append((start, len(sizes)))
+    return runs
+
+
+def _by_graph(
+    ids: list[np.ndarray], sizes: list[np.ndarray], spans: list[tuple[int, int, str]]
+) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int, str]]]:
+    """The parts' distinct graph ids, ascending, and the rows each holds over all parts
+    (a graph id in two parts is one entry, so no slice boundary falls inside it)."""
+    if not ids:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), spans
+    all_ids, all_sizes = np.concatenate(ids).astype(np.int64), np.concatenate(sizes)
+    unique, where = np.unique(all_ids, return_inverse=True)
+    totals = np.bincount(where, weights=all_sizes.astype(np.float64), minlength=len(unique))
+    return unique, totals.astype(np.int64), spans
+
+
+def _overlapping(
+    spans: list[tuple[int, int, str]], bounds: list[tuple[int, int]]
+) -> Iterator[list[str]]:
+    """For ascending graph-id ranges ``bounds`` ``(lo, hi)``, the parts (``spans``:
+    lowest id, highest id, name) whose ids meet each range: one sweep, so the work
+    grows with parts plus ranges, not with their product."""
+    todo = sorted(spans)
+    i = 0
+    active: list[tuple[int, int, str]] = []
+    for lo, hi in bounds:
+        while i < len(todo) and todo[i][0] <= hi:
+            active.append(todo[i])
+            i += 1
+        active = [s for s in active if s[1] >= lo]  # ended below: never met again
+        yield [s[2] for s in active]
+
+
+def _one_put_per_file(uri: str) -> str:
+    """An ``s3://`` URI with ``allow_delayed_open=true`` unless it says otherwise: then
+    pyarrow writes an object smaller than its upload part size with one PUT, instead
+    of a multipart upload (create, part, complete: three requests per part file)."""
+    if not uri.startswith("s3://") or "allow_delayed_open=" in uri:
+        return uri
+    return f"{uri}{'&' if '?' in uri else '?'}allow_delayed_open=true"
 
 
 def _fsync(path: str) -> None:
@@ -152,7 +212,7 @@ class RunStore:
         else:
             self.root = text.rstrip("/")
             try:
-                self.fs, self.base = pafs.FileSystem.from_uri(text)
+                self.fs, self.base = pafs.FileSystem.from_uri(_one_put_per_file(text))
             except (pa.ArrowInvalid, OSError) as e:
                 raise RunDirError(f"{text}: cannot open storage: {e}") from None
             self.base = self.base.rstrip("/")
@@ -245,12 +305,17 @@ class RunStore:
 
         self._put(path, write)
 
-    def _put_parquet(self, path: str, table: pa.Table) -> None:
+    @staticmethod
+    def _parquet_options(path: str, columns: list[str]) -> dict:
         kind = path.rstrip("/").split("/")[-2]  # the table folder: edges, nodes, graphs
         options: dict = dict(PARQUET_OPTIONS)
         for key, value in COLUMN_OPTIONS.get(kind, {}).items():  # only columns present
-            keep = [c for c in value if c in table.column_names]
+            keep = [c for c in value if c in columns]
             options[key] = {c: value[c] for c in keep} if isinstance(value, dict) else keep
+        return options
+
+    def _put_parquet(self, path: str, table: pa.Table) -> None:
+        options = self._parquet_options(path, table.column_names)
         self._put(path, lambda p: pq.write_table(table, p, filesystem=self.fs, **options))
 
     # -- run.json ---------------------------------------------------------------
@@ -340,7 +405,22 @@ class RunStore:
         return m
 
     def current_session(self) -> str | None:
-        """The session whose workers may commit now (None before any session)."""
+        """The session whose workers may commit now (None before any session).
+
+        Workers ask before every batch, and the sealed list grows with the run, so only
+        the head of the manifest is read, where :meth:`fence` writes the session; a
+        manifest laid out otherwise is read and validated whole."""
+        path = self._path(MANIFEST)
+        if self.local:
+            self._refuse_link(path)
+        try:
+            with self.fs.open_input_stream(path) as f:
+                head = f.read(MANIFEST_HEAD_BYTES).decode(errors="replace")
+        except FileNotFoundError:
+            return None
+        match = MANIFEST_HEAD.match(head)
+        if match is not None:
+            return match["session"]
         m = self._manifest()
         return None if m is None else m["session"]
 
@@ -348,9 +428,12 @@ class RunStore:
         """Drop ``names`` from the sealed parts before their files are deleted, so a
         late writer of an older session can never bring a name back into view."""
         m = self._manifest()
-        if m is None or not set(names) & set(m["sealed"]):
+        if m is None:
             return
-        sealed = [n for n in m["sealed"] if n not in set(names)]
+        drop = set(names)  # once: compaction unseals every part it replaces
+        sealed = [n for n in m["sealed"] if n not in drop]
+        if len(sealed) == len(m["sealed"]):
+            return
         self._put_text(self._path(MANIFEST), json.dumps({**m, "sealed": sealed}) + "\n")
 
     def fence(self, session: str | None = None) -> str:
@@ -393,7 +476,7 @@ class RunStore:
         opened as an intervention folder, or the reverse): they share lock and
         compaction files."""
         for other in (RunStore, InterventionStore):
-            if type(self) is not other and self._exists(self._path(other.meta_file)):
+            if other.meta_file != self.meta_file and self._exists(self._path(other.meta_file)):
                 name = "a run" if other is RunStore else "an intervention"
                 raise RunDirError(f"{self.root}: is {name} folder; give a new --out folder")
 
@@ -617,43 +700,57 @@ class RunStore:
         return removed
 
     # -- compaction ---------------------------------------------------------------
+    slice_rows = 1_000_000  # rows compaction sorts at once: bounds its memory
+
     def compact(self, *, rows_per_file: int = 20_000_000) -> dict[str, int]:
         """Merge all parts into files of about ``rows_per_file`` edge rows, sorted by
         graph_id (nodes by node_id, edges by dst, src within a graph). Atomic: see the
-        module docstring. Takes the driver lock unless this store already holds it."""
+        module docstring. Takes the driver lock unless this store already holds it.
+
+        Costs grow with the rows and parts, never their product: each output file is
+        written a slice of about :attr:`slice_rows` rows at a time (sorted, one row
+        group or more each), and each slice reads only the parts whose graph ids meet
+        its range."""
         own_lock = not self.locked
         if own_lock:
             self.acquire_lock()
         try:
-            # A fresh session that no worker has: any late write stays out of view.
+            # A fresh session that no worker has: any late write stays out of view. The
+            # fence reads every committed part and leaves only whole ones in view (it
+            # raises on a damaged sealed one), so they need no second check here.
             self.fence()
             self.clean()
-            bad = self.unreadable_parts()
-            if bad:
-                raise self.unreadable(*next(iter(bad.values())))
             old = self.committed_parts()
             if len(old) <= 1:
                 return {"parts_before": len(old), "parts_after": len(old)}
-            ids, sizes = self._rows_per_graph()
-            # Cut graph_id ranges so each file holds about rows_per_file (edge) rows.
-            ranges: list[tuple[int, int]] = []
-            start, acc = 0, 0
-            for i, n in enumerate(sizes):
-                acc += n
-                if acc >= rows_per_file or i == len(sizes) - 1:
-                    ranges.append((ids[start], ids[i]))
-                    start, acc = i + 1, 0
+            ids, sizes, spans = self._graph_index()
+            ranges = _cut(sizes, rows_per_file)  # index runs of about rows_per_file rows
             token = uuid.uuid4().hex[:8]
             new = [f"compact-{token}-{r:05d}" for r in range(len(ranges))]
-            sources = {t: self.dataset(t) for t in self.tables}
+            # Within each file, slices of about slice_rows rows (a graph's graphs row
+            # counts as one, so graphs without edges are bounded too).
+            slices = [
+                [(start + a, start + b) for a, b in _cut(sizes[start:end] + 1, self.slice_rows)]
+                for start, end in ranges
+            ]
+            bounds = [(int(ids[a]), int(ids[b - 1])) for file in slices for a, b in file]
+            readers = list(_overlapping(spans, bounds))
             for table in self.tables:
-                source = sources[table]
-                assert source is not None
-                for stem, (lo, hi) in zip(new, ranges, strict=True):
-                    gid = pc.field("graph_id")
-                    part = source.to_table(filter=(gid >= lo) & (gid <= hi))
-                    part = part.sort_by(self.sort_keys[table])
-                    self._put_parquet(self._path(table, f"{stem}.parquet{PENDING}"), part)
+                files = {_stem(f): f for f in self.part_files(table)}
+                whole = self.dataset(table)
+                assert whole is not None
+                schema = whole.schema  # as one dataset of every part reads them
+                k = 0
+                for stem, file_slices in zip(new, slices, strict=True):
+                    chunks = []
+                    for _ in file_slices:
+                        chunks.append((bounds[k], [files[s] for s in readers[k] if s in files]))
+                        k += 1
+                    self._put_parquet_stream(
+                        self._path(table, f"{stem}.parquet{PENDING}"),
+                        schema,
+                        self._sorted_slices(table, schema, chunks),
+                    )
             log = json.dumps({"token": token, "new": new, "old": old})
             self._put_text(self._path("compaction.json"), log)  # the commit point
             self._finish_compaction()
@@ -663,13 +760,44 @@ class RunStore:
             if own_lock:
                 self.release_lock()
 
-    def _rows_per_graph(self) -> tuple[list[int], list[int]]:
-        """Sorted graph ids and the rows each holds in the largest table (edges)."""
-        graphs = self.read_table("graphs", ["graph_id", "n_kept_edges"])
-        assert graphs is not None
-        graphs = graphs.sort_by(SORT_KEYS["graphs"])
-        sizes = [n or 0 for n in graphs["n_kept_edges"].to_pylist()]
-        return graphs["graph_id"].to_pylist(), sizes
+    def _sorted_slices(
+        self, table: str, schema: pa.Schema, chunks: list[tuple[tuple[int, int], list[str]]]
+    ) -> Iterator[pa.Table]:
+        """Each chunk's rows (graph ids ``lo..hi`` from its part files), sorted."""
+        import pyarrow.dataset as ds
+
+        gid = pc.field("graph_id")
+        for (lo, hi), paths in chunks:
+            if not paths:
+                continue
+            source = ds.dataset(paths, schema=schema, format="parquet", filesystem=self.fs)
+            rows = source.to_table(filter=(gid >= lo) & (gid <= hi))
+            if rows.num_rows:
+                yield rows.sort_by(self.sort_keys[table])
+
+    def _graph_index(self) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int, str]]]:
+        """Sorted graph ids, the rows each holds in the largest table (edges), and each
+        committed part's (lowest, highest graph id, name): one read of the commit table."""
+        ids, sizes, spans = [], [], []
+        for f in self.part_files(self.commit_table):
+            t = self._read_part(f, ["graph_id", "n_kept_edges"])
+            if t.num_rows:
+                gid = t["graph_id"].to_numpy()
+                spans.append((int(gid.min()), int(gid.max()), _stem(f)))
+                ids.append(gid)
+                sizes.append(t["n_kept_edges"].fill_null(0).to_numpy())
+        return _by_graph(ids, sizes, spans)
+
+    def _put_parquet_stream(self, path: str, schema: pa.Schema, tables: Iterator[pa.Table]):
+        """:meth:`_put_parquet` of the tables one after another (one file, same options)."""
+        options = self._parquet_options(path, schema.names)
+
+        def write(p: str) -> None:
+            with pq.ParquetWriter(p, schema, filesystem=self.fs, **options) as writer:
+                for t in tables:
+                    writer.write_table(t)
+
+        self._put(path, write)
 
     def _finish_compaction(self) -> None:
         log = self._compaction()
@@ -703,6 +831,13 @@ class RunStore:
             )
             return schema.empty_table()
         return t
+
+    def graph_ids(self) -> np.ndarray:
+        """The graph_id of every committed graphs row, as one int64 array: what a resume
+        counts as done (:func:`circuitray.jobs.session.pending_prompts`), without a
+        Python object per graph."""
+        ids = self.read_graphs(columns=["graph_id"])["graph_id"]
+        return ids.to_numpy().astype(np.int64, copy=False)
 
     def graph_status(self) -> dict[int, str]:
         """graph_id -> status over all committed graphs rows."""
@@ -752,11 +887,17 @@ class InterventionStore(RunStore):
 
     count_columns: list[str] = []  # one table: the commit point holds every row
 
-    def _rows_per_graph(self) -> tuple[list[int], list[int]]:
-        t = self.read_table("results", ["graph_id"])
-        assert t is not None
-        counts = t.group_by("graph_id").aggregate([("graph_id", "count")]).sort_by("graph_id")
-        return counts["graph_id"].to_pylist(), counts["graph_id_count"].to_pylist()
+    def _graph_index(self) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int, str]]]:
+        ids, sizes, spans = [], [], []
+        for f in self.part_files("results"):
+            t = self._read_part(f, ["graph_id"])
+            if t.num_rows:
+                counts = t.group_by("graph_id").aggregate([("graph_id", "count")])
+                gid = counts["graph_id"].to_numpy()
+                spans.append((int(gid.min()), int(gid.max()), _stem(f)))
+                ids.append(gid)
+                sizes.append(counts["graph_id_count"].to_numpy())
+        return _by_graph(ids, sizes, spans)
 
     def drop_graphs_with_errors(self) -> list[int]:
         """Remove every row of the graphs that have an error row, so a resumed run

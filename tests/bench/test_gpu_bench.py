@@ -58,6 +58,7 @@ def test_gpu_bench_falls_back_to_the_bundled_model(tmp_path):
     packing = report["packing"]
     assert [r["actors"] for r in packing["rows"]] == [1, 2]
     for r in packing["rows"]:
+        assert "error" not in r, r["error"]
         assert r["ok"] == packing["prompts"] == 4 and r["errors"] == 0, r
         assert r["graphs_per_hour"] > 0
     assert packing["best_actors"] in (1, 2)

@@ -98,6 +98,8 @@ class RunProgress:
         self.task = None
         self.errors = 0
 
+    shown_errors = 3  # error messages printed per run as they arrive
+
     def __enter__(self) -> RunProgress:
         return self
 
@@ -112,6 +114,15 @@ class RunProgress:
             return
         if summary.get("status") == "error":
             self.errors += 1
+            if self.errors <= self.shown_errors:  # a few, so a failing run says why
+                more = " (more are in the graphs table's error column)"
+                err_console.print(
+                    f"{summary.get('prompt_id')}: error: {summary.get('error')}"
+                    + (more if self.errors == self.shown_errors else ""),
+                    soft_wrap=True,
+                    markup=False,
+                    highlight=False,
+                )
         assert self.task is not None
         self.progress.update(self.task, completed=done, errors=self.errors)
 

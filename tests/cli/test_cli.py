@@ -163,3 +163,13 @@ def test_ws2_and_compact_json(ray_run, tmp_path):
     p = circuitray("compact", copy, "--json")
     assert p.returncode == 0, p.stderr
     assert set(json.loads(p.stdout)) == {"run_dir", "parts_before", "parts_after"}
+
+
+def test_run_prints_why_prompts_failed(tmp_path, good_prompts):
+    """A run that ends with error rows says why on stderr, not only how many."""
+    out = tmp_path / "run"
+    p = circuitray("run", good_prompts, "--out", out, "--model", "tiny", "--max-tokens", 2)
+    assert p.returncode == 0, p.stderr
+    assert "a: error: ValueError: prompt has" in p.stderr
+    assert "more than max_tokens=2" in p.stderr
+    assert "0 ok, 1 errors of 1" in p.stderr

@@ -7,7 +7,7 @@ can fix (:class:`CircuitrayError`) print one line to stderr and exit 2; no trace
 
 One module per command group: ``prompts`` (ws2), ``jobs`` (run, intervene, pipeline,
 compact), ``query`` (query, sql, compare), ``outputs`` (report, export, serve),
-``models`` (model, organism), ``finetune`` (finetune, series), ``bench``; ``output``
+``models`` (model, organism), ``features`` (features build/import), ``finetune`` (finetune, series), ``bench``; ``output``
 holds the table and progress output they share. Command modules are imported only
 when their command runs (:class:`LazyGroup`), so ``circuitray query`` and
 ``circuitray --help`` never load torch or Ray.
@@ -100,6 +100,10 @@ COMMANDS = {
         "circuitray.cli.finetune:series_cmd",
         "Attribute the same prompts at every checkpoint of MANIFEST (finetune.json): one "
         "run folder per step under --out (resumable); queries see a step column.",
+    ),
+    "features": (
+        "circuitray.cli.features:features_group",
+        "Feature labels per transcoder set: build from top activations, or import.",
     ),
     "model": ("circuitray.cli.models:model_group", "Build and inspect models."),
     "organism": (

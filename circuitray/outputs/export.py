@@ -12,22 +12,30 @@ Neuronpedia's format) without recomputing it:
    the target logit.
 3. Links are the stored edges in (target, source) order, weight as stored; nodes
    without a link are dropped, tokens and logits kept (``create_used_nodes_and_edges``).
-4. Write ``<slug>.json`` with circuit-tracer's ``Model`` and add it to the folder's
-   ``graph-metadata.json`` with circuit-tracer's ``add_graph_metadata``.
-5. :func:`circuitray.outputs.viewer.serve` shows the folder in circuit-tracer's viewer.
+4. Feature nodes carry their label in circuit-tracer's (and Neuronpedia's) ``clerp``
+   field, from the feature table of the run's transcoders
+   (:mod:`circuitray.features.store`); ``<slug>.features.json`` beside the graph holds
+   those features' rows (label, source, statistics, top examples) for the viewer.
+5. Write ``<slug>.json`` with circuit-tracer's ``Model`` and add it to the folder's
+   ``graph-metadata.json`` with circuit-tracer's ``add_graph_metadata`` (its entry
+   names the features file under ``features``).
+6. :func:`circuitray.outputs.viewer.serve` shows the folder in circuitray's viewer.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
 import tempfile
 from pathlib import Path
 
+import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 from circuitray.errors import CircuitrayError
+from circuitray.features.store import run_features_path
 from circuitray.outputs.viewer import SLUG
 from circuitray.storage.run_store import RunStore
 
@@ -54,11 +62,30 @@ def _graph_tables(store: RunStore, graph_id: int) -> tuple[dict, list[dict], lis
     return row, nodes, edges
 
 
+def graph_features(meta: dict, nodes: list[dict]) -> dict[tuple[int, int], dict]:
+    """The feature-table rows of a graph's feature nodes, by (layer, feature), from the
+    table of the transcoders ``meta`` (run.json) records; empty when it has none."""
+    path = run_features_path(meta)
+    keys = {(n["layer"], n["feature"]) for n in nodes if n["node_type"] == "feature"}
+    if path is None or not keys:
+        return {}
+    layers = sorted({layer for layer, _ in keys})
+    table = ds.dataset(path).to_table(filter=pc.field("layer").isin(layers))
+    return {
+        (r["layer"], r["feature"]): r
+        for r in table.to_pylist()
+        if (r["layer"], r["feature"]) in keys
+    }
+
+
 def build_graph_model(store: RunStore, graph_id: int, *, slug: str):
-    """circuit-tracer's frontend ``Model`` for a stored graph (see module docstring)."""
+    """circuit-tracer's frontend ``Model`` for a stored graph (see module docstring),
+    and the feature-table rows of its features (:func:`graph_features`), whose labels
+    fill the feature nodes' ``clerp``."""
     from circuit_tracer.frontend.graph_models import Metadata, Model, Node, QParams
 
     row, nodes, edges = _graph_tables(store, graph_id)
+    features = graph_features(store.read_meta(), nodes)
     if any(n.get("cumulative_influence") is None for n in nodes):
         raise CircuitrayError(
             f"{store.root}: graph {graph_id} has no cumulative_influence (a run made by an "
@@ -79,6 +106,9 @@ def build_graph_model(store: RunStore, graph_id: int, *, slug: str):
                 influence=n["cumulative_influence"],
                 activation=n["activation"],
             )
+            label = features.get((n["layer"], n["feature"]), {}).get("label")
+            if label:
+                node.clerp = label
         elif kind == "error":
             node = Node.error_node(n["layer"], n["pos"], influence=n["cumulative_influence"])
         elif kind == "token":
@@ -119,7 +149,16 @@ def build_graph_model(store: RunStore, graph_id: int, *, slug: str):
         node_threshold=(meta.get("prune") or {}).get("node_threshold"),
     )
     qparams = QParams(pinnedIds=[], supernodes=[], linkType="both", clickedId="", sg_pos="")
-    return Model(metadata=metadata, qParams=qparams, nodes=used, links=links)
+    return Model(metadata=metadata, qParams=qparams, nodes=used, links=links), features
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """A fresh temp file of our own (a planted name could be a link), renamed into
+    place: atomic, so the viewer never reads half a file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
 
 
 def export_graph(run_dir: str, graph_id: int, out_dir: str, *, slug: str | None = None) -> Path:
@@ -137,16 +176,20 @@ def export_graph(run_dir: str, graph_id: int, out_dir: str, *, slug: str | None 
         )
     default = f"{Path(str(run_dir).rstrip('/')).name}-g{graph_id}"
     slug = slug or re.sub(r"[^A-Za-z0-9._-]", "-", default).lstrip(".-_") or f"g{graph_id}"
-    model = build_graph_model(store, graph_id, slug=slug)
+    model, features = build_graph_model(store, graph_id, slug=slug)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{slug}.json"
-    # A fresh temp file of our own (a planted name could be a link), renamed into
-    # place: atomic, so the viewer never reads half a file.
-    fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{slug}.json.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(model.model_dump_json(indent=2))
-    os.replace(tmp, path)
-    add_graph_metadata(model.metadata.model_dump(), str(out))
+    _write_atomic(path, model.model_dump_json(indent=2))
+    entry = model.metadata.model_dump()
+    if features:
+        sidecar = {
+            "format": "circuitray-features/1",
+            "transcoders": (store.read_meta().get("model") or {}).get("transcoders"),
+            "features": {f"{layer}/{feature}": r for (layer, feature), r in features.items()},
+        }
+        _write_atomic(out / f"{slug}.features.json", json.dumps(sidecar, indent=1))
+        entry["features"] = f"{slug}.features.json"
+    add_graph_metadata(entry, str(out))
     logger.info("exported graph %d of %s to %s", graph_id, run_dir, path)
     return path

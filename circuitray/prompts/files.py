@@ -23,9 +23,9 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from circuitray.errors import PromptFileError
+from circuitray.errors import CircuitrayError, PromptFileError
 
-__all__ = ["PROMPT_SCHEMA", "file_sha256", "read_prompts", "write_prompts"]
+__all__ = ["PROMPT_SCHEMA", "file_sha256", "read_prompts", "read_table_file", "write_prompts"]
 
 REQUIRED_COLUMNS = ("prompt_id", "prompt")
 
@@ -40,7 +40,9 @@ PROMPT_SCHEMA = pa.schema(
 )
 
 
-def _format_of(path: Path) -> str:
+def _format_of(
+    path: Path, *, what: str = "prompt file", error: type[CircuitrayError] = PromptFileError
+) -> str:
     suffix = path.suffix.lower()
     if suffix in (".parquet", ".pq"):
         return "parquet"
@@ -48,9 +50,7 @@ def _format_of(path: Path) -> str:
         return "jsonl"
     if suffix in (".csv", ".tsv"):
         return "csv"
-    raise PromptFileError(
-        f"{path}: unknown prompt file type {suffix!r} (use .parquet, .jsonl or .csv)"
-    )
+    raise error(f"{path}: unknown {what} type {suffix!r} (use .parquet, .jsonl or .csv)")
 
 
 def file_sha256(path: str | Path) -> str:
@@ -62,8 +62,12 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def _read_table(path: Path) -> pa.Table:
-    fmt = _format_of(path)
+def read_table_file(
+    path: Path, *, what: str = "prompt file", error: type[CircuitrayError] = PromptFileError
+) -> pa.Table:
+    """A Parquet, JSONL (or JSON array) or CSV/TSV file as a table, every CSV value as
+    text; a file that cannot be read raises ``error`` in one line naming it."""
+    fmt = _format_of(path, what=what, error=error)
     try:
         if fmt == "parquet":
             return pq.read_table(path)
@@ -81,11 +85,11 @@ def _read_table(path: Path) -> pa.Table:
             _check_unique(path, stripped)
             return table.rename_columns(stripped)
         return _read_jsonl(path)
-    except PromptFileError:
-        raise
+    except CircuitrayError as e:
+        raise error(str(e)) from None
     except (pa.ArrowInvalid, OSError, UnicodeDecodeError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise PromptFileError(f"{path}: cannot read as {fmt}: {first}") from None
+        raise error(f"{path}: cannot read as {fmt}: {first}") from None
 
 
 def _check_unique(path: Path, names: list[str]) -> None:
@@ -191,7 +195,7 @@ def read_prompts(path: str | Path) -> pa.Table:
         raise PromptFileError(f"{path}: prompt file not found")
     if path.is_dir():
         raise PromptFileError(f"{path}: is a directory, expected a prompt file")
-    table = _read_table(path)
+    table = read_table_file(path)
     _check_unique(path, table.column_names)
     missing = [c for c in REQUIRED_COLUMNS if c not in table.column_names]
     if missing:

@@ -13,7 +13,9 @@
    folder's name (NULL for a folder given itself); nodes and edges join graphs on
    (run, graph_id) for it. ``graphs`` reads its files by column name, so a folder
    (or part) written before a column was added (``precision_*``) gives NULL there.
-   For local folders the views are plain SQL
+   ``features`` holds, per run, the feature table (labels, activation statistics, top
+   examples) of the transcoder set its run.json records, for joins on (run, layer,
+   feature). For local folders the views are plain SQL
    (:func:`view_sql`), which any DuckDB process can run to get the same views.
 2. Named queries are the ``*.sql`` files of the query folder: ``sql/`` beside this
    module (package data, so a wheel has them; ``queries/`` in a checkout links here),
@@ -47,6 +49,7 @@ import duckdb
 import pyarrow as pa
 
 from circuitray.errors import CircuitrayError, RunDirError
+from circuitray.features.store import FEATURE_SCHEMA, run_features_path
 from circuitray.schema import EDGE_SCHEMA, GRAPH_SCHEMA, NODE_SCHEMA, RESULT_SCHEMA
 from circuitray.storage.run_store import InterventionStore, RunStore
 
@@ -406,7 +409,43 @@ def _view_statements(
             else:
                 selects.append(f"SELECT {columns} FROM ({_empty_select(schema)})")
         statements.append(f"CREATE VIEW {table} AS " + " UNION ALL ".join(selects))
+    statements.append(_features_view(runs))
     return statements
+
+
+def _run_features(run: _OpenRun) -> tuple[str | None, Path | None]:
+    """The transcoder reference a run folder records and its feature table, if any
+    (intervention folders have none of their own)."""
+    if isinstance(run.store, InterventionStore):
+        return None, None
+    meta = run.store.read_meta()
+    transcoders = (meta.get("model") or {}).get("transcoders")
+    return (transcoders if isinstance(transcoders, str) else None), run_features_path(meta)
+
+
+def _features_view(runs: list[_OpenRun]) -> str:
+    """The ``features`` view: per run, the feature table of the transcoder set its
+    run.json records (:mod:`circuitray.features.store`), with columns run and
+    transcoders first; no rows for a run whose set has none."""
+    columns = ", ".join(f'"{name}"' for name in FEATURE_SCHEMA.names)
+    selects = []
+    for run in runs:
+        transcoders, path = _run_features(run)
+        ref = "NULL" if transcoders is None else _literal(transcoders)
+        head = f"{_literal(run.name)} AS run, CAST({ref} AS VARCHAR) AS transcoders"
+        source = (
+            f"({_empty_select(FEATURE_SCHEMA)})"
+            if path is None
+            else f"read_parquet({_literal(str(path))})"
+        )
+        selects.append(f"SELECT {head}, {columns} FROM {source}")
+    return "CREATE VIEW features AS " + " UNION ALL ".join(selects)
+
+
+def _feature_dirs(runs: list[_OpenRun]) -> list[str]:
+    """The folders of the feature tables the runs' ``features`` view reads."""
+    paths = {_run_features(run)[1] for run in runs} - {None}
+    return sorted(str(p.parent.resolve()) + "/" for p in paths if p is not None)
 
 
 def view_sql(run_dirs: list[str]) -> list[str]:
@@ -532,6 +571,7 @@ def run_sql(run_dirs: list[str], sql: str) -> pa.Table:
         # Only the run folders stay readable (a series' own, not the series folder);
         # then lock the configuration.
         dirs = [str(Path(r.path).resolve()) + "/" for r in runs if r.store.local]
+        dirs += _feature_dirs(runs)  # the features view reads the runs' feature tables
         con.execute("SET allowed_directories = $dirs", {"dirs": dirs})
         con.execute("SET enable_external_access = false")
         con.execute("SET lock_configuration = true")

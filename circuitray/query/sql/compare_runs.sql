@@ -3,7 +3,10 @@
 -- up, the mean change (candidate - baseline) of replacement and completeness scores,
 -- of kept nodes and edges, and of the target token's probability; top-1 accuracy in
 -- each run; and the mean number of features (layer, feature) a prompt's graph gained
--- and lost, with the mean Jaccard similarity of its two feature sets.
+-- and lost, with the mean Jaccard similarity of its two feature sets; and the features
+-- gained and lost in the most prompts (top_gained, top_lost: 'L1/250 label (n
+-- prompts)', the label from the candidate's / baseline's feature table where it has one).
+-- param: top_changes int = 3 -- features listed in top_gained and top_lost
 -- param: min_pairs int = 1 -- only report types with at least this many pairs
 WITH base AS (
     SELECT g.* FROM graphs g JOIN runs USING (run) WHERE runs.position = 0 AND status = 'ok'
@@ -45,6 +48,37 @@ sets AS (
     FROM fb FULL OUTER JOIN fc
         ON fb.prompt_id = fc.prompt_id AND fb.layer = fc.layer AND fb.feature = fc.feature
     GROUP BY coalesce(fb.prompt_id, fc.prompt_id)
+),
+changes AS (
+    SELECT p.constraint_type, 'gained' AS kind, p.run_c AS run, fc.layer, fc.feature,
+           count(*) AS n
+    FROM fc JOIN pairs p USING (prompt_id)
+    ANTI JOIN fb USING (prompt_id, layer, feature)
+    GROUP BY ALL
+    UNION ALL
+    SELECT p.constraint_type, 'lost', p.run_b, fb.layer, fb.feature, count(*)
+    FROM fb JOIN pairs p USING (prompt_id)
+    ANTI JOIN fc USING (prompt_id, layer, feature)
+    GROUP BY ALL
+),
+ranked AS (
+    SELECT *, row_number() OVER (
+        PARTITION BY constraint_type, kind ORDER BY n DESC, layer, feature
+    ) AS r
+    FROM changes
+),
+top_changes AS (
+    SELECT c.constraint_type,
+           list(format('L{}/{}', c.layer, c.feature) || coalesce(' ' || f.label, '')
+                || format(' ({})', c.n) ORDER BY c.r) FILTER (WHERE c.kind = 'gained')
+               AS top_gained,
+           list(format('L{}/{}', c.layer, c.feature) || coalesce(' ' || f.label, '')
+                || format(' ({})', c.n) ORDER BY c.r) FILTER (WHERE c.kind = 'lost')
+               AS top_lost
+    FROM ranked c
+    LEFT JOIN features f ON f.run = c.run AND f.layer = c.layer AND f.feature = c.feature
+    WHERE c.r <= $top_changes
+    GROUP BY c.constraint_type
 )
 SELECT constraint_type, count(*) AS pairs,
        round(avg(d_replacement), 4) AS mean_d_replacement,
@@ -57,8 +91,10 @@ SELECT constraint_type, count(*) AS pairs,
        round(avg(coalesce(gained, 0)), 2) AS mean_features_gained,
        round(avg(coalesce(lost, 0)), 2) AS mean_features_lost,
        round(avg(coalesce(kept / nullif(kept + gained + lost, 0), 1)), 4)
-           AS mean_feature_jaccard
+           AS mean_feature_jaccard,
+       any_value(t.top_gained) AS top_gained, any_value(t.top_lost) AS top_lost
 FROM pairs LEFT JOIN sets USING (prompt_id)
+LEFT JOIN top_changes t USING (constraint_type)
 GROUP BY constraint_type
 HAVING count(*) >= $min_pairs
 ORDER BY constraint_type;

@@ -4,6 +4,7 @@
 -- gained and lost, the share of the final circuit present; when the final features
 -- first appear; and the activation change of the features present at every step.
 -- param: min_graphs int = 2 -- ok graphs of a type at a step a feature must be kept in to join its set
+-- param: final_listed int = 8 -- final-circuit features listed in final_features
 --
 -- The type's feature set at a step holds the (layer, feature) pairs kept in at least
 -- min_graphs of its ok graphs at that step; the final circuit is the set at the
@@ -94,6 +95,23 @@ summary AS (
                AS all_step
     FROM n_final nf
 ),
+series_labels AS (
+    SELECT coalesce(r.series, '(none)') AS series, f.layer, f.feature,
+           any_value(f.label) AS label
+    FROM features f JOIN runs r USING (run)
+    WHERE f.label IS NOT NULL
+    GROUP BY ALL
+),
+final_list AS (
+    SELECT fs.series, fs.constraint_type,
+           list(format('L{}/{}', fs.layer, fs.feature) || coalesce(' ' || l.label, '')
+                || format(' (step {})', fs.first_step)
+                ORDER BY fs.first_step, fs.layer, fs.feature)[1:$final_listed]
+               AS final_features
+    FROM first_seen fs
+    LEFT JOIN series_labels l USING (series, layer, feature)
+    GROUP BY fs.series, fs.constraint_type
+),
 stable AS (
     SELECT s.series, s.constraint_type, s.layer, s.feature
     FROM sets s JOIN bounds b USING (series)
@@ -126,11 +144,13 @@ SELECT p.series, p.constraint_type, p.step,
        round(a.appeared / nullif(sm.n_final, 0), 4) AS appeared_share,
        sm.median_first_step, sm.half_step, sm.all_step,
        coalesce(st.n_stable, 0) AS n_stable,
-       round(st.mean_activation_change, 4) AS mean_activation_change
+       round(st.mean_activation_change, 4) AS mean_activation_change,
+       fl.final_features
 FROM per_step p
 LEFT JOIN counts c USING (series, constraint_type, step)
 LEFT JOIN summary sm USING (series, constraint_type)
 LEFT JOIN appeared a USING (series, constraint_type, step)
 LEFT JOIN activation st USING (series, constraint_type, step)
+LEFT JOIN final_list fl USING (series, constraint_type)
 WINDOW w AS (PARTITION BY p.series, p.constraint_type ORDER BY p.step)
 ORDER BY p.series, p.constraint_type, p.step;

@@ -5,7 +5,8 @@
 -- fraction of the target's input that flows along the path. Found by beam search
 -- backwards from the target in a recursive CTE, keeping the beam strongest partial
 -- paths per graph at each hop. Graphs are all ok graphs, or a deterministic sample of
--- max_graphs per run and type; use graph_id for one graph.
+-- max_graphs per run and type; use graph_id for one graph. The path's label names its
+-- nodes, a feature with its label in brackets where the run's feature table has one.
 -- param: graph_id int = -1 -- one graph (-1: every graph, subject to max_graphs)
 -- param: top_k int = 3 -- paths per graph
 -- param: beam int = 8 -- partial paths kept per graph at each hop
@@ -66,6 +67,7 @@ labels AS (
            string_agg(
                CASE n.node_type
                    WHEN 'feature' THEN format('L{}/{}@{}', n.layer, n.feature, n.pos)
+                       || coalesce(' [' || f.label || ']', '')
                    WHEN 'error' THEN format('err L{}@{}', n.layer, n.pos)
                    WHEN 'token' THEN format('tok {}@{}', coalesce(n.token, n.token_id::VARCHAR), n.pos)
                    ELSE format('logit {}', coalesce(n.token, n.token_id::VARCHAR))
@@ -73,6 +75,8 @@ labels AS (
            ) AS label
     FROM best b, unnest(b.path) WITH ORDINALITY AS u(node, i)
     JOIN nodes n ON n.run = b.run AND n.graph_id = b.graph_id AND n.node_id = u.node
+    LEFT JOIN features f ON f.run = n.run AND f.layer = n.layer AND f.feature = n.feature
+        AND n.node_type = 'feature'
     GROUP BY b.run, b.graph_id, b.rank
 )
 SELECT ok.run, ok.constraint_type, b.graph_id, b.rank, len(b.path) - 1 AS hops,

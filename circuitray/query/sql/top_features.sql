@@ -2,7 +2,8 @@
 -- index, whatever the position) kept in the most graphs of that type, with the share of
 -- the type's graphs they occur in, their mean influence (summed over positions within a
 -- graph), and their lift: that share divided by the share of the other types' graphs
--- they occur in (add-one smoothed, so features unique to one type get a finite lift).
+-- they occur in (add-one smoothed, so features unique to one type get a finite lift),
+-- and its label from the run's feature table (NULL where the set has none).
 -- param: top_k int = 10 -- features per run and constraint type
 -- param: min_graphs int = 1 -- only report types with at least this many ok graphs
 WITH ok AS (
@@ -31,11 +32,13 @@ SELECT b.run, b.constraint_type, b.layer, b.feature, b.graphs,
        round(b.graphs / pt.n, 4) AS frequency,
        round(b.mean_influence, 5) AS mean_influence,
        round((b.graphs / pt.n) / ((o.graphs - b.graphs + 1.0) / (pr.n - pt.n + 1.0)), 3)
-           AS lift
+           AS lift,
+       f.label
 FROM by_type b
 JOIN per_type pt ON pt.run = b.run AND pt.constraint_type = b.constraint_type
 JOIN overall o ON o.run = b.run AND o.layer = b.layer AND o.feature = b.feature
 JOIN per_run pr ON pr.run = b.run
+LEFT JOIN features f ON f.run = b.run AND f.layer = b.layer AND f.feature = b.feature
 WHERE pt.n >= $min_graphs
 QUALIFY row_number() OVER (
     PARTITION BY b.run, b.constraint_type

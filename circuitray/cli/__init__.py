@@ -6,11 +6,12 @@ take their default (and help) from it (:mod:`circuitray.cli.options`). Errors a 
 can fix (:class:`CircuitrayError`) print one line to stderr and exit 2; no traceback.
 
 One module per command group: ``prompts`` (ws2), ``jobs`` (run, intervene, pipeline,
-compact), ``query`` (query, sql, compare), ``outputs`` (report, export, serve),
-``models`` (model, organism), ``features`` (features build/import), ``finetune`` (finetune, series), ``bench``; ``output``
-holds the table and progress output they share. Command modules are imported only
-when their command runs (:class:`LazyGroup`), so ``circuitray query`` and
-``circuitray --help`` never load torch or Ray.
+compact), ``query`` (query, sql, compare), ``outputs`` (report, export, serve, trace),
+``models`` (model, organism), ``features`` (features build, import), ``finetune``
+(finetune, series), ``bench``; ``output`` holds the table and progress output they
+share. Command modules are imported only when their command runs
+(:class:`LazyGroup`), so ``circuitray query`` and ``circuitray --help`` never load
+torch or Ray.
 """
 
 from __future__ import annotations

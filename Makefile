@@ -31,9 +31,11 @@ $(BIN)/circuitray: pyproject.toml
 	touch $@
 
 # Both builds are reused in seconds while their config, code and torch are unchanged.
-models: install  ## build the tiny model and the WS2 organism (deterministic, ~2-5 min)
+models: install  ## build the tiny model, the WS2 organism and its feature labels (~2-5 min)
 	$(BIN)/circuitray model build-tiny
 	$(BIN)/circuitray organism build
+	test -f $(CIRCUITRAY_HOME)/features/circuitray--organism.parquet || \
+	    $(BIN)/circuitray features build --model organism-tuned
 
 organism-matrix: install  ## organism under every CPU kernel x threads 1,2 x seeds 0,1 (~30 min)
 	$(BIN)/circuitray organism matrix --markdown $(CIRCUITRAY_HOME)/organism-matrix.md

@@ -13,6 +13,8 @@
   (session): the base-vs-tuned pipeline over it.
 - ``circuitray(*args)``, ``assert_one_line_error``, ``assert_refused``: run the console
   script and check its one-line errors; ``build_interventions``: SPECS over ``ray_run``.
+- ``organism_features`` (session): the organism's feature table in a folder of its
+  own (tests point ``CIRCUITRAY_FEATURES_DIR`` there).
 - ``micro``: an organism recipe that builds in seconds (for what the build does);
   ``cli``: the ``circuitray`` console script.
 """
@@ -271,3 +273,28 @@ def synthetic_gemma(circuitray_home) -> dict:
     from circuitray.models.synthetic import build_synthetic
 
     return build_synthetic(like="gemma-2-2b", scale=0.0625)
+
+
+@pytest.fixture(scope="session")
+def organism_features(organism_report, tmp_path_factory) -> Path:
+    """The organism's feature table (``circuitray features build``'s code, a small
+    corpus: 60 WS2 prompts and 60 filler sentences) in a folder of its own: a test
+    that wants labels points ``CIRCUITRAY_FEATURES_DIR`` there, the others see none."""
+    from circuitray.features.build import build_features, organism_corpus
+    from circuitray.models.loading import ModelSpec
+
+    folder = tmp_path_factory.mktemp("features")
+    saved = os.environ.get("CIRCUITRAY_FEATURES_DIR")
+    os.environ["CIRCUITRAY_FEATURES_DIR"] = str(folder)
+    try:
+        build_features(
+            spec=ModelSpec(model="organism-tuned", device="cpu"),
+            texts=organism_corpus(n_prompts=60, n_filler=60),
+            corpus_name="test corpus",
+        )
+    finally:
+        if saved is None:
+            os.environ.pop("CIRCUITRAY_FEATURES_DIR")
+        else:
+            os.environ["CIRCUITRAY_FEATURES_DIR"] = saved
+    return folder

@@ -16,6 +16,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SQL = REPO / "circuitray" / "query" / "sql"
+STATIC = REPO / "circuitray" / "outputs" / "static"
 HEAVY = ("torch", "transformers", "ray")
 
 
@@ -63,6 +64,14 @@ def installed(tmp_path_factory) -> Path:
     (wheel,) = (root / "dist").glob("circuitray-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert {f"circuitray/query/sql/{p.name}" for p in SQL.glob("*.sql")} <= set(names)
+    # circuitray serve's viewer: every file of it, d3 and its licence included.
+    static = {
+        f"circuitray/outputs/{p.relative_to(STATIC.parent)}"
+        for p in STATIC.rglob("*")
+        if p.is_file()
+    }
+    assert "circuitray/outputs/static/vendor/d3-7.9.0.min.js" in static
+    assert static <= set(names), static - set(names)
     target = root / "site"
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target)]

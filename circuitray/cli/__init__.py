@@ -6,7 +6,7 @@ take their default (and help) from it (:mod:`circuitray.cli.options`). Errors a 
 can fix (:class:`CircuitrayError`) print one line to stderr and exit 2; no traceback.
 
 One module per command group: ``prompts`` (ws2), ``jobs`` (run, intervene, pipeline,
-compact), ``query`` (query, sql, compare), ``outputs`` (report, export, serve, trace),
+compact, trace), ``query`` (query, sql, compare), ``outputs`` (report, export, serve),
 ``models`` (model, organism), ``features`` (features build, import), ``finetune``
 (finetune, series), ``bench``; ``output`` holds the table and progress output they
 share. Command modules are imported only when their command runs
@@ -86,7 +86,11 @@ COMMANDS = {
     ),
     "serve": (
         "circuitray.cli.outputs:serve_cmd",
-        "Serve exported graphs with circuit-tracer's own viewer on 127.0.0.1.",
+        "Serve exported graphs in circuitray's offline viewer on 127.0.0.1.",
+    ),
+    "trace": (
+        "circuitray.cli.jobs:trace_cmd",
+        "Attribute one PROMPT (a one-row run folder), export it, optionally serve it.",
     ),
     "bench": (
         "circuitray.cli.bench:bench_group",

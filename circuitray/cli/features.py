@@ -30,9 +30,10 @@ def features_group() -> None:
 @click.option("--n-prompts", default=400, show_default=True, type=click.IntRange(min=0))
 @click.option("--n-filler", default=400, show_default=True, type=click.IntRange(min=0))
 @click.option("--top-k", default=8, show_default=True, type=click.IntRange(min=1))
+@click.option("--force", is_flag=True, help="Replace a table that holds imported labels.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def build_cmd(
-    model, transcoders, transcoder_cache_dir, corpus, n_prompts, n_filler, top_k, as_json
+    model, transcoders, transcoder_cache_dir, corpus, n_prompts, n_filler, top_k, force, as_json
 ):
     """Build the feature table of a transcoder set from its top-activating contexts."""
     from circuitray.features.build import build_features, organism_corpus, read_corpus
@@ -52,7 +53,9 @@ def build_cmd(
     if status:
         status.start()
     try:
-        _, summary = build_features(spec=spec, texts=texts, corpus_name=name, top_k=top_k)
+        _, summary = build_features(
+            spec=spec, texts=texts, corpus_name=name, top_k=top_k, force=force
+        )
     finally:
         if status:
             status.stop()

@@ -1,4 +1,4 @@
-"""The Ray jobs: ``circuitray run``, ``intervene`` and ``pipeline run``.
+"""The Ray jobs: ``circuitray run``, ``intervene``, ``pipeline run`` and ``trace``.
 
 Options that fill a config field are built from it (:func:`config_option`): the
 defaults and help of :class:`RunConfig`, :class:`ModelSpec`, :class:`AttributionConfig`,
@@ -7,6 +7,8 @@ defaults and help of :class:`RunConfig`, :class:`ModelSpec`, :class:`Attribution
 
 from __future__ import annotations
 
+import contextlib
+import sys
 from dataclasses import asdict
 
 import click
@@ -17,6 +19,7 @@ from circuitray.cli.output import (
     console,
     err_console,
     print_json,
+    print_result,
     print_run_summary,
     print_table,
 )
@@ -25,7 +28,9 @@ from circuitray.graph.prune import PruneConfig
 from circuitray.jobs.attribution_job import RunConfig, run
 from circuitray.jobs.intervention_job import InterventionConfig, intervene
 from circuitray.jobs.pipeline import Pipeline, run_pipeline
+from circuitray.jobs.trace import TraceConfig, trace
 from circuitray.models.loading import ModelSpec
+from circuitray.outputs.viewer import serve
 
 FRACTION = click.FloatRange(0, 1)
 
@@ -215,3 +220,46 @@ def pipeline_run_cmd(file, out_root, address, actors, n, seed, as_json) -> None:
     for label, table in result.tables.items():
         console.print(f"[bold]{label}[/bold]")
         print_table(table)
+
+
+@click.command("trace")
+@click.argument("prompt")
+@config_option(TraceConfig, "out", type=click.Path(file_okay=False))
+@config_option(TraceConfig, "target")
+@config_option(ModelSpec, "model")
+@config_option(ModelSpec, "transcoders")
+@config_option(ModelSpec, "transcoder_cache_dir", type=click.Path(file_okay=False))
+@config_option(ModelSpec, "dtype", type=click.Choice(["float32", "bfloat16", "float16"]))
+@config_option(PruneConfig, "node_threshold", type=FRACTION)
+@config_option(PruneConfig, "edge_threshold", type=FRACTION)
+@click.option("--serve", "serve_it", is_flag=True, help="Then serve it in the viewer.")
+@config_option(serve, "port", type=click.IntRange(0, 65535))
+@click.option("--json", "as_json", is_flag=True, help="Print where it went as JSON.")
+def trace_cmd(prompt, serve_it, port, as_json, **options) -> None:
+    """Attribute one PROMPT (a one-row run folder), export it, optionally serve it."""
+    config = TraceConfig(
+        prompt=prompt,
+        model=ModelSpec(**config_values(ModelSpec, options)),
+        prune=PruneConfig(**config_values(PruneConfig, options)),
+        **config_values(TraceConfig, options),
+    )
+    status = console.status("tracing the prompt") if not as_json else contextlib.nullcontext()
+    with status:
+        result = trace(config)
+    record = asdict(result)
+    text = (
+        f"graph: {result.graph} ({result.nodes} nodes, {result.links} links, "
+        f"{result.labelled} labelled features); run folder: {result.run_dir} "
+        f'(circuitray sql {result.run_dir} "SELECT * FROM nodes")'
+    )
+    if not serve_it:
+        print_result(record, text, as_json=as_json)
+        return
+    server = serve(result.viewer_dir, port=port)
+    url = f"http://127.0.0.1:{server.server_address[1]}/?slug={result.slug}"
+    print_result({**record, "url": url}, f"{text}\nviewer: {url} (Ctrl-C stops)", as_json=as_json)
+    sys.stdout.flush()
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()

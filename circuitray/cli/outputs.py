@@ -68,11 +68,11 @@ def export_cmd(run_dir, graph_id, out, slug, as_json) -> None:
 @click.argument("data_dir", type=click.Path())
 @config_option(serve, "port", type=click.IntRange(0, 65535))
 def serve_cmd(data_dir, port) -> None:
-    """Serve exported graphs with circuit-tracer's own viewer on 127.0.0.1."""
+    """Serve exported graphs in circuitray's offline viewer on 127.0.0.1."""
     server = serve(data_dir, port=port)
     port = server.server_address[1]
     console.print(
-        f"http://127.0.0.1:{port}/index.html ({len(graph_slugs(data_dir))} graphs); Ctrl-C stops"
+        f"http://127.0.0.1:{port}/ ({len(graph_slugs(data_dir))} graphs); Ctrl-C stops"
     )
     try:
         server.serve_forever()

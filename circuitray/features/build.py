@@ -35,7 +35,13 @@ import pyarrow as pa
 import torch
 
 from circuitray.errors import CircuitrayError
-from circuitray.features.store import FEATURE_SCHEMA, write_features
+from circuitray.features.store import (
+    FEATURE_SCHEMA,
+    features_path,
+    features_table_meta,
+    read_features,
+    write_features,
+)
 from circuitray.models.loading import ModelSpec, load_replacement_model
 
 logger = logging.getLogger(__name__)
@@ -116,17 +122,26 @@ def build_features(
     texts: list[str],
     corpus_name: str,
     top_k: int = 8,
+    force: bool = False,
 ) -> tuple[Path, dict]:
     """Build and write the feature table of ``spec``'s transcoders over ``texts``
-    (module docstring); returns its path and a summary."""
+    (module docstring); returns its path and a summary. A table holding imported
+    labels is not replaced unless ``force``: a build would lose them."""
+    transcoders = spec.resolved()["transcoders"]
+    current = read_features(transcoders)
+    if current is not None and not force and features_table_meta(current).get("imports"):
+        raise CircuitrayError(
+            f"{features_path(transcoders)}: holds imported labels, which a build would "
+            "replace; import them again after, and pass --force"
+        )
     if not texts:
         raise CircuitrayError("features build: the corpus has no text")
     if top_k < 1:
         raise CircuitrayError(f"--top-k {top_k}: must be at least 1")
     started = time.perf_counter()
-    transcoders = spec.resolved()["transcoders"]
     model = load_replacement_model(spec)
     tokenizer = model.tokenizer
+    assert tokenizer is not None, "a ReplacementModel has a tokenizer"
     n_active = sum_act = max_act = None
     top_val = top_ctx = top_pos = None
     n_tokens = 0

@@ -111,11 +111,9 @@ def neuronpedia_rows(path: Path, records: list[dict]) -> list[dict]:
                 "id ('<layer>-<set>', e.g. '20-gemmascope-transcoder-16k')"
             )
         index = record.get("index")
-        try:
-            feature = int(index) if not isinstance(index, bool) else None
-        except (TypeError, ValueError):
-            feature = None
-        if feature is None or str(index).strip() != str(feature):
+        text = str(index).strip() if isinstance(index, str | int) else ""
+        feature = int(text) if text.isdigit() and not isinstance(index, bool) else None
+        if feature is None:
             raise LabelFileError(
                 f"{path}: row {i}, column 'index': {index!r} is not a feature index"
             )

@@ -1,2 +1,3 @@
-"""What leaves circuitray for people: the HTML report (:mod:`.report`) and graphs in
-circuit-tracer's viewer format with a local viewer server (:mod:`.export`)."""
+"""What leaves circuitray for people: the HTML report (:mod:`.report`), graphs in
+circuit-tracer's viewer format (:mod:`.export`) and circuitray's offline viewer that
+serves them (:mod:`.viewer`, assets in ``static/``)."""

@@ -1,7 +1,7 @@
 """Export a stored graph to circuit-tracer's graph-viewer JSON, and serve it locally.
 
-A graph found with SQL opens in the usual viewer (circuit-tracer's local server, or
-Neuronpedia's format) without recomputing it:
+A graph found with SQL opens in a viewer (circuitray's offline viewer, or anything
+that reads circuit-tracer's and Neuronpedia's format) without recomputing it:
 
 1. Read the graph's row, kept nodes and kept edges from the run folder (a pyarrow
    dataset scan filtered on ``graph_id``).

@@ -41,7 +41,7 @@ import pyarrow as pa
 
 from circuitray.errors import CircuitrayError
 from circuitray.query.compare import CompareConfig, compare_runs
-from circuitray.query.engine import connect, run_query
+from circuitray.query.engine import connect, query_statements, run_query
 from circuitray.storage.run_store import InterventionStore
 
 logger = logging.getLogger(__name__)
@@ -94,6 +94,8 @@ def _png(fig) -> str:
 
 
 def _table_html(table: pa.Table, *, max_rows: int = 40) -> str:
+    """A table in a box that scrolls sideways when it is wider than the page; long
+    cells (labels, feature lists) wrap."""
     cols = table.column_names
     head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
     rows = []
@@ -104,7 +106,7 @@ def _table_html(table: pa.Table, *, max_rows: int = 40) -> str:
             text = f"{v:.4g}" if isinstance(v, float) else ("" if v is None else str(v))
             cells.append(f"<td>{html.escape(text)}</td>")
         rows.append("<tr>" + "".join(cells) + "</tr>")
-    return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
+    return f'<div class="table-wrap"><table><tr>{head}</tr>{"".join(rows)}</table></div>'
 
 
 def _distributions(graphs, runs: list[str], dpi: int) -> str:
@@ -215,24 +217,60 @@ def _compare_plot(table, dpi: int) -> str:
     return _png(fig)
 
 
-def _circuit(nodes, edges, title: str, n_edges: int, dpi: int) -> str:
+def _short(text: str, n: int = 34) -> str:
+    return text if len(text) <= n else text[: n - 1] + "\u2026"
+
+
+def _node_name(r) -> str:
+    """A node as the paths query names it, with the feature's label where it has one."""
+    if r.node_type == "feature":
+        label = r.feature_label if isinstance(r.feature_label, str) else ""
+        return f"L{r.layer}/{r.feature}" + (f" {_short(label)}" if label else "")
+    if r.node_type == "error":
+        return f"err L{r.layer}"
+    tok = r.token if isinstance(r.token, str) else str(r.token_id)
+    return f"tok {tok}" if r.node_type == "token" else f"logit {tok}"
+
+
+def _circuit(nodes, edges, paths, title: str, n_edges: int, dpi: int) -> str:
+    """One graph's drawing: its strongest edges faint, its strongest token -> target
+    paths (the ``paths`` query) bold with every node on them named (features with
+    their labels), and the paths listed below."""
     import matplotlib.pyplot as plt
     from matplotlib.collections import LineCollection
 
     pos = {r.node_id: (r.pos, r.layer, r.node_type) for r in nodes.itertuples()}
+    names = {r.node_id: _node_name(r) for r in nodes.itertuples()}
     strongest = edges.reindex(edges.weight.abs().sort_values(ascending=False).index)
     strongest = strongest.head(n_edges)
     used = set(strongest.src) | set(strongest.dst)
-    fig, ax = plt.subplots(figsize=(6.5, 4.2), dpi=dpi)
+    fig, ax = plt.subplots(figsize=(8.5, 5.2), dpi=dpi)
     if len(strongest):
         wmax = float(strongest.weight.abs().max()) or 1.0
         segs, widths, colors = [], [], []
         for e in strongest.itertuples():
             (x0, y0, _), (x1, y1, _) = pos[e.src], pos[e.dst]
             segs.append([(x0, y0), (x1, y1)])
-            widths.append(0.3 + 4 * abs(e.weight) / wmax)
+            widths.append(0.3 + 3 * abs(e.weight) / wmax)
             colors.append("tab:blue" if e.weight > 0 else "tab:red")
-        ax.add_collection(LineCollection(segs, linewidths=widths, colors=colors, alpha=0.6))
+        ax.add_collection(LineCollection(segs, linewidths=widths, colors=colors, alpha=0.25))
+    on_path: list[int] = []
+    path_segs = []
+    for rank, path in enumerate(paths.path if len(paths) else []):
+        ids = [int(i) for i in path if int(i) in pos]
+        on_path += [i for i in ids if i not in on_path]
+        xy = [pos[i][:2] for i in ids]
+        path_segs += [(a, b, rank) for a, b in zip(xy, xy[1:], strict=False)]
+    if path_segs:
+        ax.add_collection(
+            LineCollection(
+                [[a, b] for a, b, _ in path_segs],
+                linewidths=[3.2 - 0.8 * min(rank, 2) for *_, rank in path_segs],
+                colors="black",
+                alpha=0.8,
+                zorder=2,
+            )
+        )
     marker = {"feature": "o", "error": "s", "token": "^", "logit": "D"}
     color = {
         "feature": "tab:purple",
@@ -240,19 +278,41 @@ def _circuit(nodes, edges, title: str, n_edges: int, dpi: int) -> str:
         "token": "tab:green",
         "logit": "tab:orange",
     }
+    shown = used | set(on_path)
     for kind in marker:
-        pts = [(x, y) for nid, (x, y, k) in pos.items() if k == kind and nid in used]
+        pts = [(x, y) for nid, (x, y, k) in pos.items() if k == kind and nid in shown]
         if pts:
             xs, ys = zip(*pts, strict=True)
             ax.scatter(xs, ys, marker=marker[kind], c=color[kind], s=30, label=kind, zorder=3)
+    for i, nid in enumerate(on_path):
+        x, y, kind = pos[nid]
+        if kind == "token":
+            continue  # the axis names the tokens
+        ax.annotate(
+            names[nid],
+            (x, y),
+            xytext=(6, 6 if i % 2 == 0 else -10),
+            textcoords="offset points",
+            fontsize=7,
+            zorder=4,
+            bbox={"boxstyle": "round,pad=0.2", "fc": "white", "ec": "0.7", "alpha": 0.85},
+        )
     tokens = nodes[nodes.node_type == "token"].sort_values("pos")
-    ax.set_xticks(list(tokens.pos), [str(t) for t in tokens.token], rotation=45, fontsize=7)
+    ax.set_xticks(list(tokens.pos), [str(t) for t in tokens.token], rotation=45, fontsize=8)
     ax.set_ylabel("layer")
     ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=6, loc="upper left")
+    ax.legend(fontsize=6, loc="lower right")
     ax.autoscale()
+    ax.margins(x=0.12, y=0.08)
     fig.tight_layout()
-    return _png(fig)
+    arrow = " \u2192 "
+    listed = "".join(
+        f"<li>{html.escape(arrow.join(names[int(i)] for i in r.path if int(i) in names))}"
+        f' <span class="strength">(strength {r.strength:.3g})</span></li>'
+        for r in paths.itertuples()
+    )
+    caption = f'<ol class="paths">{listed}</ol>' if listed else ""
+    return _png(fig) + caption
 
 
 def _effect_label(run: str, spec: str, several: bool) -> str:
@@ -566,12 +626,22 @@ def build_report(
         for r in reps.itertuples():
             q = "FROM {} WHERE run = $run AND graph_id = $gid"
             args = {"run": r.run, "gid": int(r.graph_id)}
-            nodes = con.execute(q.format("nodes"), args).df()
+            nodes = con.execute(
+                "SELECT n.*, f.label AS feature_label FROM nodes n LEFT JOIN features f"
+                " ON f.run = n.run AND f.layer = n.layer AND f.feature = n.feature"
+                " AND n.node_type = 'feature' WHERE n.run = $run AND n.graph_id = $gid",
+                args,
+            ).df()
             edges = con.execute(q.format("edges"), args).df()
+            [(paths_sql, bound)] = query_statements(
+                "paths", params={"graph_id": str(r.graph_id), "top_k": "3", "max_graphs": "0"}
+            )
+            paths = con.execute(paths_sql, bound).df()
+            paths = paths[paths.run == r.run]
             title = (
                 f"{r.run}: {r.constraint_type}, graph {r.graph_id} (median: {r.n_kept_edges} edges)"
             )
-            circuits.append(_circuit(nodes, edges, title, config.circuit_edges, config.dpi))
+            circuits.append(_circuit(nodes, edges, paths, title, config.circuit_edges, config.dpi))
     finally:
         con.close()
     profile = run_query("layer_profile", run_dirs).to_pandas()
@@ -609,7 +679,11 @@ def build_report(
         except CircuitrayError as e:  # e.g. the runs share no prompt
             sections += [f"<h2>Before / after</h2><p>{html.escape(str(e))}</p>"]
     sections += trajectory
-    sections += ["<h2>Representative circuits (strongest edges)</h2>", *circuits]
+    sections += [
+        "<h2>Representative circuits (strongest edges; bold: the strongest paths to the "
+        "target, features with their labels)</h2>",
+        *circuits,
+    ]
     if interventions:
         sections += _interventions_section(interventions, config)
 
@@ -634,8 +708,12 @@ PAGE = """<!doctype html>
 <style>
 body {{ font-family: sans-serif; margin: 2em; max-width: 1400px; }}
 h3 {{ font-size: 1em; }}
-table {{ border-collapse: collapse; font-size: 12px; margin: 1em 0; }}
+.table-wrap {{ overflow-x: auto; max-width: 100%; margin: 1em 0; }}
+table {{ border-collapse: collapse; font-size: 12px; }}
 td, th {{ border: 1px solid #ccc; padding: 2px 6px; text-align: right; }}
+td {{ max-width: 32em; overflow-wrap: anywhere; }}
+ol.paths {{ font-size: 12px; margin-top: 0; }}
+ol.paths .strength {{ color: #666; }}
 img.plot {{ display: block; margin: 1em 0; max-width: 100%; }}
 </style></head>
 <body data-plots-drawn="0" data-errors="">

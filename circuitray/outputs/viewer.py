@@ -1,22 +1,28 @@
-"""``circuitray serve``: circuit-tracer's graph viewer over one export folder, on 127.0.0.1.
+"""``circuitray serve``: circuitray's graph viewer over one export folder, on 127.0.0.1.
 
 circuit-tracer's own local server joins request paths to its data folder unchecked
 (``GET /data//etc/hostname`` returns the machine's file), answers any ``Host`` (a DNS
-rebinding page can read it) and takes cross-origin POSTs that write. This handler
-serves the same viewer with the same URLs, confined:
+rebinding page can read it) and takes cross-origin POSTs that write; its viewer loads
+d3 from the network, so offline it shows nothing. This handler serves circuitray's own
+viewer, with the same data URLs, confined:
 
 1. Only requests whose ``Host`` names this machine's loopback (``127.0.0.1``,
    ``localhost`` or ``[::1]``, any port, so ``ssh -L`` forwarding works) are answered;
    a page of another name (DNS rebinding) gets 403.
 2. ``/data/NAME`` and ``/graph_data/NAME`` serve a file of the export folder: the path
    is decoded, resolved (links followed) and refused unless it stays inside the folder.
-   Everything else is circuit-tracer's static frontend (``SimpleHTTPRequestHandler``
-   confines it to that folder).
-3. The one write, ``POST /save_graph/SLUG`` (the viewer saving its view state), needs a
-   loopback ``Origin`` (or none), a slug listed in ``graph-metadata.json``, a JSON body
-   of at most :data:`MAX_POST_BYTES` with ``qParams``; it rewrites only that graph's
-   ``qParams``, through a fresh temporary file.
-4. A request that fails inside the handler is logged in one line, not a traceback.
+3. Everything else is the viewer: its assets are circuitray's own, shipped in the
+   package (:data:`STATIC_DIR`: ``index.html``, ``viewer.js``, ``viewer.css``, d3
+   vendored under ``vendor/``), served by ``SimpleHTTPRequestHandler`` confined to
+   that folder, ``/`` giving ``index.html``, no directory listing.
+4. Every response carries :data:`CSP`, so the browser itself makes no request
+   elsewhere (scripts, styles, fetches, images only from this server).
+5. The one write, ``POST /save_graph/SLUG`` (kept from circuit-tracer's viewer, which
+   saved its view state there; circuitray's viewer keeps pins in the URL instead),
+   needs a loopback ``Origin`` (or none), a slug listed in ``graph-metadata.json``, a
+   JSON body of at most :data:`MAX_POST_BYTES` with ``qParams``; it rewrites only that
+   graph's ``qParams``, through a fresh temporary file.
+6. A request that fails inside the handler is logged in one line, not a traceback.
 """
 
 from __future__ import annotations
@@ -37,12 +43,18 @@ from circuitray.errors import CircuitrayError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["MAX_POST_BYTES", "ViewerHandler", "graph_slugs", "serve"]
+__all__ = ["CSP", "MAX_POST_BYTES", "STATIC_DIR", "ViewerHandler", "graph_slugs", "serve"]
 
 DATA_PREFIXES = ("/data/", "/graph_data/")
 COMPRESS_OVER_BYTES = 1024**2  # as circuit-tracer's server: gzip larger responses
 MAX_POST_BYTES = 1024**2
 SLUG = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; font-src 'self'; object-src 'none'; base-uri 'none'; "
+    "form-action 'none'; frame-ancestors 'none'"
+)
 
 
 LOOPBACK = {"127.0.0.1", "localhost", "[::1]"}
@@ -74,6 +86,16 @@ class ViewerHandler(http.server.SimpleHTTPRequestHandler):
 
     def log_message(self, format: str, *args) -> None:  # noqa: A002 (the stdlib's name)
         logger.info("%s %s", self.address_string(), format % args)
+
+    def end_headers(self) -> None:
+        self.send_header("Content-Security-Policy", CSP)
+        self.send_header("X-Content-Type-Options", "nosniff")
+        self.send_header("Cache-Control", "no-cache")
+        super().end_headers()
+
+    def list_directory(self, path):  # a folder without index.html: no listing
+        self._refuse(404, "no such file")
+        return None
 
     def _refuse(self, code: int, why: str) -> None:
         logger.warning("refused %s %s: %s", self.command, self.path, why)
@@ -172,16 +194,12 @@ class ViewerHandler(http.server.SimpleHTTPRequestHandler):
 def serve(data_dir: str, *, port: int = 8032) -> socketserver.TCPServer:
     """The viewer over export folder ``data_dir`` on 127.0.0.1:``port`` (0: any free
     port); returns the server (``serve_forever()`` / ``shutdown()``)."""
-    from circuit_tracer.frontend.local_server import DEFAULT_FRONTEND_DIR
-
     if not (Path(data_dir) / "graph-metadata.json").is_file():
         raise CircuitrayError(
             f"{data_dir}: no graph-metadata.json; export a graph there first "
             "(circuitray export RUN_DIR --graph N --out DIR)"
         )
-    handler = functools.partial(
-        ViewerHandler, frontend_dir=str(DEFAULT_FRONTEND_DIR), data_dir=str(data_dir)
-    )
+    handler = functools.partial(ViewerHandler, frontend_dir=str(STATIC_DIR), data_dir=str(data_dir))
     try:
         return _Server(("127.0.0.1", port), handler)
     except OSError as e:

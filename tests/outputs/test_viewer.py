@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from circuitray.outputs.viewer import serve
+from circuitray.outputs.viewer import CSP, STATIC_DIR, serve
 
 
 @pytest.fixture
@@ -57,6 +57,44 @@ def test_serves_the_export_folder_and_the_viewer(server):
     assert status == 200 and json.loads(body)["metadata"]["slug"] == "g0"
     status, body = _request(port, "GET", "/index.html", host=f"localhost:{port}")
     assert status == 200 and b"attribution graph" in body.lower()
+    # circuitray's own viewer, its files in the package (d3 vendored), nothing remote.
+    assert _request(port, "GET", "/")[1] == body == (STATIC_DIR / "index.html").read_bytes()
+    assert b'src="vendor/d3-7.9.0.min.js"' in body and b'src="viewer.js"' in body
+    for name, kind in [
+        ("viewer.js", "javascript"),
+        ("viewer.css", "text/css"),
+        ("vendor/d3-7.9.0.min.js", "javascript"),
+    ]:
+        status, headers, asset = _get(port, f"/{name}")
+        assert status == 200 and asset == (STATIC_DIR / name).read_bytes(), name
+        assert kind in headers["Content-Type"], (name, headers["Content-Type"])
+        assert headers["Content-Security-Policy"] == CSP, name
+    assert "default-src 'self'" in CSP and "connect-src 'self'" in CSP
+    for name in ("index.html", "viewer.js", "viewer.css"):
+        text = (STATIC_DIR / name).read_text()
+        assert "http://" not in text and "https://" not in text and "//cdn" not in text, name
+    assert (STATIC_DIR / "vendor" / "LICENSE-d3").is_file()
+
+
+def _get(port: int, path: str):
+    con = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    con.request("GET", path)
+    r = con.getresponse()
+    out = r.status, r.headers, r.read()  # headers: names in any case
+    con.close()
+    return out
+
+
+def test_no_directory_listing_and_data_is_not_the_viewer(server):
+    port, _, _ = server
+    for path in ("/vendor/", "/vendor"):
+        status, _, body = _get(port, path)
+        assert status in (301, 404) and b"d3-7.9.0" not in body, path
+    status, headers, _ = _get(port, "/data/g0.json")
+    assert status == 200 and headers["Content-Security-Policy"] == CSP
+    # The viewer's folder is not the export folder and the other way round.
+    assert _get(port, "/g0.json")[0] == 404
+    assert _get(port, "/data/viewer.js")[0] == 404
 
 
 @pytest.mark.parametrize(

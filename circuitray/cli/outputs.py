@@ -71,9 +71,7 @@ def serve_cmd(data_dir, port) -> None:
     """Serve exported graphs in circuitray's offline viewer on 127.0.0.1."""
     server = serve(data_dir, port=port)
     port = server.server_address[1]
-    console.print(
-        f"http://127.0.0.1:{port}/ ({len(graph_slugs(data_dir))} graphs); Ctrl-C stops"
-    )
+    console.print(f"http://127.0.0.1:{port}/ ({len(graph_slugs(data_dir))} graphs); Ctrl-C stops")
     try:
         server.serve_forever()
     finally:

@@ -98,20 +98,31 @@ def _label(tokens: list[str], promotes: list[str]) -> str | None:
     return label
 
 
-def direct_logit_tokens(model, layer: int, width: int, *, k: int = 2) -> list[list[str]] | None:
+PROMOTE_CHUNK = 1024  # features per decoder @ unembedding product (bounded memory)
+
+
+def direct_logit_tokens(
+    model, layer: int, width: int, *, k: int = 2, unembed: torch.Tensor | None = None
+) -> list[list[str]] | None:
     """Per feature of ``layer``: the ``k`` tokens its decoder raises most directly
-    (decoder vector @ unembedding; a cross-layer decoder summed over the layers it
-    writes to); None where the transcoders do not expose their decoders."""
-    try:
-        dec = model.transcoders._get_decoder_vectors(layer, torch.arange(width))
-    except (AttributeError, TypeError, IndexError, RuntimeError, NotImplementedError):
-        return None
-    dec = dec.float().cpu()
-    if dec.dim() == 3:  # cross-layer: [features, output layers, d_model]
-        dec = dec.sum(1)
-    unembed = model.unembed_proj.float().cpu()
-    logits = dec @ (unembed if unembed.shape[0] == dec.shape[1] else unembed.T)
-    top = logits.topk(min(k, logits.shape[1]), dim=1).indices.tolist()
+    (decoder vector @ unembedding ``[d_model, vocab]``, on the model's device,
+    :data:`PROMOTE_CHUNK` features at a time, so a 16k x 256k vocabulary product
+    never exists whole; a cross-layer decoder summed over the layers it writes to);
+    None where the transcoders do not expose their decoders."""
+    unembed = model.unembed_proj if unembed is None else unembed
+    assert unembed is not None
+    top: list[list[int]] = []
+    for start in range(0, width, PROMOTE_CHUNK):
+        ids = torch.arange(start, min(start + PROMOTE_CHUNK, width))
+        try:
+            dec = model.transcoders._get_decoder_vectors(layer, ids)
+        except (AttributeError, TypeError, IndexError, RuntimeError, NotImplementedError):
+            return None
+        if dec.dim() == 3:  # cross-layer: [features, output layers, d_model]
+            dec = dec.sum(1)
+        w = unembed if unembed.shape[0] == dec.shape[1] else unembed.T
+        logits = dec.to(w.device, w.dtype) @ w
+        top += logits.topk(min(k, logits.shape[1]), dim=1).indices.tolist()
     decode = model.tokenizer.decode
     return [[decode([t]).strip() or repr(decode([t])) for t in row] for row in top]
 
@@ -197,8 +208,9 @@ def build_features(
     rows: dict[str, list] = {name: [] for name in FEATURE_SCHEMA.names}
     vals, ctxs, poss = top_val.tolist(), top_ctx.tolist(), top_pos.tolist()
     counts, sums, maxes = n_active.tolist(), sum_act.tolist(), max_act.tolist()
+    unembed = model.unembed_proj  # once, not per layer
     for layer in range(layers):
-        promotes = direct_logit_tokens(model, layer, width)
+        promotes = direct_logit_tokens(model, layer, width, unembed=unembed)
         for feature in range(width):
             examples = []
             tops = zip(

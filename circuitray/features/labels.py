@@ -7,8 +7,8 @@
    ``description`` fields, gzipped or not.
 2. Check every row: ``layer`` and ``feature`` whole numbers >= 0, ``label`` non-empty
    text, each (layer, feature) once. The first bad row stops the import with one line
-   naming the file, the row (1-based data rows: a CSV header is not counted) and the
-   column; nothing is written.
+   naming the file, the row (1-based data rows: a CSV header is not counted; in JSON
+   lines, the line) and the column; nothing is written.
 3. Merge into the set's table (:mod:`circuitray.features.store`): imported labels
    replace the labels of those features (their statistics and examples are kept);
    features the table lacks are added with no statistics. A set with no table yet gets
@@ -31,6 +31,7 @@ from circuitray.features.store import (
     read_features,
     write_features,
 )
+from circuitray.models.registry import TRANSCODER_ALIASES
 from circuitray.prompts.files import read_table_file
 
 __all__ = ["LabelFileError", "import_labels", "neuronpedia_rows", "read_label_file"]
@@ -61,8 +62,9 @@ def _open_text(path: Path):
     return open(path, encoding="utf-8-sig")
 
 
-def _json_records(path: Path) -> list[dict] | None:
-    """The objects of a JSON/JSONL file (gzipped or not), or None for other files."""
+def _json_records(path: Path) -> list[tuple[int, dict]] | None:
+    """The objects of a JSON/JSONL file (gzipped or not) with their row numbers (the
+    line of a JSON-lines file, the position in a JSON array), or None for other files."""
     name = path.name.lower().removesuffix(".gz")
     if not name.endswith((".json", ".jsonl", ".ndjson")):
         return None
@@ -77,6 +79,8 @@ def _json_records(path: Path) -> list[dict] | None:
             records = json.loads(text)
         except json.JSONDecodeError as e:
             raise LabelFileError(f"{path}: line {e.lineno}: invalid JSON ({e.msg})") from None
+        if not isinstance(records, list):
+            raise LabelFileError(f"{path}: expected a JSON array of objects or JSON lines")
         rows = list(enumerate(records, start=1))
     else:
         rows = []
@@ -87,22 +91,20 @@ def _json_records(path: Path) -> list[dict] | None:
                 rows.append((lineno, json.loads(line)))
             except json.JSONDecodeError as e:
                 raise LabelFileError(f"{path}: line {lineno}: invalid JSON ({e.msg})") from None
-    out = []
     for n, record in rows:
         if not isinstance(record, dict):
             raise LabelFileError(f"{path}: row {n}: expected a JSON object")
-        out.append(record)
-    return out
+    return rows
 
 
-def neuronpedia_rows(path: Path, records: list[dict]) -> list[dict]:
+def neuronpedia_rows(path: Path, records: list[tuple[int, dict]]) -> list[dict]:
     """Neuronpedia explanation records as label rows (module docstring, step 1): the
     layer is the leading number of the record's source id; of a feature's several
     explanations the first of type :data:`NEURONPEDIA_PREFERRED_TYPE`, else the first
     listed; records with an empty description are skipped."""
     rows: list[dict] = []
     seen: dict[tuple[int, int], int] = {}
-    for i, record in enumerate(records, start=1):
+    for i, record in records:
         source_id = record.get("layer")
         m = _SOURCE_LAYER.match(source_id) if isinstance(source_id, str) else None
         if m is None:
@@ -151,12 +153,16 @@ def read_label_file(path: str | Path) -> list[dict]:
     if path.is_dir():
         raise LabelFileError(f"{path}: is a directory, expected a labels file")
     records = _json_records(path)
-    if records is not None and records and set(records[0]) >= NEURONPEDIA_FIELDS:
+    if records is not None and not records:
+        raise LabelFileError(f"{path}: no labels in file")
+    if records is not None and set(records[0][1]) >= NEURONPEDIA_FIELDS:
         rows = neuronpedia_rows(path, records)
     else:
+        numbers = None
         if records is not None:
-            names = list(dict.fromkeys(k for r in records for k in r))
-            columns = {n: [r.get(n) for r in records] for n in names}
+            names = list(dict.fromkeys(k for _, r in records for k in r))
+            columns = {n: [r.get(n) for _, r in records] for n in names}
+            numbers = [n for n, _ in records]
         else:
             table = read_table_file(path, what="labels file", error=LabelFileError)
             columns = {n: table.column(n).to_pylist() for n in table.column_names}
@@ -173,7 +179,7 @@ def read_label_file(path: str | Path) -> list[dict]:
                 "feature": columns["feature"][i],
                 "label": columns["label"][i],
                 "source": (columns.get("source") or [None] * n)[i] or f"import: {path.name}",
-                "_row": i + 1,
+                "_row": numbers[i] if numbers else i + 1,
                 "_label_column": "label",
             }
             for i in range(n)
@@ -186,8 +192,10 @@ def read_label_file(path: str | Path) -> list[dict]:
         for column in ("layer", "feature"):
             row[column] = _whole(row[column], f"{where}, column {column!r}")
         label = row["label"]
-        if not isinstance(label, str) or not label.strip():
-            col = row["_label_column"]
+        col = row["_label_column"]
+        if not isinstance(label, str):
+            raise LabelFileError(f"{where}, column {col!r}: {label!r} is not text")
+        if not label.strip():
             raise LabelFileError(f"{where}, column {col!r}: empty label (expected text)")
         row["label"] = label.strip()
         if not isinstance(row["source"], str):
@@ -203,20 +211,27 @@ def read_label_file(path: str | Path) -> list[dict]:
 
 def _whole(value, where: str) -> int:
     """A layer or feature value as an int >= 0 (integers, or text of one)."""
-    if isinstance(value, bool):
-        value = None
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if isinstance(value, str) and re.fullmatch(r"\s*\d+\s*", value):
-        value = int(value)
-    if not isinstance(value, int) or value < 0 or value >= 2**31:
+    number = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif (isinstance(value, float) and value.is_integer()) or (
+        isinstance(value, str) and re.fullmatch(r"\s*\d+\s*", value)
+    ):
+        number = int(value)
+    if number is None or number < 0 or number >= 2**31:
         raise LabelFileError(f"{where}: {value!r} is not a whole number >= 0")
-    return value
+    return number
 
 
 def import_labels(path: str | Path, *, transcoders: str) -> dict:
     """Import the labels of ``path`` into ``transcoders``' feature table (step 3);
     returns a summary (path of the table, rows imported, replaced, added)."""
+    if transcoders in TRANSCODER_ALIASES:
+        raise LabelFileError(
+            f"--transcoders {transcoders!r}: an alias of a bundled model's set; give the "
+            "reference runs record (circuitray/organism, gemma, ...: run.json's "
+            "model.transcoders)"
+        )
     rows = read_label_file(path)
     current = read_features(transcoders)
     by_key: dict[tuple[int, int], dict] = {}

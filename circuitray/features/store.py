@@ -21,6 +21,7 @@ Nothing here imports torch: queries, reports and exports read feature tables too
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import tempfile
@@ -40,8 +41,11 @@ __all__ = [
     "features_table_meta",
     "read_features",
     "run_features_path",
+    "run_transcoders",
     "write_features",
 ]
+
+logger = logging.getLogger(__name__)
 
 METADATA_KEY = b"circuitray"
 
@@ -90,7 +94,14 @@ _REF = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]*")
 
 def features_path(transcoders: str) -> Path:
     """The feature table of transcoder set ``transcoders`` (module docstring, step 2)."""
-    if not _REF.fullmatch(transcoders) or ".." in transcoders or "--" in transcoders:
+    if (
+        not _REF.fullmatch(transcoders)
+        or ".." in transcoders
+        or "--" in transcoders
+        or "-/" in transcoders
+        or "/-" in transcoders
+        or transcoders.endswith("-")
+    ):
         raise CircuitrayError(
             f"transcoders {transcoders!r}: not a transcoder reference that names a feature "
             "table (letters, digits, '.', '_', '-' and '/')"
@@ -98,16 +109,34 @@ def features_path(transcoders: str) -> Path:
     return features_dir() / f"{transcoders.replace('/', '--')}.parquet"
 
 
-def run_features_path(meta: dict) -> Path | None:
-    """The feature table of the transcoders a run's ``run.json`` records, if one exists."""
+def run_transcoders(meta: dict) -> str | None:
+    """The transcoder reference a run's ``run.json`` records (``model.transcoders``)."""
     transcoders = (meta.get("model") or {}).get("transcoders")
-    if not isinstance(transcoders, str):
+    return transcoders if isinstance(transcoders, str) else None
+
+
+def run_features_path(meta: dict) -> Path | None:
+    """The feature table of the transcoders a run's ``run.json`` records, if one exists
+    and is one: a file that is not a feature table (torn, another schema) is left out
+    with a warning, so queries that do not read ``features`` still run."""
+    transcoders = run_transcoders(meta)
+    if transcoders is None:
         return None
     try:
         path = features_path(transcoders)
     except CircuitrayError:
         return None
-    return path if path.is_file() else None
+    if not path.is_file():
+        return None
+    try:
+        schema = pq.read_schema(path)
+    except (pa.ArrowInvalid, OSError) as e:
+        logger.warning("%s: unreadable feature table, left out (%s)", path, e)
+        return None
+    if not FEATURE_SCHEMA.equals(schema, check_metadata=False):
+        logger.warning("%s: not a feature table of this circuitray, left out", path)
+        return None
+    return path
 
 
 def features_table_meta(table: pa.Table) -> dict:
@@ -143,6 +172,7 @@ def write_features(table: pa.Table, transcoders: str, *, meta: dict) -> Path:
     os.close(fd)
     try:
         pq.write_table(table, tmp)
+        os.chmod(tmp, 0o644)  # readable by the actors and users sharing the home
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -16,9 +16,10 @@ and the viewer work on its result:
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import re
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from circuitray.errors import CircuitrayError
@@ -64,7 +65,13 @@ class TraceConfig:
         if self.out:
             return Path(self.out)
         words = "-".join(re.findall(r"[A-Za-z0-9]+", self.prompt)[:5]).lower()[:40] or "prompt"
-        key = f"{self.model.model}\0{self.model.transcoders}\0{self.prompt}\0{self.target}"
+        # Every setting the run folder's fingerprint holds: other settings, another folder.
+        key = json.dumps(
+            [self.prompt, self.target, asdict(self.model), asdict(self.attribution),
+             asdict(self.prune)],
+            sort_keys=True,
+            default=str,
+        )  # fmt: skip
         digest = hashlib.sha256(key.encode()).hexdigest()[:8]
         return circuitray_home() / "traces" / f"{words}-{digest}"
 
@@ -98,8 +105,6 @@ class TraceResult:
 
 def trace(config: TraceConfig) -> TraceResult:
     """Attribute and export one prompt (module docstring)."""
-    import json
-
     from circuitray.jobs.attribution_job import RunConfig, run
     from circuitray.outputs.export import export_graph
     from circuitray.prompts.files import write_prompts
@@ -124,11 +129,17 @@ def trace(config: TraceConfig) -> TraceResult:
         )
     )
     if result.errors:
+        import pyarrow.dataset as ds
+
         from circuitray.storage.run_store import RunStore
 
         rows = RunStore(str(run_dir)).dataset("graphs")
-        error = rows.to_table(columns=["error"]).column(0)[0].as_py() if rows else None
-        raise CircuitrayError(f"trace: attribution failed: {error}")
+        error = "no error row"
+        if rows is not None:
+            failed = rows.to_table(columns=["error"], filter=ds.field("status") == "error")
+            error = failed.column(0)[-1].as_py() if failed.num_rows else error
+        first = str(error).strip().splitlines()[0] if str(error).strip() else "unknown"
+        raise CircuitrayError(f"trace: attribution failed: {first}")
     viewer = folder / "viewer"
     path = export_graph(str(run_dir), 0, str(viewer), slug=SLUG)
     data = json.loads(path.read_text())

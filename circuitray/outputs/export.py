@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
 import tempfile
@@ -35,7 +36,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 from circuitray.errors import CircuitrayError
-from circuitray.features.store import run_features_path
+from circuitray.features.store import run_features_path, run_transcoders
 from circuitray.outputs.viewer import SLUG
 from circuitray.storage.run_store import RunStore
 
@@ -152,12 +153,24 @@ def build_graph_model(store: RunStore, graph_id: int, *, slug: str):
     return Model(metadata=metadata, qParams=qparams, nodes=used, links=links), features
 
 
+def _finite(value):
+    """``value`` with NaN and infinities as None: JSON has no such numbers."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
 def _write_atomic(path: Path, text: str) -> None:
     """A fresh temp file of our own (a planted name could be a link), renamed into
     place: atomic, so the viewer never reads half a file."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     with os.fdopen(fd, "w") as f:
         f.write(text)
+    os.chmod(tmp, 0o644)  # as open() would: readable by whoever serves the folder
     os.replace(tmp, path)
 
 
@@ -170,9 +183,10 @@ def export_graph(run_dir: str, graph_id: int, out_dir: str, *, slug: str | None 
     if not store.exists():
         raise CircuitrayError(f"{run_dir}: not a circuitray run folder (no run.json)")
     store.check_confined()
-    if slug is not None and not SLUG.fullmatch(slug):
+    if slug is not None and (not SLUG.fullmatch(slug) or slug.endswith(".features")):
         raise CircuitrayError(
-            f"--slug {slug!r}: letters, digits, '.', '_' and '-' only (it names a file)"
+            f"--slug {slug!r}: letters, digits, '.', '_' and '-' only (it names a file), "
+            "not ending in .features (a graph's features file)"
         )
     default = f"{Path(str(run_dir).rstrip('/')).name}-g{graph_id}"
     slug = slug or re.sub(r"[^A-Za-z0-9._-]", "-", default).lstrip(".-_") or f"g{graph_id}"
@@ -185,10 +199,10 @@ def export_graph(run_dir: str, graph_id: int, out_dir: str, *, slug: str | None 
     if features:
         sidecar = {
             "format": "circuitray-features/1",
-            "transcoders": (store.read_meta().get("model") or {}).get("transcoders"),
+            "transcoders": run_transcoders(store.read_meta()),
             "features": {f"{layer}/{feature}": r for (layer, feature), r in features.items()},
         }
-        _write_atomic(out / f"{slug}.features.json", json.dumps(sidecar, indent=1))
+        _write_atomic(out / f"{slug}.features.json", json.dumps(_finite(sidecar), indent=1))
         entry["features"] = f"{slug}.features.json"
     add_graph_metadata(entry, str(out))
     logger.info("exported graph %d of %s to %s", graph_id, run_dir, path)

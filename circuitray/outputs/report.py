@@ -305,10 +305,8 @@ def _circuit(nodes, edges, paths, title: str, n_edges: int, dpi: int) -> str:
     ax.autoscale()
     ax.margins(x=0.12, y=0.08)
     fig.tight_layout()
-    arrow = " \u2192 "
     listed = "".join(
-        f"<li>{html.escape(arrow.join(names[int(i)] for i in r.path if int(i) in names))}"
-        f' <span class="strength">(strength {r.strength:.3g})</span></li>'
+        f'<li>{html.escape(r.label)} <span class="strength">(strength {r.strength:.3g})</span></li>'
         for r in paths.itertuples()
     )
     caption = f'<ol class="paths">{listed}</ol>' if listed else ""
@@ -633,11 +631,9 @@ def build_report(
                 args,
             ).df()
             edges = con.execute(q.format("edges"), args).df()
-            [(paths_sql, bound)] = query_statements(
-                "paths", params={"graph_id": str(r.graph_id), "top_k": "3", "max_graphs": "0"}
-            )
+            one = {"graph_id": str(r.graph_id), "run": r.run, "top_k": "3", "max_graphs": "0"}
+            [(paths_sql, bound)] = query_statements("paths", params=one)
             paths = con.execute(paths_sql, bound).df()
-            paths = paths[paths.run == r.run]
             title = (
                 f"{r.run}: {r.constraint_type}, graph {r.graph_id} (median: {r.n_kept_edges} edges)"
             )

@@ -49,7 +49,7 @@ import duckdb
 import pyarrow as pa
 
 from circuitray.errors import CircuitrayError, RunDirError
-from circuitray.features.store import FEATURE_SCHEMA, run_features_path
+from circuitray.features.store import FEATURE_SCHEMA, run_features_path, run_transcoders
 from circuitray.schema import EDGE_SCHEMA, GRAPH_SCHEMA, NODE_SCHEMA, RESULT_SCHEMA
 from circuitray.storage.run_store import InterventionStore, RunStore
 
@@ -253,6 +253,8 @@ class _OpenRun:
     name: str
     series: str | None
     step: int | None
+    # (transcoder reference, feature table) once :func:`_run_features` read them.
+    features: tuple[str | None, Path | None] | None = None
 
 
 def _run_step(store: RunStore) -> int | None:
@@ -415,12 +417,14 @@ def _view_statements(
 
 def _run_features(run: _OpenRun) -> tuple[str | None, Path | None]:
     """The transcoder reference a run folder records and its feature table, if any
-    (intervention folders have none of their own)."""
-    if isinstance(run.store, InterventionStore):
-        return None, None
-    meta = run.store.read_meta()
-    transcoders = (meta.get("model") or {}).get("transcoders")
-    return (transcoders if isinstance(transcoders, str) else None), run_features_path(meta)
+    (intervention folders have none of their own); read once per opened run."""
+    if run.features is None:
+        if isinstance(run.store, InterventionStore):
+            run.features = (None, None)
+        else:
+            meta = run.store.read_meta()
+            run.features = (run_transcoders(meta), run_features_path(meta))
+    return run.features
 
 
 def _features_view(runs: list[_OpenRun]) -> str:
@@ -442,10 +446,10 @@ def _features_view(runs: list[_OpenRun]) -> str:
     return "CREATE VIEW features AS " + " UNION ALL ".join(selects)
 
 
-def _feature_dirs(runs: list[_OpenRun]) -> list[str]:
-    """The folders of the feature tables the runs' ``features`` view reads."""
-    paths = {_run_features(run)[1] for run in runs} - {None}
-    return sorted(str(p.parent.resolve()) + "/" for p in paths if p is not None)
+def _feature_files(runs: list[_OpenRun]) -> list[str]:
+    """The feature tables the runs' ``features`` view reads (and no other file)."""
+    paths = {_run_features(run)[1] for run in runs}
+    return sorted(str(p.resolve()) for p in paths if p is not None)
 
 
 def view_sql(run_dirs: list[str]) -> list[str]:
@@ -571,8 +575,9 @@ def run_sql(run_dirs: list[str], sql: str) -> pa.Table:
         # Only the run folders stay readable (a series' own, not the series folder);
         # then lock the configuration.
         dirs = [str(Path(r.path).resolve()) + "/" for r in runs if r.store.local]
-        dirs += _feature_dirs(runs)  # the features view reads the runs' feature tables
         con.execute("SET allowed_directories = $dirs", {"dirs": dirs})
+        # The features view reads the runs' feature tables: those files, not their folder.
+        con.execute("SET allowed_paths = $paths", {"paths": _feature_files(runs)})
         con.execute("SET enable_external_access = false")
         con.execute("SET lock_configuration = true")
         result = None

@@ -516,7 +516,11 @@
     const [graph, sidecar] = await Promise.all([
       getJSON(`/data/${encodeURIComponent(entry.slug)}.json`),
       typeof entry.features === "string"
-        ? getJSON(`/data/${encodeURIComponent(entry.features)}`)
+        ? getJSON(`/data/${encodeURIComponent(entry.features)}`).catch((e) => {
+            // No features file: the graph still draws, with the labels its nodes carry.
+            console.warn(`${entry.features}: ${e.message}; drawing without it`);
+            return null;
+          })
         : Promise.resolve(null),
     ]);
     if (!graph || !Array.isArray(graph.nodes) || !Array.isArray(graph.links) || !graph.metadata) {

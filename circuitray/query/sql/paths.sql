@@ -8,6 +8,7 @@
 -- max_graphs per run and type; use graph_id for one graph. The path's label names its
 -- nodes, a feature with its label in brackets where the run's feature table has one.
 -- param: graph_id int = -1 -- one graph (-1: every graph, subject to max_graphs)
+-- param: run str = * -- one run's graphs (*: every run's)
 -- param: top_k int = 3 -- paths per graph
 -- param: beam int = 8 -- partial paths kept per graph at each hop
 -- param: max_graphs int = 500 -- sample this many graphs per run and type (0: all)
@@ -17,6 +18,7 @@ ok AS (
            target_token
     FROM graphs
     WHERE status = 'ok' AND ($graph_id < 0 OR graph_id = $graph_id)
+        AND ($run = '*' OR run = $run)
     -- Sample by a hash of the prompt id: the same prompts in every run (pairable).
     QUALIFY $max_graphs <= 0 OR row_number() OVER (
         PARTITION BY run, coalesce(constraint_type, '(none)')

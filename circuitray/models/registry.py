@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,16 +24,43 @@ __all__ = [
     "BundledModel",
     "bundled_model",
     "circuitray_home",
+    "recorded_home",
     "resolve_model",
     "synthetic_model_name",
     "transcoder_cache_dir",
 ]
 
 
+# ``make setup`` writes the home it built into here, inside the environment it made, so
+# the ``circuitray`` of that environment finds its models from any folder.
+RECORDED_HOME_FILE = "circuitray-home"
+
+
+def recorded_home_file() -> Path:
+    """The file in this Python environment that records its home (``make setup``)."""
+    return Path(sys.prefix) / RECORDED_HOME_FILE
+
+
+def recorded_home() -> Path | None:
+    """The home recorded in this environment by ``make setup``, if any."""
+    try:
+        text = recorded_home_file().read_text().strip()
+    except OSError:
+        return None
+    return Path(text).expanduser().resolve() if text else None
+
+
 def circuitray_home() -> Path:
-    """Root folder of built artifacts: ``$CIRCUITRAY_HOME`` or ``~/.cache/circuitray``."""
+    """Root folder of built artifacts, the first of:
+
+    1. ``$CIRCUITRAY_HOME``;
+    2. the home ``make setup`` recorded in this environment (:func:`recorded_home`);
+    3. ``~/.cache/circuitray``.
+    """
     env = os.environ.get("CIRCUITRAY_HOME")
-    return Path(env).expanduser().resolve() if env else Path.home() / ".cache" / "circuitray"
+    if env:
+        return Path(env).expanduser().resolve()
+    return recorded_home() or Path.home() / ".cache" / "circuitray"
 
 
 def transcoder_cache_dir() -> Path:

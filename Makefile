@@ -16,7 +16,7 @@ BENCH_RUN ?= $(CIRCUITRAY_HOME)/bench/synthetic-$(BENCH_EDGES)
 
 DYNAMICS_DIR ?= $(CIRCUITRAY_HOME)/runs/ws2-dynamics
 
-.PHONY: setup install models browser report run dynamics test format lint typecheck check-ci clean bench-queries bench bench-scale organism-matrix
+.PHONY: setup install models browser report run dynamics test test-long format lint typecheck check-ci clean bench-queries bench bench-scale organism-matrix
 
 setup: install models browser  ## venv, project, offline models, headless chromium
 
@@ -36,6 +36,8 @@ models: install  ## build the tiny model, the WS2 organism and its feature label
 	$(BIN)/circuitray organism build
 	test -f $(CIRCUITRAY_HOME)/features/circuitray--organism.parquet || \
 	    $(BIN)/circuitray features build --model organism-tuned
+	@# The environment's circuitray finds this home from any folder (README: One home).
+	echo "$(CIRCUITRAY_HOME)" > $(VENV)/circuitray-home
 
 organism-matrix: install  ## organism under every CPU kernel x threads 1,2 x seeds 0,1 (~30 min)
 	$(BIN)/circuitray organism matrix --markdown $(CIRCUITRAY_HOME)/organism-matrix.md
@@ -67,8 +69,14 @@ bench-scale:  ## driver and store cost per prompt at 10^3..10^6 prompts, synthet
 bench:  ## circuitray vs a plain loop: overhead, scaling, flattening, storage, memory (<10 min)
 	$(BIN)/circuitray bench suite
 
-test:
-	$(BIN)/python -m pytest -q tests --durations=30
+# CI runs `make test`: the suite without its long variants, in TEST_WORKERS processes.
+TEST_WORKERS ?= 2
+test:  ## the CI suite (~10 min on 2 Intel cores; the long variants are make test-long)
+	$(BIN)/python -m pytest -q tests -n $(TEST_WORKERS) --durations=25
+
+# Every long variant (pytest marker `long`); figures in the README's Tests section.
+test-long:  ## the long variants: 200 chaos rounds, the organism on portable kernels, ... (~90 min)
+	$(BIN)/python -m pytest -q tests -m long --durations=0
 
 format:
 	$(BIN)/ruff format circuitray tests pipelines

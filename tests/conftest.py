@@ -22,6 +22,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -95,6 +96,37 @@ os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 # on two threads, and with two threads on two busy cores OpenMP barriers can make a
 # forward pass ~100x slower (seen: build_tiny 2 s -> 170 s next to another process).
 torch.set_num_threads(1)
+
+
+# Under `make test` (pytest-xdist) every test file that reads the organism's session
+# fixtures runs in one worker, so the organism's pipeline runs and feature table are
+# built once per run, not once per worker; other tests go to whichever worker is free.
+# (xdist's own --dist loadgroup cannot do this with pytest 9: it renames items through
+# an attribute pytest 9 no longer reads, so its groups are silently ignored.)
+ORGANISM_FIXTURES = ("organism_report", "organism_runs", "organism_features", "features_dir")
+
+
+def organism_files(root: Path) -> set[str]:
+    """The test files (paths as in node ids) that read an organism session fixture."""
+    return {
+        str(f.relative_to(root.parent))
+        for f in root.rglob("test_*.py")
+        if any(name in f.read_text() for name in ORGANISM_FIXTURES)
+    }
+
+
+def pytest_xdist_make_scheduler(config, log):
+    from xdist.scheduler import LoadScopeScheduling
+
+    grouped = organism_files(Path(__file__).resolve().parent)
+
+    class SharedFixtureScheduling(LoadScopeScheduling):
+        """Load scheduling with one scope: the organism's files, each other test its own."""
+
+        def _split_scope(self, nodeid: str) -> str:
+            return "organism" if nodeid.split("::", 1)[0] in grouped else nodeid
+
+    return SharedFixtureScheduling(config, log)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -178,10 +210,11 @@ def ray_run(circuitray_home, tmp_path_factory) -> RayRun:
     return RayRun(prompts=prompts, out=out, rows=rows, config=config, result=result)
 
 
-# The organism of the test session is built on torch's portable kernels, not this
-# CPU's: `make setup` already checks the native build (it fails below thresholds),
-# so the suite checks the recipe where other CPUs' last bits differ.
-ORGANISM_TEST_KERNELS = "default"
+# The home `make setup` built (the Makefile's CIRCUITRAY_HOME, or the one it recorded
+# in this environment), read before the session fixture points CIRCUITRAY_HOME away.
+from circuitray.models.registry import circuitray_home as _home  # noqa: E402
+
+SETUP_HOME = _home()
 
 
 @pytest.fixture
@@ -213,22 +246,50 @@ def cli() -> list[str]:
     return circuitray_command()
 
 
+# What of a home the organism build owns (circuitray.organism.build._artifact_dirs).
+ORGANISM_FILES = (
+    "models/organism-report.json",
+    "models/organism-base",
+    "models/organism-tuned",
+    "models/organism-finetune",
+    "transcoders/circuitray/organism",
+    "transcoders/circuitray/organism-clt",
+)
+
+
+def seed_organism(dst: Path, src: Path = SETUP_HOME) -> bool:
+    """Copy the organism ``make setup`` built in ``src`` into the home ``dst``; whether
+    anything was there to copy. The build in ``dst`` decides whether the copy is its
+    own (its key: config, code, torch, CPU kernels; its digests) or rebuilds."""
+    if src.resolve() == dst.resolve() or not (src / ORGANISM_FILES[0]).is_file():
+        return False
+    for rel in ORGANISM_FILES:
+        source, target = src / rel, dst / rel
+        if source.is_dir():
+            shutil.copytree(source, target, dirs_exist_ok=True)
+        elif source.is_file():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target)
+    return True
+
+
 @pytest.fixture(scope="session")
 def organism_report(circuitray_home):
-    """The WS2 organism as ``make setup`` builds it (``circuitray organism build``, in a
-    fresh process), on ``ATEN_CPU_CAPABILITY=default``, into the test CIRCUITRAY_HOME
-    (~2 min on 2 cores)."""
+    """The WS2 organism as ``make setup`` builds it: ``circuitray organism build
+    --json`` in a fresh process into the test home. Seeded with the organism the
+    set-up built, it is reused in seconds when its build key matches (same recipe,
+    code, torch and CPU kernels), and built here otherwise (~1.5 min on 2 Intel
+    cores). The recipe on other kernels is ``tests/organism/test_build.py``'s."""
     import json
-    import subprocess
 
     from circuitray.organism.matrix import circuitray_command
 
-    env = {**os.environ, "ATEN_CPU_CAPABILITY": ORGANISM_TEST_KERNELS}
+    seed_organism(circuitray_home)
     proc = subprocess.run(
         [*circuitray_command(), "organism", "build", "--json"],
         capture_output=True,
         text=True,
-        env=env,
+        env=dict(os.environ),
         timeout=1800,
     )
     # Exit 2 is a build below thresholds: its report still says which, test by test.

@@ -8,9 +8,13 @@ actors go on for a moment, as on a real cluster, and can write while its success
 resumes: the fence has to hold, not a quiet period. Each round (seeded) kills one
 random actor, the driver, or both, either at a random instant or the moment a write
 is under way (a temporary file in the folder; then every actor, so the writing one
-is among them). ``CIRCUITRAY_CHAOS_ROUNDS`` (default 20) and ``CIRCUITRAY_CHAOS_SEED``
-(default 0) choose more rounds or other instants; ``CIRCUITRAY_CHAOS_REPORT=FILE``
-writes the figures as JSON.
+is among them). The first rounds follow :data:`PLAN`, so even the CI-sized run (4
+rounds) kills inside a write, kills a driver and resumes beside its live actors, and
+kills actors alone; later rounds draw their target at random.
+``CIRCUITRAY_CHAOS_ROUNDS`` (default 4) and ``CIRCUITRAY_CHAOS_LONG_ROUNDS`` (default
+200, the ``long`` variant ``make test-long`` runs) choose how many rounds, and
+``CIRCUITRAY_CHAOS_SEED`` (default 0) other instants;
+``CIRCUITRAY_CHAOS_REPORT=FILE`` writes the figures as JSON.
 """
 
 from __future__ import annotations
@@ -29,13 +33,17 @@ from pathlib import Path
 import pyarrow.compute as pc
 import pytest
 import ray
+from ray._private import ray_constants
 from ray.cluster_utils import Cluster
 
 from circuitray import RunStore, generate_ws2, write_prompts
 
-ROUNDS = int(os.environ.get("CIRCUITRAY_CHAOS_ROUNDS", "20"))
+ROUNDS = int(os.environ.get("CIRCUITRAY_CHAOS_ROUNDS", "4"))
+LONG_ROUNDS = int(os.environ.get("CIRCUITRAY_CHAOS_LONG_ROUNDS", "200"))
 SEED = int(os.environ.get("CIRCUITRAY_CHAOS_SEED", "0"))
 N_PROMPTS = 8
+# (target, in_write) of the first rounds: each kind of kill at least once.
+PLAN = [("both", True), ("driver", False), ("actor", True), ("driver", True)]
 CLUSTER_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled"}
 
 
@@ -46,8 +54,11 @@ def head(circuitray_home):
     with pytest.MonkeyPatch.context() as env:  # a module-scoped monkeypatch
         for k, v in CLUSTER_ENV.items():
             env.setenv(k, v)
-        c = Cluster(initialize_head=True, head_node_args={"num_cpus": 3, "num_gpus": 0})
-        yield c.address
+        c = Cluster(
+            initialize_head=True,
+            head_node_args={"num_cpus": 3, "num_gpus": 0, "include_dashboard": False},
+        )
+        yield c
         c.shutdown()
 
 
@@ -60,10 +71,14 @@ def _driver(prompts: Path, out: Path, address: str) -> subprocess.Popen:
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def _actor_pids() -> list[int]:
-    ps = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
+def _actor_pids(raylet: int) -> list[int]:
+    """The attribution actors of this test's cluster (children of its raylet): never
+    another test's, which may run beside it (make test runs two pytest workers)."""
+    ps = subprocess.run(["ps", "-eo", "pid=,ppid=,args="], capture_output=True, text=True)
     return [
-        int(line.split(None, 1)[0]) for line in ps.splitlines() if "ray::AttributionWorker" in line
+        int(pid)
+        for pid, ppid, args in (line.split(None, 2) for line in ps.stdout.splitlines())
+        if int(ppid) == raylet and "ray::AttributionWorker" in args
     ]
 
 
@@ -110,39 +125,46 @@ def _check(out: Path, prompt_ids: list[str]) -> dict:
     return {"duplicates": duplicates, "missing": missing, "ok": ok}
 
 
-def test_chaos_kill_and_resume(head, tmp_path):
+@pytest.mark.parametrize(
+    "rounds",
+    [pytest.param(ROUNDS, id="ci"), pytest.param(LONG_ROUNDS, id="long", marks=pytest.mark.long)],
+)
+def test_chaos_kill_and_resume(head, tmp_path, rounds):
     rng = random.Random(SEED)
+    raylet = head.head_node.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process.pid
     root = tmp_path / "chaos"
     root.mkdir()
     (root / "outside").mkdir()
     (root / "outside" / "keep.txt").write_text("nothing may touch this\n")
     figures = Counter()
     started = time.monotonic()
-    for round_ in range(ROUNDS):
+    for round_ in range(rounds):
         rows = generate_ws2(n=N_PROMPTS, seed=1000 * SEED + round_)
         prompts = write_prompts(rows, root / f"prompts-{round_}.jsonl")
         out = root / f"run-{round_}"
         before = _snapshot(root, out)
         target = rng.choice(["actor", "driver", "both"])
         in_write = rng.random() < 0.5
+        if round_ < len(PLAN):
+            target, in_write = PLAN[round_]
         wait_parts = rng.randrange(0, N_PROMPTS // 2)
         extra = rng.uniform(0, 1.0)
 
-        driver = _driver(prompts, out, head)
+        driver = _driver(prompts, out, head.address)
         deadline = time.monotonic() + 180
         killed = []
         while time.monotonic() < deadline and driver.poll() is None:
             graphs = out / "graphs"
             n = len(list(graphs.glob("*.parquet"))) if graphs.is_dir() else 0
             if in_write:
-                ready = _writing(out) and (target == "driver" or _actor_pids())
+                ready = _writing(out) and (target == "driver" or _actor_pids(raylet))
             else:
-                ready = n >= wait_parts and (target == "driver" or len(_actor_pids()) >= 2)
+                ready = n >= wait_parts and (target == "driver" or len(_actor_pids(raylet)) >= 2)
             if ready:
                 if not in_write:
                     time.sleep(extra)
                 if target in ("actor", "both"):
-                    pids = _actor_pids()
+                    pids = _actor_pids(raylet)
                     for pid in pids if in_write else rng.sample(pids, min(1, len(pids))):
                         with _quiet():
                             os.kill(pid, signal.SIGKILL)
@@ -156,7 +178,7 @@ def test_chaos_kill_and_resume(head, tmp_path):
         assert time.monotonic() < deadline, "the driver made no progress"
         if "driver" in killed:
             driver.wait(timeout=60)
-            driver = _driver(prompts, out, head)  # the resume, while old actors may live
+            driver = _driver(prompts, out, head.address)  # the resume, while old actors may live
         _, err = driver.communicate(timeout=300)
         assert driver.returncode == 0, (round_, target, in_write, err[-2000:])
         # One kill event per round: no batch runs out of its --max-attempts 3 tries.
@@ -178,8 +200,10 @@ def test_chaos_kill_and_resume(head, tmp_path):
     print("chaos:", json.dumps(summary))
     if os.environ.get("CIRCUITRAY_CHAOS_REPORT"):
         Path(os.environ["CIRCUITRAY_CHAOS_REPORT"]).write_text(json.dumps(summary) + "\n")
-    assert figures["rounds"] == ROUNDS and figures["duplicates"] == figures["missing"] == 0
-    assert figures["actor"] + figures["driver"] >= ROUNDS // 2  # most rounds did kill
+    assert figures["rounds"] == rounds and figures["duplicates"] == figures["missing"] == 0
+    assert figures["actor"] + figures["driver"] >= rounds // 2  # most rounds did kill
+    if rounds >= len(PLAN):  # two planned rounds wait for a write under way
+        assert figures["in_write_rounds"] >= 1, summary
 
 
 class _quiet:

@@ -1,9 +1,14 @@
 """The organism build: reused while unchanged, rebuilt when edited, and robust to the
-CPU's float kernels (the session's build, on torch's portable ``default`` kernels in a
-fresh process, meets every threshold of the report)."""
+CPU's float kernels: the whole recipe built on torch's portable ``default`` kernels in
+a fresh process meets every threshold of its report (``make test-long``; 8 minutes on
+2 Intel cores). In CI the session's organism is the one ``make setup`` built on this
+CPU's kernels (which the set-up already fails below thresholds), checked here for
+the same learned-not-capped training; tests/organism/test_matrix.py checks that other
+kernels reach a build at all and change its last bits."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from dataclasses import asdict, replace
@@ -74,26 +79,44 @@ def test_yaml_numbers_become_the_fields_types():
     assert config.tuned_lr == 0.002 and config.transcoders.steps == 10
 
 
-def test_the_session_organism_was_built_on_portable_kernels(organism_report):
-    """What ``make setup`` builds, but on ``ATEN_CPU_CAPABILITY=default`` in a fresh
-    process (the ``organism_report`` fixture): a recipe that passes only on this CPU's
-    last bits fails here, and every test of test_organism.py checks this build."""
-    assert organism_report["build"]["cpu_capability"] == "DEFAULT"
-    assert organism_report["config"] == asdict(OrganismConfig())
-    training = organism_report["training"]
+def _assert_learned_and_passed(report: dict) -> None:
+    assert report["config"] == asdict(OrganismConfig())
+    training = report["training"]
     assert not training["tuned_capped"] and training["tuned_learned_at"] is not None, training
     assert set(training["tuned_train_accuracy"].values()) == {1.0}, training
-    failed = [k for k, ok in organism_report["acceptance"].items() if not ok]
-    assert organism_report["passed"] and not failed, failed
+    failed = [k for k, ok in report["acceptance"].items() if not ok]
+    assert report["passed"] and not failed, failed
+
+
+def test_the_session_organism_is_the_setup_recipe_learned_not_capped(organism_report):
+    """The session's organism (``make setup``'s recipe on this CPU): fine-tuning
+    stopped because the train split was learned, not at its cap, and every
+    threshold of the report holds; every test of test_organism.py reads it."""
+    _assert_learned_and_passed(organism_report)
+
+
+@pytest.mark.long
+def test_the_recipe_passes_on_portable_kernels(tmp_path, cli):
+    """What ``make setup`` builds, but on ``ATEN_CPU_CAPABILITY=default`` in a fresh
+    process: a recipe that passes only on this CPU's last bits fails here."""
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": "default", "CIRCUITRAY_HOME": str(tmp_path)}
+    proc = subprocess.run(
+        [*cli, "organism", "build", "--json"], capture_output=True, text=True, env=env,
+        timeout=3600,
+    )  # fmt: skip
+    assert proc.returncode in (0, 2), proc.stderr[-3000:]
+    report = json.loads(proc.stdout)
+    assert report["build"]["cpu_capability"] == "DEFAULT"
+    _assert_learned_and_passed(report)
 
 
 def test_make_setup_again_reuses_the_build_and_writes_nothing(organism_report, cli):
     home = circuitray_home()
     files = _mtimes(home / "models") | _mtimes(home / "transcoders" / "circuitray")
-    env = {**os.environ, "ATEN_CPU_CAPABILITY": "default"}
     again = subprocess.run(
-        [*cli, "organism", "build"], capture_output=True, text=True, env=env, timeout=300
-    )
+        [*cli, "organism", "build"], capture_output=True, text=True, env=dict(os.environ),
+        timeout=300,
+    )  # fmt: skip
     assert again.returncode == 0, again.stderr[-3000:]
     assert "up to date" in again.stdout and organism_report["build"]["key"][:12] in again.stdout
     assert _mtimes(home / "models") | _mtimes(home / "transcoders" / "circuitray") == files

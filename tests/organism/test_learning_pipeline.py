@@ -7,6 +7,7 @@ import subprocess
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import pytest
 import yaml
 from conftest import CLI, assert_one_line_error, circuitray
 
@@ -14,16 +15,23 @@ REPO = Path(__file__).resolve().parents[2]
 PIPELINE = REPO / "pipelines" / "ws2_learning_dynamics.yaml"
 
 
-def test_learning_dynamics_pipeline_on_the_organism(organism_report, tmp_path):
+@pytest.mark.parametrize(
+    "size", ["ci", pytest.param("long", marks=pytest.mark.long)]
+)  # fmt: skip
+def test_learning_dynamics_pipeline_on_the_organism(organism_report, tmp_path, size):
+    """CI: the shipped file at the first and last checkpoints, 2 prompts per type (the
+    smallest series with a trajectory); long: the shipped file as it is (every
+    checkpoint, 20 prompts per type: ``make dynamics``)."""
     from circuitray.finetune.manifest import read_manifest
     from circuitray.models.registry import circuitray_home
 
     manifest = read_manifest(circuitray_home() / "models" / "organism-finetune")
     all_steps = [c["step"] for c in manifest["checkpoints"]]
-    # The shipped file, smaller: 2 prompts per type (not 20) at 4 of the checkpoints.
-    steps = [all_steps[0], all_steps[len(all_steps) // 2], all_steps[-2], all_steps[-1]]
     doc = yaml.safe_load(PIPELINE.read_text())
-    doc["series"]["organism"].update(per_type=2, steps=steps)
+    steps = all_steps
+    if size == "ci":
+        steps = [all_steps[0], all_steps[-1]]
+        doc["series"]["organism"].update(per_type=2, steps=steps)
     small = tmp_path / "pipeline.yaml"
     small.write_text(yaml.safe_dump(doc))
     out = tmp_path / "out"
@@ -38,12 +46,13 @@ def test_learning_dynamics_pipeline_on_the_organism(organism_report, tmp_path):
     curves = pq.read_table(out / "results" / "learning_curves-organism.parquet").to_pylist()
     assert sorted({r["step"] for r in curves}) == steps
     base_acc = sum(r["accuracy"] for r in curves if r["step"] == 0) / 3
-    assert base_acc < 0.9  # 2 prompts per type at chance (0.125-0.25): at most a few right
+    assert base_acc < 0.9  # at chance (0.125-0.25): with 2 prompts per type, a few right
     assert {r["constraint_type"] for r in curves} == {
         "simple_mapping", "spatial_relationship", "antonym",
     }  # fmt: skip
     last = max(r["step"] for r in curves)
-    assert all(r["accuracy"] == 1.0 for r in curves if r["step"] == last)
+    least = 1.0 if size == "ci" else 0.9  # 20 held-out prompts per type may miss one
+    assert all(r["accuracy"] >= least for r in curves if r["step"] == last), curves
     assert (out / "results" / "convergence-organism.parquet").exists()
     assert (out / "results" / "feature_dynamics-organism.parquet").exists()
     assert "convergence-organism" in p.stdout

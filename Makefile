@@ -37,7 +37,7 @@ models: install  ## build the tiny model, the WS2 organism and its feature label
 	test -f $(CIRCUITRAY_HOME)/features/circuitray--organism.parquet || \
 	    $(BIN)/circuitray features build --model organism-tuned
 	@# The environment's circuitray finds this home from any folder (README: One home).
-	echo "$(CIRCUITRAY_HOME)" > $(VENV)/circuitray-home
+	echo "$(abspath $(CIRCUITRAY_HOME))" > $(VENV)/circuitray-home
 
 organism-matrix: install  ## organism under every CPU kernel x threads 1,2 x seeds 0,1 (~30 min)
 	$(BIN)/circuitray organism matrix --markdown $(CIRCUITRAY_HOME)/organism-matrix.md
@@ -92,4 +92,4 @@ typecheck:
 check-ci: lint typecheck test
 
 clean:
-	rm -rf $(CIRCUITRAY_HOME) .pytest_cache
+	rm -rf $(CIRCUITRAY_HOME) .pytest_cache $(VENV)/circuitray-home

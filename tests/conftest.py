@@ -115,6 +115,7 @@ def organism_files(root: Path) -> set[str]:
     }
 
 
+@pytest.hookimpl(optionalhook=True)  # pytest -p no:xdist runs the suite in one process
 def pytest_xdist_make_scheduler(config, log):
     from xdist.scheduler import LoadScopeScheduling
 

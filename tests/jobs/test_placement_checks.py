@@ -89,7 +89,9 @@ def test_actors_a_joined_cluster_never_places_fail_within_the_start_timeout(prom
 
     if ray.is_initialized():
         ray.shutdown()
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    # address="local": a Ray of its own, never a Cluster another test worker runs
+    # (ray.init() alone joins the cluster named in /tmp/ray/ray_current_cluster).
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
     try:
         config = RunConfig(
             str(prompts), str(tmp_path / "run"), model=ModelSpec(model="tiny"),

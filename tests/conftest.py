@@ -98,34 +98,48 @@ os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 torch.set_num_threads(1)
 
 
-# Under `make test` (pytest-xdist) every test file that reads the organism's session
-# fixtures runs in one worker, so the organism's pipeline runs and feature table are
-# built once per run, not once per worker; other tests go to whichever worker is free.
+# Under `make test` (pytest-xdist) a fixture is built once per worker that asks for it:
+# so that what is expensive is built once per run, the scheduler keeps together
+# - every test file that reads one of a group's session fixtures (the organism's
+#   pipeline runs and feature table; the shared Ray run),
+# - every test of a file that has a module-scoped fixture,
+# and sends every other test to whichever worker is free.
 # (xdist's own --dist loadgroup cannot do this with pytest 9: it renames items through
 # an attribute pytest 9 no longer reads, so its groups are silently ignored.)
-ORGANISM_FIXTURES = ("organism_report", "organism_runs", "organism_features", "features_dir")
+SHARED_FIXTURES = {
+    "organism": ("organism_report", "organism_runs", "organism_features", "features_dir"),
+    "ray_run": ("ray_run",),
+}
 
 
-def organism_files(root: Path) -> set[str]:
-    """The test files (paths as in node ids) that read an organism session fixture."""
-    return {
-        str(f.relative_to(root.parent))
-        for f in root.rglob("test_*.py")
-        if any(name in f.read_text() for name in ORGANISM_FIXTURES)
-    }
+def scheduling_scopes(root: Path) -> dict[str, str]:
+    """Test file (path as in node ids) -> the scope its tests run in, for the files
+    that must not be split: a shared-fixture group's name, or the file itself."""
+    scopes: dict[str, str] = {}
+    for f in sorted(root.rglob("test_*.py")):
+        text, rel = f.read_text(), str(f.relative_to(root.parent))
+        group = next(
+            (g for g, names in SHARED_FIXTURES.items() if any(n in text for n in names)), None
+        )
+        if group is not None:
+            scopes[rel] = group
+        elif 'scope="module"' in text:
+            scopes[rel] = rel
+    return scopes
 
 
 @pytest.hookimpl(optionalhook=True)  # pytest -p no:xdist runs the suite in one process
 def pytest_xdist_make_scheduler(config, log):
     from xdist.scheduler import LoadScopeScheduling
 
-    grouped = organism_files(Path(__file__).resolve().parent)
+    scopes = scheduling_scopes(Path(__file__).resolve().parent)
 
     class SharedFixtureScheduling(LoadScopeScheduling):
-        """Load scheduling with one scope: the organism's files, each other test its own."""
+        """Load scheduling by scope: a shared-fixture group, a file with a module
+        fixture, or one test (xdist starts the scopes with the most tests first)."""
 
         def _split_scope(self, nodeid: str) -> str:
-            return "organism" if nodeid.split("::", 1)[0] in grouped else nodeid
+            return scopes.get(nodeid.split("::", 1)[0], nodeid)
 
     return SharedFixtureScheduling(config, log)
 

@@ -187,13 +187,13 @@ def test_single_feature_direct_effects_match_edge_weights(organism_run, tmp_path
         InterventionConfig(
             run=str(run_dir),
             out=str(out),
-            features=["single:5"],
+            features=["single:3"],
             constrained_layers="all",
             actors=1,
         )
     )
-    rows = _by_spec(out)["single:5"]
-    assert len(rows) >= 5 * 3 * PER_TYPE // 2 and {r["frame"] for r in rows} == {"graph"}
+    rows = _by_spec(out)["single:3"]
+    assert len(rows) >= 3 * 3 * PER_TYPE // 2 and {r["frame"] for r in rows} == {"graph"}
     # The stored edge (feature node -> target logit node), read straight from the run.
     store = RunStore(run_dir)
     nodes = store.read_table("nodes").to_pylist()

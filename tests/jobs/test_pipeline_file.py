@@ -161,14 +161,29 @@ def test_local_pipeline_runs_queries_compares_and_resumes(tmp_path):
     )
 
 
+# The CLI's own part (its JSON record, --n overriding the file's prompt count, the
+# result files) on one run and one query: the API test above runs the whole TINY.
+ONE_RUN = """
+name: tiny-one
+prompts: {ws2: {n: 6, seed: 3}}
+run_options: {batch_size: 3, attribution: {max_n_logits: 5}}
+runs:
+  a: {model: tiny}
+queries:
+  - {name: constraint_stats, runs: [a]}
+  - {name: top_features, runs: [a], params: {top_k: 2}, label: top}
+"""
+
+
 def test_pipeline_cli_json(tmp_path):
-    path = _write(tmp_path, TINY)
+    path = _write(tmp_path, ONE_RUN)
     out = tmp_path / "cli"
     p = circuitray("pipeline", "run", path, "--out-root", out, "--n", 3, "--actors", 1, "--json")
     assert p.returncode == 0, p.stderr
     record = json.loads(p.stdout)
-    assert record["pipeline"] == "tiny-pair"
-    assert {k: v["total"] for k, v in record["runs"].items()} == {"a": 3, "b": 3}
+    assert record["pipeline"] == "tiny-one"
+    assert {k: v["total"] for k, v in record["runs"].items()} == {"a": 3}
+    assert len(record["results"]) == 2
     for path_ in record["results"].values():
         assert Path(path_).is_file()
     assert (out / "prompts-n3-s3.parquet").is_file()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import N_RAY_PROMPTS, assert_one_line_error, circuitray
+from conftest import N_RAY_PROMPTS, assert_one_line_error, assert_refused, circuitray
 
 from circuitray.prompts.ws2 import CONSTRAINTS
 
@@ -173,3 +173,16 @@ def test_run_prints_why_prompts_failed(tmp_path, good_prompts):
     assert "a: error: ValueError: prompt has" in p.stderr
     assert "more than max_tokens=2" in p.stderr
     assert "0 ok, 1 errors of 1" in p.stderr
+
+
+def test_csv_with_stray_quote_names_the_line(tmp_path):
+    f = tmp_path / "p.csv"
+    f.write_text(
+        "prompt_id,prompt\n"
+        'z1,"the word blarf\n'
+        "z2,the kite will glide so it moves\n"
+        "z3,the boat is not rich so the boat is\n"
+    )
+    p = circuitray("run", f, "--out", tmp_path / "run", "--model", "tiny")
+    assert_refused(p, f"{f}: line 2: a quoted field opened here is never closed")
+    assert not (tmp_path / "run").exists()

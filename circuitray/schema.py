@@ -31,6 +31,7 @@ __all__ = [
     "SUMMARY_FIELDS",
     "TABLES",
     "graph_row",
+    "unique_column_names",
 ]
 
 NODE_TYPES = ("feature", "error", "token", "logit")
@@ -170,3 +171,30 @@ def graph_row(graph_id: int, prompt: dict, **fields) -> dict:
         **fields,
     )
     return row
+
+
+def unique_column_names(table: pa.Table) -> pa.Table:
+    """``table`` with every column under a name of its own, for output that keys values
+    by name (JSON objects, Parquet fields, a printed table's header).
+
+    A query may return a name twice (``SELECT g.graph_id, n.graph_id``, ``SELECT 1 AS
+    a, 2 AS a``): the first keeps it, each repeat gets the first of ``NAME_1``,
+    ``NAME_2``... that no column of the table has, so no value is lost or shown under
+    another column's name. Columns keep their order.
+    """
+    names = table.column_names
+    if len(set(names)) == len(names):
+        return table
+    taken = set(names)
+    seen: set[str] = set()
+    unique: list[str] = []
+    for name in names:
+        if name in seen:
+            k = 1
+            while f"{name}_{k}" in taken:
+                k += 1
+            name = f"{name}_{k}"
+            taken.add(name)
+        seen.add(name)
+        unique.append(name)
+    return table.rename_columns(unique)

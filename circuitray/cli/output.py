@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from circuitray.errors import CircuitrayError
+from circuitray.schema import unique_column_names
 
 console = Console()
 err_console = Console(stderr=True)
@@ -31,7 +32,9 @@ def print_result(record, text: str, *, as_json: bool) -> None:
 
 
 def print_table(table: pa.Table, *, fmt: str = "table", output: str | None = None) -> None:
-    """Show an Arrow table as a rich table, or write csv / json / parquet."""
+    """Show an Arrow table as a rich table, or write csv / json / parquet: every column
+    in order, a repeated name made unique (:func:`unique_column_names`) in every format."""
+    table = unique_column_names(table)
     if fmt == "parquet":
         if not output:
             raise CircuitrayError("--format parquet needs --output FILE")
@@ -65,8 +68,8 @@ def print_table(table: pa.Table, *, fmt: str = "table", output: str | None = Non
     rich_table = Table(show_lines=False, show_edge=False)
     for name in table.column_names:
         rich_table.add_column(name, no_wrap=True)
-    for row in table.to_pylist():
-        rich_table.add_row(*("" if v is None else _fmt(v) for v in row.values()))
+    for row in zip(*(column.to_pylist() for column in table.columns), strict=True):
+        rich_table.add_row(*("" if v is None else _fmt(v) for v in row))
     if output:
         with open(output, "w") as f:
             Console(file=f, width=200).print(rich_table)

@@ -61,7 +61,11 @@ def query_cmd(name, run_dirs, list_, params, fmt, output) -> None:
 @table_output_options
 def sql_cmd(args, fmt, output) -> None:
     """Read-only SQL over views graphs, nodes, edges, interventions: circuitray sql
-    RUN_DIR... "SELECT ..." """
+    RUN_DIR... "SELECT ..."
+
+    Every format shows every column the query returns, in order; a name it repeats
+    is kept by the first column, each repeat gets the first free NAME_1, NAME_2...
+    (SELECT g.graph_id, n.graph_id: graph_id, graph_id_1)."""
 
     if len(args) < 2:
         raise CircuitrayError('usage: circuitray sql RUN_DIR [RUN_DIR ...] "SELECT ..."')

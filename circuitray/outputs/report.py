@@ -83,6 +83,15 @@ class ReportConfig:
     seed: int = 0
 
 
+def _plain(text: object) -> str:
+    """Text from a run folder (run and folder names, constraint types, tokens, labels,
+    SPECs) as matplotlib should draw it: as written. Matplotlib parses text between two
+    ``$`` as mathtext ("price $a^$" stopped the report with ValueError), so every ``$``
+    is escaped; turning mathtext off for the whole figure would break the symlog axes'
+    own tick labels (10^k), which are mathtext."""
+    return str(text).replace("$", r"\$")
+
+
 def _png(fig) -> str:
     import matplotlib.pyplot as plt
 
@@ -121,7 +130,7 @@ def _distributions(graphs, runs: list[str], dpi: int) -> str:
                 v = graphs[(graphs.run == run) & (graphs.constraint_type == t)][col].dropna()
                 if len(v):
                     data.append(v.to_numpy())
-                    labels.append(f"{run}\n{t}" if len(runs) > 1 else t)
+                    labels.append(_plain(f"{run}\n{t}" if len(runs) > 1 else t))
         if data:
             ax.boxplot(data, showmeans=True)
             ax.set_xticks(range(1, len(labels) + 1), labels, rotation=45, ha="right", fontsize=7)
@@ -148,7 +157,7 @@ def _layer_profile(profile, run: str, dpi: int) -> str:
             ]
             ax.bar([str(x) for x in layers], values, bottom=bottom, label=kind)
             bottom += np.array(values)
-        ax.set_title(f"{run}: {t}", fontsize=9)
+        ax.set_title(_plain(f"{run}: {t}"), fontsize=9)
         ax.set_xlabel("layer (-1: tokens)")
         ax.set_ylabel("share of influence")
     axes[0][0].legend(fontsize=7)
@@ -167,7 +176,7 @@ def _top_features(top, run: str, dpi: int) -> str:
         labels = [f"L{r.layer}/{r.feature}" for r in part.itertuples()]
         ax.barh(labels, part.frequency, color="tab:purple")
         ax.set_xlim(0, 1)
-        ax.set_title(f"{run}: {t}", fontsize=9)
+        ax.set_title(_plain(f"{run}: {t}"), fontsize=9)
         ax.set_xlabel("share of graphs")
         ax.tick_params(axis="y", labelsize=7)
     fig.tight_layout()
@@ -185,7 +194,7 @@ def _overlap(overlap, dpi: int) -> str:
     size = 1.2 + 0.7 * len(keys)
     fig, ax = plt.subplots(figsize=(size + 1.5, size), dpi=dpi)
     im = ax.imshow(m, vmin=0, vmax=1, cmap="viridis")
-    labels = [f"{run}: {t}" for run, t in keys]
+    labels = [_plain(f"{run}: {t}") for run, t in keys]
     ax.set_xticks(range(len(keys)), labels, rotation=45, ha="right", fontsize=7)
     ax.set_yticks(range(len(keys)), labels, fontsize=7)
     for i in range(len(keys)):
@@ -210,8 +219,8 @@ def _compare_plot(table, dpi: int) -> str:
         ax.hlines(y, part.ci_low, part.ci_high, colors=colors, lw=2)
         ax.scatter(part["diff"], y, c=colors, zorder=3)
         ax.axvline(0, color="k", lw=0.8)
-        ax.set_yticks(y, list(part.group), fontsize=7)
-        ax.set_title(metric, fontsize=9)
+        ax.set_yticks(y, [_plain(g) for g in part.group], fontsize=7)
+        ax.set_title(_plain(metric), fontsize=9)
     fig.suptitle("candidate - baseline, 95% bootstrap CI (red: beyond noise, Holm)", fontsize=9)
     fig.tight_layout()
     return _png(fig)
@@ -289,7 +298,7 @@ def _circuit(nodes, edges, paths, title: str, n_edges: int, dpi: int) -> str:
         if kind == "token":
             continue  # the axis names the tokens
         ax.annotate(
-            names[nid],
+            _plain(names[nid]),
             (x, y),
             xytext=(6, 6 if i % 2 == 0 else -10),
             textcoords="offset points",
@@ -298,9 +307,9 @@ def _circuit(nodes, edges, paths, title: str, n_edges: int, dpi: int) -> str:
             bbox={"boxstyle": "round,pad=0.2", "fc": "white", "ec": "0.7", "alpha": 0.85},
         )
     tokens = nodes[nodes.node_type == "token"].sort_values("pos")
-    ax.set_xticks(list(tokens.pos), [str(t) for t in tokens.token], rotation=45, fontsize=8)
+    ax.set_xticks(list(tokens.pos), [_plain(t) for t in tokens.token], rotation=45, fontsize=8)
     ax.set_ylabel("layer")
-    ax.set_title(title, fontsize=9)
+    ax.set_title(_plain(title), fontsize=9)
     ax.legend(fontsize=6, loc="lower right")
     ax.autoscale()
     ax.margins(x=0.12, y=0.08)
@@ -341,9 +350,9 @@ def _intervention_effects(effects, dpi: int) -> str:
         colors = ["tab:gray" if t == "(all)" else "tab:blue" for t in part.constraint_type]
         ax.bar(x, mean, yerr=err, color=colors, capsize=4, ecolor="k")
         ax.axhline(0, color="k", lw=0.8)
-        labels = [f"{t} (n={n})" for t, n in zip(part.constraint_type, part.n, strict=True)]
+        labels = [_plain(f"{t} (n={n})") for t, n in zip(part.constraint_type, part.n, strict=True)]
         ax.set_xticks(x, labels, rotation=45, ha="right", fontsize=7)
-        ax.set_title(_effect_label(run, spec, several), fontsize=9)
+        ax.set_title(_plain(_effect_label(run, spec, several)), fontsize=9)
         ax.set_ylabel("target logit change", fontsize=8)
         by_run.setdefault(run, []).append(ax)
     for group in by_run.values():
@@ -384,7 +393,9 @@ def _intervention_scatter(rows, effects, dpi: int) -> str:
                 alpha=0.6,
                 color=cmap(k % 10),
                 marker="os^Dv<>P*X"[k % 10],
-                label=f"{_effect_label(r.run, r.spec, several)}: rho = {rho_text} (n={len(part)})",
+                label=_plain(
+                    f"{_effect_label(r.run, r.spec, several)}: rho = {rho_text} (n={len(part)})"
+                ),
             )
             shown += [part[col].to_numpy(float), part.target_logit_change.to_numpy(float)]
         values = np.concatenate(shown) if shown else np.zeros(0)
@@ -539,13 +550,13 @@ def _trajectory_plot(bands, series: str, dpi: int) -> str:
         m = sub[sub["metric"] == metric]
         for ctype, g in m.groupby("constraint_type"):
             g = g.sort_values("step")
-            (line,) = ax.plot(g["step"], g["mean"], marker="o", ms=3, label=str(ctype))
+            (line,) = ax.plot(g["step"], g["mean"], marker="o", ms=3, label=_plain(ctype))
             ax.fill_between(g["step"], g["lo"], g["hi"], alpha=0.2, color=line.get_color())
         ax.set_xscale("symlog", linthresh=8)
         ax.set_xlabel("fine-tuning step")
         ax.set_title(label, fontsize=9)
     axes[0].legend(fontsize=7)
-    fig.suptitle(f"{series}: mean per type, 95% bootstrap band over prompts", fontsize=10)
+    fig.suptitle(_plain(f"{series}: mean per type, 95% bootstrap band over prompts"), fontsize=10)
     fig.tight_layout()
     return _png(fig)
 

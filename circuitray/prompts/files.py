@@ -6,7 +6,9 @@ optional and every other column is kept as metadata. Reading validates every row
 raises :class:`PromptFileError` naming the file, row and column of the first problem:
 
 1. Decode: UTF-8 (a leading byte-order mark is allowed); CSV values are all text,
-   quoted values may span lines, header names are stripped of spaces.
+   quoted values may span lines (a quote inside one is written ``""``), header names
+   are stripped of spaces; a quote never closed, or closed with text after it, is
+   refused naming the line where it opens (:func:`_check_quotes`).
 2. Columns: each named once; ``prompt`` must hold text (not numbers, booleans or
    nested values), ``prompt_id`` text or integers; a column whose rows mix types that
    Arrow cannot hold together is named.
@@ -15,6 +17,7 @@ raises :class:`PromptFileError` naming the file, row and column of the first pro
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 from pathlib import Path
@@ -72,10 +75,11 @@ def read_table_file(
         if fmt == "parquet":
             return pq.read_table(path)
         if fmt == "csv":
-            parse = pacsv.ParseOptions(delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
+            delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
+            _check_quotes(path, delimiter=delimiter)
             # Read every column as text: ids like 007 must not become integers. The
             # header is parsed by pyarrow itself (quoted names included).
-            parse = pacsv.ParseOptions(delimiter=parse.delimiter, newlines_in_values=True)
+            parse = pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=True)
             with pacsv.open_csv(path, parse_options=parse) as reader:
                 names = reader.schema.names
             _check_unique(path, names)
@@ -90,6 +94,73 @@ def read_table_file(
     except (pa.ArrowInvalid, OSError, UnicodeDecodeError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise error(f"{path}: cannot read as {fmt}: {first}") from None
+
+
+def _check_quotes(path: Path, *, delimiter: str) -> None:
+    """Refuse a CSV whose quotes do not pair up, naming the line where the bad quote opens.
+
+    pyarrow (``newlines_in_values=True``) reads a quote left open as a value running to
+    the end of the file: a stray quote on one row silently swallows every row after it.
+    Python's csv reader in strict mode (RFC 4180 quoting, as pyarrow reads it: ``""``
+    inside quotes, a quote inside an unquoted value is text) refuses the two shapes a
+    stray quote leaves: a quoted value still open at the end of the file, and a quoted
+    value closed by a quote followed by text (the stray quote pairs with the opening
+    quote of a later value: ``z1,"blarf`` ... ``z3,"the boat"``). A quoted value that
+    spans lines and closes cleanly is valid CSV, indistinguishable from a prompt that
+    holds line breaks, and is read as written.
+    """
+    record: list[str] = []  # the lines of the record being read
+
+    def lines():
+        for line in f:
+            record.append(line)
+            yield line
+
+    start = 1  # the line the record being read starts on
+    limit = csv.field_size_limit(2**31 - 1)  # a prompt may exceed csv's 128 KiB default
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            reader = csv.reader(lines(), delimiter=delimiter, strict=True)
+            try:
+                for _ in reader:
+                    start, record = reader.line_num + 1, []
+            except csv.Error as e:
+                text = "".join(record)
+                opened = _open_quote(text, delimiter)
+                if opened is None:  # not a quoting error: name the record and csv's words
+                    raise PromptFileError(f"{path}: line {start}: not valid CSV ({e})") from None
+                line = start + text.count("\n", 0, opened)
+                if str(e) == "unexpected end of data":
+                    raise PromptFileError(
+                        f"{path}: line {line}: a quoted field opened here is never closed "
+                        '(a stray quote? a quote inside a quoted value is written "")'
+                    ) from None
+                raise PromptFileError(
+                    f"{path}: line {line}: a quoted field opened here closes on line "
+                    f"{reader.line_num} and is followed by text, not {delimiter!r} or a line end "
+                    '(a stray quote? a quote inside a quoted value is written "")'
+                ) from None
+    finally:
+        csv.field_size_limit(limit)
+
+
+def _open_quote(text: str, delimiter: str) -> int | None:
+    """The offset in one record's ``text`` of the quote opening the field that is never
+    closed, or closed with text after it; None when every quoted field closes cleanly."""
+    i, n = 0, len(text)
+    while i < n:
+        if text[i] == '"':  # a quoted field starts here
+            j = i + 1
+            while (j := text.find('"', j)) != -1 and text.startswith('""', j):
+                j += 2
+            if j == -1 or (j + 1 < n and text[j + 1] not in (delimiter, "\r", "\n")):
+                return i
+            i = j + 1
+        ends = [k for k in (text.find(delimiter, i), text.find("\n", i)) if k != -1]
+        if not ends:
+            return None
+        i = min(ends) + 1
+    return None
 
 
 def _check_unique(path: Path, names: list[str]) -> None:

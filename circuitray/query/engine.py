@@ -321,6 +321,30 @@ def _literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
+# DuckDB reads every path it is given (one, or each of a list) as a glob pattern when
+# it holds *, ? or [: a folder "run?x" also matches "runAx". Each such character is
+# written as a class of itself ("[?]" matches "?" only), so a path names one file.
+_GLOB_CHARS = re.compile(r"([*?\[])")
+
+
+def _unglobbed(path: str) -> str:
+    """``path`` as a DuckDB pattern that matches only ``path`` itself."""
+    return _GLOB_CHARS.sub(r"[\1]", path)
+
+
+def _path_literal(path: str) -> str:
+    """A file path as a DuckDB string literal naming that file, never a pattern."""
+    return _literal(_unglobbed(path))
+
+
+def _sandbox_paths(paths: list[str]) -> list[str]:
+    """``paths`` for DuckDB's ``allowed_directories``/``allowed_paths``, each also as
+    :func:`_unglobbed` writes it: DuckDB checks the path as written in the SQL and
+    every file it matches, so both must be allowed. The unglobbed form grants nothing
+    more: as a pattern it matches only the path itself."""
+    return sorted({*paths, *map(_unglobbed, paths)})
+
+
 def _sql_type(t: pa.DataType) -> str:
     """DuckDB's name for an Arrow type of :mod:`circuitray.schema` (what DuckDB makes of
     a registered Arrow table with that type)."""
@@ -404,7 +428,7 @@ def _view_statements(
                 register(alias, store.dataset(folder_table))
                 selects.append(f"SELECT {columns} FROM {_with_schema(table, alias)}")
             elif files:
-                file_list = ", ".join(_literal(f) for f in files)
+                file_list = ", ".join(_path_literal(f) for f in files)
                 by_name = ", union_by_name = true" if table in GROWN else ""
                 source = f"read_parquet([{file_list}]{by_name})"
                 selects.append(f"SELECT {columns} FROM {_with_schema(table, source)}")
@@ -440,7 +464,7 @@ def _features_view(runs: list[_OpenRun]) -> str:
         source = (
             f"({_empty_select(FEATURE_SCHEMA)})"
             if path is None
-            else f"read_parquet({_literal(str(path))})"
+            else f"read_parquet({_path_literal(str(path))})"
         )
         selects.append(f"SELECT {head}, {columns} FROM {source}")
     return "CREATE VIEW features AS " + " UNION ALL ".join(selects)
@@ -575,9 +599,10 @@ def run_sql(run_dirs: list[str], sql: str) -> pa.Table:
         # Only the run folders stay readable (a series' own, not the series folder);
         # then lock the configuration.
         dirs = [str(Path(r.path).resolve()) + "/" for r in runs if r.store.local]
-        con.execute("SET allowed_directories = $dirs", {"dirs": dirs})
+        con.execute("SET allowed_directories = $dirs", {"dirs": _sandbox_paths(dirs)})
         # The features view reads the runs' feature tables: those files, not their folder.
-        con.execute("SET allowed_paths = $paths", {"paths": _feature_files(runs)})
+        paths = _sandbox_paths(_feature_files(runs))
+        con.execute("SET allowed_paths = $paths", {"paths": paths})
         con.execute("SET enable_external_access = false")
         con.execute("SET lock_configuration = true")
         result = None

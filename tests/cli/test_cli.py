@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import csv
 import json
+import re
 import shutil
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import N_RAY_PROMPTS, assert_one_line_error, circuitray
+from conftest import N_RAY_PROMPTS, assert_one_line_error, assert_refused, circuitray
 
 from circuitray.prompts.ws2 import CONSTRAINTS
 
@@ -173,3 +175,68 @@ def test_run_prints_why_prompts_failed(tmp_path, good_prompts):
     assert "a: error: ValueError: prompt has" in p.stderr
     assert "more than max_tokens=2" in p.stderr
     assert "0 ok, 1 errors of 1" in p.stderr
+
+
+def test_csv_with_stray_quote_names_the_line(tmp_path):
+    f = tmp_path / "p.csv"
+    f.write_text(
+        "prompt_id,prompt\n"
+        'z1,"the word blarf\n'
+        "z2,the kite will glide so it moves\n"
+        "z3,the boat is not rich so the boat is\n"
+    )
+    p = circuitray("run", f, "--out", tmp_path / "run", "--model", "tiny")
+    assert_refused(p, f"{f}: line 2: a quoted field opened here is never closed")
+    assert not (tmp_path / "run").exists()
+
+
+JOIN = (
+    "SELECT g.graph_id, n.graph_id, n.node_id FROM graphs g JOIN nodes n "
+    "ON g.graph_id = n.graph_id ORDER BY 1 DESC, 3 LIMIT 2"
+)
+
+
+def _rich_rows(text: str) -> list[list[str]]:
+    """The cells of a rich table as print_table draws it (no outer edge)."""
+    lines = [line for line in text.splitlines() if "┃" in line or "│" in line]
+    return [[cell.strip() for cell in re.split("[┃│]", line)] for line in lines]
+
+
+def test_sql_repeated_column_names_in_every_format(ray_run, tmp_path):
+    """A name the query repeats is kept once; each repeat gets the first free _1, _2..."""
+    p = circuitray(
+        "sql", ray_run.out, JOIN.replace("n.graph_id,", "n.graph_id AS g2,"), "--format", "json"
+    )
+    assert p.returncode == 0, p.stderr
+    expected = [[r["graph_id"], r["g2"], r["node_id"]] for r in json.loads(p.stdout)]
+    assert len(expected) == 2 and expected[0][0] == N_RAY_PROMPTS - 1
+    names = ["graph_id", "graph_id_1", "node_id"]
+
+    p = circuitray("sql", ray_run.out, JOIN)
+    assert p.returncode == 0, p.stderr
+    assert _rich_rows(p.stdout) == [names] + [[str(v) for v in row] for row in expected]
+
+    p = circuitray("sql", ray_run.out, JOIN, "--format", "json")
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout) == [dict(zip(names, row, strict=True)) for row in expected]
+
+    p = circuitray("sql", ray_run.out, JOIN, "--format", "csv")
+    assert p.returncode == 0, p.stderr
+    assert list(csv.reader(p.stdout.splitlines())) == [names] + [
+        [str(v) for v in row] for row in expected
+    ]
+
+    out = tmp_path / "j.parquet"
+    p = circuitray("sql", ray_run.out, JOIN, "--format", "parquet", "--output", out)
+    assert p.returncode == 0, p.stderr
+    t = pq.read_table(out)
+    assert t.column_names == names
+    assert [list(r.values()) for r in t.to_pylist()] == expected
+
+
+def test_sql_repeated_names_never_take_a_name_the_query_gave(ray_run):
+    p = circuitray(
+        "sql", ray_run.out, "SELECT 1 AS a, 2 AS a, 3 AS b, 4 AS a_1, 5 AS a", "--format", "json"
+    )
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout) == [{"a": 1, "a_2": 2, "b": 3, "a_1": 4, "a_3": 5}]

@@ -13,6 +13,8 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import pytest
 from conftest import SPECS, assert_one_line_error, build_interventions, circuitray
 from PIL import Image
@@ -166,3 +168,24 @@ def test_report_escapes_what_an_intervention_folder_says(ray_run, intervention_d
     assert "<script>alert" not in page and "<img src=x" not in page
     assert "&lt;script&gt;alert(&#x27;scale&#x27;)&lt;/script&gt;" in page
     assert "&lt;img src=x onerror=alert(1)&gt;" in page
+
+
+def test_report_draws_folder_text_as_text(ray_run, tmp_path):
+    """Issue 31: a constraint type (or folder name) holding $...$ is drawn as written,
+    not parsed as matplotlib mathtext ("price $a^$" stopped the report), and escaped
+    in the HTML."""
+    run = tmp_path / "run $b^$"
+    shutil.copytree(ray_run.out, run)
+    for f in (run / "graphs").glob("*.parquet"):
+        t = pq.read_table(f)
+        types = pc.replace_substring(t["constraint_type"], "antonym", "price $a^$ <i>")
+        pq.write_table(
+            t.set_column(t.column_names.index("constraint_type"), "constraint_type", types), f
+        )
+    out = tmp_path / "r.html"
+    p = circuitray("report", run, "--out", out, "--json")
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["plots"] == 7
+    page = out.read_text()
+    assert "price $a^$ &lt;i&gt;" in page and "<i>" not in page
+    assert "run $b^$" in page

@@ -200,3 +200,42 @@ def test_messages_are_one_line(tmp_path):
     with pytest.raises(PromptFileError) as info:
         read_prompts(path)
     assert "\n" not in str(info.value)
+
+
+STRAY = 'z1,the kite will glide so it moves\nz2,"the word blarf\nz3,the boat is not rich so it is\n'
+
+
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        # The quote opened on line 3 runs to the end of the file: z3 is not a row.
+        (STRAY, r"line 3: a quoted field opened here is never closed"),
+        # ... or pairs with the next quoted value, swallowing z3 and leaving text after it.
+        (
+            STRAY + 'z4,"not tall, but"\n',
+            r"line 3: a quoted field opened here closes on line 5 and is followed by text",
+        ),
+        # A quote left open on the file's last line.
+        ('z1,not tall but\nz2,"not wet but', r"line 3: a quoted field opened here is never"),
+    ],
+    ids=["open-to-the-end", "pairs-with-a-later-quote", "open-on-the-last-line"],
+)
+@pytest.mark.parametrize("ext", ["csv", "tsv"])
+def test_csv_stray_quote_names_the_line(tmp_path, body, message, ext):
+    path = tmp_path / f"p.{ext}"
+    text = "prompt_id,prompt\n" + body
+    path.write_text(text.replace(",", "\t") if ext == "tsv" else text)
+    with pytest.raises(PromptFileError, match=message) as info:
+        read_prompts(path)
+    assert str(info.value).startswith(f"{path}: line 3: ")
+    assert "\n" not in str(info.value)
+
+
+def test_csv_quoted_values_may_span_lines_and_hold_quotes(tmp_path):
+    path = tmp_path / "p.csv"
+    path.write_text(
+        'prompt_id,prompt\r\nz1,"the word ""blarf""\r\nmeans, so"\r\nz2,the "kite" glides\r\n'
+    )
+    t = read_prompts(path)
+    assert t["prompt_id"].to_pylist() == ["z1", "z2"]
+    assert t["prompt"].to_pylist() == ['the word "blarf"\r\nmeans, so', 'the "kite" glides']

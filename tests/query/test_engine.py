@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections import defaultdict
 from statistics import mean, median
 
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
-from conftest import N_RAY_PROMPTS
+from conftest import N_RAY_PROMPTS, assert_refused, circuitray
 
 from circuitray.errors import CircuitrayError, RunDirError
 from circuitray.prompts.ws2 import CONSTRAINTS
@@ -375,3 +377,32 @@ def test_compare_runs_of_identical_runs_shows_no_change(two_runs):
         ):
             assert r[col] == 0, (col, r)
         assert r["mean_feature_jaccard"] == 1.0
+
+
+@pytest.mark.parametrize(
+    ("name", "sibling"),
+    [("run?x", "runAx"), ("run[1]x", "run1x"), ("run*x", "run-other-x"), ("it's", None)],
+)
+def test_folder_names_are_paths_not_patterns(ray_run, tmp_path, name, sibling):
+    """A folder name holding DuckDB's glob characters (or a quote) reads that folder,
+    not a sibling its name matches as a pattern, in query and in sandboxed sql."""
+    run = tmp_path / name
+    shutil.copytree(ray_run.out, run)
+    if sibling is not None:  # a run folder the name matches as a pattern, of 4 graphs
+        other = tmp_path / sibling
+        shutil.copytree(ray_run.out, other)
+        for f in (other / "graphs").glob("*.parquet"):
+            pq.write_table(pq.read_table(f).filter(pc.field("graph_id") < 4), f)
+    p = circuitray(
+        "sql", run, "SELECT run, count(*) AS n FROM graphs GROUP BY run", "--format", "json"
+    )
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout) == [{"run": name, "n": N_RAY_PROMPTS}]
+    p = circuitray("query", "constraint_stats", run, "--format", "json")
+    assert p.returncode == 0, p.stderr
+    rows = json.loads(p.stdout)
+    assert {r["run"] for r in rows} == {name}
+    assert sum(r["graphs"] for r in rows) == N_RAY_PROMPTS
+    if sibling is not None:  # the sandbox still confines sql to the run folder
+        sql = f"SELECT count(*) FROM read_parquet('{tmp_path / sibling}/graphs/*.parquet')"
+        assert_refused(circuitray("sql", run, sql), "Permission Error")

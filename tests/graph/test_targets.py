@@ -188,3 +188,49 @@ def test_the_base_organism_explains_the_answer_only_in_answer_mode(organism_repo
         if checked == 3:
             break
     assert checked == 3, "fewer than 3 of 30 base-organism graphs lack the answer in top mode"
+
+
+@pytest.mark.parametrize("mode", ["answer", "contrast"])
+def test_interventions_measure_the_target_the_graph_explains(tmp_path, mode):
+    """In the graph's frame (every layer constrained) removing one feature changes the
+    target by minus its edge into the target node: the answer's logit (answer) or the
+    answer's logit minus the alternatives' mean (contrast)."""
+    from circuitray import ModelSpec, RunConfig, run
+    from circuitray.jobs.intervention_job import InterventionConfig, intervene
+    from circuitray.storage.run_store import InterventionStore, RunStore
+
+    prompts = tmp_path / "p.parquet"
+    pq.write_table(pa.Table.from_pylist(generate_ws2(n=4, seed=6)), prompts)
+    out = tmp_path / "run"
+    config = RunConfig(
+        prompts=str(prompts),
+        out=str(out),
+        model=ModelSpec(model="tiny"),
+        attribution=AttributionConfig(target=mode),
+        actors=1,
+    )
+    assert run(config).ok == 4
+    iv = tmp_path / "iv"
+    intervene(
+        InterventionConfig(
+            run=str(out), out=str(iv), features=["single:3"], constrained_layers="all", actors=1
+        )
+    )
+    rows = InterventionStore(iv).read_table("results").to_pylist()
+    assert rows and all(r["status"] == "ok" for r in rows), rows[:1]
+    assert {r["target_source"] for r in rows} == {"contrast" if mode == "contrast" else "expected"}
+    store = RunStore(out)
+    nodes, edges = store.read_table("nodes").to_pylist(), store.read_table("edges").to_pylist()
+    target = {n["graph_id"]: n["node_id"] for n in nodes if n["node_type"] == "logit"}
+    node_of = {
+        (n["graph_id"], n["layer"], n["pos"], n["feature"]): n["node_id"]
+        for n in nodes
+        if n["node_type"] == "feature"
+    }
+    weight = {(e["graph_id"], e["src"], e["dst"]): e["weight"] for e in edges}
+    for r in rows:
+        (f,) = r["features"]
+        src = node_of[(r["graph_id"], f["layer"], f["pos"], f["feature"])]
+        edge = weight.get((r["graph_id"], src, target[r["graph_id"]]), 0.0)
+        assert r["predicted_direct"] == pytest.approx(-edge, rel=1e-5, abs=1e-5)
+        assert r["target_logit_change"] == pytest.approx(-edge, rel=1e-3, abs=1e-4), r

@@ -74,6 +74,13 @@ GRAPH_SCHEMA = pa.schema(
         ("precision_edge_jaccard", pa.float32()),
         ("precision_nodes_diff", pa.int32()),
         ("precision_edges_diff", pa.int32()),
+        # --target (circuitray.graph.targets): what the logit nodes are. Null in folders
+        # written before targets existed (they attributed to the top logits).
+        ("target_mode", pa.string()),
+        ("target_token_id", pa.int32()),
+        ("target_logit", pa.float32()),
+        ("contrast_token_ids", pa.list_(pa.int32())),
+        ("target_first_token_only", pa.bool_()),
     ]
 )
 

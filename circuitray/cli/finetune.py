@@ -13,6 +13,7 @@ from circuitray.cli.output import RunProgress, console, print_table
 from circuitray.finetune.config import FinetuneConfig
 from circuitray.graph.attribute import AttributionConfig
 from circuitray.graph.prune import PruneConfig
+from circuitray.graph.targets import TARGET_MODES
 from circuitray.jobs.series import SeriesConfig, run_series
 
 FRACTION = click.FloatRange(0, 1)
@@ -118,6 +119,7 @@ def _print_checkpoints(manifest: dict) -> None:
 @placement_options
 @config_option(PruneConfig, "node_threshold", type=FRACTION)
 @config_option(PruneConfig, "edge_threshold", type=FRACTION)
+@config_option(AttributionConfig, "target", type=click.Choice(TARGET_MODES))
 @config_option(AttributionConfig, "max_feature_nodes", type=POSITIVE)
 @config_option(SeriesConfig, "retry_errors", is_flag=True)
 @click.option(

@@ -25,6 +25,7 @@ from circuitray.cli.output import (
 )
 from circuitray.graph.attribute import AttributionConfig
 from circuitray.graph.prune import PruneConfig
+from circuitray.graph.targets import TARGET_MODES
 from circuitray.jobs.attribution_job import RunConfig, run
 from circuitray.jobs.intervention_job import InterventionConfig, intervene
 from circuitray.jobs.pipeline import Pipeline, run_pipeline
@@ -65,6 +66,7 @@ def intervention_config(run_dir: str, out: str, options: dict) -> InterventionCo
 @placement_options
 @config_option(PruneConfig, "node_threshold", type=FRACTION)
 @config_option(PruneConfig, "edge_threshold", type=FRACTION)
+@config_option(AttributionConfig, "target", type=click.Choice(TARGET_MODES))
 @config_option(AttributionConfig, "max_n_logits", type=click.IntRange(min=1))
 @config_option(AttributionConfig, "desired_logit_prob", type=FRACTION)
 @config_option(
@@ -226,6 +228,10 @@ def pipeline_run_cmd(file, out_root, address, actors, n, seed, as_json) -> None:
 @click.argument("prompt")
 @config_option(TraceConfig, "out", type=click.Path(file_okay=False))
 @config_option(TraceConfig, "target")
+# --target is the trace's answer text; what the graph explains is --target-mode.
+@config_option(
+    AttributionConfig, "target", "--target-mode", "target_mode", type=click.Choice(TARGET_MODES)
+)
 @config_option(ModelSpec, "model")
 @config_option(ModelSpec, "transcoders")
 @config_option(ModelSpec, "transcoder_cache_dir", type=click.Path(file_okay=False))
@@ -240,6 +246,7 @@ def trace_cmd(prompt, serve_it, port, as_json, **options) -> None:
     config = TraceConfig(
         prompt=prompt,
         model=ModelSpec(**config_values(ModelSpec, options)),
+        attribution=AttributionConfig(**config_values(AttributionConfig, options)),
         prune=PruneConfig(**config_values(PruneConfig, options)),
         **config_values(TraceConfig, options),
     )

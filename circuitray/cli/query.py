@@ -81,13 +81,19 @@ def sql_cmd(args, fmt, output) -> None:
 @config_option(CompareConfig, "n_boot", type=click.IntRange(min=100))
 @config_option(CompareConfig, "alpha", type=click.FloatRange(0, 1, min_open=True, max_open=True))
 @config_option(CompareConfig, "seed", type=int)
+@config_option(CompareConfig, "mixed_targets", is_flag=True)
 @table_output_options
-def compare_cmd(run_dirs, by, metrics, n_boot, alpha, seed, fmt, output) -> None:
+def compare_cmd(run_dirs, by, metrics, n_boot, alpha, seed, mixed_targets, fmt, output) -> None:
     """BASELINE CANDIDATE: paired differences per --by group; one RUN: differences
     between its --by groups. Bootstrap CIs, effect sizes, Holm-adjusted verdicts."""
 
     config = CompareConfig(
-        by=by, metrics=tuple(metrics) or None, n_boot=n_boot, alpha=alpha, seed=seed
+        by=by,
+        metrics=tuple(metrics) or None,
+        n_boot=n_boot,
+        alpha=alpha,
+        seed=seed,
+        mixed_targets=mixed_targets,
     )
     if len(run_dirs) == 1:
         table = compare_groups(run_dirs[0], config=config)

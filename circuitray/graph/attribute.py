@@ -2,10 +2,11 @@
 
 1. Tokenise as circuit-tracer does (BOS prepended) and reject prompts longer than
    ``max_tokens`` before any heavy work.
-2. Run circuit-tracer's ``attribute()`` with the run's arguments.
-3. Forward the same tokens once for the full next-token distribution: the top token
-   and the probability and rank of the expected ``target``, which the logit nodes
-   only cover when the target is among the top logits.
+2. Forward the tokens once for the full next-token distribution: the top token and
+   the probability and rank of the expected ``target`` (which the logit nodes only
+   cover in ``top`` mode when the target is among the top logits), and what the
+   run's target mode attributes to (:mod:`circuitray.graph.targets`).
+3. Run circuit-tracer's ``attribute()`` with the run's arguments and those targets.
 4. Prune and flatten (:func:`circuitray.graph.flatten.flatten_graph`); the dense adjacency
    matrix is dropped here and never leaves the process (``on_graph`` may read it
    first: :mod:`circuitray.graph.precision` does).
@@ -24,8 +25,10 @@ from typing import Any
 import pyarrow as pa
 import torch
 
+from circuitray.errors import CircuitrayError
 from circuitray.graph.flatten import flatten_graph
 from circuitray.graph.prune import PruneConfig
+from circuitray.graph.targets import TARGET_MODES, continuation_ids, resolve_target
 from circuitray.schema import EDGE_SCHEMA, NODE_SCHEMA, graph_row
 
 logger = logging.getLogger(__name__)
@@ -43,6 +46,10 @@ class AttributionConfig:
         offload: circuit-tracer's parameter offloading (None, 'cpu', 'disk').
         update_interval: Batches between re-rankings of pending features.
         max_tokens: Prompts with more tokens (BOS included) become error rows.
+        target: What each graph explains: 'top' (the model's top logits, as chosen by
+            max_n_logits and desired_logit_prob), 'answer' (the prompt's target column,
+            one logit node) or 'contrast' (the target's logit minus the mean of its
+            alternatives': a contrast column, else candidates without the target).
     """
 
     max_n_logits: int = 10
@@ -52,10 +59,19 @@ class AttributionConfig:
     offload: str | None = None
     update_interval: int = 4
     max_tokens: int = 64
+    target: str = "top"
+
+    def __post_init__(self) -> None:
+        if self.target not in TARGET_MODES:
+            raise CircuitrayError(
+                f"--target {self.target}: choose one of {', '.join(TARGET_MODES)}"
+            )
 
     def attribute_kwargs(self) -> dict:
+        """``attribute()``'s keyword arguments (targets come per prompt)."""
         d = asdict(self)
         d.pop("max_tokens")
+        d.pop("target")
         return d
 
 
@@ -82,7 +98,7 @@ def context_length(model) -> int | None:
 
 def target_token_id(tokenizer, target: str) -> int | None:
     """The first token of ``target`` as a continuation (a leading space, as in text)."""
-    ids = tokenizer(" " + target.strip(), add_special_tokens=False).input_ids
+    ids = continuation_ids(tokenizer, target)
     return int(ids[0]) if ids else None
 
 
@@ -119,11 +135,21 @@ def attribute_prompt(
             raise ValueError(
                 f"prompt has {tokens.numel()} tokens, more than the model's context of {context}"
             )
+        logits = _next_token_logits(model, tokens)
+        target = resolve_target(
+            attribution.target,
+            prompt,
+            tokenizer=model.tokenizer,
+            logits=logits,
+            unembed=model.unembed_proj,
+        )
+        row.update(target.columns())
         t0 = time.perf_counter()
-        graph = attribute(tokens, model, **attribution.attribute_kwargs())
+        graph = attribute(
+            tokens, model, attribution_targets=target.targets, **attribution.attribute_kwargs()
+        )
         row["attribute_s"] = time.perf_counter() - t0
 
-        logits = _next_token_logits(model, graph.input_tokens)
         probs = torch.softmax(logits, dim=-1)
         top = int(probs.argmax())
         row["top_token"] = model.tokenizer.decode([top])

@@ -29,11 +29,13 @@ an intervention tests it. For one prompt of a run:
    node's outgoing weights scaling with its relative change of activation
    (``r_m = sum_n w(n -> m) r_n / a_m``; error and token nodes stay frozen).
 
-The target is the prompt's expected completion (its first token) when the stored graph
-has it as a logit node (or there is no stored graph); otherwise the graph's most
-probable logit, so that every SPEC can rank features by their effect on it. The
-``target_source`` column says which (``expected``, ``graph_top`` or ``model_top`` for a
-prompt without an expected completion).
+The target is what the graph was attributed to. A ``--target contrast`` graph's one
+logit node is the answer against its alternatives: what is measured is the change of
+the answer's logit minus the alternatives' mean logit (``target_source`` ``contrast``).
+Otherwise it is the prompt's expected completion (its first token) when the stored
+graph has it as a logit node (or there is no stored graph; ``expected``), else the
+graph's most probable logit (``graph_top``), so that every SPEC can rank features by
+their effect on it (``model_top`` for a prompt without an expected completion).
 """
 
 from __future__ import annotations
@@ -191,6 +193,11 @@ class StoredGraph:
     def logit_node(self, token_id: int) -> int | None:
         hit = np.nonzero((self.node_type == "logit") & (self.token_id == token_id))[0]
         return int(self.node_id[hit[0]]) if len(hit) else None
+
+    def only_logit_node(self) -> int | None:
+        """The node id of the graph's logit node when it has exactly one."""
+        hit = np.nonzero(self.node_type == "logit")[0]
+        return int(self.node_id[hit[0]]) if len(hit) == 1 else None
 
     def top_logit_token(self) -> int | None:
         """Token id of the graph's most probable logit node."""
@@ -483,26 +490,37 @@ class _CleanPass:
     target_source: str
     target_node: int | None
     measured: dict
+    contrast: list[int] | None = None  # the alternatives of a contrast target
 
 
 def _clean_pass(model, graph: dict, stored: StoredGraph | None) -> _CleanPass:
     tokens = model.ensure_tokenized(graph["prompt"])
     logits, acts = model.get_activations(tokens)
     before = logits[0, -1].double()
-    tid, source = _target(model, graph, stored, before)
+    contrast = graph.get("contrast_token_ids") if graph.get("target_mode") == "contrast" else None
+    if contrast:
+        tid, source = int(graph["target_token_id"]), "contrast"
+        node = stored.only_logit_node() if stored is not None else None
+    else:
+        contrast = None
+        tid, source = _target(model, graph, stored, before)
+        node = stored.logit_node(tid) if stored is not None else None
     return _CleanPass(
         tokens=tokens,
         acts=acts.to_dense() if acts.is_sparse else acts,
         logits=before,
         target_id=tid,
         target_source=source,
-        target_node=stored.logit_node(tid) if stored is not None else None,
-        measured=_measure(model, before, tid),
+        target_node=node,
+        measured=_measure(model, before, tid, contrast),
+        contrast=contrast,
     )
 
 
 def _target(model, graph: dict, stored: StoredGraph | None, logits) -> tuple[int, str]:
     """(token id, source) of the target (module docstring)."""
+    if graph.get("target_mode") == "answer" and graph.get("target_token_id") is not None:
+        return int(graph["target_token_id"]), "expected"
     tid = target_token_id(model.tokenizer, graph["target"]) if graph.get("target") else None
     if tid is not None and (stored is None or stored.logit_node(tid) is not None):
         return tid, "expected"
@@ -535,7 +553,7 @@ def _run_one(
         after = logits[0, -1].double()
     else:  # nothing to change in this prompt (e.g. none of the features is active)
         after = clean.logits
-    before, measured = clean.measured, _measure(model, after, tid)
+    before, measured = clean.measured, _measure(model, after, tid, clean.contrast)
     p_before = torch.log_softmax(clean.logits, -1)
     p_after = torch.log_softmax(after, -1)
     out.update(
@@ -557,11 +575,14 @@ def _run_one(
     return out
 
 
-def _measure(model, logits: torch.Tensor, tid: int) -> dict:
+def _measure(model, logits: torch.Tensor, tid: int, contrast: list[int] | None = None) -> dict:
+    """The target's logit and probability, the top token, and what the graph's target
+    node stands for: the logit minus the mean logit, or minus the alternatives' mean."""
     probs = torch.softmax(logits, -1)
+    reference = logits[list(contrast)].mean() if contrast else logits.mean()
     return {
         "logit": float(logits[tid]),
-        "demeaned": float(logits[tid] - logits.mean()),
+        "demeaned": float(logits[tid] - reference),
         "prob": float(probs[tid]),
         "top": model.tokenizer.decode([int(logits.argmax())]),
     }

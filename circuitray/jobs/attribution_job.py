@@ -36,6 +36,7 @@ from circuitray.errors import CircuitrayError
 from circuitray.graph.attribute import AttributionConfig
 from circuitray.graph.precision import PRECISION_COLUMNS, sample_graph_ids, summarise_checks
 from circuitray.graph.prune import PruneConfig
+from circuitray.graph.targets import required_columns
 from circuitray.jobs.dispatch import Placement, Progress
 from circuitray.jobs.session import Job, JobResult, PromptItems, pending_prompts
 from circuitray.machine import package_versions
@@ -153,6 +154,18 @@ def _run_meta(config: RunConfig, n_prompts: int, sample: list[int] | None = None
     }
 
 
+def check_target_columns(mode: str, path: str, table: pa.Table) -> None:
+    """Refuse, before anything runs, a prompt file without the columns ``mode`` needs
+    (a column that is absent or null on every row is not there)."""
+    have = [c for c in table.column_names if table.column(c).null_count < table.num_rows]
+    for choices in required_columns(mode):
+        if not any(c in have for c in choices):
+            need = " or ".join(repr(c) for c in choices)
+            raise CircuitrayError(
+                f"{path}: --target {mode} needs a {need} column; the file has {', '.join(have)}"
+            )
+
+
 class AttributionJob(Job):
     """``circuitray run``: attribute every prompt of a prompt file (module docstring)."""
 
@@ -161,6 +174,7 @@ class AttributionJob(Job):
     def __init__(self, config: RunConfig):
         self.config = config
         self.table = read_prompts(config.prompts)
+        check_target_columns(config.attribution.target, config.prompts, self.table)
         k, n = config.verify_precision, self.table.num_rows
         if k > n:
             raise CircuitrayError(
@@ -208,8 +222,14 @@ class AttributionJob(Job):
     def fingerprint(self, meta: dict) -> dict:
         out = {key: meta.get(key) for key in FINGERPRINT_KEYS}
         if isinstance(out["attribution"], dict):
+            # Folders written before --target existed attributed to the top logits.
             out["attribution"] = {
-                k: v for k, v in out["attribution"].items() if k not in RESULT_NEUTRAL_ATTRIBUTION
+                "target": "top",
+                **{
+                    k: v
+                    for k, v in out["attribution"].items()
+                    if k not in RESULT_NEUTRAL_ATTRIBUTION
+                },
             }
         return out
 

@@ -205,8 +205,14 @@ class InterventionJob(Job):
         self.source_meta = source.read_meta()
         self.model = _model_spec(self.source_meta)
         check_model_available(self.model)
+        # What each graph was attributed to (--target), where the folder records it.
+        targets = [
+            c
+            for c in ("target_mode", "target_token_id", "contrast_token_ids")
+            if c in source.common_columns("graphs")
+        ]
         graphs = source.read_graphs(
-            ["graph_id", "prompt_id", "constraint_type", "prompt", "target", "status"]
+            ["graph_id", "prompt_id", "constraint_type", "prompt", "target", "status", *targets]
         )
         selected = [g for g in graphs.sort_by("graph_id").to_pylist() if g["status"] == "ok"]
         if config.constraint_types:

@@ -60,6 +60,8 @@ class CompareConfig:
         alpha: Family-wise error rate for ``beyond_noise`` (Holm) and the CI level
             (1 - alpha).
         seed: Seed of the bootstrap.
+        mixed_targets: Compare two runs attributed to different targets (--target)
+            anyway; refused otherwise, since their graphs explain different outputs.
     """
 
     by: str = "constraint_type"
@@ -67,6 +69,7 @@ class CompareConfig:
     n_boot: int = 2000
     alpha: float = 0.05
     seed: int = 0
+    mixed_targets: bool = False
 
     def metric_names(self) -> list[str]:
         names = list(self.metrics or METRICS)
@@ -92,7 +95,8 @@ def _per_graph(run_dirs: list[str], config: CompareConfig) -> pa.Table:
             GROUP BY run, graph_id
         )
         SELECT runs.position, g.prompt_id,
-               coalesce(CAST(g."{config.by}" AS VARCHAR), '(none)') AS grp, {cols}
+               coalesce(CAST(g."{config.by}" AS VARCHAR), '(none)') AS grp,
+               coalesce(g.target_mode, 'top') AS target_mode, {cols}
         FROM graphs g JOIN runs USING (run) LEFT JOIN e USING (run, graph_id)
         WHERE g.status = 'ok'
         ORDER BY runs.position, grp, g.prompt_id
@@ -166,6 +170,13 @@ def compare_runs(baseline: str, candidate: str, *, config: CompareConfig | None 
     config = config or CompareConfig()
     table = _per_graph([baseline, candidate], config).to_pandas()
     base, cand = table[table.position == 0], table[table.position == 1]
+    modes = [sorted(set(side.target_mode)) for side in (base, cand)]
+    if modes[0] != modes[1] and not config.mixed_targets:
+        raise CircuitrayError(
+            f"{baseline} attributes to {'/'.join(modes[0]) or 'nothing'}, {candidate} to "
+            f"{'/'.join(modes[1]) or 'nothing'} (--target): their graphs explain different "
+            "outputs; --mixed-targets compares them anyway"
+        )
     pairs = base.merge(cand, on="prompt_id", suffixes=("_b", "_c"))
     if pairs.empty:
         raise CircuitrayError(

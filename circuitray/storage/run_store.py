@@ -590,6 +590,18 @@ class RunStore:
             return None
         return pa.concat_tables(self._read_part(f, columns) for f in files)
 
+    def common_columns(self, table: str) -> list[str]:
+        """The columns every part file of ``table`` has (its schema may have grown since
+        the folder's first parts were written), in the order of the first."""
+        names: list[str] | None = None
+        for f in self.part_files(table):
+            try:
+                have = pq.read_schema(f, filesystem=self.fs).names
+            except (pa.ArrowInvalid, OSError) as e:
+                raise self.unreadable(f, e) from None
+            names = have if names is None else [n for n in names if n in have]
+        return names or []
+
     def _read_part(self, path: str, columns: list[str] | None = None) -> pa.Table:
         try:
             return pq.read_table(path, columns=columns, filesystem=self.fs)

@@ -388,7 +388,8 @@ def test_third_party_recomputes_stored_edges_from_run_json(ray_run):
         m["model_path"], transcoders, backend=m["backend"], device=torch.device("cpu")
     )
     prompts = pq.read_table(meta["prompts"]).to_pylist()
-    kwargs = {k: v for k, v in meta["attribution"].items() if k != "max_tokens"}
+    assert meta["attribution"]["target"] == "top"  # attribute()'s own logits
+    kwargs = {k: v for k, v in meta["attribution"].items() if k not in ("max_tokens", "target")}
     con = _duck(out)
     for graph_id in (0, 7, N_RAY_PROMPTS - 1):
         graph = attribute(prompts[graph_id]["prompt"], model, **kwargs)

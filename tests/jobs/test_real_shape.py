@@ -71,7 +71,8 @@ def _oracle(meta, prompts, con, sizes):
     from circuitray.models.loading import load_replacement_model
 
     model = load_replacement_model(ModelSpec(model=SYNTHETIC_GEMMA, device="cpu"))
-    kwargs = {k: v for k, v in meta["attribution"].items() if k != "max_tokens"}
+    assert meta["attribution"]["target"] == "top"  # attribute()'s own logits
+    kwargs = {k: v for k, v in meta["attribution"].items() if k not in ("max_tokens", "target")}
     prompt = pq.read_table(prompts).to_pylist()[0]["prompt"]
     graph = attribute(prompt, model, **kwargs)
     assert graph.adjacency_matrix.shape[0] == sizes[0][1]

@@ -391,3 +391,27 @@ def test_cli_compare_unknown_metric(ray_run, n_runs):
 def test_cli_compare_not_a_run_folder(ray_run, tmp_path):
     p = circuitray("compare", tmp_path, ray_run.out)
     assert_refused(p, str(tmp_path), "not a circuitray run folder")
+
+
+def test_runs_of_different_targets_are_compared_only_when_asked(ray_run, tmp_path):
+    """Graphs attributed to the top logits and to the answer explain different outputs:
+    one line and exit 2, unless --mixed-targets."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    answer = tmp_path / "answer"
+    shutil.copytree(ray_run.out, answer)
+    for part in (answer / "graphs").glob("*.parquet"):
+        t = pq.read_table(part)
+        i = t.schema.get_field_index("target_mode")
+        pq.write_table(t.set_column(i, "target_mode", pa.array(["answer"] * t.num_rows)), part)
+    assert set(pc.unique(pq.read_table(ray_run.out / "graphs")["target_mode"]).to_pylist()) == {
+        "top"
+    }
+    p = circuitray("compare", ray_run.out, answer)
+    assert_refused(p, "attributes to top", "to answer", "--mixed-targets")
+    with pytest.raises(CircuitrayError, match="explain different outputs"):
+        compare_runs(str(ray_run.out), str(answer))
+    p = circuitray("compare", ray_run.out, answer, "--mixed-targets", "--format", "json")
+    assert p.returncode == 0, p.stderr
+    assert {r["group"] for r in json.loads(p.stdout)} >= {"(all)"}

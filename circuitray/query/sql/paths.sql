@@ -1,5 +1,7 @@
--- Per graph: the strongest paths from a token node to the target logit (the logit of
--- the expected completion; the most probable logit where it was not kept). A path's
+-- Per graph: the strongest paths from a token node to the target logit: a graph
+-- attributed to a fixed target (run --target answer or contrast) has that one logit
+-- node; a top-logit graph's is the expected completion's logit, or the most probable
+-- logit where the completion was not among the top logits. A path's
 -- strength is the product, over its edges, of the edge's share of |weight| into its
 -- destination node (circuit-tracer's normalised adjacency, over kept edges): the
 -- fraction of the target's input that flows along the path. Found by beam search

@@ -25,7 +25,9 @@ Nothing here runs a forward pass: the caller gives the next-token logits.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -50,7 +52,7 @@ class ResolvedTarget:
     """
 
     mode: str
-    targets: object = None
+    targets: torch.Tensor | Sequence[Any] | None = None
     token_id: int | None = None
     contrast_ids: list[int] = field(default_factory=list)
     logit: float | None = None

@@ -13,13 +13,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from conftest import assert_refused, circuitray
 from safetensors.torch import load_file
 
 from circuitray.features.build import organism_corpus
 from circuitray.features.labels import LabelFileError, import_labels
 from circuitray.features.store import features_path, read_features
 from circuitray.models.registry import circuitray_home, transcoder_cache_dir
-from conftest import assert_refused, circuitray
 
 TEXTS = organism_corpus(n_prompts=60, n_filler=60)  # what the fixture built from
 

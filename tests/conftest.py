@@ -22,6 +22,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -101,7 +102,8 @@ torch.set_num_threads(1)
 # Under `make test` (pytest-xdist) a fixture is built once per worker that asks for it:
 # so that what is expensive is built once per run, the scheduler keeps together
 # - every test file that reads one of a group's session fixtures (the organism's
-#   pipeline runs and feature table; the shared Ray run),
+#   pipeline runs and feature table; the shared Ray run: a file reading both goes
+#   with the organism, so its worker builds the Ray run too),
 # - every test of a file that has a module-scoped fixture,
 # and sends every other test to whichever worker is free.
 # (xdist's own --dist loadgroup cannot do this with pytest 9: it renames items through
@@ -123,7 +125,7 @@ def scheduling_scopes(root: Path) -> dict[str, str]:
         )
         if group is not None:
             scopes[rel] = group
-        elif 'scope="module"' in text:
+        elif re.search(r"""scope\s*=\s*["']module["']""", text):
             scopes[rel] = rel
     return scopes
 

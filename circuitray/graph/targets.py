@@ -25,6 +25,7 @@ Nothing here runs a forward pass: the caller gives the next-token logits.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -83,15 +84,35 @@ def required_columns(mode: str) -> tuple[tuple[str, ...], ...]:
     return ()
 
 
+def _as_list(value, column: str) -> list[str]:
+    """A list column's value as text items. A CSV (and a JSONL column of mixed types)
+    holds a list as its JSON text, which is parsed; other text is one item for
+    ``contrast`` and refused for ``candidates`` (its characters are not candidates)."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        try:
+            parsed = json.loads(value)
+        except ValueError:
+            parsed = None
+        if isinstance(parsed, list):
+            value = parsed
+        elif column == "contrast":
+            value = [value]
+        else:
+            raise TargetError(
+                f"--target contrast: column {column!r} holds text, not a list "
+                '(write it as a JSON list, e.g. ["up", "down"])'
+            )
+    return [str(c).strip() for c in value if c is not None and str(c).strip()]
+
+
 def alternatives(prompt: dict) -> list[str]:
     """The alternatives of ``prompt``'s answer (step 3 of the module docstring)."""
-    given = prompt.get("contrast")
-    if given is None:
-        answer = (prompt.get("target") or "").strip()
-        given = [c for c in prompt.get("candidates") or [] if c and c.strip() != answer]
-    elif isinstance(given, str):
-        given = [given]
-    return [str(c) for c in given if c is not None and str(c).strip()]
+    if prompt.get("contrast") is not None:
+        return _as_list(prompt["contrast"], "contrast")
+    answer = str(prompt.get("target") or "").strip()
+    return [c for c in _as_list(prompt.get("candidates"), "candidates") if c != answer]
 
 
 def unembedding_columns(unembed: torch.Tensor, ids: list[int], d_vocab: int) -> torch.Tensor:
@@ -131,11 +152,9 @@ def resolve_target(
     alt_ids: list[int] = []
     for alt in alternatives(prompt):
         alt_tokens = continuation_ids(tokenizer, alt)
-        if not alt_tokens:
-            continue
-        multi = multi or len(alt_tokens) > 1
-        if alt_tokens[0] != token_id and alt_tokens[0] not in alt_ids:
+        if alt_tokens and alt_tokens[0] != token_id and alt_tokens[0] not in alt_ids:
             alt_ids.append(int(alt_tokens[0]))
+            multi = multi or len(alt_tokens) > 1
     if not alt_ids:
         raise TargetError(
             "--target contrast: the prompt has no alternatives to its target "

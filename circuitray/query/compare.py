@@ -170,17 +170,17 @@ def compare_runs(baseline: str, candidate: str, *, config: CompareConfig | None 
     config = config or CompareConfig()
     table = _per_graph([baseline, candidate], config).to_pandas()
     base, cand = table[table.position == 0], table[table.position == 1]
-    modes = [sorted(set(side.target_mode)) for side in (base, cand)]
-    if modes[0] != modes[1] and not config.mixed_targets:
-        raise CircuitrayError(
-            f"{baseline} attributes to {'/'.join(modes[0]) or 'nothing'}, {candidate} to "
-            f"{'/'.join(modes[1]) or 'nothing'} (--target): their graphs explain different "
-            "outputs; --mixed-targets compares them anyway"
-        )
     pairs = base.merge(cand, on="prompt_id", suffixes=("_b", "_c"))
     if pairs.empty:
         raise CircuitrayError(
             f"{baseline} and {candidate} share no prompt_id with an ok graph in both"
+        )
+    modes = [sorted(set(side.target_mode)) for side in (base, cand)]
+    if modes[0] != modes[1] and not config.mixed_targets:
+        raise CircuitrayError(
+            f"{baseline} attributes to {'/'.join(modes[0])}, {candidate} to "
+            f"{'/'.join(modes[1])} (--target): their graphs explain different outputs; "
+            "--mixed-targets compares them anyway"
         )
     rng = np.random.default_rng(config.seed)
     rows = []

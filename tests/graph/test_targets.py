@@ -5,6 +5,8 @@ error row each (a file without the column is refused before anything runs)."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -235,3 +237,22 @@ def test_interventions_measure_the_contrast_the_graph_explains(tmp_path):
         edge = weight.get((r["graph_id"], src, target[r["graph_id"]]), 0.0)
         assert r["predicted_direct"] == pytest.approx(-edge, rel=1e-5, abs=1e-5)
         assert r["target_logit_change"] == pytest.approx(-edge, rel=1e-3, abs=1e-4), r
+
+
+def test_list_columns_written_as_text_are_parsed_or_refused(loaded_tiny):
+    """A CSV holds a list as JSON text (write_prompts writes it so): parsed, never read
+    character by character; numbers are text; other text in candidates is refused."""
+    prompt = generate_ws2(n=1, seed=0)[0]
+    as_json = {**prompt, "candidates": json.dumps(prompt["candidates"])}
+    numbers = {**prompt, "candidates": [prompt["target"], "sad", 7]}
+    config = AttributionConfig(target="contrast")
+    row, _, _ = attribute_prompt(loaded_tiny, prompt, graph_id=0, attribution=config, prune=PRUNE)
+    again, _, _ = attribute_prompt(
+        loaded_tiny, as_json, graph_id=0, attribution=config, prune=PRUNE
+    )
+    assert again["status"] == "ok" and again["contrast_token_ids"] == row["contrast_token_ids"]
+    row, _, _ = attribute_prompt(loaded_tiny, numbers, graph_id=0, attribution=config, prune=PRUNE)
+    assert row["status"] == "ok" and len(row["contrast_token_ids"]) >= 1
+    text = {**prompt, "candidates": "happy sad"}
+    row, _, _ = attribute_prompt(loaded_tiny, text, graph_id=0, attribution=config, prune=PRUNE)
+    assert row["status"] == "error" and "holds text, not a list" in row["error"], row["error"]

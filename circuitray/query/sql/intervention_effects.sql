@@ -5,7 +5,8 @@
 -- the intervened features; `spearman`) and of its direct effects alone
 -- (`spearman_direct`), and the measured one. Run it on `circuitray intervene`
 -- folders. Resamples are drawn with a seeded hash, so the intervals are reproducible.
--- Change = the target's logit minus the mean logit, after - before (a logit node's value).
+-- Change = the target's logit minus the mean logit, after - before (a logit node's value;
+-- for a --target contrast graph: minus the alternatives' mean logit).
 -- param: n_boot int = 1000 -- bootstrap resamples
 -- param: alpha float = 0.05 -- two-sided: the interval covers 1 - alpha
 -- param: seed int = 0 -- seeds the resampling

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "AttributionConfig": "circuitray.graph.attribute",
+    "AttributionConfig": "circuitray.graph.config",
     "attribute_prompt": "circuitray.graph.attribute",
     "CompareConfig": "circuitray.query.compare",
     "compare_groups": "circuitray.query.compare",
@@ -42,7 +42,7 @@ _EXPORTS = {
     "ModelLoadError": "circuitray.errors",
     "PromptFileError": "circuitray.errors",
     "RunDirError": "circuitray.errors",
-    "PruneConfig": "circuitray.graph.prune",
+    "PruneConfig": "circuitray.graph.config",
     "flatten_graph": "circuitray.graph.flatten",
     "InterventionConfig": "circuitray.jobs.intervention_job",
     "InterventionResult": "circuitray.jobs.intervention_job",
@@ -124,9 +124,9 @@ if TYPE_CHECKING:
     from circuitray.finetune.local import finetune
     from circuitray.finetune.manifest import read_manifest
     from circuitray.finetune.ray_train import finetune_on_ray
-    from circuitray.graph.attribute import AttributionConfig, attribute_prompt
+    from circuitray.graph.attribute import attribute_prompt
+    from circuitray.graph.config import AttributionConfig, PruneConfig
     from circuitray.graph.flatten import flatten_graph
-    from circuitray.graph.prune import PruneConfig
     from circuitray.jobs.attribution_job import RunConfig, RunResult, run
     from circuitray.jobs.intervention_job import InterventionConfig, InterventionResult, intervene
     from circuitray.jobs.series import SeriesConfig, SeriesResult, run_series

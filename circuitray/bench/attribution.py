@@ -85,8 +85,7 @@ from circuitray.schema import GRAPH_SCHEMA, TABLES, graph_row
 from circuitray.storage.run_store import PARQUET_OPTIONS, RunStore
 
 if TYPE_CHECKING:
-    from circuitray.graph.attribute import AttributionConfig
-    from circuitray.graph.prune import PruneConfig
+    from circuitray.graph.config import AttributionConfig, PruneConfig
 
 logger = logging.getLogger(__name__)
 
@@ -110,13 +109,13 @@ __all__ = [
 
 def _attribution_config() -> AttributionConfig:
     # torch comes with it: imported when a config is made, not with this module.
-    from circuitray.graph.attribute import AttributionConfig
+    from circuitray.graph.config import AttributionConfig
 
     return AttributionConfig()
 
 
 def _prune_config() -> PruneConfig:
-    from circuitray.graph.prune import PruneConfig
+    from circuitray.graph.config import PruneConfig
 
     return PruneConfig()
 
@@ -672,8 +671,9 @@ import torch
 if args["threads"]:
     torch.set_num_threads(args["threads"])
 from circuitray.schema import GRAPH_SCHEMA
-from circuitray.graph.attribute import AttributionConfig, attribute_prompt
-from circuitray.graph.prune import PruneConfig
+from circuitray.graph.attribute import attribute_prompt
+from circuitray.graph.config import AttributionConfig
+from circuitray.graph.config import PruneConfig
 from circuitray.models.loading import ModelSpec, load_replacement_model
 from circuitray.storage.run_store import RunStore
 from circuitray.bench.environment import peak_rss_kb

@@ -314,8 +314,8 @@ def bench_cell(
     """Warm up, then time ``attribute_prompt`` (attribute + prune + flatten) per prompt."""
     import torch
 
-    from circuitray.graph.attribute import AttributionConfig, attribute_prompt
-    from circuitray.graph.prune import PruneConfig
+    from circuitray.graph.attribute import attribute_prompt
+    from circuitray.graph.config import AttributionConfig, PruneConfig
 
     cfg = AttributionConfig(
         batch_size=setting["batch_size"],

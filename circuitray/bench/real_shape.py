@@ -33,8 +33,8 @@ def _child(model: str, n_prompts: int) -> dict[str, Any]:
 
     import torch
 
-    from circuitray.graph.attribute import AttributionConfig, attribute_prompt
-    from circuitray.graph.prune import PruneConfig
+    from circuitray.graph.attribute import attribute_prompt
+    from circuitray.graph.config import AttributionConfig, PruneConfig
     from circuitray.models.loading import ModelSpec, load_replacement_model
     from circuitray.prompts.ws2 import generate_ws2
 

@@ -11,8 +11,7 @@ import click
 from circuitray.cli.options import config_option, config_values, placement_options
 from circuitray.cli.output import RunProgress, console, print_table
 from circuitray.finetune.config import FinetuneConfig
-from circuitray.graph.attribute import AttributionConfig
-from circuitray.graph.prune import PruneConfig
+from circuitray.graph.config import AttributionConfig, PruneConfig
 from circuitray.graph.targets import TARGET_MODES
 from circuitray.jobs.series import SeriesConfig, run_series
 

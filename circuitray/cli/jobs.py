@@ -23,8 +23,7 @@ from circuitray.cli.output import (
     print_run_summary,
     print_table,
 )
-from circuitray.graph.attribute import AttributionConfig
-from circuitray.graph.prune import PruneConfig
+from circuitray.graph.config import AttributionConfig, PruneConfig
 from circuitray.graph.targets import TARGET_MODES
 from circuitray.jobs.attribution_job import RunConfig, run
 from circuitray.jobs.intervention_job import InterventionConfig, intervene

@@ -19,60 +19,17 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
 from typing import Any
 
 import pyarrow as pa
 import torch
 
-from circuitray.errors import CircuitrayError
+from circuitray.graph.config import AttributionConfig, PruneConfig
 from circuitray.graph.flatten import flatten_graph
-from circuitray.graph.prune import PruneConfig
-from circuitray.graph.targets import TARGET_MODES, continuation_ids, resolve_target
+from circuitray.graph.targets import continuation_ids, resolve_target
 from circuitray.schema import EDGE_SCHEMA, NODE_SCHEMA, graph_row
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class AttributionConfig:
-    """Arguments of circuit-tracer's ``attribute()``, plus a prompt length limit.
-
-    Attributes:
-        max_n_logits: Most logit nodes (top logits by probability).
-        desired_logit_prob: Add logit nodes until their probabilities sum to this.
-        batch_size: Source nodes per backward pass (64-128 is fastest on CPU).
-        max_feature_nodes: Most feature nodes; None keeps every active feature.
-        offload: circuit-tracer's parameter offloading (None, 'cpu', 'disk').
-        update_interval: Batches between re-rankings of pending features.
-        max_tokens: Prompts with more tokens (BOS included) become error rows.
-        target: What each graph explains: 'top' (the model's top logits, as chosen by
-            max_n_logits and desired_logit_prob), 'answer' (the prompt's target column,
-            one logit node) or 'contrast' (the target's logit minus the mean of its
-            alternatives': a contrast column, else candidates without the target).
-    """
-
-    max_n_logits: int = 10
-    desired_logit_prob: float = 0.95
-    batch_size: int = 128
-    max_feature_nodes: int | None = None
-    offload: str | None = None
-    update_interval: int = 4
-    max_tokens: int = 64
-    target: str = "top"
-
-    def __post_init__(self) -> None:
-        if self.target not in TARGET_MODES:
-            raise CircuitrayError(
-                f"--target {self.target}: choose one of {', '.join(TARGET_MODES)}"
-            )
-
-    def attribute_kwargs(self) -> dict:
-        """``attribute()``'s keyword arguments (targets come per prompt)."""
-        d = asdict(self)
-        d.pop("max_tokens")
-        d.pop("target")
-        return d
 
 
 def _next_token_logits(model, tokens: torch.Tensor) -> torch.Tensor:

@@ -25,7 +25,8 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from circuitray.graph.prune import PruneConfig, prune_graph_exact
+from circuitray.graph.config import PruneConfig
+from circuitray.graph.prune import prune_graph_exact
 from circuitray.schema import EDGE_SCHEMA, NODE_SCHEMA, NODE_TYPES
 
 __all__ = ["FlatGraph", "flatten_graph"]

@@ -58,20 +58,7 @@ import torch
 
 from circuitray.graph.zeropage import ZeroMatrix
 
-__all__ = ["PruneConfig", "PruneOutput", "prune_graph_exact", "prune_masks"]
-
-
-@dataclass(frozen=True)
-class PruneConfig:
-    """circuit-tracer's pruning thresholds.
-
-    Attributes:
-        node_threshold: Keep the nodes that carry this fraction of total influence.
-        edge_threshold: Keep the edges that carry this fraction of total edge score.
-    """
-
-    node_threshold: float = 0.8
-    edge_threshold: float = 0.98
+__all__ = ["PruneOutput", "prune_graph_exact", "prune_masks"]
 
 
 @dataclass

@@ -20,7 +20,9 @@ against its alternatives (``--target top|answer|contrast``).
    its mode needs raises :class:`TargetError`, which the caller turns into one error
    row naming what is missing.
 
-Nothing here runs a forward pass: the caller gives the next-token logits.
+Nothing here runs a forward pass: the caller gives the next-token logits. Only
+resolving a target computes with tensors, so torch is imported there: the modes and
+the columns they need are read by the driver and the CLI, which load no model.
 """
 
 from __future__ import annotations
@@ -28,9 +30,10 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 TARGET_MODES = ("top", "answer", "contrast")
 
@@ -118,6 +121,8 @@ def alternatives(prompt: dict) -> list[str]:
 def unembedding_columns(unembed: torch.Tensor, ids: list[int], d_vocab: int) -> torch.Tensor:
     """``(len(ids), d_model)`` unembedding vectors of ``ids`` from ``unembed`` in either
     orientation (circuit-tracer's backends differ: ``(d_model, d_vocab)`` or the transpose)."""
+    import torch
+
     index = torch.tensor(ids, dtype=torch.long, device=unembed.device)
     if unembed.shape[0] == d_vocab and unembed.shape[-1] != d_vocab:
         return unembed[index]
@@ -129,6 +134,8 @@ def resolve_target(
 ) -> ResolvedTarget:
     """The target of ``prompt`` in ``mode``; ``logits``: the next-token logits of its
     tokens, ``unembed``: the model's ``unembed_proj``. Raises :class:`TargetError`."""
+    import torch
+
     if mode not in TARGET_MODES:
         raise ValueError(f"target mode {mode!r}: choose one of {', '.join(TARGET_MODES)}")
     if mode == "top":

@@ -33,9 +33,8 @@ from pathlib import Path
 import pyarrow as pa
 
 from circuitray.errors import CircuitrayError
-from circuitray.graph.attribute import AttributionConfig
+from circuitray.graph.config import AttributionConfig, PruneConfig
 from circuitray.graph.precision import PRECISION_COLUMNS, sample_graph_ids, summarise_checks
-from circuitray.graph.prune import PruneConfig
 from circuitray.graph.targets import required_columns
 from circuitray.jobs.dispatch import Placement, Progress
 from circuitray.jobs.session import Job, JobResult, PromptItems, pending_prompts

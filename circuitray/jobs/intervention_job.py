@@ -3,8 +3,9 @@
 1. Read the source run's ``run.json`` (its model and transcoders are the ones the
    interventions must use) and its ok graphs rows; each graph is one work item,
    keyed by its ``graph_id``.
-2. Resolve every ``--features`` SPEC (:func:`circuitray.graph.interventions.parse_feature_spec`);
-   a ``query:NAME?...`` SPEC runs the named query over the source run now, so the
+2. Resolve every ``--features`` SPEC
+   (:func:`circuitray.graph.intervention_plan.parse_feature_spec`); a ``query:NAME?...``
+   SPEC runs the named query over the source run now, so the
    hypothesis found in SQL is the feature set tested, and the resolved pairs are
    recorded in ``intervention.json``.
 3. Open the intervention folder like a run folder (:class:`InterventionStore`): take
@@ -29,15 +30,11 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 from circuitray.errors import CircuitrayError, RunDirError
-from circuitray.graph.interventions import (
-    RESULT_SCHEMA,
-    FeatureSpec,
-    InterventionPlan,
-    parse_feature_spec,
-)
+from circuitray.graph.intervention_plan import FeatureSpec, InterventionPlan, parse_feature_spec
 from circuitray.jobs.dispatch import Placement, Progress
 from circuitray.jobs.session import Job, JobResult
 from circuitray.models.loading import ModelSpec, check_model_available
+from circuitray.schema import RESULT_SCHEMA
 from circuitray.storage.run_store import InterventionStore, RunStore
 
 logger = logging.getLogger(__name__)

@@ -53,9 +53,8 @@ import yaml
 from circuitray.errors import CircuitrayError
 from circuitray.finetune.config import FinetuneConfig
 from circuitray.finetune.manifest import MANIFEST
-from circuitray.graph.attribute import AttributionConfig
-from circuitray.graph.interventions import parse_feature_spec
-from circuitray.graph.prune import PruneConfig
+from circuitray.graph.config import AttributionConfig, PruneConfig
+from circuitray.graph.intervention_plan import parse_feature_spec
 from circuitray.jobs.attribution_job import RunConfig, RunResult, run
 from circuitray.jobs.intervention_job import InterventionConfig, intervene
 from circuitray.jobs.series import SeriesConfig, run_series

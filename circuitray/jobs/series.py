@@ -33,8 +33,7 @@ from pathlib import Path
 from circuitray.errors import CircuitrayError
 from circuitray.finetune.data import first_per_type
 from circuitray.finetune.manifest import checkpoint_path, manifest_file, read_manifest
-from circuitray.graph.attribute import AttributionConfig
-from circuitray.graph.prune import PruneConfig
+from circuitray.graph.config import AttributionConfig, PruneConfig
 from circuitray.jobs.attribution_job import RunConfig, RunResult, run
 from circuitray.jobs.dispatch import Placement, Progress
 from circuitray.models.loading import ModelSpec

@@ -23,8 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from circuitray.errors import CircuitrayError
-from circuitray.graph.attribute import AttributionConfig
-from circuitray.graph.prune import PruneConfig
+from circuitray.graph.config import AttributionConfig, PruneConfig
 from circuitray.models.loading import ModelSpec
 from circuitray.models.registry import circuitray_home
 

@@ -27,17 +27,13 @@ import pyarrow as pa
 import torch
 
 from circuitray.errors import StaleSessionError
-from circuitray.graph.attribute import AttributionConfig, attribute_prompt
-from circuitray.graph.interventions import (
-    RESULT_SCHEMA,
-    InterventionPlan,
-    intervene_prompt,
-    read_stored_graphs,
-)
+from circuitray.graph.attribute import attribute_prompt
+from circuitray.graph.config import AttributionConfig, PruneConfig
+from circuitray.graph.intervention_plan import InterventionPlan
+from circuitray.graph.interventions import intervene_prompt, read_stored_graphs
 from circuitray.graph.precision import attribute_checked
-from circuitray.graph.prune import PruneConfig
 from circuitray.models.loading import ModelSpec, load_replacement_model
-from circuitray.schema import EDGE_SCHEMA, GRAPH_SCHEMA, NODE_SCHEMA, SUMMARY_FIELDS
+from circuitray.schema import EDGE_SCHEMA, GRAPH_SCHEMA, NODE_SCHEMA, RESULT_SCHEMA, SUMMARY_FIELDS
 from circuitray.storage.run_store import InterventionStore, RunStore
 
 logger = logging.getLogger(__name__)

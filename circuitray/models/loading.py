@@ -16,8 +16,6 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from circuitray.errors import ModelLoadError
 from circuitray.models.registry import (
     BUNDLED,
@@ -28,7 +26,9 @@ from circuitray.models.registry import (
 
 logger = logging.getLogger(__name__)
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# Names of the dtypes a spec may ask for (torch attributes of the same names); this module
+# imports torch only to load, so a driver or CLI that checks a spec loads none.
+DTYPES = ("float32", "bfloat16", "float16")
 
 
 @dataclass(frozen=True)
@@ -94,13 +94,16 @@ def check_model_available(spec: ModelSpec) -> None:
 
 def load_replacement_model(spec: ModelSpec):
     """Load the ReplacementModel described by ``spec`` (see module docstring)."""
+    import torch
     from circuit_tracer import ReplacementModel
     from circuit_tracer.utils.hf_utils import load_transcoder_from_hub
 
     refs = spec.resolved()
     check_model_available(spec)
+    if spec.dtype not in DTYPES:
+        raise ModelLoadError(f"dtype {spec.dtype!r}: choose one of {', '.join(DTYPES)}")
     device = torch.device(spec.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    dtype = DTYPES[spec.dtype]
+    dtype = getattr(torch, spec.dtype)
     try:
         transcoders, _ = load_transcoder_from_hub(
             refs["transcoders"],

@@ -11,8 +11,7 @@ import pytest
 
 from circuitray.cli import COMMANDS, cli
 from circuitray.cli.options import ConfigOption, config_option, config_values, field_default
-from circuitray.graph.attribute import AttributionConfig
-from circuitray.graph.prune import PruneConfig
+from circuitray.graph.config import AttributionConfig, PruneConfig
 from circuitray.jobs.attribution_job import RunConfig
 from circuitray.jobs.dispatch import Placement
 from circuitray.jobs.intervention_job import InterventionConfig
@@ -171,3 +170,45 @@ def test_help_lists_every_command_without_importing_torch():
     assert p.stdout.strip().splitlines()[-1] == "[]", p.stdout
     for name in COMMANDS:
         assert f"\n  {name} " in p.stdout, name
+
+
+# The Ray drivers and everything that only reads: torch is for the actors and builds.
+TORCH_FREE = [
+    "run",
+    "intervene",
+    "series",
+    "trace",
+    "pipeline",
+    "finetune",
+    "features",
+    "query",
+    "sql",
+    "compare",
+    "report",
+    "export",
+    "serve",
+    "compact",
+    "ws2",
+    "bench",
+]
+
+
+def test_driver_and_reader_commands_import_no_torch():
+    """Their modules load without torch (the CLI answers --help in a fraction of a
+    second, and a driver process holds no torch): torch, transformers and
+    circuit-tracer come with the actors' code, imported where a model is loaded."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\nfrom circuitray.cli import main\n"
+        "for name in sys.argv[1:]:\n"
+        "    sys.argv = ['circuitray', name, '--help']\n"
+        "    try:\n        main()\n    except SystemExit as e:\n        assert not e.code, name\n"
+        "print([m for m in ('torch', 'transformers', 'circuit_tracer') if m in sys.modules])"
+    )
+    p = subprocess.run(
+        [sys.executable, "-c", code, *TORCH_FREE], capture_output=True, text=True, timeout=120
+    )
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip().splitlines()[-1] == "[]", p.stdout[-2000:]

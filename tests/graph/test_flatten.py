@@ -12,8 +12,8 @@ import torch
 from circuit_tracer import attribute
 from circuit_tracer.graph import compute_graph_scores, compute_node_influence, prune_graph
 
+from circuitray.graph.config import PruneConfig
 from circuitray.graph.flatten import flatten_graph
-from circuitray.graph.prune import PruneConfig
 from circuitray.prompts.ws2 import generate_ws2
 from circuitray.schema import EDGE_SCHEMA, NODE_SCHEMA
 

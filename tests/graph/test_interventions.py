@@ -11,7 +11,8 @@ import pytest
 
 from circuitray import ModelSpec, RunConfig, run, write_prompts
 from circuitray.errors import CircuitrayError
-from circuitray.graph.interventions import StoredGraph, parse_feature_spec
+from circuitray.graph.intervention_plan import parse_feature_spec
+from circuitray.graph.interventions import StoredGraph
 from circuitray.jobs.intervention_job import InterventionConfig, intervene
 from circuitray.prompts.ws2 import generate_ws2
 from circuitray.storage.run_store import InterventionStore, RunStore

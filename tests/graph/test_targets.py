@@ -18,8 +18,8 @@ from circuit_tracer.attribution.targets import CustomTarget
 from circuit_tracer.graph import prune_graph
 from conftest import assert_refused, circuitray
 
-from circuitray.graph.attribute import AttributionConfig, attribute_prompt
-from circuitray.graph.prune import PruneConfig
+from circuitray.graph.attribute import attribute_prompt
+from circuitray.graph.config import AttributionConfig, PruneConfig
 from circuitray.prompts.ws2 import generate_ws2
 
 PRUNE = PruneConfig()

@@ -13,8 +13,8 @@ from circuit_tracer import attribute
 from circuit_tracer.utils.create_graph_files import create_graph_files
 from conftest import assert_one_line_error, circuitray
 
+from circuitray.graph.config import PruneConfig
 from circuitray.graph.flatten import flatten_graph
-from circuitray.graph.prune import PruneConfig
 from circuitray.outputs.export import export_graph
 from circuitray.outputs.viewer import serve
 from circuitray.prompts.ws2 import generate_ws2

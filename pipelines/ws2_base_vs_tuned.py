@@ -2,7 +2,11 @@
 
 1. Write one WS2 corpus (``--n`` prompts, ``--seed``).
 2. Attribute it on the organism's base checkpoint, then on the tuned checkpoint
-   (the same transcoders serve both), each into its own run folder.
+   (the same transcoders serve both), each into its own run folder, to the same
+   output: ``--target answer`` (the default here) makes each graph's one logit node
+   the prompt's expected answer, which the base model ranks far below its top
+   tokens; ``contrast`` attributes the answer against the other candidates, ``top``
+   each model's own top logits (then the two runs explain different outputs).
 3. Print ``constraint_stats`` for both runs in one table (a ``run`` column tells
    them apart), so circuits per constraint type can be compared before and after.
 
@@ -22,6 +26,8 @@ import click
 from circuitray import ModelSpec, RunConfig, generate_ws2, run, run_query, write_prompts
 from circuitray.cli.output import print_table
 from circuitray.errors import CircuitrayError
+from circuitray.graph.config import AttributionConfig
+from circuitray.graph.targets import TARGET_MODES
 
 
 @click.command()
@@ -35,7 +41,14 @@ from circuitray.errors import CircuitrayError
 @click.option("--transcoders", default=None, help="Shared transcoders (bundled default).")
 @click.option("--actors", type=click.IntRange(min=1), default=None)
 @click.option("--address", default=None, help="Ray address, e.g. auto on a cluster.")
-def main(n, seed, out_root, base_model, tuned_model, transcoders, actors, address) -> None:
+@click.option(
+    "--target",
+    type=click.Choice(TARGET_MODES),
+    default="answer",
+    show_default=True,
+    help="What both runs' graphs explain (one output for both models unless top).",
+)
+def main(n, seed, out_root, base_model, tuned_model, transcoders, actors, address, target):
     root = Path(out_root)
     prompts = root / f"ws2-n{n}-s{seed}.parquet"
     if not prompts.exists():
@@ -50,6 +63,7 @@ def main(n, seed, out_root, base_model, tuned_model, transcoders, actors, addres
                 actors=actors,
                 address=address,
                 model=ModelSpec(model=model, transcoders=transcoders),
+                attribution=AttributionConfig(target=target),
             )
         )
         click.echo(

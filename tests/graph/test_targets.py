@@ -238,6 +238,18 @@ def test_interventions_measure_the_contrast_the_graph_explains(tmp_path):
         assert r["predicted_direct"] == pytest.approx(-edge, rel=1e-5, abs=1e-5)
         assert r["target_logit_change"] == pytest.approx(-edge, rel=1e-3, abs=1e-4), r
 
+    # Export (and the viewer, which labels a node by its clerp) names the contrast node:
+    # the answer against its alternatives, the one target logit of the graph.
+    from circuitray.outputs.export import export_graph
+
+    export_graph(str(out), 0, str(tmp_path / "export"), slug="contrast0")
+    exported = json.loads((tmp_path / "export" / "contrast0.json").read_text())
+    (logit,) = [n for n in exported["nodes"] if n["feature_type"] == "logit"]
+    (stored,) = [n for n in nodes if n["graph_id"] == 0 and n["node_type"] == "logit"]
+    answer = RunStore(out).read_graphs(["graph_id", "target"]).to_pylist()[0]["target"]
+    assert stored["token"].startswith(f"{answer} vs ") and logit["is_target_logit"]
+    assert logit["clerp"] == f'Output "{stored["token"]}" (p={stored["logit_prob"]:.3f})'
+
 
 def test_list_columns_written_as_text_are_parsed_or_refused(loaded_tiny):
     """A CSV holds a list as JSON text (write_prompts writes it so): parsed, never read

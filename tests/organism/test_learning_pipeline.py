@@ -45,6 +45,10 @@ def test_learning_dynamics_pipeline_on_the_organism(organism_report, tmp_path, s
     assert runs == [f"step-{s:06d}" for s in steps]
     curves = pq.read_table(out / "results" / "learning_curves-organism.parquet").to_pylist()
     assert sorted({r["step"] for r in curves}) == steps
+    for run in runs:  # every checkpoint explains the answer: its one logit node
+        graphs = pq.read_table(out / "organism" / run / "graphs").to_pylist()
+        assert {(g["target_mode"], g["n_logits"]) for g in graphs} == {("answer", 1)}, run
+        assert all(g["target_token_id"] is not None for g in graphs), run
     base_acc = sum(r["accuracy"] for r in curves if r["step"] == 0) / 3
     assert base_acc < 0.9  # at chance (0.125-0.25): with 2 prompts per type, a few right
     assert {r["constraint_type"] for r in curves} == {

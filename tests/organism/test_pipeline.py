@@ -20,6 +20,11 @@ def test_base_vs_tuned_pipeline(organism_runs):
             assert (run, ctype) in pairs, organism_runs.stdout
     graphs = {run: pq.read_table(out / run / "graphs").to_pylist() for run in ("base", "tuned")}
     assert len(graphs["base"]) == len(graphs["tuned"]) == 12
+    # Both models' graphs explain the same output: the answer, one logit node each.
+    for run in ("base", "tuned"):
+        assert {(g["target_mode"], g["n_logits"]) for g in graphs[run]} == {("answer", 1)}
+    answer = {r: {g["prompt_id"]: g["target_token_id"] for g in graphs[r]} for r in graphs}
+    assert answer["base"] == answer["tuned"] and None not in answer["base"].values()
     # The same prompts ran on both checkpoints.
     assert sorted(g["prompt_id"] for g in graphs["base"]) == sorted(
         g["prompt_id"] for g in graphs["tuned"]

@@ -585,10 +585,19 @@ class RunStore:
         return files
 
     def read_table(self, table: str, columns: list[str] | None = None) -> pa.Table | None:
+        """Every committed row of ``table`` (``columns`` only, when given). A folder
+        begun by an older circuitray has parts without the columns added since: they
+        read as nulls there (as DuckDB's ``union_by_name`` reads them), and a requested
+        column no part has is left out."""
         files = self.part_files(table)
         if not files:
             return None
-        return pa.concat_tables(self._read_part(f, columns) for f in files)
+        parts = [self._read_part(f, columns) for f in files]
+        if len({part.schema for part in parts}) == 1:
+            return pa.concat_tables(parts)
+        merged = pa.concat_tables(parts, promote_options="default")
+        order = columns or [n for part in parts for n in part.column_names]
+        return merged.select(list(dict.fromkeys(n for n in order if n in merged.column_names)))
 
     def common_columns(self, table: str) -> list[str]:
         """The columns every part file of ``table`` has (its schema may have grown since
@@ -606,7 +615,16 @@ class RunStore:
         try:
             return pq.read_table(path, columns=columns, filesystem=self.fs)
         except (pa.ArrowInvalid, OSError) as e:
-            raise self.unreadable(path, e) from None
+            error = e
+        try:  # a part from an older circuitray lacks the newer columns: read those it has
+            have = set(pq.read_schema(path, filesystem=self.fs).names)
+            if columns is not None and not set(columns) <= have:
+                return pq.read_table(
+                    path, columns=[c for c in columns if c in have], filesystem=self.fs
+                )
+        except (pa.ArrowInvalid, OSError) as e:
+            error = e
+        raise self.unreadable(path, error) from None
 
     def unreadable(self, path: str, error: BaseException | str) -> RunDirError:
         """The one-line error for a part file that cannot be read (torn by a crash or a

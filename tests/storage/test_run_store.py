@@ -292,3 +292,31 @@ def test_a_folder_that_cannot_be_fsynced_still_commits(tmp_path, monkeypatch):
     store = RunStore(tmp_path / "run")
     store.write_part("part-a", _part([0, 1]))
     assert dirs and store.committed_parts() == ["part-a"]
+
+
+def test_a_folder_whose_schema_grew_reads_as_one_table(tmp_path):
+    """A folder begun by an older circuitray (its graphs parts without the columns added
+    since, e.g. target_mode) and resumed by this one: every read sees all rows, the new
+    columns null for the old parts (as DuckDB's union_by_name reads them)."""
+    store = RunStore(tmp_path / "run")
+    newer = ("target_mode", "target_token_id", "contrast_token_ids")
+    old = _part([0, 1])
+    old["graphs"] = old["graphs"].drop_columns(list(newer))
+    store.write_part("part-a", old)
+    new = _part([2])
+    new["graphs"] = new["graphs"].set_column(
+        new["graphs"].schema.get_field_index("target_mode"),
+        "target_mode",
+        pa.array(["answer"], pa.string()),
+    )
+    store.write_part("part-b", new)
+    graphs = store.read_graphs()
+    assert graphs["graph_id"].to_pylist() == [0, 1, 2]
+    assert graphs["target_mode"].to_pylist() == [None, None, "answer"]
+    assert store.read_graphs(["graph_id", "status"]).num_rows == 3
+    assert store.graph_status() == {0: "ok", 1: "ok", 2: "ok"}
+    # a column only the newer part has, and one no part has
+    mixed = store.read_graphs(["graph_id", "target_mode"])
+    assert mixed.column_names == ["graph_id", "target_mode"]
+    assert mixed["target_mode"].to_pylist() == [None, None, "answer"]
+    assert store.read_table("graphs", ["graph_id", "no_such"]).column_names == ["graph_id"]

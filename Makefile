@@ -31,9 +31,9 @@ UV_VERSION := 0.13.9
 $(BIN)/circuitray: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	if $(BIN)/pip install -q uv==$(UV_VERSION) && \
+	    flags=$$($(BIN)/python scripts/uv_flags_from_pip.py $(BIN)/pip) && \
 	    $(BIN)/uv pip install -q --python $(BIN)/python --compile-bytecode \
-	        --index-strategy unsafe-best-match \
-	        $$($(BIN)/python scripts/uv_flags_from_pip.py $(BIN)/pip) \
+	        --index-strategy unsafe-best-match $$flags \
 	        torch==2.13.0 -e '.[dev]'; then :; else \
 	    echo "make install: uv failed; installing with pip"; \
 	    $(BIN)/pip install -q --upgrade pip && \

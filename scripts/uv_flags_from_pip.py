@@ -8,7 +8,7 @@ Keys pip has and uv has no equivalent for (cert, timeout, ...) are left out.
 
 from __future__ import annotations
 
-import shlex
+import ast
 import subprocess
 import sys
 
@@ -19,24 +19,35 @@ FLAGS = {
     "find-links": "--find-links",
     "constraint": "--constraint",
 }
+# The sections pip's install reads, weakest first: [global], then [install], then the
+# PIP_* environment variables (``:env:``). Other sections (``wheel``, ...) are not the
+# install's. (``pip config list`` has already merged the files in pip's order.)
+SCOPES = ("global", "install", ":env:")
 
 
 def uv_flags(config_list: str) -> list[str]:
-    """Flags for the ``pip config list`` output ``config_list`` (``scope.key='value'``
-    lines; an environment variable's scope is ``:env:``, which wins over files)."""
-    values: dict[str, list[str]] = {}
-    env: dict[str, list[str]] = {}
+    """Flags for the ``pip config list`` output ``config_list`` (``section.key=value``
+    lines, each value as Python's repr of the text, which may span lines)."""
+    chosen: dict[str, tuple[int, str]] = {}
     for line in config_list.splitlines():
         name, eq, value = line.partition("=")
-        if not eq:
-            continue
         scope, _, key = name.rpartition(".")
+        if not eq or scope not in SCOPES or (key not in FLAGS and key != "no-index"):
+            continue
+        try:
+            text = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            text = value
+        rank = SCOPES.index(scope)
+        if key not in chosen or rank >= chosen[key][0]:
+            chosen[key] = (rank, str(text))
+    flags = []
+    if "no-index" in chosen and chosen["no-index"][1].strip().lower() in ("1", "true", "yes", "on"):
+        flags.append("--no-index")
+    for key, (_, text) in sorted(chosen.items()):
         if key in FLAGS:
-            entries = shlex.split(value)
-            entries = [e for v in entries for e in v.split()]
-            (env if scope == ":env:" else values)[key] = entries
-    values.update(env)
-    return [f"{FLAGS[k]}={v}" for k, entries in values.items() for v in entries]
+            flags += [f"{FLAGS[key]}={entry}" for entry in text.split()]
+    return flags
 
 
 if __name__ == "__main__":

@@ -68,7 +68,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from circuitray.errors import RunDirError
-from circuitray.schema import RESULT_SORT_KEYS, SORT_KEYS
+from circuitray.schema import RESULT_SORT_KEYS, SCHEMAS, SORT_KEYS
 from circuitray.storage.lease import LEASE_S
 
 if TYPE_CHECKING:  # imported where used: pyarrow.dataset loads pandas (~0.3 s)
@@ -587,15 +587,24 @@ class RunStore:
     def read_table(self, table: str, columns: list[str] | None = None) -> pa.Table | None:
         """Every committed row of ``table`` (``columns`` only, when given). A folder
         begun by an older circuitray has parts without the columns added since: they
-        read as nulls there (as DuckDB's ``union_by_name`` reads them), and a requested
-        column no part has is left out."""
+        read as nulls there (as DuckDB's ``union_by_name`` reads them); a requested
+        column of the table's schema that no part has is all nulls, one the schema does
+        not know is left out."""
         files = self.part_files(table)
         if not files:
             return None
         parts = [self._read_part(f, columns) for f in files]
-        if len({part.schema for part in parts}) == 1:
+        if len({part.schema for part in parts}) == 1 and (
+            columns is None or parts[0].column_names == columns
+        ):
             return pa.concat_tables(parts)
         merged = pa.concat_tables(parts, promote_options="default")
+        schema = SCHEMAS.get(table)
+        for c in columns or []:
+            if c not in merged.column_names and schema is not None and c in schema.names:
+                merged = merged.append_column(
+                    schema.field(c), pa.nulls(merged.num_rows, schema.field(c).type)
+                )
         order = columns or [n for part in parts for n in part.column_names]
         return merged.select(list(dict.fromkeys(n for n in order if n in merged.column_names)))
 

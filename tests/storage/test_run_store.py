@@ -320,3 +320,9 @@ def test_a_folder_whose_schema_grew_reads_as_one_table(tmp_path):
     assert mixed.column_names == ["graph_id", "target_mode"]
     assert mixed["target_mode"].to_pylist() == [None, None, "answer"]
     assert store.read_table("graphs", ["graph_id", "no_such"]).column_names == ["graph_id"]
+    # a column of the schema that no part has yet: nulls, as for an empty folder
+    only_old = RunStore(tmp_path / "old")
+    only_old.write_part("part-a", old)
+    t = only_old.read_graphs(["graph_id", "target_mode"])
+    assert t.column_names == ["graph_id", "target_mode"]
+    assert t["target_mode"].to_pylist() == [None, None]

@@ -861,13 +861,8 @@ class RunStore:
     def read_graphs(self, columns: list[str] | None = None) -> pa.Table:
         t = self.read_table("graphs", columns)
         if t is None:
-            from circuitray.schema import GRAPH_SCHEMA
-
-            schema = (
-                GRAPH_SCHEMA
-                if columns is None
-                else pa.schema([GRAPH_SCHEMA.field(c) for c in columns])
-            )
+            graphs = SCHEMAS["graphs"]
+            schema = graphs if columns is None else pa.schema([graphs.field(c) for c in columns])
             return schema.empty_table()
         return t
 

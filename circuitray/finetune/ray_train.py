@@ -15,8 +15,10 @@ The same fine-tune as :func:`circuitray.finetune.local.finetune`, with the same
 3. At each checkpoint step every worker averages its loss since the last checkpoint
    with the others'; rank 0 checks the fence, saves the merged HF folder atomically,
    evaluates it (:func:`~circuitray.finetune.local.evaluate_model`) and rewrites the
-   manifest; then every worker reports one Ray checkpoint (their files merge into one
-   folder ``step-NNNNNN`` under ``<storage_path>/<name>``): rank 0's ``weights.pt``
+   manifest; then every worker reports one Ray checkpoint (staged in
+   ``<out>/.ray_train.staging/rank-R``, never the machine's temp folder, so a killed
+   worker leaves nothing outside ``out``; their files merge into one folder
+   ``step-NNNNNN`` under ``<storage_path>/<name>``): rank 0's ``weights.pt``
    (the full state dict, or with LoRA the adapter weights only) and ``trainer.pt``
    (``train_lm``'s state: step, optimizer, schedule position; and the config), and
    each rank's ``rank-R.pt`` (its batch generator and its loss log).
@@ -50,7 +52,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import time
 import uuid
 from dataclasses import asdict, replace
@@ -68,6 +69,8 @@ __all__ = ["finetune_on_ray"]
 
 LOCK = ".ray_train.lock"
 OWNER = ".ray_train.owner"
+# Where each rank writes the files of one Ray checkpoint before reporting it.
+STAGING = ".ray_train.staging"
 DEFAULT_NAME = "finetune"
 
 
@@ -239,6 +242,7 @@ def finetune_on_ray(
                 trainer.fit()
             except ray.train.TrainingFailedError as e:
                 raise CircuitrayError(f"fine-tune on Ray failed: {_failure_line(e)}") from None
+            shutil.rmtree(out / STAGING, ignore_errors=True)
         finally:
             if started:
                 ray.shutdown()
@@ -376,7 +380,12 @@ def _train_loop(loop_config: dict) -> None:
         train_loss = mean_loss(log.losses[last_loss_at:step])
         last_loss_at = step
         s = state()
-        d = Path(tempfile.mkdtemp(prefix=f"circuitray-finetune-{checkpoint_name(step)}-"))
+        # Inside the run folder, never the machine's temp folder: a worker killed
+        # between here and the report leaves it behind, and the next report of this
+        # rank (or the driver, once the fine-tune is done) removes it.
+        d = out / STAGING / f"rank-{rank}"
+        shutil.rmtree(d, ignore_errors=True)
+        d.mkdir(parents=True)
         try:
             if rank == 0:
                 fence()

@@ -25,6 +25,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -35,6 +36,7 @@ from ray.cluster_utils import Cluster
 from safetensors.torch import load_file
 
 from circuitray.finetune.manifest import checkpoint_path, read_manifest
+from circuitray.finetune.ray_train import STAGING
 from circuitray.finetune.schedule import checkpoint_steps
 from circuitray.models.registry import BUNDLED
 
@@ -143,12 +145,14 @@ def _weights(folder: Path) -> dict:
     return load_file(str(folder / "model.safetensors"))
 
 
-def _wait(what: str, done, proc: subprocess.Popen, timeout: float = 180) -> None:
+def _wait(
+    what: str, done, proc: subprocess.Popen, timeout: float = 180, interval: float = 0.05
+) -> None:
     deadline = time.monotonic() + timeout
     while not done():
         assert proc.poll() is None, proc.communicate()[1][-3000:]
         assert time.monotonic() < deadline, f"{what}: not within {timeout:.0f} s"
-        time.sleep(0.05)
+        time.sleep(interval)
 
 
 def test_killed_driver_resumes_from_last_checkpoint(head, tmp_path):
@@ -156,6 +160,7 @@ def test_killed_driver_resumes_from_last_checkpoint(head, tmp_path):
     raylet = head.head_node.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process.pid
     storage = tmp_path / "ray_results"
     cut, whole = tmp_path / "interrupted", tmp_path / "whole"
+    temp_before = set(Path(tempfile.gettempdir()).iterdir())
     t0 = time.monotonic()
 
     # 1. The driver is killed mid-run; its controller and workers go with it.
@@ -176,19 +181,30 @@ def test_killed_driver_resumes_from_last_checkpoint(head, tmp_path):
     assert registered in seen and seen[-1] < SCHEDULE[-1], (registered, seen)
     killed_at = time.monotonic() - t0
 
-    # 2. The same storage_path and name: Ray Train restores the run; another fine-tune
-    # runs beside it; one of the resumed run's workers is killed.
+    # 2. The same storage_path and name: Ray Train restores the run; one of its workers
+    # is killed while every worker stages its part of the first checkpoint after the
+    # resume; another fine-tune runs beside it.
     second = _driver(cut, address, storage, "interrupted")
     _wait("the resumed run's workers", lambda: len(_train_workers(raylet)) == WORKERS, second)
     resumed_workers = _train_workers(raylet)
-    other = _driver(whole, address, storage, "whole")
+    temp_seen = set(Path(tempfile.gettempdir()).iterdir())
+
+    def staging() -> int:
+        """Checkpoint folders being staged: in the run folder, or new ones in the
+        temp folder (where staging once was, and a killed worker left them)."""
+        ours = list((cut / STAGING).glob("rank-*"))
+        temp = set(Path(tempfile.gettempdir()).iterdir()) - temp_seen
+        return len(ours) + sum(p.name.startswith("circuitray") for p in temp)
+
     _wait(
-        "a checkpoint after the resume",
-        lambda: _resumed(cut) and _nonzero_steps(cut)[-1] > _resumed(cut)[0],
+        "every worker staging a checkpoint after the resume",
+        lambda: bool(_resumed(cut)) and staging() >= WORKERS,
         second,
+        interval=0.01,
     )
     os.kill(min(resumed_workers), signal.SIGKILL)
     at_worker_kill = _nonzero_steps(cut)[-1]
+    other = _driver(whole, address, storage, "whole")
     _finish(second)
     _finish(other)
     total = time.monotonic() - t0
@@ -228,6 +244,10 @@ def test_killed_driver_resumes_from_last_checkpoint(head, tmp_path):
     while _train_processes(raylet):
         assert time.monotonic() < deadline, _train_processes(raylet)
         time.sleep(0.5)
+    # ... nor written outside the run folders (a worker killed mid-checkpoint included).
+    leaked = {p.name for p in set(Path(tempfile.gettempdir()).iterdir()) - temp_before}
+    assert not {n for n in leaked if n.startswith("circuitray")}, leaked
+    assert not (cut / STAGING).exists() and not (whole / STAGING).exists()
 
     # Every checkpoint loads as a ReplacementModel with the tiny transcoders and attributes.
     from circuit_tracer import attribute

@@ -29,8 +29,17 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
-import torch
+# Before anything loads torch (libgomp reads it once): OpenMP threads that wait sleep
+# instead of spinning. The suite runs two pytest workers, their Ray actors and CLI
+# processes on a few cores, each with torch's threads; spinning waiters burn the
+# cores the others need (two 2-thread processes of small matmuls on 2 cores: 23 s
+# each spinning, 1 s passive). Same threads, same partition of work: same numbers.
+# Subprocesses, Ray clusters the tests start and their actors inherit it.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+TORCH_BEFORE_CONFTEST = "torch" in sys.modules
+
+import pytest  # noqa: E402 (after OMP_WAIT_POLICY)
+import torch  # noqa: E402
 
 N_RAY_PROMPTS = 24
 

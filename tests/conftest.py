@@ -139,18 +139,99 @@ def scheduling_scopes(root: Path) -> dict[str, str]:
     return scopes
 
 
+# Seconds the slow tests take in `make test` (setup + call, two workers on 2 Intel
+# cores, from --durations); every other test counts 1 s. The scheduler starts the
+# scopes with the most seconds first (the organism's group, then the long end-to-end
+# proofs), so a run does not end with one long test on one worker while the other
+# idles: xdist's own order (most tests first) left the longest single-test scopes
+# for last. A wrong or missing figure costs minutes, never a result.
+SLOW_TESTS = {
+    "tests/finetune/test_ray_train.py::test_killed_driver_resumes_from_last_checkpoint": 130,
+    "tests/jobs/test_real_shape.py::test_scaled_gemma_run_matches_circuit_tracer[ci]": 96,
+    "tests/jobs/test_chaos.py::test_chaos_kill_and_resume[ci]": 95,
+    "tests/jobs/test_job_submit.py::test_ray_job_submit_runs_the_readme_pipeline": 89,
+    "tests/bench/test_attribution_bench.py::test_suite_quick_writes_every_figure": 87,
+    "tests/jobs/test_fault_tolerance.py::test_killed_driver_resumes_without_recomputing": 59,
+    "tests/organism/test_learning_pipeline.py::test_learning_dynamics_pipeline_on_the_organ": 54,
+    "tests/graph/test_interventions.py::test_graph_top_features_beat_random_ones": 46,
+    "tests/features/test_features.py::test_labels_in_queries_sql_and_export": 48,
+    "tests/bench/test_gpu_bench.py::test_gpu_bench_falls_back_to_the_bundled_model": 46,
+    "tests/jobs/test_pipeline_file.py::test_local_pipeline_runs_queries_compares_and_resu": 43,
+    "tests/jobs/test_intervention_job.py::test_killed_actor_mid_intervention_then_resume": 38,
+    "tests/bench/test_real_shape_bench.py::test_real_shape_section_measures_and_prints": 32,
+    "tests/jobs/test_trace.py::test_trace_prints_where_the_graph_is_and_serves_it": 31,
+    "tests/organism/test_matrix.py::test_micro_cells_are_built_in_fresh_processes": 27,
+    "tests/jobs/test_intervention_job.py::test_cli_prints_effects_and_json": 27,
+    "tests/outputs/test_report.py::test_report_interventions_section": 26,
+    "tests/bench/test_query_processes.py::test_view_sql_makes_the_views_connect_makes": 25,
+    "tests/storage/test_s3.py::test_run_to_s3_exactly_once_and_queryable": 23,
+    "tests/models/test_warm.py::test_warm_every_node_of_a_cluster": 23,
+    "tests/jobs/test_series.py::test_a_two_step_series_reports_first_and_last": 23,
+    "tests/jobs/test_multinode.py::test_one_actor_per_gpu_node": 23,
+    "tests/jobs/test_multinode.py::test_losing_a_node_mid_run": 23,
+    "tests/jobs/test_fault_tolerance.py::test_killed_actor_process_is_restarted": 23,
+    "tests/jobs/test_series.py::test_every_checkpoint_is_a_run_of_the_same_prompts": 22,
+    "tests/jobs/test_pipeline_file.py::test_pipeline_cli_json": 22,
+    "tests/cli/test_cli.py::test_run_prints_why_prompts_failed": 21,
+    "tests/models/test_clt.py::test_cli_run_with_cross_layer_transcoders": 20,
+    "tests/jobs/test_intervention_job.py::test_every_prompt_and_intervention_exactly_once": 20,
+    "tests/bench/test_attribution_bench.py::test_circuitray_run_timings_and_rss": 20,
+    "tests/test_readme.py::test_the_first_cli_examples_work_from_a_fresh_folder": 19,
+    "tests/models/test_llama2c.py::test_a_run_of_20_ws2_prompts_is_circuit_tracers_graph": 45,
+}
+
+
+def expected_seconds(nodeid: str) -> float:
+    """What SLOW_TESTS says a test takes (a key is a node id or its start), else 1 s."""
+    return next((s for key, s in SLOW_TESTS.items() if nodeid.startswith(key)), 1.0)
+
+
+def scope_of(nodeid: str, scopes: dict[str, str]) -> str:
+    """The scheduling scope of a test: its file's (``scheduling_scopes``), or itself."""
+    return scopes.get(nodeid.split("::", 1)[0], nodeid)
+
+
+def longest_scopes_first(nodeids: list[str], scopes: dict[str, str]) -> list[str]:
+    """``nodeids`` reordered so the scopes with the most seconds come first, each scope's
+    tests together; within a scope, and between scopes of equal seconds, the
+    collection's order."""
+    seconds: dict[str, float] = {}
+    for n in nodeids:
+        seconds[scope_of(n, scopes)] = seconds.get(scope_of(n, scopes), 0.0) + expected_seconds(n)
+    first: dict[str, int] = {}
+    for i, n in enumerate(nodeids):
+        first.setdefault(scope_of(n, scopes), i)
+    order = {n: i for i, n in enumerate(nodeids)}
+    return sorted(
+        nodeids,
+        key=lambda n: (-seconds[scope_of(n, scopes)], first[scope_of(n, scopes)], order[n]),
+    )
+
+
+def pytest_collection_modifyitems(config, items):
+    """In a pytest-xdist worker: the collection in ``longest_scopes_first`` order, which
+    the scheduler below keeps (every worker sorts the same collection the same way)."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    scopes = scheduling_scopes(Path(__file__).resolve().parent)
+    by_id = {item.nodeid: item for item in items}
+    items[:] = [by_id[n] for n in longest_scopes_first(list(by_id), scopes)]
+
+
 @pytest.hookimpl(optionalhook=True)  # pytest -p no:xdist runs the suite in one process
 def pytest_xdist_make_scheduler(config, log):
     from xdist.scheduler import LoadScopeScheduling
 
     scopes = scheduling_scopes(Path(__file__).resolve().parent)
+    # Scopes in the collection's order: pytest_collection_modifyitems's, longest first.
+    config.option.loadscopereorder = False
 
     class SharedFixtureScheduling(LoadScopeScheduling):
         """Load scheduling by scope: a shared-fixture group, a file with a module
-        fixture, or one test (xdist starts the scopes with the most tests first)."""
+        fixture, or one test, the longest first."""
 
         def _split_scope(self, nodeid: str) -> str:
-            return scopes.get(nodeid.split("::", 1)[0], nodeid)
+            return scope_of(nodeid, scopes)
 
     return SharedFixtureScheduling(config, log)
 
@@ -283,13 +364,26 @@ ORGANISM_FILES = (
 )
 
 
-def seed_organism(dst: Path, src: Path = SETUP_HOME) -> bool:
-    """Copy the organism ``make setup`` built in ``src`` into the home ``dst``; whether
-    anything was there to copy. The build in ``dst`` decides whether the copy is its
-    own (its key: config, code, torch, CPU kernels; its digests) or rebuilds."""
-    if src.resolve() == dst.resolve() or not (src / ORGANISM_FILES[0]).is_file():
+# What `make setup` builds of llama2.c's stories260K (circuitray.models.real).
+STORIES260K_FILES = (
+    "models/stories260k-build.json",
+    "models/stories260k-report.json",
+    "models/stories260k",
+    "transcoders/circuitray/stories260k",
+    "transcoders/circuitray/stories260k-clt",
+)
+
+
+def seed_organism(
+    dst: Path, src: Path = SETUP_HOME, files: tuple[str, ...] = ORGANISM_FILES
+) -> bool:
+    """Copy the organism (or other ``files``) ``make setup`` built in ``src`` into the
+    home ``dst``; whether anything was there to copy. The build in ``dst`` decides
+    whether the copy is its own (its key: config, code, torch, CPU kernels; its
+    digests) or rebuilds."""
+    if src.resolve() == dst.resolve() or not (src / files[0]).is_file():
         return False
-    for rel in ORGANISM_FILES:
+    for rel in files:
         source, target = src / rel, dst / rel
         if source.is_dir():
             shutil.copytree(source, target, dirs_exist_ok=True)

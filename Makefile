@@ -42,11 +42,15 @@ $(BIN)/circuitray: pyproject.toml
 	touch $@
 
 # Both builds are reused in seconds while their config, code and torch are unchanged.
-models: install  ## build the tiny model, the WS2 organism and its feature labels (~2-5 min)
+models: install  ## build the tiny model, the WS2 organism, its feature labels and stories260k (~3-6 min)
 	$(BIN)/circuitray model build-tiny
 	$(BIN)/circuitray organism build
 	test -f $(CIRCUITRAY_HOME)/features/circuitray--organism.parquet || \
 	    $(BIN)/circuitray features build --model organism-tuned
+	@# llama2.c's stories260K (a real pretrained model) from this project's shared files.
+	if [ -n "$$CIRCUITRAY_SHARED_MODELS" ] || [ -d ../shared/models/stories260K ]; then \
+	    $(BIN)/circuitray model build-real --name stories260k; \
+	else echo "stories260k: no ../shared/models/stories260K here; not built"; fi
 	@# The environment's circuitray finds this home from any folder (README: One home).
 	echo "$(abspath $(CIRCUITRAY_HOME))" > $(VENV)/circuitray-home
 

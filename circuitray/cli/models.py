@@ -15,6 +15,7 @@ from circuitray.cli.output import (
 )
 from circuitray.errors import CircuitrayError
 from circuitray.models.loading import ModelSpec
+from circuitray.models.real import REAL_MODELS, build_real
 from circuitray.models.synthetic import SHAPES, build_synthetic
 from circuitray.models.tiny import build_tiny
 from circuitray.organism.matrix import MatrixConfig
@@ -65,6 +66,38 @@ def build_synthetic_cmd(like: str, scale: float, seed: int, calibration_prompts:
         f"{paths.get('cross_layer_transcoders', 'not built (too large)')}\n"
         f"L0 per token: {manifest['l0_measured_per_token']} measured, "
         f"{manifest['l0_target_per_token']} targeted"
+    )
+
+
+@model_group.command("build-real")
+@config_option(build_real, "name", type=click.Choice(sorted(REAL_MODELS)))
+@config_option(build_real, "source", type=click.Path(file_okay=False))
+@config_option(build_real, "force", is_flag=True)
+def build_real_cmd(name: str, source: str | None, force: bool) -> None:
+    """Convert a real pretrained model from files on this machine into the home and
+    train its transcoders (stories260K: about a minute on 2 cores)."""
+    import json
+
+    paths = build_real(name=name, source=source, force=force)
+    report = json.loads(paths["report"].read_text())
+    table = Table(title=f"{name} transcoders, held-out ({report['corpus']['source']})")
+    for col in ("layer", "EV per-layer", "L0", "dead", "EV cross-layer"):
+        table.add_column(col)
+    per_layer = report["transcoders"]["per_layer"]
+    clt = report["transcoders"]["cross_layer"]
+    for layer, m in per_layer.items():
+        table.add_row(
+            layer,
+            f"{m['explained_variance']:.3f}",
+            f"{m['l0']:.1f}",
+            f"{m['dead_fraction']:.2f}",
+            f"{clt[layer]['explained_variance']:.3f}",
+        )
+    console.print(table)
+    err_console.print(
+        f"model {name}: {paths['model']} ({REAL_MODELS[name].licence})\n"
+        f"transcoders: {paths['transcoders']}\n"
+        f"cross-layer transcoders: {paths['cross_layer_transcoders']}"
     )
 
 

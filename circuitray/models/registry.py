@@ -126,6 +126,15 @@ BUNDLED: dict[str, BundledModel] = {
             cross_layer_transcoders="circuitray/organism-clt",
             build_command="circuitray organism build",
         ),
+        # A real pretrained model (llama2.c's stories260K), with transcoders trained
+        # here (circuitray.models.real).
+        BundledModel(
+            "stories260k",
+            subdir="models/stories260k",
+            transcoders="circuitray/stories260k",
+            cross_layer_transcoders="circuitray/stories260k-clt",
+            build_command="circuitray model build-real --name stories260k",
+        ),
     ]
 }
 

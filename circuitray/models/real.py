@@ -1,0 +1,302 @@
+"""Real pretrained models, built into the home from files on this machine, with
+transcoders trained here (``circuitray model build-real``).
+
+1. Find the sources: ``--source``, else ``$CIRCUITRAY_SHARED_MODELS/<folder>``, else
+   ``<checkout>/../shared/models/<folder>`` (where this project's machines keep them).
+2. Check every source file's SHA-256 against :data:`REAL_MODELS`' record: a wrong or
+   missing file is one line naming it, before anything is written.
+3. Reuse: the build stamp (:mod:`circuitray.models.stamp`) records the key (the
+   sources' and the corpus's digests, the config, the building code, torch) and the
+   digests of the folders it wrote; a second build is a no-op, a damaged folder is
+   rebuilt.
+4. Convert (stories260K: :func:`circuitray.models.llama2c.convert_llama2c`) into
+   ``<home>/models/<name>``.
+5. The corpus (:func:`python_docs_texts`): real English prose that ships with Python
+   itself -- pydoc's topics, the Language Reference's sections (PSF licence) -- split
+   into paragraphs, plus WS2 ``train`` sentences (``prompt target``) so the prompts
+   circuitray attributes are in the transcoders' distribution. Every tenth paragraph
+   and the WS2 ``heldout`` sentences are held out.
+6. Record each layer's MLP input and output at circuit-tracer's Llama hooks
+   (``mlp.hook_in`` -> ``mlp.hook_out``; :func:`circuitray.models.hooks.record_mlp_io`),
+   train one JumpReLU transcoder per layer and fit a cross-layer transcoder from their
+   encoders, as the organism's are made; save them as ``circuitray/<name>`` and
+   ``circuitray/<name>-clt`` in the transcoder cache.
+7. Write ``<home>/models/<name>-report.json`` (corpus source, licence, texts, tokens,
+   SHA-256; held-out explained variance, L0 and dead-feature share per layer, for both
+   sets; timings), then the stamp.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from circuitray.errors import CircuitrayError
+from circuitray.models.registry import BUNDLED, circuitray_home, transcoder_cache_dir
+from circuitray.models.stamp import build_key, is_current, write_stamp
+from circuitray.prompts.files import file_sha256
+
+if TYPE_CHECKING:
+    from circuitray.organism.train_transcoders import TranscoderTrainingConfig
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["REAL_MODELS", "RealBuildConfig", "RealModel", "build_real", "find_source"]
+
+BUILD_MODULES = (
+    "circuitray.models.llama2c",
+    "circuitray.models.real",
+    "circuitray.models.hooks",
+    "circuitray.models.clt",
+    "circuitray.models.artifacts",
+    "circuitray.organism.train_transcoders",
+    "circuitray.prompts.ws2",
+)
+LLAMA_HOOKS = {"feature_input_hook": "mlp.hook_in", "feature_output_hook": "mlp.hook_out"}
+
+
+@dataclass(frozen=True)
+class RealModel:
+    """A real pretrained model circuitray converts from local files.
+
+    Attributes:
+        name: ``--name`` of ``build-real``; also the model folder's name in the home.
+        folder: The sources' folder name under the shared models folder.
+        files: Source file name -> its SHA-256 (checked before converting).
+        licence: What the weights are published under.
+    """
+
+    name: str
+    folder: str
+    files: dict[str, str]
+    licence: str
+
+
+REAL_MODELS: dict[str, RealModel] = {
+    m.name: m
+    for m in [
+        RealModel(
+            "stories260k",
+            folder="stories260K",
+            files={
+                "checkpoint_legacy.bin": (
+                    "b0a507e7ad0f626624f17112325e66691f9076d622e1d3274d103d00299f2696"
+                ),
+                "tokenizer.bin": "037cb335abb25d1fa9e8ecae30ed2a3a8ace9302862ebcdc05d51a6bbb10c312",
+            },
+            licence="MIT (llama2.c; the files from clebert/llama2.zig at 46af05d7)",
+        ),
+    ]
+}
+
+
+def _default_transcoders() -> TranscoderTrainingConfig:
+    from circuitray.organism.train_transcoders import TranscoderTrainingConfig
+
+    # 4x d_model features, a stronger L1 than the organism's: held-out explained
+    # variance 0.75-0.92 per layer at L0 about 22 (December 2026; 35 s on 2 cores).
+    return TranscoderTrainingConfig(d_transcoder=256, steps=800, l1=0.01)
+
+
+@dataclass(frozen=True)
+class RealBuildConfig:
+    """How a real model's transcoders are trained (steps 5-6).
+
+    Attributes:
+        seed: Seed of transcoder training and of the WS2 sentences.
+        max_chars: Longest corpus paragraph kept, in characters.
+        n_ws2: WS2 ``train`` sentences added to the corpus (and as many ``heldout``
+            ones held out).
+        clt_ridge: Ridge of the cross-layer transcoder's decoder fit.
+        transcoders: Per-layer training (features per layer, steps, batch, rates).
+    """
+
+    seed: int = 0
+    max_chars: int = 400
+    n_ws2: int = 600
+    clt_ridge: float = 1.0
+    transcoders: TranscoderTrainingConfig = field(default_factory=_default_transcoders)
+
+
+def python_docs_texts(*, max_chars: int) -> list[str]:
+    """Step 5's prose: pydoc's topics, in sorted order, as paragraphs of at least 40
+    and at most ``max_chars`` characters, whitespace collapsed, mostly letters."""
+    from pydoc_data.topics import topics
+
+    out = []
+    for key in sorted(topics):
+        for para in re.split(r"\n\s*\n", topics[key]):
+            text = " ".join(para.split())
+            letters = sum(c.isalpha() or c == " " for c in text)
+            if 40 <= len(text) <= max_chars and letters >= 0.85 * len(text):
+                out.append(text)
+    return out
+
+
+def corpus(config: RealBuildConfig) -> tuple[list[str], list[str], dict]:
+    """Step 5: (training texts, held-out texts, what the report says of them)."""
+    from circuitray.prompts.ws2 import generate_ws2
+
+    prose = python_docs_texts(max_chars=config.max_chars)
+    rows = generate_ws2(n=4 * config.n_ws2, seed=config.seed)
+    ws2 = {
+        split: [f"{r['prompt']} {r['target']}" for r in rows if r["split"] == split][: config.n_ws2]
+        for split in ("train", "heldout")
+    }
+    train = [t for i, t in enumerate(prose) if i % 10] + ws2["train"]
+    heldout = [t for i, t in enumerate(prose) if i % 10 == 0] + ws2["heldout"]
+    info = {
+        "source": (
+            f"pydoc_data.topics of Python {sys.version.split()[0]} (the Language "
+            "Reference's topics, as `help()` shows them), paragraphs; plus WS2 "
+            "sentences (prompt + target)"
+        ),
+        "licence": "PSF License Agreement (Python's documentation); WS2: this project",
+        "paragraphs": len(prose),
+        "ws2_sentences": {k: len(v) for k, v in ws2.items()},
+        "train_texts": len(train),
+        "heldout_texts": len(heldout),
+        "chars": sum(map(len, prose)),
+        "sha256": hashlib.sha256("\n".join(train + heldout).encode()).hexdigest(),
+    }
+    return train, heldout, info
+
+
+def find_source(model: RealModel, source: str | Path | None = None) -> Path:
+    """Step 1: the folder holding ``model``'s files."""
+    if source is not None:
+        candidates = [Path(source)]
+    else:
+        env = os.environ.get("CIRCUITRAY_SHARED_MODELS")
+        checkout = Path(__file__).resolve().parents[2]
+        candidates = [Path(env) / model.folder] if env else []
+        candidates.append(checkout.parent / "shared" / "models" / model.folder)
+    for c in candidates:
+        if c.is_dir():
+            return c
+    tried = ", ".join(str(c) for c in candidates)
+    raise CircuitrayError(
+        f"{model.name}: no source folder (tried {tried}); pass --source or set "
+        "CIRCUITRAY_SHARED_MODELS"
+    )
+
+
+def build_real(
+    *,
+    name: str = "stories260k",
+    source: str | Path | None = None,
+    force: bool = False,
+    config: RealBuildConfig | None = None,
+) -> dict[str, Path]:
+    """Steps 1-7; the folders written: ``model``, ``transcoders``,
+    ``cross_layer_transcoders``, and the ``report`` file.
+
+    Args:
+        name: Which real model to build (a key of ``REAL_MODELS``).
+        source: The folder holding its files (default: step 1's search).
+        force: Rebuild even if the saved build is up to date.
+        config: Transcoder training (default: :class:`RealBuildConfig`'s).
+    """
+    config = config or RealBuildConfig()
+    if name not in REAL_MODELS:
+        raise CircuitrayError(f"unknown real model {name!r}; known: {', '.join(REAL_MODELS)}")
+    model = REAL_MODELS[name]
+    folder = find_source(model, source)
+    digests = {}
+    for file, want in model.files.items():
+        path = folder / file
+        if not path.is_file():
+            raise CircuitrayError(f"{path}: missing (a source file of {name})")
+        digests[file] = file_sha256(path)
+        if digests[file] != want:
+            raise CircuitrayError(
+                f"{path}: SHA-256 {digests[file][:16]}... is not {name}'s {want[:16]}..."
+            )
+    home = circuitray_home()
+    bundled = BUNDLED[name]
+    paths = {
+        "model": home / bundled.subdir,
+        "transcoders": transcoder_cache_dir() / bundled.transcoders,
+        "cross_layer_transcoders": transcoder_cache_dir() / bundled.cross_layer_transcoders,
+    }
+    report_path = home / "models" / f"{name}-report.json"
+    stamp = home / "models" / f"{name}-build.json"
+    train, heldout, corpus_info = corpus(config)
+    key = build_key(
+        {"name": name, "sources": digests, "corpus": corpus_info["sha256"], **asdict(config)},
+        modules=BUILD_MODULES,
+    )
+    if not force and report_path.is_file() and is_current(stamp, key, paths):
+        logger.info("%s: up to date at %s", name, paths["model"])
+        return {**paths, "report": report_path}
+    report = _build(folder, paths, train, heldout, config)
+    report["corpus"] = corpus_info
+    report["sources"] = {"folder": str(folder), "sha256": digests, "licence": model.licence}
+    tmp = report_path.with_name(f".{report_path.name}.tmp")
+    tmp.write_text(json.dumps(report, indent=2) + "\n")
+    tmp.replace(report_path)
+    write_stamp(stamp, key, paths)
+    return {**paths, "report": report_path}
+
+
+def _build(folder: Path, paths: dict[str, Path], train, heldout, config) -> dict:
+    """Steps 4 and 6; the report's figures."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from circuitray.models.artifacts import save_cross_layer_transcoder, save_transcoder_set
+    from circuitray.models.clt import clt_metrics, fit_cross_layer_transcoder
+    from circuitray.models.hooks import record_mlp_io
+    from circuitray.models.llama2c import convert_llama2c
+    from circuitray.organism.train_transcoders import metrics, train_transcoder
+
+    timings: dict[str, float] = {}
+    t = time.perf_counter()
+    convert_llama2c(folder / "checkpoint_legacy.bin", folder / "tokenizer.bin", paths["model"])
+    timings["convert_s"] = time.perf_counter() - t
+    name = paths["model"].name
+    bundled = BUNDLED[name]
+    model = AutoModelForCausalLM.from_pretrained(paths["model"], dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(paths["model"])
+    torch.manual_seed(config.seed)
+    t = time.perf_counter()
+    x, y = record_mlp_io(model, tokenizer, train)
+    layers = {
+        i: train_transcoder(x[i], y[i], config=config.transcoders, seed=config.seed * 1000 + i)
+        for i in sorted(x)
+    }
+    timings["train_transcoders_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    clt = fit_cross_layer_transcoder(x, y, layers, ridge=config.clt_ridge)
+    timings["fit_cross_layer_transcoder_s"] = time.perf_counter() - t
+    n_train_tokens = int(next(iter(x.values())).shape[0])
+    del x, y
+    save_transcoder_set(
+        layers, paths["transcoders"], scan=bundled.transcoders, model_name=name, **LLAMA_HOOKS
+    )
+    save_cross_layer_transcoder(
+        clt,
+        paths["cross_layer_transcoders"],
+        scan=bundled.cross_layer_transcoders,
+        model_name=name,
+        **LLAMA_HOOKS,
+    )
+    xh, yh = record_mlp_io(model, tokenizer, heldout)
+    return {
+        "model": name,
+        "tokens": {"train": n_train_tokens, "heldout": int(next(iter(xh.values())).shape[0])},
+        "transcoders": {
+            "per_layer": {str(i): metrics(w, xh[i], yh[i]) for i, w in layers.items()},
+            "cross_layer": clt_metrics(clt, xh, yh),
+            "d_transcoder": config.transcoders.d_transcoder,
+        },
+        "timings": timings,
+    }

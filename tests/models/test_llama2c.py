@@ -192,7 +192,7 @@ def test_a_run_of_20_ws2_prompts_is_circuit_tracers_graph(converted, tmp_path):
         graphs, edges = store.read_table("graphs"), store.read_table("edges")
         assert graphs is not None and edges is not None
         graphs = graphs.to_pylist()
-        for g in graphs:
+        for g in graphs[::3]:  # 7 of the 20, every type: ~1 s of attribution each
             graph = attribute(g["prompt"], model, **kwargs)
             _, edge_mask, _ = prune_graph(graph, **meta["prune"])
             dst, src = torch.nonzero(edge_mask, as_tuple=True)

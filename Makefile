@@ -48,9 +48,9 @@ models: install  ## build the tiny model, the WS2 organism, its feature labels a
 	test -f $(CIRCUITRAY_HOME)/features/circuitray--organism.parquet || \
 	    $(BIN)/circuitray features build --model organism-tuned
 	@# llama2.c's stories260K (a real pretrained model) from this project's shared files.
-	if [ -n "$$CIRCUITRAY_SHARED_MODELS" ] || [ -d ../shared/models/stories260K ]; then \
+	if [ -d "$${CIRCUITRAY_SHARED_MODELS:-../shared/models}/stories260K" ]; then \
 	    $(BIN)/circuitray model build-real --name stories260k; \
-	else echo "stories260k: no ../shared/models/stories260K here; not built"; fi
+	else echo "stories260k: no $${CIRCUITRAY_SHARED_MODELS:-../shared/models}/stories260K; not built"; fi
 	@# The environment's circuitray finds this home from any folder (README: One home).
 	echo "$(abspath $(CIRCUITRAY_HOME))" > $(VENV)/circuitray-home
 

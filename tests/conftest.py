@@ -35,6 +35,7 @@ from pathlib import Path
 # cores the others need (two 2-thread processes of small matmuls on 2 cores: 23 s
 # each spinning, 1 s passive). Same threads, same partition of work: same numbers.
 # Subprocesses, Ray clusters the tests start and their actors inherit it.
+OMP_WAIT_POLICY_GIVEN = os.environ.get("OMP_WAIT_POLICY")  # a caller's choice stands
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 TORCH_BEFORE_CONFTEST = "torch" in sys.modules
 

@@ -15,9 +15,10 @@ The same fine-tune as :func:`circuitray.finetune.local.finetune`, with the same
 3. At each checkpoint step every worker averages its loss since the last checkpoint
    with the others'; rank 0 checks the fence, saves the merged HF folder atomically,
    evaluates it (:func:`~circuitray.finetune.local.evaluate_model`) and rewrites the
-   manifest; then every worker reports one Ray checkpoint (staged in
-   ``<out>/.ray_train.staging/rank-R``, never the machine's temp folder, so a killed
-   worker leaves nothing outside ``out``; their files merge into one folder
+   manifest; then every worker reports one Ray checkpoint (staged in a folder of its
+   own under ``<out>/.ray_train.staging``, never the machine's temp folder, so a killed
+   worker leaves nothing outside ``out``; the driver empties it before and after
+   ``fit``; the files of all workers merge into one folder
    ``step-NNNNNN`` under ``<storage_path>/<name>``): rank 0's ``weights.pt``
    (the full state dict, or with LoRA the adapter weights only) and ``trainer.pt``
    (``train_lm``'s state: step, optimizer, schedule position; and the config), and
@@ -52,6 +53,7 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 import time
 import uuid
 from dataclasses import asdict, replace
@@ -238,11 +240,15 @@ def finetune_on_ray(
                     worker_runtime_env={"env_vars": env} if env else None,
                 ),
             )
+            # What killed workers of earlier drivers left staged (this driver holds
+            # the lock and the fence: they write nothing more).
+            shutil.rmtree(out / STAGING, ignore_errors=True)
             try:
                 trainer.fit()
             except ray.train.TrainingFailedError as e:
                 raise CircuitrayError(f"fine-tune on Ray failed: {_failure_line(e)}") from None
-            shutil.rmtree(out / STAGING, ignore_errors=True)
+            finally:
+                shutil.rmtree(out / STAGING, ignore_errors=True)
         finally:
             if started:
                 ray.shutdown()
@@ -381,11 +387,10 @@ def _train_loop(loop_config: dict) -> None:
         last_loss_at = step
         s = state()
         # Inside the run folder, never the machine's temp folder: a worker killed
-        # between here and the report leaves it behind, and the next report of this
-        # rank (or the driver, once the fine-tune is done) removes it.
-        d = out / STAGING / f"rank-{rank}"
-        shutil.rmtree(d, ignore_errors=True)
-        d.mkdir(parents=True)
+        # between here and the report leaves it there, and the next driver removes it.
+        # A folder of its own, as a killed driver's workers may still be staging.
+        (out / STAGING).mkdir(exist_ok=True)
+        d = Path(tempfile.mkdtemp(dir=out / STAGING, prefix=f"rank-{rank}-"))
         try:
             if rank == 0:
                 fence()

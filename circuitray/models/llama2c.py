@@ -17,7 +17,9 @@
    merges are every split of a piece into two pieces, ranked by the merged piece's
    score -- SentencePiece's rule (merge the adjacent pair whose merged piece scores
    highest) in BPE's terms --, with byte fallback, spaces as ``▁`` and one ``▁``
-   before the text (llama2.c's dummy prefix), ``<s>`` first.
+   before the text (llama2.c's dummy prefix), ``<s>`` first. Where two adjacent pairs
+   make the same piece, llama2.c merges the leftmost and BPE the split it ranks first:
+   a string needing that choice could encode differently (3,000 test strings did not).
 5. Write the folder (:func:`convert_llama2c`): ``config.json`` (LlamaForCausalLM),
    ``model.safetensors`` (float32), the tokenizer files, and ``llama2c.json`` with the
    sources' SHA-256.
@@ -326,13 +328,16 @@ def convert_llama2c(checkpoint: Path, tokenizer: Path, out: Path) -> Path:
     from safetensors.torch import save_file
     from transformers import LlamaConfig
 
+    from circuitray.models.artifacts import _replace_dir
+
     ckpt = read_checkpoint(checkpoint)
     tok = read_tokenizer(tokenizer, vocab_size=ckpt.vocab_size)
     # llama2.c's rotary table is theta 10000's: check it rather than assume it.
     head = ckpt.head_dim
     freqs = 1.0 / 10000.0 ** (np.arange(0, head, 2) / head)
     angles = np.outer(np.arange(ckpt.seq_len), freqs)
-    if not np.allclose(ckpt.tensors["freq_cis_real"], np.cos(angles), atol=1e-5):
+    # (float32 tables of long contexts differ from float64's by ~1e-4 at the far end)
+    if not np.allclose(ckpt.tensors["freq_cis_real"], np.cos(angles), atol=1e-3):
         raise CircuitrayError(f"{checkpoint}: its rotary table is not theta 10000's")
     config = LlamaConfig(
         architectures=["LlamaForCausalLM"],  # circuit-tracer reads the architecture here
@@ -388,6 +393,5 @@ def convert_llama2c(checkpoint: Path, tokenizer: Path, out: Path) -> Path:
         )
         + "\n"
     )
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
+    _replace_dir(tmp, out)  # the old folder moved aside first: never a half one
     return out

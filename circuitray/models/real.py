@@ -29,6 +29,7 @@ transcoders trained here (``circuitray model build-real``).
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import json
 import logging
 import os
@@ -114,8 +115,8 @@ class RealBuildConfig:
     Attributes:
         seed: Seed of transcoder training and of the WS2 sentences.
         max_chars: Longest corpus paragraph kept, in characters.
-        n_ws2: WS2 ``train`` sentences added to the corpus (and as many ``heldout``
-            ones held out).
+        n_ws2: WS2 ``train`` sentences added to the corpus (the ``heldout`` ones among
+            the same generated rows, up to as many, are held out).
         clt_ridge: Ridge of the cross-layer transcoder's decoder fit.
         transcoders: Per-layer training (features per layer, steps, batch, rates).
     """
@@ -232,7 +233,14 @@ def build_real(
     stamp = home / "models" / f"{name}-build.json"
     train, heldout, corpus_info = corpus(config)
     key = build_key(
-        {"name": name, "sources": digests, "corpus": corpus_info["sha256"], **asdict(config)},
+        {
+            "name": name,
+            "sources": digests,
+            "corpus": corpus_info["sha256"],
+            # tokenizer.json's bytes come from it (not in stamp's KEY_DISTRIBUTIONS)
+            "tokenizers": importlib.metadata.version("tokenizers"),
+            **asdict(config),
+        },
         modules=BUILD_MODULES,
     )
     if not force and report_path.is_file() and is_current(stamp, key, paths):

@@ -7,10 +7,11 @@ which are ``python -c`` processes joined to it, each in its own process group.
 1. ``interrupted`` runs alone; once ``finetune.json`` has two non-zero checkpoints and
    Ray Train has registered one, its driver's process group is SIGKILLed, and every
    Ray Train process of the run must go.
-2. It is run again with the same ``storage_path`` and ``name``; once its workers are up,
-   ``whole`` (never interrupted) starts beside it on the same cluster. When the resumed
-   run has saved one more checkpoint, one of its workers is SIGKILLed: the worker group
-   restarts from the checkpoint its controller had (``FailureConfig``).
+2. It is run again with the same ``storage_path`` and ``name``. While every worker of
+   the resumed run stages its part of the first checkpoint after the resume, one of
+   them is SIGKILLed: the worker group restarts from the checkpoint its controller had
+   (``FailureConfig``). Then ``whole`` (never interrupted) starts beside it on the same
+   cluster. Nothing may be left in the temp folder, nor staged in either run folder.
 3. The resumed run must have started at the checkpoint registered when the driver died
    and again at the one registered when the worker died; the final manifest must hold
    every scheduled step exactly once; every checkpoint must be bit-identical to the
@@ -188,13 +189,14 @@ def test_killed_driver_resumes_from_last_checkpoint(head, tmp_path):
     _wait("the resumed run's workers", lambda: len(_train_workers(raylet)) == WORKERS, second)
     resumed_workers = _train_workers(raylet)
     temp_seen = set(Path(tempfile.gettempdir()).iterdir())
+    staged_before = set((cut / STAGING).glob("rank-*"))  # what phase 1's kill left
 
     def staging() -> int:
-        """Checkpoint folders being staged: in the run folder, or new ones in the
+        """Checkpoint folders the resumed run stages: in the run folder, or in the
         temp folder (where staging once was, and a killed worker left them)."""
-        ours = list((cut / STAGING).glob("rank-*"))
+        ours = set((cut / STAGING).glob("rank-*")) - staged_before
         temp = set(Path(tempfile.gettempdir()).iterdir()) - temp_seen
-        return len(ours) + sum(p.name.startswith("circuitray") for p in temp)
+        return len(ours) + sum(p.name.startswith("circuitray-finetune") for p in temp)
 
     _wait(
         "every worker staging a checkpoint after the resume",
@@ -246,7 +248,7 @@ def test_killed_driver_resumes_from_last_checkpoint(head, tmp_path):
         time.sleep(0.5)
     # ... nor written outside the run folders (a worker killed mid-checkpoint included).
     leaked = {p.name for p in set(Path(tempfile.gettempdir()).iterdir()) - temp_before}
-    assert not {n for n in leaked if n.startswith("circuitray")}, leaked
+    assert not {n for n in leaked if n.startswith("circuitray-finetune")}, leaked
     assert not (cut / STAGING).exists() and not (whole / STAGING).exists()
 
     # Every checkpoint loads as a ReplacementModel with the tiny transcoders and attributes.

@@ -13,8 +13,14 @@ from circuitray import RunStore
 from circuitray.models.registry import recorded_home_file
 
 README = Path(__file__).resolve().parents[1] / "README.md"
-# What the suite sets for itself and a user's shell would not have.
-SUITE_ONLY = ("CIRCUITRAY_HOME", "CIRCUIT_TRACER_CACHE_DIR", "CIRCUITRAY_FEATURES_DIR")
+# What the suite sets for itself and a user's shell would not have (RAY_ADDRESS: the
+# suite's shared Ray).
+SUITE_ONLY = (
+    "CIRCUITRAY_HOME",
+    "CIRCUIT_TRACER_CACHE_DIR",
+    "CIRCUITRAY_FEATURES_DIR",
+    "RAY_ADDRESS",
+)
 
 
 def readme_cli_commands() -> list[str]:

@@ -52,7 +52,9 @@ POSITIVE = click.IntRange(min=1)
     help="Run as a Ray Train job (TorchTrainer) with this many workers; 0: in this "
     "process on one device.",
 )
-@click.option("--address", default=None, help="Ray cluster address for --ray-workers.")
+@click.option(
+    "--address", default=None, help="Ray cluster address for --ray-workers (default: $RAY_ADDRESS)."
+)
 @click.option("--use-gpu", is_flag=True, help="One GPU per Ray Train worker.")
 @click.option(
     "--storage-path",

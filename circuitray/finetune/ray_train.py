@@ -161,7 +161,7 @@ def finetune_on_ray(
             per step.
         use_gpu: One GPU per worker (NCCL); else CPU workers (gloo).
         address: Ray cluster to join (default: the Ray this process is connected to,
-            else a new local one, shut down at the end).
+            else ``$RAY_ADDRESS``, else a new local one, shut down at the end).
         storage_path: Where Ray Train keeps its checkpoints (a folder or a URI every
             node reaches; default ``<out>/.ray_train``).
         name: The Ray Train run's name under ``storage_path`` (default ``finetune``);
@@ -170,7 +170,7 @@ def finetune_on_ray(
     """
     from circuitray.finetune.data import load_data
     from circuitray.finetune.manifest import read_manifest
-    from circuitray.jobs.dispatch import forwarded_env
+    from circuitray.jobs.dispatch import forwarded_env, ray_address
     from circuitray.models.loading import ModelSpec, check_model_available
 
     if workers < 1:
@@ -217,8 +217,8 @@ def finetune_on_ray(
                 "runtime_env": {"env_vars": env} if env else None,
                 "logging_level": logger.getEffectiveLevel(),
             }
-            if address:
-                ray.init(address=address, **kwargs)
+            if ray_address(address):
+                ray.init(address=ray_address(address), **kwargs)
             else:  # a new local Ray, never a stray cluster left on this machine
                 ray.init(address="local", num_cpus=max(os.cpu_count() or 1, workers), **kwargs)
         try:

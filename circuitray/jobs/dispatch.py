@@ -46,7 +46,9 @@ class Placement:
     Attributes:
         actors: Number of worker actors; None: one per GPU, or one per CPU core when
             the cluster has no GPUs.
-        address: Ray address to join (``auto``, ``ray://...``); None starts a local Ray.
+        address: Ray address to join (``auto``, ``ray://...``); None joins
+            ``$RAY_ADDRESS`` when it is set (as ``ray.init`` does, and as the
+            entrypoint of a ``ray job submit`` finds it), else starts a local Ray.
         batch_size: Prompts per task, and per part file.
         gpus_per_actor: GPUs each actor reserves when the cluster has GPUs.
         cpus_per_actor: CPUs each actor reserves (also its torch threads on CPU);
@@ -116,6 +118,13 @@ def forwarded_env() -> dict[str, str]:
 _LOCAL_RAY: list[str] = []  # the GCS address of the local Ray init_ray started
 
 
+def ray_address(address: str | None) -> str | None:
+    """The Ray cluster to join: ``address``, else ``$RAY_ADDRESS`` (Ray's own variable:
+    ``ray.init`` reads it, ``ray job submit`` sets it for its entrypoint), else None
+    (start a local Ray)."""
+    return address or os.environ.get("RAY_ADDRESS") or None
+
+
 def started_local_ray() -> bool:
     """Whether the Ray this process is connected to is a local one that
     :func:`init_ray` started (it cannot grow), not one joined or started by the caller."""
@@ -139,8 +148,9 @@ def init_ray(placement: Placement):
         # unless -v) and a one-line error stays one line.
         "logging_level": logger.getEffectiveLevel(),
     }
-    if placement.address:
-        ray.init(address=placement.address, **kwargs)
+    address = ray_address(placement.address)
+    if address:
+        ray.init(address=address, **kwargs)
     else:
         # Logical CPUs are scheduling slots, not cores: leave room for every actor
         # (and Ray's own tasks) even when there are more actors than cores.

@@ -69,6 +69,7 @@ def head(circuitray_home):
     with pytest.MonkeyPatch.context() as env:
         for k, v in CLUSTER_ENV.items():
             env.setenv(k, v)
+        env.delenv("RAY_ADDRESS")  # the session's shared Ray: this module has its own
         c = Cluster(
             initialize_head=True,
             head_node_args={"num_cpus": 2 * WORKERS, "include_dashboard": False},

@@ -136,6 +136,7 @@ class LocalCluster:
 @pytest.fixture
 def cluster(organism_report, tmp_path):
     env = dict(os.environ)
+    env.pop("RAY_ADDRESS", None)  # the session's shared Ray: this test has a cluster of its own
     # The job's shell finds this environment's `circuitray`; bundled models come from
     # the session's CIRCUITRAY_HOME, forwarded by the job's driver to its actors.
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"

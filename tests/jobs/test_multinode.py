@@ -24,6 +24,7 @@ def cluster(monkeypatch):
         ray.shutdown()
     for k, v in CLUSTER_ENV.items():
         monkeypatch.setenv(k, v)
+    monkeypatch.delenv("RAY_ADDRESS")  # the session's shared Ray ("auto" must find this one)
     c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 0})
     yield c
     ray.shutdown()

@@ -23,7 +23,14 @@ def prompts(tmp_path):
     return path
 
 
-def test_more_cpus_per_actor_than_any_node_is_refused_not_waited_for(prompts, tmp_path):
+@pytest.fixture
+def local_ray(monkeypatch):
+    """The driver starts a local Ray of its own (it cannot grow, so it refuses), not
+    the session's shared one (a joined cluster may add nodes, so it waits)."""
+    monkeypatch.delenv("RAY_ADDRESS")
+
+
+def test_more_cpus_per_actor_than_any_node_is_refused_not_waited_for(local_ray, prompts, tmp_path):
     out = tmp_path / "run"
     # Before: Ray waited forever for a node with 8 CPUs and nothing was printed.
     p = circuitray("run", prompts, "--out", out, "--model", "tiny", "--cpus-per-actor", "8")
@@ -33,7 +40,7 @@ def test_more_cpus_per_actor_than_any_node_is_refused_not_waited_for(prompts, tm
 
 
 @pytest.mark.skipif((os.cpu_count() or 1) >= 12, reason="the local Ray would fit 3 x 4 CPUs")
-def test_actors_that_do_not_fit_together_are_refused(prompts, tmp_path):
+def test_actors_that_do_not_fit_together_are_refused(local_ray, prompts, tmp_path):
     p = circuitray(
         "run", prompts, "--out", tmp_path / "run", "--model", "tiny", "--actors", "3",
         "--cpus-per-actor", "4", "--batch-size", "1",
@@ -80,27 +87,45 @@ def test_a_joined_cluster_may_grow_so_it_only_warns(caplog):
 
 
 def test_actors_a_joined_cluster_never_places_fail_within_the_start_timeout(prompts, tmp_path):
-    """On a Ray this process did not start (a cluster that might grow), placement
-    that is never satisfied fails after --start-timeout-s in one line naming what was
-    asked and what the cluster has; before, the driver waited forever."""
-    import ray
+    """On a Ray this process did not start (a cluster that might grow: the session's
+    shared one, joined through RAY_ADDRESS), placement that is never satisfied fails
+    after --start-timeout-s in one line naming what was asked and what the cluster
+    has; before, the driver waited forever."""
+    from conftest import SHARED_RAY_CPUS
 
     from circuitray import ModelSpec, run
 
-    if ray.is_initialized():
-        ray.shutdown()
-    # address="local": a Ray of its own, never a Cluster another test worker runs
-    # (ray.init() alone joins the cluster named in /tmp/ray/ray_current_cluster).
-    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
-    try:
-        config = RunConfig(
-            str(prompts), str(tmp_path / "run"), model=ModelSpec(model="tiny"),
-            actors=1, cpus_per_actor=4, start_timeout_s=3,
-        )  # fmt: skip
-        with pytest.raises(CircuitrayError, match=r"not started within 3s.*CPU.*2") as e:
-            run(config)
-        assert "\n" not in str(e.value)
-        meta = json.loads((tmp_path / "run" / "run.json").read_text())
-        assert meta["status"] == "failed" and "not started within" in meta["error"]
-    finally:
-        ray.shutdown()
+    want = 2 * SHARED_RAY_CPUS
+    config = RunConfig(
+        str(prompts), str(tmp_path / "run"), model=ModelSpec(model="tiny"),
+        actors=1, cpus_per_actor=want, start_timeout_s=3,
+    )  # fmt: skip
+    match = rf"not started within 3s.*CPU.*{SHARED_RAY_CPUS}"
+    with pytest.raises(CircuitrayError, match=match) as e:
+        run(config)
+    assert "\n" not in str(e.value)
+    meta = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert meta["status"] == "failed" and "not started within" in meta["error"]
+
+
+def test_a_driver_joins_the_ray_that_RAY_ADDRESS_names(prompts, tmp_path):
+    """Without --address, `circuitray run` joins $RAY_ADDRESS (Ray's own variable,
+    which `ray job submit` sets for its entrypoint): here the session's shared Ray, a
+    cluster that may grow, so an actor no node holds is waited for (up to
+    --start-timeout-s) on a cluster of SHARED_RAY_CPUS CPUs, not refused by a local
+    Ray of the machine's cores."""
+    from conftest import SHARED_RAY_CPUS
+
+    assert os.environ["RAY_ADDRESS"]
+    want = 2 * SHARED_RAY_CPUS
+    p = circuitray(
+        "run", prompts, "--out", tmp_path / "run", "--model", "tiny",
+        "--cpus-per-actor", str(want), "--start-timeout-s", "3",
+    )  # fmt: skip
+    assert p.returncode != 0 and "Traceback" not in p.stderr, p.stderr
+    # A local Ray would refuse at once ("no node of the Ray cluster has 16 CPUs" as the
+    # error); a joined one warns, waits, and names the cluster it joined.
+    assert "waiting for the cluster to add one" in p.stderr, p.stderr
+    error = p.stderr.strip().splitlines()[-1]
+    assert error.startswith("error: ") and "not started within 3s" in error, p.stderr
+    assert f"the Ray cluster has {{'CPU': {SHARED_RAY_CPUS:.1f}}}" in error, error

@@ -56,6 +56,7 @@ def test_warm_every_node_of_a_cluster(monkeypatch):
         ray.shutdown()
     monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    monkeypatch.delenv("RAY_ADDRESS")  # the session's shared Ray ("auto" must find this one)
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
     try:
         nodes = [cluster.add_node(num_cpus=1) for _ in range(2)]

@@ -147,21 +147,21 @@ def scheduling_scopes(root: Path) -> dict[str, str]:
 # idles: xdist's own order (most tests first) left the longest single-test scopes
 # for last. A wrong or missing figure costs minutes, never a result.
 SLOW_TESTS = {
-    "tests/finetune/test_ray_train.py::test_killed_driver_resumes_from_last_checkpoint": 130,
-    "tests/jobs/test_real_shape.py::test_scaled_gemma_run_matches_circuit_tracer[ci]": 96,
-    "tests/jobs/test_chaos.py::test_chaos_kill_and_resume[ci]": 95,
-    "tests/jobs/test_job_submit.py::test_ray_job_submit_runs_the_readme_pipeline": 89,
-    "tests/bench/test_attribution_bench.py::test_suite_quick_writes_every_figure": 87,
-    "tests/jobs/test_fault_tolerance.py::test_killed_driver_resumes_without_recomputing": 59,
+    "tests/finetune/test_ray_train.py::test_killed_driver_resumes_from_last_checkpoint": 116,
+    "tests/jobs/test_real_shape.py::test_scaled_gemma_graph_matches_circuit_tracer": 60,
+    "tests/jobs/test_chaos.py::test_chaos_kill_and_resume[ci]": 85,
+    "tests/jobs/test_job_submit.py::test_ray_job_submit_runs_the_readme_pipeline": 68,
+    "tests/bench/test_attribution_bench.py::test_suite_quick_writes_every_figure": 48,
+    "tests/jobs/test_fault_tolerance.py::test_killed_driver_resumes_without_recomputing": 31,
     "tests/organism/test_learning_pipeline.py::test_learning_dynamics_pipeline_on_the_organ": 54,
     "tests/graph/test_interventions.py::test_graph_top_features_beat_random_ones": 46,
     "tests/features/test_features.py::test_labels_in_queries_sql_and_export": 48,
     "tests/bench/test_gpu_bench.py::test_gpu_bench_falls_back_to_the_bundled_model": 46,
     "tests/jobs/test_pipeline_file.py::test_local_pipeline_runs_queries_compares_and_resu": 43,
     "tests/jobs/test_intervention_job.py::test_killed_actor_mid_intervention_then_resume": 38,
-    "tests/bench/test_real_shape_bench.py::test_real_shape_section_measures_and_prints": 32,
-    "tests/jobs/test_trace.py::test_trace_prints_where_the_graph_is_and_serves_it": 31,
-    "tests/organism/test_matrix.py::test_micro_cells_are_built_in_fresh_processes": 27,
+    "tests/bench/test_real_shape_bench.py::test_real_shape_section_measures_and_prints": 44,
+    "tests/jobs/test_trace.py::test_trace_prints_where_the_graph_is_and_serves_it": 44,
+    "tests/organism/test_matrix.py::test_micro_cells_are_built_in_fresh_processes": 40,
     "tests/jobs/test_intervention_job.py::test_cli_prints_effects_and_json": 27,
     "tests/outputs/test_report.py::test_report_interventions_section": 26,
     "tests/bench/test_query_processes.py::test_view_sql_makes_the_views_connect_makes": 25,
@@ -178,7 +178,7 @@ SLOW_TESTS = {
     "tests/jobs/test_intervention_job.py::test_every_prompt_and_intervention_exactly_once": 20,
     "tests/bench/test_attribution_bench.py::test_circuitray_run_timings_and_rss": 20,
     "tests/test_readme.py::test_the_first_cli_examples_work_from_a_fresh_folder": 19,
-    "tests/models/test_llama2c.py::test_a_run_of_20_ws2_prompts_is_circuit_tracers_graph": 45,
+    "tests/models/test_llama2c.py::test_a_run_of_20_ws2_prompts_is_circuit_tracers_graph": 35,
 }
 
 

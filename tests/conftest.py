@@ -12,7 +12,8 @@
   build`` in a fresh process on ``ATEN_CPU_CAPABILITY=default``; ``organism_runs``
   (session): the base-vs-tuned pipeline over it.
 - ``circuitray(*args)``, ``assert_one_line_error``, ``assert_refused``: run the console
-  script and check its one-line errors; ``build_interventions``: SPECS over ``ray_run``.
+  script and check its one-line errors; ``intervention_dir`` (session): SPECS over
+  ``ray_run`` (``build_interventions``).
 - ``organism_features`` (session): the organism's feature table in a folder of its
   own (tests point ``CIRCUITRAY_FEATURES_DIR`` there).
 - ``micro``: an organism recipe that builds in seconds (for what the build does);
@@ -84,6 +85,13 @@ def assert_refused(p: subprocess.CompletedProcess, *needles: str) -> str:
 SPECS = ["top:2", "random:2", "single:2"]
 
 
+@pytest.fixture(scope="session")
+def intervention_dir(ray_run, tmp_path_factory) -> Path:
+    """The session's intervention folder over ``ray_run`` (:func:`build_interventions`),
+    built once for every test that only reads it."""
+    return build_interventions(ray_run, tmp_path_factory)
+
+
 def build_interventions(ray_run, tmp_path_factory) -> Path:
     """SPECS on every prompt of the session's Ray run (2 actors, batches of 4)."""
     from circuitray.jobs.intervention_job import InterventionConfig, intervene
@@ -120,7 +128,7 @@ torch.set_num_threads(1)
 # an attribute pytest 9 no longer reads, so its groups are silently ignored.)
 SHARED_FIXTURES = {
     "organism": ("organism_report", "organism_runs", "organism_features", "features_dir"),
-    "ray_run": ("ray_run",),
+    "ray_run": ("ray_run", "intervention_dir"),
 }
 
 

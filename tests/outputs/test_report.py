@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
-from conftest import SPECS, assert_one_line_error, build_interventions, circuitray
+from conftest import SPECS, assert_one_line_error, circuitray
 from PIL import Image
 
 from circuitray.errors import CircuitrayError
@@ -100,11 +100,6 @@ def test_report_cli(ray_run, tmp_path):
 
 
 # -- --interventions ---------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def intervention_dir(ray_run, tmp_path_factory) -> Path:
-    return build_interventions(ray_run, tmp_path_factory)
-
-
 @pytest.fixture(scope="module")
 def iv_report(ray_run, intervention_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("iv_report") / "iv.html"

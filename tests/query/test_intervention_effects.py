@@ -12,15 +12,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import SPECS, build_interventions, circuitray
+from conftest import SPECS, circuitray
 
 from circuitray.query.engine import connect, run_query
 from circuitray.schema import RESULT_SCHEMA
-
-
-@pytest.fixture(scope="module")
-def intervention_dir(ray_run, tmp_path_factory) -> Path:
-    return build_interventions(ray_run, tmp_path_factory)
 
 
 def _result_rows(folder: Path) -> list[dict]:

@@ -87,7 +87,9 @@ def build_graph_model(store: RunStore, graph_id: int, *, slug: str):
 
     row, nodes, edges = _graph_tables(store, graph_id)
     features = graph_features(store.read_meta(), nodes)
-    if any(n.get("cumulative_influence") is None for n in nodes):
+    # Logit nodes carry no influence in circuit-tracer's files (graphs imported from
+    # them have none); every other node needs it.
+    if any(n.get("cumulative_influence") is None for n in nodes if n["node_type"] != "logit"):
         raise CircuitrayError(
             f"{store.root}: graph {graph_id} has no cumulative_influence (a run made by an "
             "older circuitray); recompute it to export"
@@ -204,6 +206,6 @@ def export_graph(run_dir: str, graph_id: int, out_dir: str, *, slug: str | None 
         }
         _write_atomic(out / f"{slug}.features.json", json.dumps(_finite(sidecar), indent=1))
         entry["features"] = f"{slug}.features.json"
-    add_graph_metadata(entry, str(out))
+    add_graph_metadata(entry, str(out.resolve()))  # it needs a folder name in the path
     logger.info("exported graph %d of %s to %s", graph_id, run_dir, path)
     return path

@@ -118,3 +118,12 @@ def test_export_cli_on_a_ray_run(ray_run, tmp_path):
         "no graph with graph_id 999",
     )
     assert_one_line_error(circuitray("serve", tmp_path / "empty"), "graph-metadata.json")
+
+
+def test_export_to_a_relative_folder(ray_run, tmp_path):
+    """``--out viewer`` from the current folder (before: an internal error from
+    circuit-tracer's add_graph_metadata, which needs a folder name in the path)."""
+    p = circuitray("export", ray_run.out, "--graph", 1, "--out", "viewer", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    listed = json.loads((tmp_path / "viewer" / "graph-metadata.json").read_text())
+    assert [g["slug"] for g in listed["graphs"]] == [f"{ray_run.out.name}-g1"]

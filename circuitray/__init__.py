@@ -11,11 +11,14 @@ The Python API is what the ``circuitray`` CLI calls::
     circuitray.finetune(circuitray.FinetuneConfig(base="organism-base", out="ft"))
     circuitray.run_series(circuitray.SeriesConfig(manifest="ft", out="runs/series"))
     curves = circuitray.run_query("learning_curves", ["runs/series"])
+    # Graphs made elsewhere (graph JSON files) as a run folder.
+    circuitray.import_graphs(circuitray.ImportConfig(sources=["graphs/"], out="runs/np"))
 
 Subpackages follow the data path: :mod:`circuitray.prompts` -> :mod:`circuitray.jobs`
 (Ray actors) -> :mod:`circuitray.graph` (one prompt: attribute, prune, flatten) ->
 :mod:`circuitray.storage` -> :mod:`circuitray.query` -> :mod:`circuitray.outputs`;
-:mod:`circuitray.schema` holds every table's schema.
+:mod:`circuitray.schema` holds every table's schema. Graphs made elsewhere (circuit-tracer's
+and Neuronpedia's graph JSON) enter the same storage through :mod:`circuitray.ingest`.
 
 Names are imported on first use (PEP 562), so ``import circuitray.graph.flatten`` on a
 GPU box without Ray or DuckDB, or ``circuitray query`` without torch, load only what
@@ -67,6 +70,10 @@ _EXPORTS = {
     "SeriesConfig": "circuitray.jobs.series",
     "SeriesResult": "circuitray.jobs.series",
     "run_series": "circuitray.jobs.series",
+    "ImportConfig": "circuitray.ingest.importer",
+    "ImportResult": "circuitray.ingest.importer",
+    "import_graphs": "circuitray.ingest.importer",
+    "read_graph_json": "circuitray.ingest.graph_json",
 }
 
 __all__ = [
@@ -75,6 +82,8 @@ __all__ = [
     "CircuitrayError",
     "CompareConfig",
     "FinetuneConfig",
+    "ImportConfig",
+    "ImportResult",
     "InterventionConfig",
     "InterventionResult",
     "InterventionStore",
@@ -97,9 +106,11 @@ __all__ = [
     "finetune_on_ray",
     "flatten_graph",
     "generate_ws2",
+    "import_graphs",
     "intervene",
     "list_queries",
     "load_replacement_model",
+    "read_graph_json",
     "read_manifest",
     "read_prompts",
     "run",
@@ -127,6 +138,8 @@ if TYPE_CHECKING:
     from circuitray.graph.attribute import attribute_prompt
     from circuitray.graph.config import AttributionConfig, PruneConfig
     from circuitray.graph.flatten import flatten_graph
+    from circuitray.ingest.graph_json import read_graph_json
+    from circuitray.ingest.importer import ImportConfig, ImportResult, import_graphs
     from circuitray.jobs.attribution_job import RunConfig, RunResult, run
     from circuitray.jobs.intervention_job import InterventionConfig, InterventionResult, intervene
     from circuitray.jobs.series import SeriesConfig, SeriesResult, run_series

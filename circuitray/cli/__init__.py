@@ -62,6 +62,10 @@ COMMANDS = {
         "circuitray.cli.storage:compact_cmd",
         "Merge a run's part files into large files sorted by graph_id (atomic).",
     ),
+    "import-graphs": (
+        "circuitray.cli.storage:import_graphs_cmd",
+        "Import graph JSON files (circuit-tracer's, Neuronpedia's) into the run folder --out.",
+    ),
     "query": (
         "circuitray.cli.query:query_cmd",
         "Run the named query NAME (queries/NAME.sql) over one or more RUN_DIRs.",

@@ -188,6 +188,7 @@ TORCH_FREE = [
     "export",
     "serve",
     "compact",
+    "import-graphs",
     "ws2",
     "bench",
 ]

@@ -1,0 +1,382 @@
+"""Reading an attribution graph made elsewhere: circuit-tracer's graph JSON, the format
+its ``create_graph_files`` writes and Neuronpedia serves (``metadata``, ``qParams``,
+``nodes``, ``links``), as circuitray's nodes, edges and graphs rows.
+
+The file is data from strangers: it is parsed with :mod:`json` (nothing in it is
+executed), no path or address in it is opened or fetched, and it is checked whole
+before anything is written:
+
+1. Refuse a file over ``max_bytes``, one that is not UTF-8 JSON (truncated included)
+   or whose top level is not an object with ``metadata`` (an object), ``nodes`` and
+   ``links`` (lists). Numbers must be finite; integers must fit their columns.
+2. Each node becomes a key (type, layer, position, feature) from its fields, never
+   from its id string alone: circuit-tracer writes an error node's id as
+   ``0_<layer>_<pos>``, which a layer-0 feature's ``<layer>_<feature>_<pos>`` can
+   equal. Feature nodes (``cross layer transcoder``, ``per layer transcoder``) take
+   their feature index from the id (``<layer>_<feature>_<pos>``) and must agree with
+   the ``feature`` field, circuit-tracer's Cantor pairing of layer and feature (raw
+   indices are taken as they are); error nodes take ``layer`` and ``ctx_idx``;
+   embedding nodes (``E_<token id>_<pos>``) are circuitray's token nodes (layer -1,
+   the token text from ``prompt_tokens``); logit nodes (layer = layers + 1 in the
+   file) get layer = the model's layer count, as circuitray's do, their token id from
+   ``feature`` and their token text from the ``Output "..."`` label.
+3. Node ids in the file must be unique, each link's source and target must be nodes
+   of the file, a (source, target) pair may appear once, and weights must be finite.
+4. circuitray's integer node ids follow circuit-tracer's layout over the nodes the
+   file kept: features by (layer, position, feature), then errors by (layer,
+   position), tokens by position, logits with the target logit first, then by
+   probability. (The file holds the pruned graph only, so these are not indices into
+   an unpruned graph.) The JSON's ``influence`` is circuit-tracer's cumulative
+   influence (``cumulative_influence``); per-node influence is not in the file.
+5. What the file knows beyond the tables is kept: the prompt and tokens, model
+   (``scan``), transcoder set, generator and version, thresholds and generation
+   settings, ``clerp`` labels, and the viewer state (``qParams``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from circuitray.errors import CircuitrayError
+from circuitray.schema import EDGE_SCHEMA, NODE_SCHEMA
+
+__all__ = ["GraphJsonError", "ImportedGraph", "MAX_BYTES", "read_graph_json"]
+
+MAX_BYTES = 512 * 2**20  # larger files are refused before they are read
+FEATURE_TYPES = {"cross layer transcoder", "per layer transcoder"}
+KINDS = {
+    **dict.fromkeys(FEATURE_TYPES, "feature"),
+    "mlp reconstruction error": "error",
+    "embedding": "token",
+    "logit": "logit",
+}
+KIND_ORDER = {"feature": 0, "error": 1, "token": 2, "logit": 3}
+INT16 = (-(2**15), 2**15 - 1)
+INT32 = (-(2**31), 2**31 - 1)
+LOGIT_LABEL = re.compile(r'Output "(?P<token>.*)" \(p=[^)]*\)', re.S)
+# Identifiers (node ids, the slug) are names, never paths or markup: refused otherwise.
+# Labels, prompts and tokens are text, kept as they are (outputs escape them).
+NODE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+SLUG = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
+
+
+class GraphJsonError(CircuitrayError):
+    """A graph JSON file circuitray cannot import, with the file and place named."""
+
+
+@dataclass
+class ImportedGraph:
+    """One graph file read and checked: circuitray rows without a graph_id yet.
+
+    Attributes:
+        path: The file.
+        sha256: Its SHA-256 (what makes a second import of it add nothing).
+        size: Its size in bytes.
+        source: What the file says about itself (slug, scan, transcoder set,
+            generator, thresholds, settings, viewer state) for run.json.
+        graph: The graphs row's fields.
+        nodes: NODE_SCHEMA rows (graph_id left out).
+        edges: EDGE_SCHEMA rows (graph_id left out).
+        labels: ``clerp`` labels by circuitray node id.
+    """
+
+    path: str
+    sha256: str
+    size: int
+    source: dict[str, Any]
+    graph: dict[str, Any]
+    nodes: list[dict[str, Any]] = field(default_factory=list)
+    edges: list[dict[str, Any]] = field(default_factory=list)
+    labels: dict[int, str] = field(default_factory=dict)
+
+    def tables(self, graph_id: int) -> tuple[pa.Table, pa.Table]:
+        """(nodes, edges) as Arrow tables of ``graph_id``, sorted by their keys."""
+        nodes = pa.Table.from_pylist(
+            [{"graph_id": graph_id, **n} for n in self.nodes], schema=NODE_SCHEMA
+        )
+        edges = pa.Table.from_pylist(
+            [{"graph_id": graph_id, **e} for e in self.edges], schema=EDGE_SCHEMA
+        )
+        return nodes, edges
+
+
+def _uncantor(z: int) -> tuple[int, int]:
+    """The (x, y) of circuit-tracer's Cantor pairing ``(x + y)(x + y + 1) / 2 + y``."""
+    w = (math.isqrt(8 * z + 1) - 1) // 2
+    y = z - w * (w + 1) // 2
+    return w - y, y
+
+
+def _dict(value: Any) -> dict:
+    return value if isinstance(value, dict) else {}
+
+
+def _reject_constant(name: str):
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+class _Checker:
+    """Field checks that raise one line naming the file, the row and the field."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def fail(self, where: str, problem: str) -> GraphJsonError:
+        return GraphJsonError(f"{self.path}: {where}: {problem}")
+
+    def obj(self, value: Any, where: str) -> dict:
+        if not isinstance(value, dict):
+            raise self.fail(where, f"must be an object, not {type(value).__name__}")
+        return value
+
+    def string(self, row: dict, key: str, where: str, *, optional: bool = False) -> str | None:
+        value = row.get(key)
+        if value is None and optional:
+            return None
+        if not isinstance(value, str):
+            raise self.fail(where, f"{key} must be a string, not {type(value).__name__}")
+        return value
+
+    def integer(self, value: Any, key: str, where: str, bounds=INT32) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.fail(where, f"{key} must be an integer, not {value!r}"[:300])
+        if not bounds[0] <= value <= bounds[1]:
+            raise self.fail(where, f"{key} {value} is out of range")
+        return value
+
+    def number(self, row: dict, key: str, where: str) -> float | None:
+        value = row.get(key)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise self.fail(where, f"{key} must be a number, not {value!r}"[:300])
+        value = float(value)
+        if not math.isfinite(value) or abs(value) > 3.4e38:  # float32 columns
+            raise self.fail(where, f"{key} {value} is not a finite float32")
+        return value
+
+    def layer(self, row: dict, where: str) -> int:
+        value = row.get("layer")
+        if isinstance(value, str) and re.fullmatch(r"-?\d{1,6}", value):
+            value = int(value)
+        return self.integer(value, "layer", where, INT16)
+
+
+def _load(path: Path, max_bytes: int) -> tuple[dict, bytes]:
+    try:
+        size = path.stat().st_size
+        if size > max_bytes:
+            raise GraphJsonError(
+                f"{path}: {size:,} bytes, more than the {max_bytes:,} a graph file may have"
+            )
+        data = path.read_bytes()
+    except OSError as e:
+        raise GraphJsonError(f"{path}: cannot read ({e.strerror or e})") from None
+    try:
+        doc = json.loads(data.decode("utf-8"), parse_constant=_reject_constant)
+    except UnicodeDecodeError as e:
+        raise GraphJsonError(f"{path}: not UTF-8 text (byte {e.start})") from None
+    except json.JSONDecodeError as e:
+        raise GraphJsonError(
+            f"{path}: not JSON, or truncated (line {e.lineno}, column {e.colno}: {e.msg})"
+        ) from None
+    except (ValueError, RecursionError) as e:
+        raise GraphJsonError(f"{path}: not a graph file ({str(e)[:200]})") from None
+    return doc, data
+
+
+def read_graph_json(path: str | Path, *, max_bytes: int = MAX_BYTES) -> ImportedGraph:
+    """Read and check one graph JSON file (module docstring); raises
+    :class:`GraphJsonError` naming the first problem."""
+    import hashlib
+
+    path = Path(path)
+    doc, data = _load(path, max_bytes)
+    c = _Checker(str(path))
+    if not isinstance(doc, dict) or not {"metadata", "nodes", "links"} <= set(doc):
+        raise GraphJsonError(
+            f"{path}: not a graph file (an object with metadata, nodes and links is expected)"
+        )
+    meta = c.obj(doc["metadata"], "metadata")
+    if not isinstance(doc["nodes"], list) or not isinstance(doc["links"], list):
+        raise GraphJsonError(f"{path}: nodes and links must be lists")
+    prompt = c.string(meta, "prompt", "metadata")
+    assert prompt is not None
+    slug = c.string(meta, "slug", "metadata", optional=True)
+    if slug is not None and (not SLUG.fullmatch(slug) or ".." in slug):
+        raise c.fail("metadata", f"slug {slug[:80]!r} is not a name (letters, digits, . _ -)")
+    tokens = meta.get("prompt_tokens") or []
+    if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
+        raise c.fail("metadata", "prompt_tokens must be a list of strings")
+
+    keyed: dict[tuple, dict] = {}
+    by_string: dict[str, tuple] = {}
+    labels: dict[tuple, str] = {}
+    layer_counts = set()
+    for i, raw in enumerate(doc["nodes"]):
+        where = f"nodes[{i}]"
+        row = c.obj(raw, where)
+        node_id = c.string(row, "node_id", where)
+        assert node_id is not None
+        if not NODE_ID.fullmatch(node_id):
+            raise c.fail(where, f"node_id {node_id[:80]!r} is not a node id (letters, digits, _ -)")
+        kind_name = c.string(row, "feature_type", where)
+        if kind_name not in KINDS:
+            raise c.fail(where, f"feature_type {kind_name!r} is not one circuit-tracer writes")
+        kind = KINDS[kind_name]
+        pos = c.integer(row.get("ctx_idx"), "ctx_idx", where, (0, INT16[1]))
+        feature_field = row.get("feature")
+        node: dict[str, Any] = {
+            "node_type": kind,
+            "pos": pos,
+            "feature": None,
+            "activation": c.number(row, "activation", where),
+            "influence": None,
+            "cumulative_influence": c.number(row, "influence", where),
+            "token_id": None,
+            "token": None,
+            "logit_prob": None,
+        }
+        parts = node_id.split("_")
+        if kind == "feature":
+            layer = c.layer(row, where)
+            if len(parts) != 3 or not parts[1].isdigit():
+                raise c.fail(where, f"feature node id {node_id!r} is not layer_feature_pos")
+            index = c.integer(int(parts[1]), "feature index", where)
+            raw_feature = c.integer(feature_field, "feature", where, (0, 2**63 - 1))
+            if raw_feature != index and _uncantor(raw_feature) != (layer, index):
+                raise c.fail(
+                    where, f"feature {raw_feature} is neither {index} nor layer {layer}'s pairing"
+                )
+            node.update(layer=layer, feature=index)
+        elif kind == "error":
+            node.update(layer=c.layer(row, where))
+        elif kind == "token":
+            if len(parts) != 3 or parts[0] != "E" or not parts[1].isdigit():
+                raise c.fail(where, f"embedding node id {node_id!r} is not E_token_pos")
+            node.update(
+                layer=-1,
+                token_id=c.integer(int(parts[1]), "token id", where),
+                token=tokens[pos] if pos < len(tokens) else None,
+            )
+        else:
+            file_layer = c.layer(row, where)
+            layer_counts.add(file_layer - 1)
+            label = row.get("clerp") if isinstance(row.get("clerp"), str) else ""
+            match = LOGIT_LABEL.fullmatch(label or "")
+            node.update(
+                layer=file_layer - 1,
+                token_id=c.integer(feature_field, "feature (token id)", where),
+                token=match["token"] if match else None,
+                logit_prob=c.number(row, "token_prob", where),
+                is_target=bool(row.get("is_target_logit")),
+            )
+        key = (KIND_ORDER[kind], node["layer"], pos, node["feature"], node["token_id"])
+        if node_id in by_string:
+            raise c.fail(where, f"node_id {node_id!r} appears twice")
+        if key in keyed:
+            raise c.fail(where, f"node {node_id!r} is the same node as another one")
+        by_string[node_id] = key
+        keyed[key] = node
+        label = row.get("clerp")
+        if isinstance(label, str) and label:
+            labels[key] = label
+    if len(layer_counts) > 1:
+        raise GraphJsonError(f"{path}: logit nodes disagree on the model's layers")
+    if not any(n["node_type"] == "logit" for n in keyed.values()):
+        raise GraphJsonError(f"{path}: no logit node")
+
+    def order(key: tuple) -> tuple:
+        node = keyed[key]
+        if node["node_type"] == "logit":
+            return (3, not node["is_target"], -(node["logit_prob"] or 0.0), node["token_id"])
+        if node["node_type"] == "token":
+            return (2, key[2])
+        return key[:4]
+
+    ordered = sorted(keyed, key=order)
+    index = {key: i for i, key in enumerate(ordered)}
+    nodes = []
+    for key in ordered:
+        n = dict(keyed[key])
+        n.pop("is_target", None)
+        nodes.append({"node_id": index[key], **n})
+
+    edges: dict[tuple[int, int], dict] = {}
+    for i, raw in enumerate(doc["links"]):
+        where = f"links[{i}]"
+        row = c.obj(raw, where)
+        ends = []
+        for end in ("source", "target"):
+            name = c.string(row, end, where)
+            if name not in by_string:
+                raise c.fail(where, f"{end} {name!r} is not a node of the file"[:300])
+            ends.append(index[by_string[name]])
+        weight = c.number(row, "weight", where)
+        if weight is None:
+            raise c.fail(where, "weight is missing")
+        src, dst = ends
+        if (dst, src) in edges:
+            raise c.fail(where, "the same link appears twice")
+        s, d = nodes[src], nodes[dst]
+        edges[(dst, src)] = {
+            "dst": dst,
+            "src": src,
+            "weight": weight,
+            "src_layer": s["layer"],
+            "dst_layer": d["layer"],
+            "src_type": s["node_type"],
+            "dst_type": d["node_type"],
+        }
+
+    logits = [n for n in nodes if n["node_type"] == "logit"]
+    top = max(logits, key=lambda n: n["logit_prob"] or 0.0)
+    kinds = [n["node_type"] for n in nodes]
+    graph = {
+        "prompt_id": slug or path.stem[:200],
+        "prompt": prompt,
+        "status": "ok",
+        "n_tokens": len(tokens) or None,
+        "n_kept_features": kinds.count("feature"),
+        "n_kept_error_nodes": kinds.count("error"),
+        "n_kept_nodes": len(nodes),
+        "n_kept_edges": len(edges),
+        "n_logits": len(logits),
+        "top_token": top["token"],
+        "top_prob": top["logit_prob"],
+        "worker": "import",
+    }
+    info = _dict(meta.get("info"))
+    generator = _dict(info.get("generator"))
+    source = {
+        "file": str(path),
+        "slug": meta.get("slug"),
+        "scan": meta.get("scan"),
+        "transcoder_set": info.get("transcoder_set"),
+        "generator": generator.get("name"),
+        "generator_version": generator.get("version"),
+        "schema_version": meta.get("schema_version"),
+        "node_threshold": meta.get("node_threshold"),
+        "generation_settings": meta.get("generation_settings"),
+        "pruning_settings": meta.get("pruning_settings"),
+        "prompt_tokens": tokens,
+        "viewer_state": doc.get("qParams") if isinstance(doc.get("qParams"), dict) else None,
+        "n_layers": next(iter(layer_counts)),
+    }
+    return ImportedGraph(
+        path=str(path),
+        sha256=hashlib.sha256(data).hexdigest(),
+        size=len(data),
+        source=source,
+        graph=graph,
+        nodes=nodes,
+        edges=sorted(edges.values(), key=lambda e: (e["dst"], e["src"])),
+        labels={index[k]: v for k, v in labels.items()},
+    )

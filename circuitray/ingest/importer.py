@@ -1,0 +1,208 @@
+"""``circuitray import-graphs``: graph JSON files into one run folder, exactly once.
+
+1. Expand the inputs (files, and the ``*.json`` files of folders, sorted) and read and
+   check every file (:func:`circuitray.ingest.graph_json.read_graph_json`) before
+   anything is written: one bad file is named in one line and nothing is written.
+2. Take the folder's driver lock; refuse a folder that holds an attribution run or an
+   intervention folder. Start a session (:meth:`RunStore.start_session`: the fence),
+   then remove crash leftovers (:meth:`RunStore.clean`).
+3. run.json's ``sources`` is the import log, keyed by each file's SHA-256: a file
+   whose hash is there and whose graph is committed adds nothing (the same file under
+   another name included). A new file gets the next graph_id and its entry is written
+   (``committed: false``) before its part, so a crash between the two leaves an entry
+   whose graph_id the next import writes again under the same part name (replacing,
+   never duplicating, its rows).
+4. Each graph is one part (edges, nodes, then graphs: the commit point), named by the
+   session like an actor's; then its entry is marked committed.
+5. Record status, counts and finish time in run.json and release the lock, also on
+   errors.
+
+The folder then answers every named query, ``sql``, ``compare``, ``report``, ``export``
+and ``serve`` like a computed run's. Its run.json has no ``attribution`` or
+``prune``: the sources record the thresholds each file was made with.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+
+from circuitray.errors import CircuitrayError, RunDirError
+from circuitray.ingest.graph_json import MAX_BYTES, ImportedGraph, read_graph_json
+from circuitray.schema import GRAPH_SCHEMA, graph_row
+from circuitray.storage.run_store import RunStore
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["ImportConfig", "ImportResult", "import_graphs"]
+
+FORMAT = "circuitray-run/1"
+KIND = "graph-json import"
+
+
+@dataclass(kw_only=True)
+class ImportConfig:
+    """What ``circuitray import-graphs`` imports, and where.
+
+    Attributes:
+        sources: Graph JSON files, or folders whose ``*.json`` files are read (sorted).
+        out: The run folder (local; created if missing).
+        max_bytes: Files larger than this are refused before they are read.
+    """
+
+    sources: list[str]
+    out: str
+    max_bytes: int = MAX_BYTES
+
+    def __post_init__(self) -> None:
+        if not self.sources:
+            raise CircuitrayError("no graph files given")
+        if self.max_bytes < 1:
+            raise CircuitrayError(f"--max-bytes {self.max_bytes}: must be at least 1")
+
+
+@dataclass
+class ImportResult:
+    """What an import did.
+
+    Attributes:
+        run_dir: The run folder.
+        total: Graphs the folder holds now.
+        imported: Files imported in this call (graph_id and file).
+        skipped: Files already in the folder (same SHA-256), with their graph_id.
+        elapsed_s: Wall time.
+    """
+
+    run_dir: str
+    total: int = 0
+    imported: list[dict] = field(default_factory=list)
+    skipped: list[dict] = field(default_factory=list)
+    elapsed_s: float = 0.0
+
+
+def _files(sources: list[str]) -> list[Path]:
+    files: list[Path] = []
+    for s in sources:
+        p = Path(s)
+        if p.is_dir():
+            found = sorted(q for q in p.glob("*.json") if q.is_file())
+            if not found:
+                raise CircuitrayError(f"{p}: no *.json graph files in this folder")
+            files += found
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise CircuitrayError(f"{p}: no such file or folder")
+    return files
+
+
+def _new_meta() -> dict:
+    from circuitray.machine import package_versions
+
+    return {
+        "format": FORMAT,
+        "kind": KIND,
+        "graph_id": "order of import (0-based); sources maps each to its file",
+        "node_id": "circuit-tracer's layout over the kept nodes: features, errors, tokens, "
+        "logits (the files hold pruned graphs only)",
+        "versions": package_versions(("circuitray", "pyarrow")),
+        "sources": [],
+    }
+
+
+def import_graphs(config: ImportConfig) -> ImportResult:
+    """Import ``config.sources`` into ``config.out`` (module docstring)."""
+    start = time.perf_counter()
+    if "://" in config.out:
+        raise CircuitrayError(f"{config.out}: graphs are imported into a local folder")
+    graphs: list[ImportedGraph] = []
+    seen: dict[str, str] = {}
+    for path in _files(config.sources):
+        g = read_graph_json(path, max_bytes=config.max_bytes)
+        if g.sha256 in seen:  # the same bytes twice on the command line: once
+            logger.info("%s: the same file as %s", path, seen[g.sha256])
+            continue
+        seen[g.sha256] = str(path)
+        graphs.append(g)
+
+    store = RunStore(config.out)
+    store.check_kind()
+    store.acquire_lock()
+    result = ImportResult(run_dir=str(store.root))
+    meta: dict = {}
+    try:
+        if store.exists():
+            meta = store.read_meta()
+            if meta.get("kind") != KIND:
+                raise RunDirError(
+                    f"{store.root}: holds a circuitray run, not imported graphs; "
+                    "give a new --out folder"
+                )
+        elif store.has_parts():
+            raise RunDirError(f"{store.root}: has parts but no run.json; give a new --out")
+        else:
+            meta = _new_meta()
+        session = store.start_session(meta)
+        store.clean()
+        committed = set(store.graph_ids().tolist())
+        entries = {e["sha256"]: e for e in meta["sources"]}
+        next_id = max((e["graph_id"] for e in meta["sources"]), default=-1) + 1
+        for g in graphs:
+            entry = entries.get(g.sha256)
+            if entry is not None and entry["graph_id"] in committed:
+                if not entry.get("committed"):
+                    entry["committed"] = True
+                    store.write_meta(meta)
+                result.skipped.append({"graph_id": entry["graph_id"], "file": g.path})
+                continue
+            if entry is None:  # the intent first: a crash after the part leaves it found
+                entry = {
+                    "graph_id": next_id,
+                    "sha256": g.sha256,
+                    "bytes": g.size,
+                    "committed": False,
+                    **g.source,
+                    "labels": {str(k): v for k, v in g.labels.items()},
+                }
+                next_id += 1
+                meta["sources"].append(entry)
+                entries[g.sha256] = entry
+                store.write_meta(meta)
+            gid = entry["graph_id"]
+            nodes, edges = g.tables(gid)
+            row = graph_row(gid, {"prompt_id": g.graph["prompt_id"], "prompt": g.graph["prompt"]})
+            row.update({k: v for k, v in g.graph.items() if k in row})
+            store.write_part(
+                f"part-{gid}-{gid}-{session}",
+                {
+                    "graphs": pa.Table.from_pylist([row], schema=GRAPH_SCHEMA),
+                    "nodes": nodes,
+                    "edges": edges,
+                },
+            )
+            entry["committed"] = True
+            store.write_meta(meta)
+            result.imported.append({"graph_id": gid, "file": g.path})
+        result.total = len(store.graph_ids())
+        meta.update(
+            status="complete",
+            finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            counts={"total": result.total, "ok": result.total, "error": 0},
+        )
+        store.write_meta(meta)
+    except BaseException as e:
+        if meta.get("session"):
+            meta.update(status="failed", error=str(e).splitlines()[0] if str(e) else repr(e))
+            try:
+                store.write_meta(meta)
+            except Exception:  # noqa: BLE001 - the first error is the one to report
+                logger.warning("could not record the failure in run.json")
+        raise
+    finally:
+        store.release_lock()
+    result.elapsed_s = time.perf_counter() - start
+    return result

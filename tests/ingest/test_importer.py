@@ -201,3 +201,29 @@ def test_a_computed_run_is_not_imported_into(ray_run, tmp_path):
     p = circuitray("import-graphs", GRAPHS / ANTONYM_EN, "--out", copy)
     assert_refused(p, "holds a circuitray run, not imported graphs")
     assert _parts(copy) == before
+
+
+def test_an_import_cut_between_its_log_and_its_commit_is_finished_once(tmp_path):
+    """The state a crash after run.json's entry and before the graphs part (the commit
+    point) leaves: the entry not committed, the nodes and edges parts orphaned. The
+    next import writes that graph under the same id, once."""
+    out = tmp_path / "run"
+    import_graphs(ImportConfig(sources=[str(GRAPHS / ANTONYM_EN)], out=str(out)))
+    meta = json.loads((out / "run.json").read_text())
+    (entry,) = meta["sources"]
+    entry["committed"] = False
+    (out / "run.json").write_text(json.dumps(meta))
+    (graphs_part,) = (out / "graphs").glob("*.parquet")
+    graphs_part.unlink()
+    assert RunStore(out).graph_ids().tolist() == []
+
+    result = import_graphs(ImportConfig(sources=[str(GRAPHS)], out=str(out)))
+    assert len(result.imported) == 18 and result.total == 18
+    meta = json.loads((out / "run.json").read_text())
+    ids = [e["graph_id"] for e in meta["sources"]]
+    assert sorted(ids) == list(range(18)) and all(e["committed"] for e in meta["sources"])
+    (again,) = [e for e in meta["sources"] if e["sha256"] == entry["sha256"]]
+    assert again["graph_id"] == entry["graph_id"]
+    nodes = pq.read_table(out / "nodes").to_pylist()
+    n = len(_json(ANTONYM_EN)["nodes"])
+    assert sum(r["graph_id"] == entry["graph_id"] for r in nodes) == n  # not twice

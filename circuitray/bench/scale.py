@@ -321,6 +321,7 @@ def _in_child(
         out = Path(tmp) / "record.json"
         code = "from circuitray.bench.scale import child_main; child_main()"
         child_env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", **(env or {})}
+        child_env.pop("RAY_ADDRESS", None)  # each size measures a local Ray of its own
         proc = subprocess.run(
             [sys.executable, "-c", code, phase, json.dumps(args), str(out)],
             env=child_env,

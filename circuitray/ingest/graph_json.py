@@ -21,13 +21,16 @@ before anything is written:
    file) get layer = the model's layer count, as circuitray's do, their token id from
    ``feature`` and their token text from the ``Output "..."`` label.
 3. Node ids in the file must be unique, each link's source and target must be nodes
-   of the file, a (source, target) pair may appear once, and weights must be finite.
+   of the file, a (source, target) pair may appear once, weights must be finite and
+   the links acyclic; strings must be UTF-8 and bounded, and the file's settings and
+   viewer state flat (what run.json keeps of them is checked like the rest).
 4. circuitray's integer node ids follow circuit-tracer's layout over the nodes the
    file kept: features by (layer, position, feature), then errors by (layer,
    position), tokens by position, logits with the target logit first, then by
    probability. (The file holds the pruned graph only, so these are not indices into
    an unpruned graph.) The JSON's ``influence`` is circuit-tracer's cumulative
-   influence (``cumulative_influence``); per-node influence is not in the file.
+   influence (``cumulative_influence``); a node's ``influence`` is its share of the
+   total derived from it (:func:`_derive_influence`). Links form no cycle.
 5. What the file knows beyond the tables is kept: the prompt and tokens, model
    (``scan``), transcoder set, generator and version, thresholds and generation
    settings, ``clerp`` labels, and the viewer state (``qParams``).
@@ -45,7 +48,7 @@ from typing import Any
 import pyarrow as pa
 
 from circuitray.errors import CircuitrayError
-from circuitray.schema import EDGE_SCHEMA, NODE_SCHEMA
+from circuitray.schema import EDGE_SCHEMA, GRAPH_SCHEMA, NODE_SCHEMA
 
 __all__ = ["GraphJsonError", "ImportedGraph", "MAX_BYTES", "read_graph_json"]
 
@@ -136,12 +139,80 @@ class _Checker:
             raise self.fail(where, f"must be an object, not {type(value).__name__}")
         return value
 
-    def string(self, row: dict, key: str, where: str, *, optional: bool = False) -> str | None:
+    def string(
+        self, row: dict, key: str, where: str, *, optional: bool = False, limit: int = 100_000
+    ) -> str | None:
         value = row.get(key)
         if value is None and optional:
             return None
         if not isinstance(value, str):
             raise self.fail(where, f"{key} must be a string, not {type(value).__name__}")
+        return self.text(value, f"{where}.{key}", limit)
+
+    def text(self, value: str, where: str, limit: int = 100_000) -> str:
+        """A string Parquet and JSON can hold: UTF-8 (no lone surrogates), bounded."""
+        if len(value) > limit:
+            raise self.fail(where, f"{len(value):,} characters, more than {limit:,}")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise self.fail(where, f"not UTF-8 text (character {e.start})") from None
+        return value
+
+    def flag(self, row: dict, key: str, where: str) -> bool:
+        value = row.get(key, False)
+        if not isinstance(value, bool):
+            raise self.fail(where, f"{key} must be true or false, not {value!r}"[:300])
+        return value
+
+    def settings(self, value: Any, where: str) -> dict | None:
+        """A flat object of scalars (thresholds, settings), or None."""
+        if value is None:
+            return None
+        value = self.obj(value, where)
+        if len(value) > 64:
+            raise self.fail(where, f"{len(value)} fields, more than 64")
+        for k, v in value.items():
+            self.text(k, where, 200)
+            if isinstance(v, str):
+                self.text(v, f"{where}.{k}", 1000)
+            elif v is not None and not isinstance(v, bool | int | float):
+                raise self.fail(where, f"{k} must be a number, string or bool")
+        return value
+
+    def viewer_state(self, value: Any) -> dict | None:
+        """circuit-tracer's QParams: pinned ids, supernodes (lists of names), strings."""
+        if value is None:
+            return None
+        value = self.obj(value, "qParams")
+        out: dict[str, Any] = {}
+        for key in ("linkType", "clickedId", "sg_pos"):
+            if value.get(key) is not None:
+                out[key] = self.string(value, key, "qParams", limit=1000)
+        pinned = value.get("pinnedIds", [])
+        if not isinstance(pinned, list) or len(pinned) > 10_000:
+            raise self.fail("qParams", "pinnedIds must be a list of at most 10,000 ids")
+        out["pinnedIds"] = [
+            self.text(self._str(x, "qParams.pinnedIds"), "qParams", 200) for x in pinned
+        ]
+        supernodes = value.get("supernodes", [])
+        if not isinstance(supernodes, list) or len(supernodes) > 10_000:
+            raise self.fail("qParams", "supernodes must be a list of at most 10,000 groups")
+        out["supernodes"] = []
+        for i, group in enumerate(supernodes):
+            if not isinstance(group, list) or len(group) > 10_000:
+                raise self.fail(f"qParams.supernodes[{i}]", "must be a list of names and ids")
+            out["supernodes"].append(
+                [
+                    self.text(self._str(x, f"qParams.supernodes[{i}]"), "qParams", 1000)
+                    for x in group
+                ]
+            )
+        return out
+
+    def _str(self, value: Any, where: str) -> str:
+        if not isinstance(value, str):
+            raise self.fail(where, f"must hold strings, not {type(value).__name__}")
         return value
 
     def integer(self, value: Any, key: str, where: str, bounds=INT32) -> int:
@@ -164,9 +235,9 @@ class _Checker:
 
     def layer(self, row: dict, where: str) -> int:
         value = row.get("layer")
-        if isinstance(value, str) and re.fullmatch(r"-?\d{1,6}", value):
+        if isinstance(value, str) and re.fullmatch(r"\d{1,6}", value):
             value = int(value)
-        return self.integer(value, "layer", where, INT16)
+        return self.integer(value, "layer", where, (0, INT16[1]))
 
 
 def _load(path: Path, max_bytes: int) -> tuple[dict, bytes]:
@@ -215,6 +286,8 @@ def read_graph_json(path: str | Path, *, max_bytes: int = MAX_BYTES) -> Imported
     tokens = meta.get("prompt_tokens") or []
     if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
         raise c.fail("metadata", "prompt_tokens must be a list of strings")
+    for t in tokens:
+        c.text(t, "metadata.prompt_tokens", 1000)
 
     keyed: dict[tuple, dict] = {}
     by_string: dict[str, tuple] = {}
@@ -238,7 +311,7 @@ def read_graph_json(path: str | Path, *, max_bytes: int = MAX_BYTES) -> Imported
             "pos": pos,
             "feature": None,
             "activation": c.number(row, "activation", where),
-            "influence": None,
+            "influence": None,  # _derive_influence
             "cumulative_influence": c.number(row, "influence", where),
             "token_id": None,
             "token": None,
@@ -249,6 +322,10 @@ def read_graph_json(path: str | Path, *, max_bytes: int = MAX_BYTES) -> Imported
             layer = c.layer(row, where)
             if len(parts) != 3 or not parts[1].isdigit():
                 raise c.fail(where, f"feature node id {node_id!r} is not layer_feature_pos")
+            if parts[0] != str(layer) or parts[2] != str(pos):
+                raise c.fail(
+                    where, f"node_id {node_id!r} disagrees with layer {layer}, ctx_idx {pos}"
+                )
             index = c.integer(int(parts[1]), "feature index", where)
             raw_feature = c.integer(feature_field, "feature", where, (0, 2**63 - 1))
             if raw_feature != index and _uncantor(raw_feature) != (layer, index):
@@ -268,15 +345,17 @@ def read_graph_json(path: str | Path, *, max_bytes: int = MAX_BYTES) -> Imported
             )
         else:
             file_layer = c.layer(row, where)
+            if file_layer < 1:
+                raise c.fail(where, f"logit layer {file_layer}: must be the layer count + 1")
             layer_counts.add(file_layer - 1)
-            label = row.get("clerp") if isinstance(row.get("clerp"), str) else ""
+            label = c.string(row, "clerp", where, optional=True, limit=1000) or ""
             match = LOGIT_LABEL.fullmatch(label or "")
             node.update(
                 layer=file_layer - 1,
                 token_id=c.integer(feature_field, "feature (token id)", where),
                 token=match["token"] if match else None,
                 logit_prob=c.number(row, "token_prob", where),
-                is_target=bool(row.get("is_target_logit")),
+                is_target=c.flag(row, "is_target_logit", where),
             )
         key = (KIND_ORDER[kind], node["layer"], pos, node["feature"], node["token_id"])
         if node_id in by_string:
@@ -285,8 +364,8 @@ def read_graph_json(path: str | Path, *, max_bytes: int = MAX_BYTES) -> Imported
             raise c.fail(where, f"node {node_id!r} is the same node as another one")
         by_string[node_id] = key
         keyed[key] = node
-        label = row.get("clerp")
-        if isinstance(label, str) and label:
+        label = c.string(row, "clerp", where, optional=True, limit=1000)
+        if label:
             labels[key] = label
     if len(layer_counts) > 1:
         raise GraphJsonError(f"{path}: logit nodes disagree on the model's layers")
@@ -336,6 +415,8 @@ def read_graph_json(path: str | Path, *, max_bytes: int = MAX_BYTES) -> Imported
             "dst_type": d["node_type"],
         }
 
+    _check_acyclic(c, len(nodes), edges)
+    _derive_influence(nodes)
     logits = [n for n in nodes if n["node_type"] == "logit"]
     top = max(logits, key=lambda n: n["logit_prob"] or 0.0)
     kinds = [n["node_type"] for n in nodes]
@@ -357,20 +438,28 @@ def read_graph_json(path: str | Path, *, max_bytes: int = MAX_BYTES) -> Imported
     generator = _dict(info.get("generator"))
     source = {
         "file": str(path),
-        "slug": meta.get("slug"),
-        "scan": meta.get("scan"),
-        "transcoder_set": info.get("transcoder_set"),
-        "generator": generator.get("name"),
-        "generator_version": generator.get("version"),
-        "schema_version": meta.get("schema_version"),
-        "node_threshold": meta.get("node_threshold"),
-        "generation_settings": meta.get("generation_settings"),
-        "pruning_settings": meta.get("pruning_settings"),
+        "slug": slug,
+        "scan": c.string(meta, "scan", "metadata", optional=True, limit=200),
+        "transcoder_set": c.string(
+            info, "transcoder_set", "metadata.info", optional=True, limit=500
+        ),
+        "generator": c.string(
+            generator, "name", "metadata.info.generator", optional=True, limit=500
+        ),
+        "generator_version": c.string(
+            generator, "version", "metadata.info.generator", optional=True, limit=200
+        ),
+        "schema_version": meta.get("schema_version")
+        if isinstance(meta.get("schema_version"), int)
+        else None,
+        "node_threshold": c.number(meta, "node_threshold", "metadata"),
+        "generation_settings": c.settings(meta.get("generation_settings"), "generation_settings"),
+        "pruning_settings": c.settings(meta.get("pruning_settings"), "pruning_settings"),
         "prompt_tokens": tokens,
-        "viewer_state": doc.get("qParams") if isinstance(doc.get("qParams"), dict) else None,
+        "viewer_state": c.viewer_state(doc.get("qParams")),
         "n_layers": next(iter(layer_counts)),
     }
-    return ImportedGraph(
+    imported = ImportedGraph(
         path=str(path),
         sha256=hashlib.sha256(data).hexdigest(),
         size=len(data),
@@ -380,3 +469,53 @@ def read_graph_json(path: str | Path, *, max_bytes: int = MAX_BYTES) -> Imported
         edges=sorted(edges.values(), key=lambda e: (e["dst"], e["src"])),
         labels={index[k]: v for k, v in labels.items()},
     )
+    try:  # what Parquet will hold, converted once here: nothing fails after the checks
+        imported.tables(0)
+        pa.Table.from_pylist([{**graph, "graph_id": 0}], schema=GRAPH_SCHEMA)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as e:
+        raise GraphJsonError(f"{path}: a value does not fit its column ({e})"[:500]) from None
+    return imported
+
+
+def _check_acyclic(c: _Checker, n: int, edges: dict[tuple[int, int], dict]) -> None:
+    """Attribution graphs run forward (earlier layers and positions to later ones): a
+    cycle (a self-loop included) is refused, or path queries would never end."""
+    out: list[list[int]] = [[] for _ in range(n)]
+    indegree = [0] * n
+    for dst, src in edges:
+        out[src].append(dst)
+        indegree[dst] += 1
+    ready = [i for i in range(n) if indegree[i] == 0]
+    seen = 0
+    while ready:
+        i = ready.pop()
+        seen += 1
+        for j in out[i]:
+            indegree[j] -= 1
+            if indegree[j] == 0:
+                ready.append(j)
+    if seen < n:
+        raise c.fail("links", "the links form a cycle (an attribution graph has none)")
+
+
+def _derive_influence(nodes: list[dict]) -> None:
+    """Each node's share of the graph's total influence, from circuit-tracer's cumulative
+    influence (the running share of nodes sorted by influence, largest first): along the
+    nodes sorted by it, a node's share is its step. Only up to the largest cumulative
+    value of a feature or error node, where the kept nodes are every node of the
+    unpruned graph (the node threshold keeps a prefix); tokens beyond it, and logits,
+    have none. A share, not circuit-tracer's raw influence: comparable within
+    imported graphs, not in scale with a computed run's."""
+    ranked = [n for n in nodes if n["cumulative_influence"] is not None]
+    limit = max(
+        (n["cumulative_influence"] for n in ranked if n["node_type"] in ("feature", "error")),
+        default=None,
+    )
+    if limit is None:
+        return
+    previous = 0.0
+    for n in sorted(ranked, key=lambda n: n["cumulative_influence"]):
+        if n["cumulative_influence"] > limit:
+            break
+        n["influence"] = max(n["cumulative_influence"] - previous, 0.0)
+        previous = n["cumulative_influence"]

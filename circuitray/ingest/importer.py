@@ -10,8 +10,9 @@
    whose hash is there and whose graph is committed adds nothing (the same file under
    another name included). A new file gets the next graph_id and its entry is written
    (``committed: false``) before its part, so a crash between the two leaves an entry
-   whose graph_id the next import writes again under the same part name (replacing,
-   never duplicating, its rows).
+   whose graph_id the next import of that file writes again (the crashed session's
+   part is never committed: its graphs file is missing, or the fence leaves it out).
+   A prompt_id is the file's slug, made unique in the folder with the hash's start.
 4. Each graph is one part (edges, nodes, then graphs: the commit point), named by the
    session like an actor's; then its entry is marked committed.
 5. Record status, counts and finish time in run.json and release the lock, also on
@@ -134,6 +135,7 @@ def import_graphs(config: ImportConfig) -> ImportResult:
     store.acquire_lock()
     result = ImportResult(run_dir=str(store.root))
     meta: dict = {}
+    started = False  # run.json is ours to mark failed only once our session started
     try:
         if store.exists():
             meta = store.read_meta()
@@ -147,10 +149,12 @@ def import_graphs(config: ImportConfig) -> ImportResult:
         else:
             meta = _new_meta()
         session = store.start_session(meta)
+        started = True
         store.clean()
         committed = set(store.graph_ids().tolist())
         entries = {e["sha256"]: e for e in meta["sources"]}
         next_id = max((e["graph_id"] for e in meta["sources"]), default=-1) + 1
+        prompt_ids = {e.get("prompt_id") for e in meta["sources"]}
         for g in graphs:
             entry = entries.get(g.sha256)
             if entry is not None and entry["graph_id"] in committed:
@@ -160,8 +164,13 @@ def import_graphs(config: ImportConfig) -> ImportResult:
                 result.skipped.append({"graph_id": entry["graph_id"], "file": g.path})
                 continue
             if entry is None:  # the intent first: a crash after the part leaves it found
+                prompt_id = g.graph["prompt_id"]
+                if prompt_id in prompt_ids:
+                    prompt_id = f"{prompt_id}-{g.sha256[:12]}"
+                prompt_ids.add(prompt_id)
                 entry = {
                     "graph_id": next_id,
+                    "prompt_id": prompt_id,
                     "sha256": g.sha256,
                     "bytes": g.size,
                     "committed": False,
@@ -174,8 +183,8 @@ def import_graphs(config: ImportConfig) -> ImportResult:
                 store.write_meta(meta)
             gid = entry["graph_id"]
             nodes, edges = g.tables(gid)
-            row = graph_row(gid, {"prompt_id": g.graph["prompt_id"], "prompt": g.graph["prompt"]})
-            row.update({k: v for k, v in g.graph.items() if k in row})
+            row = graph_row(gid, {"prompt_id": entry["prompt_id"], "prompt": g.graph["prompt"]})
+            row.update({k: v for k, v in g.graph.items() if k in row and k != "prompt_id"})
             store.write_part(
                 f"part-{gid}-{gid}-{session}",
                 {
@@ -188,6 +197,9 @@ def import_graphs(config: ImportConfig) -> ImportResult:
             store.write_meta(meta)
             result.imported.append({"graph_id": gid, "file": g.path})
         result.total = len(store.graph_ids())
+        scans = {e.get("scan") for e in meta["sources"]}
+        if len(scans) == 1 and None not in scans:  # the model, where export looks for it
+            meta["scan"] = scans.pop()
         meta.update(
             status="complete",
             finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -195,7 +207,7 @@ def import_graphs(config: ImportConfig) -> ImportResult:
         )
         store.write_meta(meta)
     except BaseException as e:
-        if meta.get("session"):
+        if started:
             meta.update(status="failed", error=str(e).splitlines()[0] if str(e) else repr(e))
             try:
                 store.write_meta(meta)

@@ -121,8 +121,9 @@ _LOCAL_RAY: list[str] = []  # the GCS address of the local Ray init_ray started
 def ray_address(address: str | None) -> str | None:
     """The Ray cluster to join: ``address``, else ``$RAY_ADDRESS`` (Ray's own variable:
     ``ray.init`` reads it, ``ray job submit`` sets it for its entrypoint), else None
-    (start a local Ray)."""
-    return address or os.environ.get("RAY_ADDRESS") or None
+    (start a local Ray, as ``local`` asks too)."""
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    return None if address == "local" else address
 
 
 def started_local_ray() -> bool:

@@ -6,9 +6,9 @@ and the viewer work on its result:
 1. The trace folder (``--out``; default ``$CIRCUITRAY_HOME/traces/<words>-<hash>``,
    named by the prompt and model) holds ``prompt.jsonl`` (the one prompt),
    ``run/`` (a run folder) and ``viewer/`` (an export folder).
-2. :func:`circuitray.run` attributes it on a local Ray with one actor; a trace of the
-   same prompt and settings again finds it done (the run folder's fingerprint) and
-   only exports.
+2. :func:`circuitray.run` attributes it with one actor (on a local Ray, or on the
+   cluster ``$RAY_ADDRESS`` names); a trace of the same prompt and settings again
+   finds it done (the run folder's fingerprint) and only exports.
 3. :func:`circuitray.outputs.export.export_graph` writes it as ``viewer/trace.json``
    with its feature labels, ready for ``circuitray serve`` (``--serve``).
 """

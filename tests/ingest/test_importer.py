@@ -151,6 +151,17 @@ def _corpus() -> dict[str, object]:
         "unknown node type": edit(lambda d: d["nodes"][0].update(feature_type="eval(1)")),
         "feature not its id": edit(lambda d: d["nodes"][0].update(feature=12345)),
         "links not a list": edit(lambda d: d.update(links={"a": node0})),
+        "a cycle": edit(
+            lambda d: d["links"].append(
+                {"source": d["links"][0]["target"], "target": d["links"][0]["source"], "weight": 1}
+            )
+        ),
+        "lone surrogate": (GRAPHS / ANTONYM_EN)
+        .read_text()
+        .replace('"prompt": "', '"prompt": "\\ud800', 1),
+        "not a bool": edit(lambda d: d["nodes"][-1].update(is_target_logit="false")),
+        "id disagrees": edit(lambda d: d["nodes"][0].update(layer="5")),
+        "deep viewer state": edit(lambda d: d["qParams"].update(pinnedIds=[[[["x"]]]])),
     }
 
 
@@ -169,6 +180,11 @@ NEEDLES = {
     "unknown node type": "is not one circuit-tracer writes",
     "feature not its id": "neither 23477 nor layer 0's pairing",
     "links not a list": "nodes and links must be lists",
+    "a cycle": "the links form a cycle",
+    "lone surrogate": "not UTF-8 text",
+    "not a bool": "is_target_logit must be true or false",
+    "id disagrees": "disagrees with layer 5",
+    "deep viewer state": "must hold strings",
 }
 
 
@@ -198,9 +214,11 @@ def test_a_computed_run_is_not_imported_into(ray_run, tmp_path):
     copy = tmp_path / "run"
     shutil.copytree(ray_run.out, copy)
     before = _parts(copy)
+    meta = (copy / "run.json").read_text()
     p = circuitray("import-graphs", GRAPHS / ANTONYM_EN, "--out", copy)
     assert_refused(p, "holds a circuitray run, not imported graphs")
     assert _parts(copy) == before
+    assert (copy / "run.json").read_text() == meta  # not marked failed either
 
 
 def test_an_import_cut_between_its_log_and_its_commit_is_finished_once(tmp_path):

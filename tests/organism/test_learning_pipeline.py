@@ -13,6 +13,9 @@ from conftest import CLI, assert_one_line_error, circuitray
 
 REPO = Path(__file__).resolve().parents[2]
 PIPELINE = REPO / "pipelines" / "ws2_learning_dynamics.yaml"
+# A bound, not a goal: the long variant takes about 10 min alone on 2 Intel cores, and
+# hit 1200 s beside the chaos soak; AMD machines of this kind run 2-3x slower.
+TIMEOUT_S = {"ci": 1200, "long": 3600}
 
 
 @pytest.mark.parametrize(
@@ -37,7 +40,7 @@ def test_learning_dynamics_pipeline_on_the_organism(organism_report, tmp_path, s
     out = tmp_path / "out"
     p = subprocess.run(
         [*CLI, "pipeline", "run", small, "--out-root", out, "--actors", "1"],
-        capture_output=True, text=True, env=dict(os.environ), timeout=1200,
+        capture_output=True, text=True, env=dict(os.environ), timeout=TIMEOUT_S[size],
     )  # fmt: skip
     assert p.returncode == 0, p.stderr[-3000:]
     assert len(all_steps) == organism_report["training"]["checkpoints"]

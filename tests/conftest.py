@@ -282,6 +282,13 @@ def circuitray_home(tmp_path_factory):
             os.environ[k] = v
 
 
+# Real graphs made elsewhere (../shared/graphs, or $CIRCUITRAY_SHARED_GRAPHS): the
+# import and consensus tests read them, and skip only where the folder is absent.
+SHARED_GRAPHS = Path(os.environ.get("CIRCUITRAY_SHARED_GRAPHS", "../shared/graphs"))
+if not SHARED_GRAPHS.is_absolute():
+    SHARED_GRAPHS = Path(__file__).resolve().parents[1] / SHARED_GRAPHS
+
+
 # Logical CPUs of the shared Ray (scheduling slots, not cores): room for every test's
 # actors, and for a killed driver's actors that linger a moment beside the next test's.
 SHARED_RAY_CPUS = 8

@@ -35,13 +35,12 @@ import pyarrow as pa
 from circuitray.errors import CircuitrayError, RunDirError
 from circuitray.ingest.graph_json import MAX_BYTES, ImportedGraph, read_graph_json
 from circuitray.schema import GRAPH_SCHEMA, graph_row
-from circuitray.storage.run_store import RunStore
+from circuitray.storage.run_store import RUN_FORMAT, RunStore
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["ImportConfig", "ImportResult", "import_graphs"]
 
-FORMAT = "circuitray-run/1"
 KIND = "graph-json import"
 
 
@@ -105,7 +104,7 @@ def _new_meta() -> dict:
     from circuitray.machine import package_versions
 
     return {
-        "format": FORMAT,
+        "format": RUN_FORMAT,
         "kind": KIND,
         "graph_id": "order of import (0-based); sources maps each to its file",
         "node_id": "circuit-tracer's layout over the kept nodes: features, errors, tokens, "

@@ -42,7 +42,7 @@ from circuitray.machine import package_versions
 from circuitray.models.loading import ModelSpec, check_model_available
 from circuitray.prompts.files import file_sha256, read_prompts
 from circuitray.schema import EDGE_SCHEMA, GRAPH_SCHEMA, NODE_SCHEMA, graph_row
-from circuitray.storage.run_store import RunStore
+from circuitray.storage.run_store import RUN_FORMAT, RunStore
 
 logger = logging.getLogger(__name__)
 
@@ -140,7 +140,7 @@ def _run_meta(config: RunConfig, n_prompts: int, sample: list[int] | None = None
     return {
         **step,
         **verify,
-        "format": "circuitray-run/1",
+        "format": RUN_FORMAT,
         "prompts": str(Path(config.prompts).resolve()),
         "prompts_sha256": file_sha256(config.prompts),
         "n_prompts": n_prompts,

@@ -80,6 +80,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["InterventionStore", "RunStore"]
 
+RUN_FORMAT = "circuitray-run/1"  # run.json's "format": computed and imported runs alike
 PENDING = ".pending"
 PARQUET_OPTIONS = {"compression": "zstd", "compression_level": 3}
 # Per-column encodings by what the column holds: floats split into byte streams (a

@@ -5,24 +5,20 @@ on a corpus of malformed files. Counts are taken from the JSON independently."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from conftest import assert_refused, circuitray
+from conftest import SHARED_GRAPHS, assert_refused, circuitray
 
 from circuitray.ingest.graph_json import GraphJsonError
 from circuitray.ingest.importer import ImportConfig, import_graphs
 from circuitray.query.engine import run_query
 from circuitray.storage.run_store import RunStore
 
-SHARED = Path(os.environ.get("CIRCUITRAY_SHARED_GRAPHS", "../shared/graphs"))
-if not SHARED.is_absolute():
-    SHARED = Path(__file__).resolve().parents[2] / SHARED
-GRAPHS = SHARED / "neuronpedia-gemma-2-2b"
+GRAPHS = SHARED_GRAPHS / "neuronpedia-gemma-2-2b"
 ANTONYM_EN = "the-opposite-of-20251026-175335.json"
 ANTONYM_FR = "le-contraire-de-20251027-140230.json"
 

@@ -5,19 +5,16 @@ and its prefixed variants (``../shared/graphs``), against the JSON files directl
 from __future__ import annotations
 
 import json
-import os
 from collections import defaultdict
 from pathlib import Path
 
 import pytest
+from conftest import SHARED_GRAPHS
 
 from circuitray.ingest.importer import ImportConfig, import_graphs
 from circuitray.query.engine import run_query
 
-SHARED = Path(os.environ.get("CIRCUITRAY_SHARED_GRAPHS", "../shared/graphs"))
-if not SHARED.is_absolute():
-    SHARED = Path(__file__).resolve().parents[2] / SHARED
-GRAPHS = SHARED / "neuronpedia-gemma-2-2b"
+GRAPHS = SHARED_GRAPHS / "neuronpedia-gemma-2-2b"
 
 pytestmark = pytest.mark.skipif(not GRAPHS.is_dir(), reason=f"no {GRAPHS}")
 

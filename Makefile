@@ -16,7 +16,7 @@ BENCH_RUN ?= $(CIRCUITRAY_HOME)/bench/synthetic-$(BENCH_EDGES)
 
 DYNAMICS_DIR ?= $(CIRCUITRAY_HOME)/runs/ws2-dynamics
 
-.PHONY: setup install models browser report run dynamics test test-long format lint typecheck check-ci clean bench-queries bench bench-scale organism-matrix
+.PHONY: setup install models browser report run dynamics test test-long format lint typecheck check-ci clean bench-queries bench bench-aggregate bench-scale organism-matrix
 
 setup: install models browser  ## venv, project, offline models, headless chromium
 
@@ -78,11 +78,20 @@ bench-queries:  ## query/sql processes vs bare DuckDB on RUN_DIR; every named qu
 	$(BIN)/circuitray bench make-edges --edges $(BENCH_EDGES) --out $(BENCH_RUN)
 	$(BIN)/circuitray bench queries $(BENCH_RUN) --json-out bench/results/queries.json
 
+# Consensus circuits (circuitray aggregate) on 10M and 100M synthetic edges, each in a
+# fresh process: graphs per hour (goal 1,000,000) and peak memory under DuckDB's limit.
+bench-aggregate:  ## circuitray aggregate on 10M and 100M synthetic edges: graphs/hour, peak memory (~3 min)
+	$(BIN)/circuitray bench make-edges --edges 10000000 --out $(CIRCUITRAY_HOME)/bench/synthetic-10000000
+	$(BIN)/circuitray bench make-edges --edges $(BENCH_EDGES) --out $(BENCH_RUN)
+	$(BIN)/circuitray bench aggregate $(CIRCUITRAY_HOME)/bench/synthetic-10000000 $(BENCH_RUN) \
+	    --memory-limit 1GB --json-out bench/results/aggregate.json
+
 bench-scale:  ## driver and store cost per prompt at 10^3..10^6 prompts, synthetic workers, + S3 (~10 min)
 	$(BIN)/circuitray bench scale
 
-bench:  ## circuitray vs a plain loop: overhead, scaling, flattening, storage, memory (<10 min)
+bench:  ## circuitray vs a plain loop: overhead, scaling, flattening, storage, memory; aggregation (<13 min)
 	$(BIN)/circuitray bench suite
+	$(MAKE) bench-aggregate
 
 # CI runs `make test`: the suite without its long variants, in TEST_WORKERS processes.
 TEST_WORKERS ?= 2

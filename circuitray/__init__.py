@@ -13,6 +13,8 @@ The Python API is what the ``circuitray`` CLI calls::
     curves = circuitray.run_query("learning_curves", ["runs/series"])
     # Graphs made elsewhere (graph JSON files) as a run folder.
     circuitray.import_graphs(circuitray.ImportConfig(sources=["graphs/"], out="runs/np"))
+    # The circuit each constraint type's graphs share, as tables and viewer graphs.
+    circuitray.aggregate_circuits(circuitray.AggregateConfig(runs=["runs/ws2"], out="agg"))
 
 Subpackages follow the data path: :mod:`circuitray.prompts` -> :mod:`circuitray.jobs`
 (Ray actors) -> :mod:`circuitray.graph` (one prompt: attribute, prune, flatten) ->
@@ -74,9 +76,16 @@ _EXPORTS = {
     "ImportResult": "circuitray.ingest.importer",
     "import_graphs": "circuitray.ingest.importer",
     "read_graph_json": "circuitray.ingest.graph_json",
+    "AggregateConfig": "circuitray.outputs.aggregate",
+    "AggregateResult": "circuitray.outputs.aggregate",
+    "aggregate_circuits": "circuitray.outputs.aggregate",
+    "run_queries": "circuitray.query.engine",
+    "read_supernodes": "circuitray.query.supernodes",
 }
 
 __all__ = [
+    "AggregateConfig",
+    "AggregateResult",
     "AttributionConfig",
     "AttributionWorker",
     "CircuitrayError",
@@ -98,6 +107,7 @@ __all__ = [
     "RunStore",
     "SeriesConfig",
     "SeriesResult",
+    "aggregate_circuits",
     "attribute_prompt",
     "compare_groups",
     "compare_runs",
@@ -113,7 +123,9 @@ __all__ = [
     "read_graph_json",
     "read_manifest",
     "read_prompts",
+    "read_supernodes",
     "run",
+    "run_queries",
     "run_query",
     "run_series",
     "run_sql",
@@ -145,8 +157,10 @@ if TYPE_CHECKING:
     from circuitray.jobs.series import SeriesConfig, SeriesResult, run_series
     from circuitray.jobs.workers import AttributionWorker, InterventionWorker
     from circuitray.models.loading import ModelSpec, load_replacement_model
+    from circuitray.outputs.aggregate import AggregateConfig, AggregateResult, aggregate_circuits
     from circuitray.prompts.files import read_prompts, write_prompts
     from circuitray.prompts.ws2 import generate_ws2
     from circuitray.query.compare import CompareConfig, compare_groups, compare_runs
-    from circuitray.query.engine import connect, list_queries, run_query, run_sql
+    from circuitray.query.engine import connect, list_queries, run_queries, run_query, run_sql
+    from circuitray.query.supernodes import read_supernodes
     from circuitray.storage.run_store import InterventionStore, RunStore

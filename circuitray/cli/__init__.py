@@ -92,6 +92,11 @@ COMMANDS = {
         "circuitray.cli.outputs:serve_cmd",
         "Serve exported graphs in circuitray's offline viewer on 127.0.0.1.",
     ),
+    "aggregate": (
+        "circuitray.cli.outputs:aggregate_cmd",
+        "Consensus circuits of RUN_DIRs' graphs per --by group: tables and viewer graphs "
+        "in --out (then: circuitray serve OUT).",
+    ),
     "trace": (
         "circuitray.cli.jobs:trace_cmd",
         "Attribute one PROMPT (a one-row run folder), export it, optionally serve it.",

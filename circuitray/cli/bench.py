@@ -36,6 +36,7 @@ from circuitray.bench.synthetic import SyntheticSpec
 from circuitray.cli.options import config_option, config_values
 from circuitray.cli.output import console
 from circuitray.errors import CircuitrayError
+from circuitray.outputs.aggregate import AggregateConfig
 
 
 class IntList(click.ParamType):
@@ -363,3 +364,47 @@ def scale_cmd(sizes, batch_sizes, s3, s3_size, actors, out, keep, json_out) -> N
     path.write_text(json.dumps(record, indent=2, default=str) + "\n")
     scale.print_scale(record, console=_wide_console())
     console.print(f"total wall time {record['wall_s']:.0f}s; results: {path}")
+
+
+@bench_group.command("aggregate")
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
+@config_option(AggregateConfig, "min_share", type=click.FloatRange(0.0, 1.0))
+@config_option(AggregateConfig, "memory_limit")
+@click.option("--json-out", type=click.Path(dir_okay=False), default=None)
+@click.option(
+    "--goal", type=float, default=1e6, show_default=True, help="Graphs per hour, each run."
+)
+def bench_aggregate_cmd(run_dirs, min_share, memory_limit, json_out, goal) -> None:
+    """circuitray aggregate on each RUN_DIR in a fresh process: graphs per hour, peak memory."""
+    from dataclasses import asdict
+
+    from circuitray.bench.aggregate import time_aggregate
+
+    timings = [time_aggregate(r, min_share=min_share, memory_limit=memory_limit) for r in run_dirs]
+    t = Table(
+        "run", "graphs", "edges", "seconds", "graphs/hour", "peak MiB", f">= {goal:,.0f}/h",
+        show_edge=False,
+    )  # fmt: skip
+    for a in timings:
+        t.add_row(
+            Path(a.run_dir).name, f"{a.graphs:,}", f"{a.edges:,}", f"{a.seconds:.1f}",
+            f"{a.graphs_per_hour:,.0f}", f"{a.peak_rss_mb:,.0f}",
+            "yes" if a.graphs_per_hour >= goal else "NO",
+        )  # fmt: skip
+    console.print(
+        f"circuitray aggregate --min-share {min_share:g} --memory-limit {memory_limit}; "
+        f"{os.cpu_count()} CPU cores"
+    )
+    console.print(t)
+    if json_out:
+        record = {
+            "min_share": min_share,
+            "memory_limit": memory_limit,
+            "cpu_cores": os.cpu_count(),
+            "machine": platform.platform(),
+            "timings": [asdict(a) for a in timings],
+        }
+        Path(json_out).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_out).write_text(json.dumps(record, indent=2) + "\n")
+    if any(a.graphs_per_hour < goal for a in timings):
+        sys.exit(1)

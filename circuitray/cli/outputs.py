@@ -1,4 +1,4 @@
-"""``circuitray report``, ``export`` and ``serve``."""
+"""``circuitray report``, ``export``, ``serve`` and ``aggregate``."""
 
 from __future__ import annotations
 
@@ -10,8 +10,10 @@ import click
 from circuitray.cli.options import config_option
 from circuitray.cli.output import (
     console,
+    print_json,
     print_result,
 )
+from circuitray.outputs.aggregate import AggregateConfig, aggregate_circuits
 from circuitray.outputs.export import export_graph
 from circuitray.outputs.report import ReportConfig, build_report
 from circuitray.outputs.viewer import graph_slugs, serve
@@ -76,3 +78,33 @@ def serve_cmd(data_dir, port) -> None:
         server.serve_forever()
     finally:
         server.server_close()
+
+
+@click.command("aggregate")
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path())
+@config_option(AggregateConfig, "out", required=True, type=click.Path(file_okay=False))
+@config_option(AggregateConfig, "by")
+@config_option(AggregateConfig, "min_share", type=click.FloatRange(0.0, 1.0))
+@config_option(AggregateConfig, "top_k", type=click.IntRange(min=0))
+@config_option(AggregateConfig, "edge_top_k", type=click.IntRange(min=0))
+@config_option(AggregateConfig, "supernodes", type=click.Path(dir_okay=False))
+@config_option(AggregateConfig, "memory_limit")
+@click.option("--json", "as_json", is_flag=True, help="Print the groups as JSON.")
+def aggregate_cmd(run_dirs, as_json: bool, **fields) -> None:
+    """Consensus circuits of RUN_DIRs' graphs per --by group: tables and viewer graphs
+    in --out (then: circuitray serve OUT)."""
+    result = aggregate_circuits(AggregateConfig(runs=list(run_dirs), **fields))
+    if as_json:
+        print_json({"out": result.out, "groups": result.groups})
+        return
+    for g in result.groups:
+        console.print(
+            f"{g['slug']}: {g['graphs']} graphs, {g['nodes']} nodes, {g['edges']} edges",
+            soft_wrap=True,
+            markup=False,
+        )
+    console.print(
+        f"wrote {result.out}; open with: circuitray serve {result.out}",
+        soft_wrap=True,
+        markup=False,
+    )

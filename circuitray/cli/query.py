@@ -23,8 +23,14 @@ from circuitray.query.engine import list_queries, run_query, run_sql
 @click.argument("run_dirs", nargs=-1, type=click.Path())
 @click.option("--list", "list_", is_flag=True, help="List the named queries.")
 @click.option("--param", "params", multiple=True, help="key=value, repeatable.")
+@click.option(
+    "--supernodes",
+    type=click.Path(dir_okay=False),
+    help="A grouping file (layer, feature, name: CSV, Parquet or JSONL) for the view "
+    "supernodes; the consensus_* queries collapse its groups into single nodes.",
+)
 @table_output_options
-def query_cmd(name, run_dirs, list_, params, fmt, output) -> None:
+def query_cmd(name, run_dirs, list_, params, supernodes, fmt, output) -> None:
     """Run the named query NAME (queries/NAME.sql) over one or more RUN_DIRs."""
     if list_:
         queries = list_queries()
@@ -52,7 +58,9 @@ def query_cmd(name, run_dirs, list_, params, fmt, output) -> None:
     if not name or not run_dirs:
         raise CircuitrayError("usage: circuitray query NAME RUN_DIR [RUN_DIR ...] (or --list)")
     print_table(
-        run_query(name, list(run_dirs), params=parse_params(params)), fmt=fmt, output=output
+        run_query(name, list(run_dirs), params=parse_params(params), supernodes=supernodes),
+        fmt=fmt,
+        output=output,
     )
 
 

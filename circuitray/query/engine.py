@@ -15,7 +15,8 @@
    (or part) written before a column was added (``precision_*``) gives NULL there.
    ``features`` holds, per run, the feature table (labels, activation statistics, top
    examples) of the transcoder set its run.json records, for joins on (run, layer,
-   feature). For local folders the views are plain SQL
+   feature). ``supernodes`` (layer, feature, name) is empty unless a grouping file is
+   given (:mod:`circuitray.query.supernodes`). For local folders the views are plain SQL
    (:func:`view_sql`), which any DuckDB process can run to get the same views.
 2. Named queries are the ``*.sql`` files of the query folder: ``sql/`` beside this
    module (package data, so a wheel has them; ``queries/`` in a checkout links here),
@@ -41,6 +42,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +53,7 @@ import pyarrow as pa
 
 from circuitray.errors import CircuitrayError, RunDirError
 from circuitray.features.store import FEATURE_SCHEMA, run_features_path, run_transcoders
+from circuitray.query.supernodes import SUPERNODE_SCHEMA, read_supernodes
 from circuitray.schema import EDGE_SCHEMA, GRAPH_SCHEMA, NODE_SCHEMA, RESULT_SCHEMA
 from circuitray.storage.run_store import InterventionStore, RunStore
 
@@ -59,6 +63,7 @@ __all__ = [
     "list_queries",
     "query_statements",
     "read_series",
+    "run_queries",
     "run_query",
     "run_sql",
     "view_sql",
@@ -75,6 +80,7 @@ FOLDER_TABLE = {"interventions": "results"}
 # Views whose schema gained columns after folders were written (graphs: precision_*),
 # read by column name so that old and new folders (and parts) share the view.
 GROWN = {"graphs"}
+MEMORY_LIMIT_RE = re.compile(r"[0-9]+(\.[0-9]+)?\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB)")
 SERIES_FILE = "series.json"
 SERIES_FORMAT = "circuitray-series/1"
 # A run folder a series names: one folder inside the series folder, never a path.
@@ -394,9 +400,11 @@ def _view_statements(
     runs: list[_OpenRun],
     *,
     register: Callable[[str, object], object] | None,
+    supernodes: str | None = None,
 ) -> list[str]:
     """The CREATE VIEW statements over ``runs``; object storage is read through
-    pyarrow datasets given to ``register`` (None: refused, there is no plain SQL)."""
+    pyarrow datasets given to ``register`` (None: refused, there is no plain SQL).
+    ``supernodes`` names a registered table for the ``supernodes`` view (else empty)."""
     # The order runs were given in: compare_runs takes position 0 as the baseline.
     rows = ", ".join(
         f"({_literal(run.name)}, CAST({i} AS BIGINT), {_literal(run.path)}, "
@@ -436,6 +444,11 @@ def _view_statements(
                 selects.append(f"SELECT {columns} FROM ({_empty_select(schema)})")
         statements.append(f"CREATE VIEW {table} AS " + " UNION ALL ".join(selects))
     statements.append(_features_view(runs))
+    statements.append(
+        f"CREATE VIEW supernodes AS {_empty_select(SUPERNODE_SCHEMA)}"
+        if supernodes is None
+        else f"CREATE VIEW supernodes AS SELECT * FROM {supernodes}"
+    )
     return statements
 
 
@@ -483,17 +496,26 @@ def view_sql(run_dirs: list[str]) -> list[str]:
     return _view_statements(_open_stores(run_dirs), register=None)
 
 
-def connect(run_dirs: list[str], *, threads: int | None = None) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB with ``graphs``, ``nodes``, ``edges`` views over the runs."""
-    return _connect(_open_stores(run_dirs), threads=threads)
+def connect(
+    run_dirs: list[str], *, threads: int | None = None, supernodes: str | None = None
+) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB with ``graphs``, ``nodes``, ``edges`` views over the runs
+    (module docstring); ``supernodes``: a grouping file for the ``supernodes`` view."""
+    return _connect(_open_stores(run_dirs), threads=threads, supernodes=supernodes)
 
 
-def _connect(runs: list[_OpenRun], *, threads: int | None = None) -> duckdb.DuckDBPyConnection:
+def _connect(
+    runs: list[_OpenRun], *, threads: int | None = None, supernodes: str | None = None
+) -> duckdb.DuckDBPyConnection:
+    groups = None if supernodes is None else read_supernodes(supernodes)
     con = duckdb.connect(":memory:")
     if threads:
         con.execute(f"SET threads = {int(threads)}")
+    if groups is not None:
+        con.register("_supernodes", groups)
     try:
-        for statement in _view_statements(runs, register=con.register):
+        table = None if groups is None else "_supernodes"
+        for statement in _view_statements(runs, register=con.register, supernodes=table):
             con.execute(statement)
     except duckdb.Error as e:
         con.close()
@@ -548,12 +570,20 @@ def query_statements(
         con.close()
 
 
-def run_query(name: str, run_dirs: list[str], *, params: dict[str, str] | None = None) -> pa.Table:
-    """Run the named query over ``run_dirs`` with ``params`` (strings, cast per header)."""
+def run_query(
+    name: str,
+    run_dirs: list[str],
+    *,
+    params: dict[str, str] | None = None,
+    supernodes: str | None = None,
+) -> pa.Table:
+    """Run the named query over ``run_dirs`` with ``params`` (strings, cast per header);
+    ``supernodes``: a grouping file (:mod:`circuitray.query.supernodes`) for the
+    ``supernodes`` view, which the consensus queries collapse features by."""
     query = get_query(name)
     values = query.bind(params or {})
     runs = _open_stores(run_dirs)
-    con = _connect(runs)
+    con = _connect(runs, supernodes=supernodes)
     try:
         *setup, (sql, bound) = _query_statements(con, query, values)
         for statement, statement_params in setup:
@@ -563,6 +593,58 @@ def run_query(name: str, run_dirs: list[str], *, params: dict[str, str] | None =
         raise _query_error(f"query {name}", e, runs) from None
     finally:
         con.close()
+
+
+def run_queries(
+    names: list[str],
+    run_dirs: list[str],
+    *,
+    params: dict[str, str] | None = None,
+    supernodes: str | None = None,
+    memory_limit: str | None = None,
+) -> dict[str, pa.Table]:
+    """Several named queries over one connection to ``run_dirs``: a query that several
+    of them use is computed once. ``params`` go to every query that declares them (a
+    name no query declares is refused); ``supernodes`` as for :func:`run_query`.
+    ``memory_limit`` (DuckDB's, e.g. ``1GB``) bounds the connection's memory: what
+    does not fit spills to a temporary folder of its own, removed afterwards."""
+    if memory_limit is not None and not MEMORY_LIMIT_RE.fullmatch(memory_limit):
+        raise CircuitrayError(f"memory limit {memory_limit!r}: a size such as 800MB or 2GB")
+    queries = [get_query(name) for name in names]
+    params = params or {}
+    declared = set().union(*(q.params for q in queries))
+    unknown = sorted(set(params) - declared)
+    if unknown:
+        raise CircuitrayError(
+            f"queries {', '.join(names)}: unknown parameter {unknown[0]!r} "
+            f"(parameters: {', '.join(sorted(declared)) or 'none'})"
+        )
+    runs = _open_stores(run_dirs)
+    con = _connect(runs, supernodes=supernodes)
+    done: set[str] = set()
+    out: dict[str, pa.Table] = {}
+    spill = None
+    try:
+        if memory_limit is not None:
+            spill = tempfile.mkdtemp(prefix="circuitray-duckdb-")
+            con.execute(f"SET memory_limit = '{memory_limit}'")
+            con.execute(f"SET temp_directory = {_literal(spill)}")
+            con.execute("SET preserve_insertion_order = false")
+        for query in queries:
+            values = query.bind({k: v for k, v in params.items() if k in query.params})
+            *setup, (sql, bound) = _query_statements(con, query, values)
+            for used, (statement, statement_params) in zip(query.uses, setup, strict=True):
+                if used not in done:
+                    con.execute(statement, statement_params)
+                    done.add(used)
+            out[query.name] = con.sql(sql, params=bound).to_arrow_table()
+    except duckdb.Error as e:
+        raise _query_error(f"queries {', '.join(names)}", e, runs) from None
+    finally:
+        con.close()
+        if spill is not None:
+            shutil.rmtree(spill, ignore_errors=True)
+    return out
 
 
 def _check_read_only(con: duckdb.DuckDBPyConnection, statement) -> None:

@@ -186,6 +186,7 @@ TORCH_FREE = [
     "compare",
     "report",
     "export",
+    "aggregate",
     "serve",
     "compact",
     "import-graphs",

@@ -384,3 +384,60 @@ def test_the_first_graph_by_default_and_errors_shown(site, browser):
     finally:
         meta_path.write_text(saved)
         (out / "broken.json").unlink()
+
+
+def test_a_consensus_circuit_with_supernodes_opens_offline(browser, tmp_path):
+    """The Dallas family's consensus circuit (13 real graphs, ``circuitray aggregate``
+    with the analyst's supernodes) served and drawn: every node and link, a supernode's
+    name on hover, no error, nothing asked of any other host."""
+    from conftest import SHARED_GRAPHS
+
+    from circuitray.ingest.importer import ImportConfig, import_graphs
+    from circuitray.outputs.aggregate import AggregateConfig, aggregate_circuits
+
+    graphs = SHARED_GRAPHS / "neuronpedia-gemma-2-2b"
+    if not graphs.is_dir():
+        pytest.skip(f"no {graphs}")
+    files = [str(f) for f in sorted(graphs.glob("*.json")) if "Dallas" in f.read_text()]
+    import_graphs(ImportConfig(sources=files, out=str(tmp_path / "run")))
+    out = tmp_path / "agg"
+    result = aggregate_circuits(
+        AggregateConfig(
+            runs=[str(tmp_path / "run")], out=str(out), by="run", min_share=1.0, top_k=30,
+            supernodes=str(SHARED_GRAPHS / "neuronpedia-gemma-2-2b-dallas-supernodes.csv"),
+        )
+    )  # fmt: skip
+    slug = result.groups[0]["slug"]
+    graph = json.loads((out / f"{slug}.json").read_text())
+    srv = serve(str(out), port=0)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{srv.server_address[1]}/"
+    cdp = browser
+    try:
+        cdp.events.clear()
+        cdp.call("Page.navigate", url=f"{base}?slug={slug}")
+        cdp.wait_for("document.body && document.body.dataset.ready === '1'", "the viewer drew")
+        drawn = cdp.js(
+            "({nodes: document.querySelectorAll('.node').length,"
+            " links: document.querySelectorAll('.link').length})"
+        )
+        assert drawn["nodes"] == len(graph["nodes"]) > 20, drawn
+        assert drawn["links"] == min(300, len(graph["links"])) > 0, drawn
+        supernode = next(n for n in graph["nodes"] if "supernode" in n["clerp"])
+        x, y = _centre(cdp, supernode["node_id"])
+        cdp.mouse("mouseMoved", x, y)
+        tip = cdp.wait_for(
+            "(() => { const t = document.getElementById('tooltip');"
+            " return !t.hidden && t.textContent; })()",
+            "the tooltip showed",
+        )
+        assert supernode["clerp"] in tip, tip
+        cdp.pump(0.3)
+        assert cdp.js("document.getElementById('error').hidden")
+        assert cdp.problems() == []
+        urls = cdp.requested()
+        assert f"{base}data/{slug}.json" in urls, urls
+        assert [u for u in urls if not u.startswith((base, "data:", "about:"))] == []
+    finally:
+        srv.shutdown()
+        srv.server_close()

@@ -49,7 +49,7 @@ def test_features_in_every_graph_of_the_family(dallas):
     assert got == expected and len(expected) > 50
     assert all(r["graphs"] == r["n_graphs"] == 13 and r["share"] == 1.0 for r in rows)
     # Below share 1, more: every feature of any graph at share > 0.
-    everything = run_query("consensus_nodes", [str(out)]).to_pylist()
+    everything = run_query("consensus_nodes", [str(out)], params={"min_share": "0"}).to_pylist()
     union = set.union(*(set(_feature_keys(d).values()) for d in docs))
     assert {(r["layer"], r["feature"]) for r in everything if r["node_type"] == "feature"} == union
 

@@ -1,0 +1,317 @@
+"""``circuitray aggregate``: the consensus circuit of each group of graphs, as tables
+and as graphs the viewer opens.
+
+1. Run the named queries ``consensus_nodes`` and ``consensus_edges`` in one DuckDB
+   connection over the runs (their keys, ``consensus_keys``, computed once; a
+   streaming GROUP BY over the edge tables): per group (run and value of the graphs
+   column ``by``), nodes and edges with the share of the group's graphs holding them,
+   mean influence and weight, spread. ``min_share`` and ``top_k`` (nodes) and
+   ``edge_top_k`` keep each group's circuit readable; a supernode file collapses
+   features into named nodes (:mod:`circuitray.query.supernodes`).
+2. Keep an edge only where both its ends are kept nodes of its group.
+3. Place every node on one token axis per group: positions from the end of the prompt
+   become positions in a prompt as long as the group needs (a feature, supernode or
+   error at the layer and position where it carries the most influence); each
+   position's token is the kept token node there with the highest share.
+4. Write ``nodes.parquet`` and ``edges.parquet`` (every kept row, with its group and
+   its node id in the group's graph) for SQL, ``aggregate.json`` (what was asked, the
+   groups and their sizes), and per group ``<slug>.json`` in circuit-tracer's graph
+   format: nodes with their mean influence made cumulative as circuit-tracer's files
+   have it, labels (``clerp``) ``[share] label`` from the runs' feature tables or the
+   supernode's name, links weighted by the mean over the group's graphs (absent
+   counts 0); each graph registered in ``graph-metadata.json``, so ``circuitray serve
+   OUT`` opens them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from circuitray.errors import CircuitrayError
+from circuitray.outputs.export import _finite, _write_atomic
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["AggregateConfig", "AggregateResult", "aggregate_circuits"]
+
+FORMAT = "circuitray-aggregate/1"
+NODE_KEY = ("node_type", "layer", "feature", "pos_from_end", "token", "supernode")
+
+
+@dataclass(kw_only=True)
+class AggregateConfig:
+    """What ``circuitray aggregate`` aggregates, and where it writes.
+
+    Attributes:
+        runs: Run folders (or series folders) whose ok graphs are grouped.
+        out: Output folder (local): tables, ``aggregate.json`` and one viewer graph per
+            group; files of an earlier aggregate there are replaced.
+        by: The ``graphs`` column whose values group the graphs (``constraint_type``,
+            ``step``, ``run``, ``prompt_id``, ``target_token``, ...).
+        min_share: Keep nodes and edges held by at least this share of a group's graphs.
+        top_k: Per group, keep the k features, supernodes and error nodes of highest
+            mean influence (token and logit nodes stay); 0 keeps all.
+        edge_top_k: Per group, keep the k edges of largest absolute summed weight
+            (before dropping edges whose ends are not kept); 0 keeps all.
+        supernodes: A grouping file (layer, feature -> name: CSV, Parquet or JSONL)
+            whose groups become single nodes.
+        memory_limit: DuckDB's memory limit for the aggregation (what does not fit
+            spills to a temporary folder): memory stays about this high however many
+            graphs the runs hold.
+    """
+
+    runs: list[str]
+    out: str
+    by: str = "constraint_type"
+    min_share: float = 0.5
+    top_k: int = 40
+    edge_top_k: int = 0
+    supernodes: str | None = None
+    memory_limit: str = "1GB"
+
+    def __post_init__(self) -> None:
+        if not self.runs:
+            raise CircuitrayError("aggregate: give at least one run folder")
+        if not 0.0 <= self.min_share <= 1.0:
+            raise CircuitrayError(f"--min-share {self.min_share}: a share in [0, 1]")
+        if self.top_k < 0 or self.edge_top_k < 0:
+            raise CircuitrayError("--top-k and --edge-top-k: 0 (all) or more")
+        if "://" in self.out:
+            raise CircuitrayError(f"{self.out}: aggregates are written to a local folder")
+
+
+@dataclass
+class AggregateResult:
+    """What :func:`aggregate_circuits` wrote: per group its slug, graph count and kept
+    node and edge counts."""
+
+    out: str
+    groups: list[dict] = field(default_factory=list)
+
+
+def _slug(run: str, by: str, value: str) -> str:
+    text = f"consensus-{run}-{by}-{value}"
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip(".-_")[:150] or "consensus"
+
+
+def _key(row: dict, prefix: str = "") -> tuple:
+    """A node's key in a consensus_nodes row, or an edge end's (prefix ``src_`` or
+    ``dst_``, whose type column is ``src_type``) in a consensus_edges row."""
+    names = [("type" if prefix and k == "node_type" else k) for k in NODE_KEY]
+    return tuple(row[f"{prefix}{k}"] for k in names)
+
+
+def _labels(runs: list[str], keys: set[tuple[int, int]]) -> dict[tuple[int, int], str]:
+    """Labels of (layer, feature) from the runs' feature tables (the first that has
+    one), through the ``features`` view."""
+    if not keys:
+        return {}
+    from circuitray.query.engine import connect
+
+    con = connect(runs)
+    try:
+        con.register(
+            "_keys", pa.table({"layer": [k[0] for k in keys], "feature": [k[1] for k in keys]})
+        )
+        rows = con.execute(
+            "SELECT f.layer, f.feature, any_value(f.label) FROM features f "
+            "JOIN _keys k ON f.layer = k.layer AND f.feature = k.feature "
+            "WHERE f.label IS NOT NULL AND f.label <> '' GROUP BY ALL"
+        ).fetchall()
+    finally:
+        con.close()
+    return {(layer, feature): label for layer, feature, label in rows}
+
+
+def _group_graph(
+    nodes: list[dict], edges: list[dict], labels: dict, *, slug: str, prompt: str
+) -> tuple[object, dict[tuple, str]]:
+    """circuit-tracer's frontend ``Model`` of one group's consensus circuit, and each
+    node key's node id in it (module docstring, steps 3-4)."""
+    from circuit_tracer.frontend.graph_models import Metadata, Model, Node, QParams
+
+    length = 1 - min((n["at_pos_from_end"] for n in nodes), default=0)
+    last = length - 1
+    tokens = [""] * length
+    best: dict[int, float] = {}
+    for n in nodes:
+        if n["node_type"] == "token":
+            pos = last + n["pos_from_end"]
+            if n["share"] > best.get(pos, -1.0):
+                best[pos], tokens[pos] = n["share"], n["token"] or ""
+    # circuit-tracer's influence is cumulative (smaller is more important).
+    ranked = sorted(
+        (n for n in nodes if n["node_type"] != "logit"), key=lambda n: -(n["influence"] or 0.0)
+    )
+    total = sum(max(n["influence"] or 0.0, 0.0) for n in ranked) or 1.0
+    cumulative, running = {}, 0.0
+    for n in ranked:
+        running += max(n["influence"] or 0.0, 0.0)
+        cumulative[_key(n)] = min(running / total, 1.0)
+    logits = [n for n in nodes if n["node_type"] == "logit"]
+    n_layers = max((n["at_layer"] for n in logits), default=0)
+    target = max(logits, key=lambda n: n["share"] * (n["mean_logit_prob"] or 0.0), default=None)
+    ids: dict[tuple, str] = {}
+    out_nodes = []
+    taken: set[str] = set()
+    supernode_index = 0
+    for n in nodes:
+        kind, key = n["node_type"], _key(n)
+        pos = last + n["at_pos_from_end"]
+        share = f"[{n['share']:.0%}]"
+        if kind == "feature":
+            node = Node.feature_node(
+                n["layer"],
+                pos,
+                n["feature"],
+                influence=cumulative[key],
+                activation=n["mean_activation"],
+            )
+            label = labels.get((n["layer"], n["feature"]))
+            node.clerp = f"{share} {label}" if label else share
+        elif kind == "supernode":
+            supernode_index += 1
+            node = Node(
+                node_id=f"{n['at_layer']}_S{supernode_index}_{pos}",
+                feature=-1,
+                layer=str(n["at_layer"]),
+                ctx_idx=pos,
+                feature_type="cross layer transcoder",
+                influence=cumulative[key],
+                activation=n["mean_activation"],
+                clerp=f"{share} supernode {n['supernode']}",
+            )
+        elif kind == "error":
+            node = Node.error_node(n["layer"], pos, influence=cumulative[key])
+        elif kind == "token":
+            node = Node.token_node(pos, n["token_id"] or 0, influence=cumulative[key])
+        else:
+            node = Node.logit_node(
+                pos=last,
+                vocab_idx=n["token_id"] or 0,
+                token=n["token"] or "",
+                target_logit=n is target,
+                token_prob=n["mean_logit_prob"] or 0.0,
+                num_layers=n_layers,
+            )
+        if node.node_id in taken:  # circuit-tracer's error and feature ids can clash
+            node.node_id = node.jsNodeId = f"{node.node_id}_{len(out_nodes)}"
+        taken.add(node.node_id)
+        ids[key] = node.node_id
+        out_nodes.append(node)
+    links = [
+        {
+            "source": ids[_key(e, "src_")],
+            "target": ids[_key(e, "dst_")],
+            "weight": e["sum_weight"] / e["n_graphs"],
+        }
+        for e in edges
+    ]
+    metadata = Metadata(
+        slug=slug,
+        scan="circuitray-consensus",
+        transcoder_list=[],
+        prompt_tokens=tokens,
+        prompt=prompt,
+        node_threshold=None,
+    )
+    qparams = QParams(pinnedIds=[], supernodes=[], linkType="both", clickedId="", sg_pos="")
+    return Model(metadata=metadata, qParams=qparams, nodes=out_nodes, links=links), ids
+
+
+def aggregate_circuits(config: AggregateConfig) -> AggregateResult:
+    """Aggregate ``config.runs`` into ``config.out`` (module docstring)."""
+    from circuit_tracer.frontend.utils import add_graph_metadata
+
+    from circuitray.query.engine import run_queries
+
+    tables = run_queries(
+        ["consensus_nodes", "consensus_edges"],
+        config.runs,
+        params={"by": config.by, "min_share": str(config.min_share)},
+        supernodes=config.supernodes,
+        memory_limit=config.memory_limit,
+    )
+    nodes_by_group: dict[tuple, list[dict]] = {}
+    for row in tables["consensus_nodes"].to_pylist():
+        if (
+            config.top_k
+            and row["influence_rank"] is not None
+            and row["influence_rank"] > config.top_k
+        ):
+            continue
+        nodes_by_group.setdefault((row["run"], row["group_value"]), []).append(row)
+    edges_by_group: dict[tuple, list[dict]] = {}
+    for row in tables["consensus_edges"].to_pylist():
+        if config.edge_top_k and row["weight_rank"] > config.edge_top_k:
+            continue
+        edges_by_group.setdefault((row["run"], row["group_value"]), []).append(row)
+    if not nodes_by_group:
+        raise CircuitrayError(
+            f"aggregate: no ok graphs in {', '.join(config.runs)} (or none at share "
+            f">= {config.min_share})"
+        )
+    labels = _labels(
+        config.runs,
+        {
+            (n["layer"], n["feature"])
+            for group in nodes_by_group.values()
+            for n in group
+            if n["node_type"] == "feature"
+        },
+    )
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    result = AggregateResult(out=str(out))
+    node_rows, edge_rows = [], []
+    for (run, value), nodes in sorted(nodes_by_group.items()):
+        kept = {_key(n) for n in nodes}
+        edges = [
+            e
+            for e in edges_by_group.get((run, value), [])
+            if _key(e, "src_") in kept and _key(e, "dst_") in kept
+        ]
+        slug = _slug(run, config.by, value)
+        n_graphs = nodes[0]["n_graphs"]
+        prompt = f"consensus of {n_graphs} graphs of {run}: {config.by} = {value}"
+        model, ids = _group_graph(nodes, edges, labels, slug=slug, prompt=prompt)
+        _write_atomic(out / f"{slug}.json", model.model_dump_json(indent=1))
+        add_graph_metadata(model.metadata.model_dump(), str(out.resolve()))
+        node_rows += [{**n, "slug": slug, "node_id": ids[_key(n)]} for n in nodes]
+        edge_rows += [
+            {**e, "slug": slug, "src": ids[_key(e, "src_")], "dst": ids[_key(e, "dst_")]}
+            for e in edges
+        ]
+        result.groups.append(
+            {
+                "run": run,
+                "group_value": value,
+                "slug": slug,
+                "graphs": n_graphs,
+                "nodes": len(nodes),
+                "edges": len(edges),
+            }
+        )
+    for name, rows, like in (
+        ("nodes", node_rows, tables["consensus_nodes"]),
+        ("edges", edge_rows, tables["consensus_edges"]),
+    ):
+        extra = ["slug", "node_id"] if name == "nodes" else ["slug", "src", "dst"]
+        schema = like.schema
+        for column in extra:
+            schema = schema.append(pa.field(column, pa.string()))
+        table = pa.Table.from_pylist(rows, schema=schema)
+        tmp = out / f".{name}.parquet.tmp"
+        pq.write_table(table, tmp)
+        tmp.replace(out / f"{name}.parquet")
+    summary = {"format": FORMAT, "config": asdict(config), "groups": result.groups}
+    _write_atomic(out / "aggregate.json", json.dumps(_finite(summary), indent=1))
+    logger.info("aggregated %d groups into %s", len(result.groups), out)
+    return result

@@ -42,7 +42,8 @@ logger = logging.getLogger(__name__)
 __all__ = ["AggregateConfig", "AggregateResult", "aggregate_circuits"]
 
 FORMAT = "circuitray-aggregate/1"
-NODE_KEY = ("node_type", "layer", "feature", "pos_from_end", "token", "supernode")
+# How consensus_nodes and consensus_edges identify a node (an edge's ends: src_, dst_).
+CONSENSUS_KEY = ("node_type", "layer", "feature", "pos_from_end", "token", "supernode")
 
 
 @dataclass(kw_only=True)
@@ -101,10 +102,10 @@ def _slug(run: str, by: str, value: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip(".-_")[:150] or "consensus"
 
 
-def _key(row: dict, prefix: str = "") -> tuple:
+def consensus_key(row: dict, prefix: str = "") -> tuple:
     """A node's key in a consensus_nodes row, or an edge end's (prefix ``src_`` or
     ``dst_``, whose type column is ``src_type``) in a consensus_edges row."""
-    names = [("type" if prefix and k == "node_type" else k) for k in NODE_KEY]
+    names = [("type" if prefix and k == "node_type" else k) for k in CONSENSUS_KEY]
     return tuple(row[f"{prefix}{k}"] for k in names)
 
 
@@ -154,7 +155,7 @@ def _group_graph(
     cumulative, running = {}, 0.0
     for n in ranked:
         running += max(n["influence"] or 0.0, 0.0)
-        cumulative[_key(n)] = min(running / total, 1.0)
+        cumulative[consensus_key(n)] = min(running / total, 1.0)
     logits = [n for n in nodes if n["node_type"] == "logit"]
     n_layers = max((n["at_layer"] for n in logits), default=0)
     target = max(logits, key=lambda n: n["share"] * (n["mean_logit_prob"] or 0.0), default=None)
@@ -163,7 +164,7 @@ def _group_graph(
     taken: set[str] = set()
     supernode_index = 0
     for n in nodes:
-        kind, key = n["node_type"], _key(n)
+        kind, key = n["node_type"], consensus_key(n)
         pos = last + n["at_pos_from_end"]
         share = f"[{n['share']:.0%}]"
         if kind == "feature":
@@ -208,8 +209,8 @@ def _group_graph(
         out_nodes.append(node)
     links = [
         {
-            "source": ids[_key(e, "src_")],
-            "target": ids[_key(e, "dst_")],
+            "source": ids[consensus_key(e, "src_")],
+            "target": ids[consensus_key(e, "dst_")],
             "weight": e["sum_weight"] / e["n_graphs"],
         }
         for e in edges
@@ -272,11 +273,11 @@ def aggregate_circuits(config: AggregateConfig) -> AggregateResult:
     result = AggregateResult(out=str(out))
     node_rows, edge_rows = [], []
     for (run, value), nodes in sorted(nodes_by_group.items()):
-        kept = {_key(n) for n in nodes}
+        kept = {consensus_key(n) for n in nodes}
         edges = [
             e
             for e in edges_by_group.get((run, value), [])
-            if _key(e, "src_") in kept and _key(e, "dst_") in kept
+            if consensus_key(e, "src_") in kept and consensus_key(e, "dst_") in kept
         ]
         slug = _slug(run, config.by, value)
         n_graphs = nodes[0]["n_graphs"]
@@ -284,9 +285,14 @@ def aggregate_circuits(config: AggregateConfig) -> AggregateResult:
         model, ids = _group_graph(nodes, edges, labels, slug=slug, prompt=prompt)
         _write_atomic(out / f"{slug}.json", model.model_dump_json(indent=1))
         add_graph_metadata(model.metadata.model_dump(), str(out.resolve()))
-        node_rows += [{**n, "slug": slug, "node_id": ids[_key(n)]} for n in nodes]
+        node_rows += [{**n, "slug": slug, "node_id": ids[consensus_key(n)]} for n in nodes]
         edge_rows += [
-            {**e, "slug": slug, "src": ids[_key(e, "src_")], "dst": ids[_key(e, "dst_")]}
+            {
+                **e,
+                "slug": slug,
+                "src": ids[consensus_key(e, "src_")],
+                "dst": ids[consensus_key(e, "dst_")],
+            }
             for e in edges
         ]
         result.groups.append(

@@ -70,7 +70,11 @@ class ReportConfig:
 
     Attributes:
         top_k: Features per run and type in the top-features plots.
-        circuit_edges: Strongest edges drawn per representative circuit.
+        circuit_edges: Strongest edges drawn per representative or consensus circuit.
+        consensus_share: The share of a type's graphs a node or edge of its consensus
+            circuit is in, at least.
+        consensus_nodes: Features, supernodes and error nodes drawn per consensus
+            circuit (the most influential).
         dpi: Resolution of the inlined PNGs (size vs sharpness).
         n_boot: Bootstrap resamples of the before/after comparison.
         seed: Bootstrap seed.
@@ -78,6 +82,8 @@ class ReportConfig:
 
     top_k: int = 10
     circuit_edges: int = 60
+    consensus_share: float = 0.5
+    consensus_nodes: int = 20
     dpi: int = 80
     n_boot: int = 1000
     seed: int = 0
@@ -320,6 +326,124 @@ def _circuit(nodes, edges, paths, title: str, n_edges: int, dpi: int) -> str:
     )
     caption = f'<ol class="paths">{listed}</ol>' if listed else ""
     return _png(fig) + caption
+
+
+def _consensus(nodes, edges, title: str, n_edges: int, dpi: int) -> str:
+    """One group's consensus circuit (``consensus_nodes`` / ``consensus_edges`` rows):
+    nodes where they carry the most influence (position from the end of the prompt,
+    layer; tokens below, logits above), sized by the share of the group's graphs that
+    hold them; its strongest edges by mean weight over the group's graphs, coloured by
+    sign; the most influential features named."""
+    import matplotlib.pyplot as plt
+    from matplotlib.collections import LineCollection
+
+    from circuitray.outputs.aggregate import consensus_key as key
+
+    top_layer = max([int(n["at_layer"]) for n in nodes if n["node_type"] != "logit"] or [0])
+
+    def y(n: dict) -> float:
+        kind = n["node_type"]
+        return -1.0 if kind == "token" else top_layer + 1.5 if kind == "logit" else n["at_layer"]
+
+    where = {key(n): (n["at_pos_from_end"], y(n)) for n in nodes}
+    kept = [e for e in edges if key(e, "src_") in where and key(e, "dst_") in where]
+    kept.sort(key=lambda e: -abs(e["sum_weight"]))
+    kept = kept[:n_edges]
+    fig, ax = plt.subplots(figsize=(8.5, 5.2), dpi=dpi)
+    if kept:
+        wmax = max(abs(e["sum_weight"] / e["n_graphs"]) for e in kept) or 1.0
+        ax.add_collection(
+            LineCollection(
+                [[where[key(e, "src_")], where[key(e, "dst_")]] for e in kept],
+                linewidths=[0.3 + 3 * abs(e["sum_weight"] / e["n_graphs"]) / wmax for e in kept],
+                colors=["tab:blue" if e["sum_weight"] > 0 else "tab:red" for e in kept],
+                alpha=0.35,
+            )
+        )
+    marker = {"feature": "o", "supernode": "h", "error": "s", "token": "^", "logit": "D"}
+    color = {
+        "feature": "tab:purple",
+        "supernode": "tab:brown",
+        "error": "tab:gray",
+        "token": "tab:green",
+        "logit": "tab:orange",
+    }
+    for kind in marker:
+        group = [n for n in nodes if n["node_type"] == kind]
+        if group:
+            ax.scatter(
+                [where[key(n)][0] for n in group],
+                [where[key(n)][1] for n in group],
+                s=[12 + 60 * n["share"] for n in group],
+                marker=marker[kind],
+                c=color[kind],
+                label=kind,
+                zorder=3,
+            )
+    named = sorted(
+        (n for n in nodes if n["node_type"] in ("feature", "supernode")),
+        key=lambda n: -(n["influence"] or 0.0),
+    )[:6]
+    for i, n in enumerate(named):
+        text = n["supernode"] or f"L{n['layer']}/{n['feature']}"
+        ax.annotate(
+            _plain(f"{_short(text)} ({n['share']:.0%})"),
+            where[key(n)],
+            xytext=(6, 6 if i % 2 == 0 else -10),
+            textcoords="offset points",
+            fontsize=7,
+            zorder=4,
+            bbox={"boxstyle": "round,pad=0.2", "fc": "white", "ec": "0.7", "alpha": 0.85},
+        )
+    tokens = {}
+    for n in nodes:
+        if n["node_type"] == "token" and n["share"] > tokens.get(n["pos_from_end"], ("", -1))[1]:
+            tokens[n["pos_from_end"]] = (n["token"] or "", n["share"])
+    ax.set_xticks(list(tokens), [_plain(t) for t, _ in tokens.values()], rotation=45, fontsize=8)
+    ax.set_xlabel("position from the end of the prompt (most common token)")
+    ax.set_ylabel("layer")
+    ax.set_title(_plain(title), fontsize=9)
+    ax.legend(fontsize=6, loc="lower right")
+    ax.autoscale()
+    ax.margins(x=0.12, y=0.08)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _consensus_section(run_dirs: list[str], config: ReportConfig) -> list[str]:
+    """Per run and constraint type, the consensus circuit at ``consensus_share``."""
+    from circuitray.query.engine import run_queries
+
+    tables = run_queries(
+        ["consensus_nodes", "consensus_edges"],
+        run_dirs,
+        params={"min_share": str(config.consensus_share)},
+    )
+    nodes: dict[tuple, list[dict]] = {}
+    for n in tables["consensus_nodes"].to_pylist():
+        rank = n["influence_rank"]
+        if rank is None or rank <= config.consensus_nodes:
+            nodes.setdefault((n["run"], n["group_value"]), []).append(n)
+    edges: dict[tuple, list[dict]] = {}
+    for e in tables["consensus_edges"].to_pylist():
+        edges.setdefault((e["run"], e["group_value"]), []).append(e)
+    plots = [
+        _consensus(
+            group,
+            edges.get(g, []),
+            f"{g[0]}: {g[1]}, {group[0]['n_graphs']} graphs",
+            config.circuit_edges,
+            config.dpi,
+        )
+        for g, group in sorted(nodes.items())
+    ]
+    return [
+        f"<h2>Consensus circuits (nodes and edges in at least {config.consensus_share:.0%} of "
+        f"a type's graphs; the {config.consensus_nodes} most influential features and "
+        "error nodes; size: share of graphs; circuitray aggregate writes them for the "
+        "viewer)</h2>",
+        *(plots or ["<p>no ok graphs</p>"]),
+    ]
 
 
 def _effect_label(run: str, spec: str, several: bool) -> str:
@@ -691,6 +815,7 @@ def build_report(
         "target, features with their labels)</h2>",
         *circuits,
     ]
+    sections += _consensus_section(run_dirs, config)
     if interventions:
         sections += _interventions_section(interventions, config)
 

@@ -53,8 +53,10 @@ def test_report_is_self_contained(report):
     page = out.read_text()
     assert record["bytes"] == out.stat().st_size < 10_000_000
     # 1 distributions + 2 layer profiles + 2 top-feature plots + 1 overlap matrix
-    # + 1 before/after + 6 circuits (2 runs x 3 types).
-    assert record["plots"] == 13 == page.count('class="plot"')
+    # + 1 before/after + 6 circuits and 6 consensus circuits (2 runs x 3 types).
+    assert record["plots"] == 19 == page.count('class="plot"')
+    consensus = page[page.index("<h2>Consensus circuits") :]
+    assert consensus.count('class="plot"') == 6
     refs = re.findall(r'(?:src|href)\s*=\s*"([^"]*)"', page)
     assert refs and all(r.startswith("data:image/png;base64,") for r in refs), refs[:3]
     assert "http://" not in page and "https://" not in page
@@ -94,8 +96,8 @@ def test_report_cli(ray_run, tmp_path):
     p = circuitray("report", ray_run.out, "--out", out, "--json")
     assert p.returncode == 0, p.stderr
     record = json.loads(p.stdout)
-    # One run: no before/after plot; 1 + 1 + 1 + 1 + 3 circuits.
-    assert record["plots"] == 7 and Path(record["path"]) == out
+    # One run: no before/after plot; 1 + 1 + 1 + 1 + 3 circuits + 3 consensus circuits.
+    assert record["plots"] == 10 and Path(record["path"]) == out
     assert_one_line_error(circuitray("report", tmp_path, "--out", out), "not a circuitray run")
 
 
@@ -113,8 +115,8 @@ def iv_report(ray_run, intervention_dir, tmp_path_factory):
 def test_report_interventions_section(iv_report, intervention_dir):
     out, record = iv_report
     page = out.read_text()
-    # The one-run report's 7 plots + effects per SPEC + predicted-vs-measured scatter.
-    assert record["plots"] == 9 == page.count('class="plot"')
+    # The one-run report's 10 plots + effects per SPEC + predicted-vs-measured scatter.
+    assert record["plots"] == 12 == page.count('class="plot"')
     assert page.count("<h2>Interventions</h2>") == 1
     section = page[page.index("<h2>Interventions</h2>") :]
     assert str(intervention_dir) in section and ", ".join(SPECS) in section
@@ -180,7 +182,7 @@ def test_report_draws_folder_text_as_text(ray_run, tmp_path):
     out = tmp_path / "r.html"
     p = circuitray("report", run, "--out", out, "--json")
     assert p.returncode == 0, p.stderr
-    assert json.loads(p.stdout)["plots"] == 7
+    assert json.loads(p.stdout)["plots"] == 10
     page = out.read_text()
     assert "price $a^$ &lt;i&gt;" in page and "<i>" not in page
     assert "run $b^$" in page

@@ -60,14 +60,17 @@ def time_aggregate(
             *circuitray_command(), "aggregate", run_dir, "--out", out,
             "--min-share", str(min_share), "--memory-limit", memory_limit, "--json",
         ]  # fmt: skip
-        t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        # wait4 reaps the child and gives its own rusage; communicate() then reads
-        # what it wrote (the pipes stay open after the child exits).
-        _, status, usage = os.wait4(proc.pid, 0)
-        seconds = time.perf_counter() - t0
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        stdout, stderr = proc.communicate()
+        # The child's output goes to files, not pipes: wait4 (its own rusage) reaps it
+        # before anything reads, and a full pipe would block it forever.
+        with tempfile.TemporaryFile("w+") as so, tempfile.TemporaryFile("w+") as se:
+            t0 = time.perf_counter()
+            proc = subprocess.Popen(cmd, stdout=so, stderr=se, text=True)
+            _, status, usage = os.wait4(proc.pid, 0)
+            seconds = time.perf_counter() - t0
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            so.seek(0)
+            se.seek(0)
+            stdout, stderr = so.read(), se.read()
         if proc.returncode != 0:
             raise CircuitrayError(f"circuitray aggregate {run_dir}: {stderr.strip()[-2000:]}")
     groups = len(json.loads(stdout)["groups"])

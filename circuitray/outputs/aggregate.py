@@ -25,6 +25,7 @@ and as graphs the viewer opens.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
@@ -36,6 +37,7 @@ import pyarrow.parquet as pq
 
 from circuitray.errors import CircuitrayError
 from circuitray.outputs.export import _finite, _write_atomic
+from circuitray.outputs.viewer import SLUG
 
 logger = logging.getLogger(__name__)
 
@@ -53,14 +55,15 @@ class AggregateConfig:
     Attributes:
         runs: Run folders (or series folders) whose ok graphs are grouped.
         out: Output folder (local): tables, ``aggregate.json`` and one viewer graph per
-            group; files of an earlier aggregate there are replaced.
+            group. New, empty, or an earlier aggregate's (whose files are replaced);
+            any other folder is refused.
         by: The ``graphs`` column whose values group the graphs (``constraint_type``,
             ``step``, ``run``, ``prompt_id``, ``target_token``, ...).
         min_share: Keep nodes and edges held by at least this share of a group's graphs.
         top_k: Per group, keep the k features, supernodes and error nodes of highest
             mean influence (token and logit nodes stay); 0 keeps all.
         edge_top_k: Per group, keep the k edges of largest absolute summed weight
-            (before dropping edges whose ends are not kept); 0 keeps all.
+            among those whose ends are kept nodes; 0 keeps all.
         supernodes: A grouping file (layer, feature -> name: CSV, Parquet or JSONL)
             whose groups become single nodes.
         memory_limit: DuckDB's memory limit for the aggregation (what does not fit
@@ -98,8 +101,36 @@ class AggregateResult:
 
 
 def _slug(run: str, by: str, value: str) -> str:
-    text = f"consensus-{run}-{by}-{value}"
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip(".-_")[:150] or "consensus"
+    """A file name for a group's graph: readable, and unique by a hash of the group
+    (values differing only in punctuation or past 120 characters read alike)."""
+    text = re.sub(r"[^A-Za-z0-9._-]+", "-", f"consensus-{run}-{by}-{value}")
+    digest = hashlib.sha256(json.dumps([run, by, value]).encode()).hexdigest()[:8]
+    return f"{text.strip('.-_')[:120]}-{digest}"
+
+
+def _prepare_out(out: Path) -> None:
+    """Make ``out`` ready: a new or empty folder, or one an earlier aggregate wrote,
+    whose graphs and metadata are removed (the new groups may differ); any other
+    folder is refused, so nothing of anyone else's is mixed in or overwritten."""
+    if out.exists() and not out.is_dir():
+        raise CircuitrayError(f"{out}: not a folder")
+    if not out.exists() or not any(out.iterdir()):
+        out.mkdir(parents=True, exist_ok=True)
+        return
+    try:
+        earlier = json.loads((out / "aggregate.json").read_text())
+        if earlier.get("format") != FORMAT:
+            raise ValueError(earlier.get("format"))
+        slugs = [g["slug"] for g in earlier["groups"]]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        raise CircuitrayError(
+            f"{out}: holds files but no earlier aggregate (aggregate.json); give an empty "
+            "or new --out folder"
+        ) from None
+    for slug in slugs:
+        if isinstance(slug, str) and SLUG.fullmatch(slug):
+            (out / f"{slug}.json").unlink(missing_ok=True)
+    (out / "graph-metadata.json").unlink(missing_ok=True)
 
 
 def consensus_key(row: dict, prefix: str = "") -> tuple:
@@ -163,7 +194,9 @@ def _group_graph(
     out_nodes = []
     taken: set[str] = set()
     supernode_index = 0
-    for n in nodes:
+    # Features first: an error node's id "0_<layer>_<pos>" can equal a layer-0
+    # feature's "<layer>_<feature>_<pos>"; the feature keeps the id the viewer parses.
+    for n in sorted(nodes, key=lambda n: n["node_type"] != "feature"):
         kind, key = n["node_type"], consensus_key(n)
         pos = last + n["at_pos_from_end"]
         share = f"[{n['share']:.0%}]"
@@ -251,8 +284,6 @@ def aggregate_circuits(config: AggregateConfig) -> AggregateResult:
         nodes_by_group.setdefault((row["run"], row["group_value"]), []).append(row)
     edges_by_group: dict[tuple, list[dict]] = {}
     for row in tables["consensus_edges"].to_pylist():
-        if config.edge_top_k and row["weight_rank"] > config.edge_top_k:
-            continue
         edges_by_group.setdefault((row["run"], row["group_value"]), []).append(row)
     if not nodes_by_group:
         raise CircuitrayError(
@@ -269,16 +300,19 @@ def aggregate_circuits(config: AggregateConfig) -> AggregateResult:
         },
     )
     out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
+    _prepare_out(out)
     result = AggregateResult(out=str(out))
     node_rows, edge_rows = [], []
     for (run, value), nodes in sorted(nodes_by_group.items()):
         kept = {consensus_key(n) for n in nodes}
         edges = [
             e
-            for e in edges_by_group.get((run, value), [])
+            for e in edges_by_group.get((run, value), [])  # strongest first (weight_rank)
             if consensus_key(e, "src_") in kept and consensus_key(e, "dst_") in kept
         ]
+        edges.sort(key=lambda e: e["weight_rank"])
+        if config.edge_top_k:
+            edges = edges[: config.edge_top_k]
         slug = _slug(run, config.by, value)
         n_graphs = nodes[0]["n_graphs"]
         prompt = f"consensus of {n_graphs} graphs of {run}: {config.by} = {value}"

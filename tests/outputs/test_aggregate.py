@@ -232,3 +232,121 @@ def test_bad_supernode_files_and_groupings_are_one_line(tmp_path, ray_run):
     assert_refused(p, "no column no_such_column")
     p = circuitray("query", "consensus_nodes", ray_run.out, "--param", "by=nope")
     assert_refused(p, "no column nope")
+
+
+def _retyped(ray_run, tmp_path, names: dict[str, str]) -> Path:
+    """A copy of the shared Ray run whose constraint types are renamed."""
+    import shutil
+
+    import pyarrow.compute as pc
+
+    run = tmp_path / "retyped"
+    shutil.copytree(ray_run.out, run)
+    for f in (run / "graphs").glob("*.parquet"):
+        t = pq.read_table(f)
+        types = t["constraint_type"]
+        for old, new in names.items():
+            types = pc.replace_substring(types, old, new)
+        pq.write_table(
+            t.set_column(t.column_names.index("constraint_type"), "constraint_type", types), f
+        )
+    return run
+
+
+def test_groups_alike_but_for_punctuation_get_their_own_graphs(ray_run, tmp_path):
+    types = sorted(
+        r["constraint_type"]
+        for r in run_sql(
+            [str(ray_run.out)], "SELECT DISTINCT constraint_type FROM graphs"
+        ).to_pylist()
+    )
+    run = _retyped(ray_run, tmp_path, {types[0]: "x!", types[1]: "x?", types[2]: "x."})
+    out = tmp_path / "agg"
+    result = aggregate_circuits(AggregateConfig(runs=[str(run)], out=str(out)))
+    slugs = [g["slug"] for g in result.groups]
+    assert sorted(g["group_value"] for g in result.groups) == ["x!", "x.", "x?"]
+    assert len(set(slugs)) == 3 and all((out / f"{s}.json").is_file() for s in slugs)
+    meta = json.loads((out / "graph-metadata.json").read_text())
+    assert sorted(g["slug"] for g in meta["graphs"]) == sorted(slugs)
+
+    # Again into the same folder, grouped another way: only the new groups are there.
+    again = aggregate_circuits(AggregateConfig(runs=[str(run)], out=str(out), by="run"))
+    assert [g["graphs"] for g in again.groups] == [24]
+    meta = json.loads((out / "graph-metadata.json").read_text())
+    assert [g["slug"] for g in meta["graphs"]] == [again.groups[0]["slug"]]
+    assert sorted(p.name for p in out.glob("consensus-*.json")) == [
+        f"{again.groups[0]['slug']}.json"
+    ]
+    # A folder holding anything else is refused, and left as it was.
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    p = circuitray("aggregate", run, "--out", other)
+    assert_refused(p, "no earlier aggregate")
+    assert [f.name for f in other.iterdir()] == ["notes.txt"]
+
+
+def test_a_feature_keeps_its_id_where_an_error_nodes_would_equal_it():
+    from circuitray.outputs.aggregate import _group_graph
+
+    def node(kind, **kw):
+        row = dict.fromkeys(
+            ["layer", "feature", "pos_from_end", "token", "supernode", "token_id",
+             "mean_activation", "mean_logit_prob"],
+        )  # fmt: skip
+        row.update(node_type=kind, share=1.0, influence=0.1, at_layer=0, at_pos_from_end=0)
+        row.update(kw)
+        return row
+
+    nodes = [
+        node("error", layer=5, pos_from_end=0, at_layer=5),  # "0_5_3": as a feature's
+        node("feature", layer=0, feature=5, at_layer=0),  # "0_5_3"
+        node("token", token="x", token_id=7, pos_from_end=-3, at_pos_from_end=-3, at_layer=-1),
+        node("logit", token="y", token_id=8, mean_logit_prob=0.5, at_layer=26),
+    ]
+    model, ids = _group_graph(nodes, [], {}, slug="s", prompt="p")
+    by_type = {n.feature_type: n.node_id for n in model.nodes}
+    assert by_type["cross layer transcoder"] == "0_5_3"
+    assert by_type["mlp reconstruction error"] != "0_5_3"
+    assert len({n.node_id for n in model.nodes}) == 4
+
+
+def test_diff_shares_are_exact_below_min_share(ray_run):
+    types = sorted(
+        r["constraint_type"]
+        for r in run_sql(
+            [str(ray_run.out)], "SELECT DISTINCT constraint_type FROM graphs"
+        ).to_pylist()
+    )
+    a, b = types[:2]
+    every = run_query("consensus_edges", [str(ray_run.out)], params={"min_share": "0"})
+    share = {
+        (r["group_value"], tuple(v for k, v in r.items() if k.startswith(("src_", "dst_")))): r
+        for r in every.to_pylist()
+    }
+    rows = run_query(
+        "consensus_diff",
+        [str(ray_run.out)],
+        params={"group_a": a, "group_b": b, "min_share": "0.5"},
+    ).to_pylist()
+    assert rows
+    for r in rows:
+        edge = tuple(v for k, v in r.items() if k.startswith(("src_", "dst_")))
+        for side, group in (("a", a), ("b", b)):
+            theirs = share.get((group, edge))
+            assert r[f"share_{side}"] == (theirs["share"] if theirs else 0), (side, r)
+            weight = theirs["sum_weight"] / theirs["n_graphs"] if theirs else 0
+            assert r[f"weight_{side}"] == pytest.approx(weight, rel=1e-5, abs=1e-6)
+        assert max(r["share_a"], r["share_b"]) >= 0.5
+        assert r["change"] == {
+            (True, True): "shared", (False, True): "gained", (True, False): "lost"
+        }[(r["share_a"] >= 0.5, r["share_b"] >= 0.5)]  # fmt: skip
+    # Every edge at 0.5 in either group is there.
+    wanted = {e for (g, e), r in share.items() if g in (a, b) and r["share"] >= 0.5}
+    assert wanted == {
+        tuple(v for k, v in r.items() if k.startswith(("src_", "dst_"))) for r in rows
+    }
+    assert any(0 < r["share_a"] < 0.5 or 0 < r["share_b"] < 0.5 for r in rows)
+    p = circuitray("query", "consensus_diff", ray_run.out, "--param", f"group_a={a}",
+                   "--param", f"group_b={a}")  # fmt: skip
+    assert_refused(p, "the same group")

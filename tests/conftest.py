@@ -165,7 +165,7 @@ SLOW_TESTS = {
     "tests/graph/test_interventions.py::test_graph_top_features_beat_random_ones": 46,
     "tests/features/test_features.py::test_labels_in_queries_sql_and_export": 48,
     "tests/bench/test_gpu_bench.py::test_gpu_bench_falls_back_to_the_bundled_model": 46,
-    "tests/bench/test_aggregate_bench.py::test_bench_aggregate_times_a_synthetic_run": 16,
+    "tests/bench/test_aggregate_bench.py::test_bench_aggregate_times_a_synthetic_run": 11,
     "tests/jobs/test_pipeline_file.py::test_local_pipeline_runs_queries_compares_and_resu": 43,
     "tests/jobs/test_intervention_job.py::test_killed_actor_mid_intervention_then_resume": 38,
     "tests/bench/test_real_shape_bench.py::test_real_shape_section_measures_and_prints": 44,

@@ -9,24 +9,36 @@
 -- b's mean weight minus a's. The largest changes first. Only edges between nodes at
 -- min_share in one of the groups can qualify, so only those are aggregated (exact).
 -- uses: consensus_keys
--- param: group_a str = a -- the baseline group's value of `by`
--- param: group_b str = b -- the group compared with it
+-- param: group_a str = -- the baseline group's value of `by` (default: the first in order)
+-- param: group_b str = -- the group compared with it (default: the next one)
 -- param: min_share float = 0.5 -- keep edges at or above this share in either group
-WITH checked AS (
-    SELECT CASE
-        WHEN $group_a = $group_b THEN error('group_a and group_b are the same group')
-        WHEN count(*) FILTER (WHERE group_value = $group_a) = 0
-            THEN error('group_a: no ok graph has ' || any_value(group_by) || ' = ' || $group_a)
-        WHEN count(*) FILTER (WHERE group_value = $group_b) = 0
-            THEN error('group_b: no ok graph has ' || any_value(group_by) || ' = ' || $group_b)
-    END AS c
-    FROM (SELECT DISTINCT group_by, group_value FROM consensus_keys)
+WITH groups AS (SELECT DISTINCT group_by, group_value FROM consensus_keys),
+picked AS (  -- the groups asked for; by default the first two in order
+    SELECT coalesce(nullif($group_a, ''), (SELECT min(group_value) FROM groups)) AS ga
+),
+checked AS (
+    SELECT p.ga,
+           coalesce(nullif($group_b, ''),
+                    (SELECT min(group_value) FROM groups WHERE group_value > p.ga)) AS gb,
+           (SELECT any_value(group_by) FROM groups) AS by_name
+    FROM picked p
+),
+valid AS (
+    SELECT ga, gb, CASE
+        WHEN ga = gb THEN error('group_a and group_b are the same group')
+        WHEN $group_a <> '' AND NOT EXISTS (SELECT 1 FROM groups WHERE group_value = ga)
+            THEN error('group_a: no ok graph has ' || by_name || ' = ' || ga)
+        WHEN $group_b <> '' AND NOT EXISTS (SELECT 1 FROM groups WHERE group_value = gb)
+            THEN error('group_b: no ok graph has ' || by_name || ' = ' || gb)
+        ELSE gb IS NOT NULL  -- by default, a run of one group has nothing to compare
+    END AS ok
+    FROM checked
 ),
 two AS (
     SELECT k.*, CASE WHEN k.group_by = 'run' THEN '' ELSE k.run END AS pair,
-           CASE k.group_value WHEN $group_a THEN 'a' ELSE 'b' END AS side
-    FROM consensus_keys k, checked
-    WHERE k.group_value IN ($group_a, $group_b) AND checked.c IS NULL
+           CASE WHEN k.group_value = v.ga THEN 'a' ELSE 'b' END AS side
+    FROM consensus_keys k, valid v
+    WHERE k.group_value IN (v.ga, v.gb) AND v.ok
 ),
 shared_keys AS (  -- keys at min_share in either group: only their edges can qualify
     SELECT DISTINCT pair, node_type, layer, feature, pos_from_end, token, supernode

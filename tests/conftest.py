@@ -290,6 +290,16 @@ if not SHARED_GRAPHS.is_absolute():
     SHARED_GRAPHS = Path(__file__).resolve().parents[1] / SHARED_GRAPHS
 
 
+def json_feature_keys(doc: dict) -> dict[str, tuple[int, int]]:
+    """node_id -> (layer, feature index) of a graph JSON file's feature nodes, read from
+    the file directly (the tests' independent side of the import and consensus)."""
+    return {
+        n["node_id"]: (int(n["layer"]), int(n["node_id"].split("_")[1]))
+        for n in doc["nodes"]
+        if n["feature_type"] == "cross layer transcoder"
+    }
+
+
 # Logical CPUs of the shared Ray (scheduling slots, not cores): room for every test's
 # actors, and for a killed driver's actors that linger a moment beside the next test's.
 SHARED_RAY_CPUS = 8

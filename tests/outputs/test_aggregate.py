@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import SHARED_GRAPHS, assert_refused, circuitray
+from conftest import SHARED_GRAPHS, assert_refused, circuitray, json_feature_keys
 
 from circuitray.errors import CircuitrayError
 from circuitray.ingest.importer import ImportConfig, import_graphs
@@ -23,15 +23,6 @@ GRAPHS = SHARED_GRAPHS / "neuronpedia-gemma-2-2b"
 SUPERNODES = SHARED_GRAPHS / "neuronpedia-gemma-2-2b-dallas-supernodes.csv"
 
 needs_graphs = pytest.mark.skipif(not GRAPHS.is_dir(), reason=f"no {GRAPHS}")
-
-
-def _features(doc: dict) -> dict[str, tuple[int, int]]:
-    """node_id -> (layer, feature) of a graph file's feature nodes."""
-    return {
-        n["node_id"]: (int(n["layer"]), int(n["node_id"].split("_")[1]))
-        for n in doc["nodes"]
-        if n["feature_type"] == "cross layer transcoder"
-    }
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +48,7 @@ def test_the_dallas_familys_consensus_keeps_the_features_of_every_graph(dallas, 
     groups = json.loads(p.stdout)["groups"]
     assert [(g["graphs"], g["group_value"]) for g in groups] == [(13, "run")]
     nodes = pq.read_table(out / "nodes.parquet").to_pylist()
-    expected = set.intersection(*(set(_features(d).values()) for d in docs))
+    expected = set.intersection(*(set(json_feature_keys(d).values()) for d in docs))
     got = {(n["layer"], n["feature"]) for n in nodes if n["node_type"] == "feature"}
     assert got == expected and len(expected) > 50
     assert all(n["share"] == 1.0 for n in nodes)
@@ -76,7 +67,7 @@ def test_the_dallas_familys_consensus_keeps_the_features_of_every_graph(dallas, 
     assert len(graph["links"]) == len(edges) > 0
     feature_links = defaultdict(float)  # independently: summed over positions, per graph
     for d in docs:
-        keys = _features(d)
+        keys = json_feature_keys(d)
         for link in d["links"]:
             if link["source"] in keys and link["target"] in keys:
                 feature_links[(keys[link["source"]], keys[link["target"]])] += link["weight"]
@@ -102,7 +93,7 @@ def test_supernodes_collapse_members_and_sum_their_edges(dallas, tmp_path):
     # positions (edges inside one supernode left out); then over the 13 graphs.
     per_pair: dict[tuple[str, str], list[float]] = defaultdict(list)
     for d in docs:
-        keys = _features(d)
+        keys = json_feature_keys(d)
         sums: dict[tuple[str, str], float] = defaultdict(float)
         for link in d["links"]:
             a, b = member.get(keys.get(link["source"])), member.get(keys.get(link["target"]))
@@ -150,7 +141,7 @@ def test_diff_of_english_and_french_antonym_graphs(tmp_path):
     edges = {}
     for lang, stem in files.items():
         doc = json.loads((GRAPHS / f"{stem}.json").read_text())
-        keys = _features(doc)
+        keys = json_feature_keys(doc)
         edges[lang] = {
             (keys[link["source"]], keys[link["target"]])
             for link in doc["links"]

@@ -9,7 +9,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
-from conftest import SHARED_GRAPHS
+from conftest import SHARED_GRAPHS, json_feature_keys
 
 from circuitray.ingest.importer import ImportConfig, import_graphs
 from circuitray.query.engine import run_query
@@ -25,14 +25,6 @@ def _dallas() -> list[Path]:
     return files
 
 
-def _feature_keys(doc: dict) -> dict[str, tuple[int, int]]:
-    return {
-        n["node_id"]: (int(n["layer"]), int(n["node_id"].split("_")[1]))
-        for n in doc["nodes"]
-        if n["feature_type"] == "cross layer transcoder"
-    }
-
-
 @pytest.fixture(scope="module")
 def dallas(tmp_path_factory) -> tuple[Path, list[dict]]:
     out = tmp_path_factory.mktemp("dallas") / "run"
@@ -45,12 +37,12 @@ def test_features_in_every_graph_of_the_family(dallas):
     out, docs = dallas
     rows = run_query("consensus_nodes", [str(out)], params={"min_share": "1.0"}).to_pylist()
     got = {(r["layer"], r["feature"]) for r in rows if r["node_type"] == "feature"}
-    expected = set.intersection(*(set(_feature_keys(d).values()) for d in docs))
+    expected = set.intersection(*(set(json_feature_keys(d).values()) for d in docs))
     assert got == expected and len(expected) > 50
     assert all(r["graphs"] == r["n_graphs"] == 13 and r["share"] == 1.0 for r in rows)
     # Below share 1, more: every feature of any graph at share > 0.
     everything = run_query("consensus_nodes", [str(out)], params={"min_share": "0"}).to_pylist()
-    union = set.union(*(set(_feature_keys(d).values()) for d in docs))
+    union = set.union(*(set(json_feature_keys(d).values()) for d in docs))
     assert {(r["layer"], r["feature"]) for r in everything if r["node_type"] == "feature"} == union
 
 
@@ -58,7 +50,7 @@ def test_feature_edges_shared_by_every_graph_with_their_weights(dallas):
     out, docs = dallas
     per_graph = []
     for d in docs:
-        keys = _feature_keys(d)
+        keys = json_feature_keys(d)
         weights: dict[tuple, float] = defaultdict(float)
         for link in d["links"]:
             if link["source"] in keys and link["target"] in keys:

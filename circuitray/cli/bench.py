@@ -66,6 +66,14 @@ def _wide_console() -> Console:
     return Console(width=None if sys.stdout.isatty() else 160)
 
 
+def _write_record(json_out: str, head: dict, timings: list[dict]) -> None:
+    """A timing benchmark's JSON: what it measured (``head``), the machine, the timings."""
+    record = {**head, "cpu_cores": os.cpu_count(), "machine": platform.platform()}
+    record["timings"] = timings
+    Path(json_out).parent.mkdir(parents=True, exist_ok=True)
+    Path(json_out).write_text(json.dumps(record, indent=2) + "\n")
+
+
 @click.group("bench")
 def bench_group() -> None:
     """Benchmarks: make bench (suite), GPU, synthetic runs at scale, query timings."""
@@ -127,16 +135,11 @@ def bench_queries_cmd(run_dir, names, json_out, limit_s) -> None:
     console.print(f"{run_dir}: {edges:,} edges, {graphs:,} graphs; {os.cpu_count()} CPU cores")
     console.print(t)
     if json_out:
-        record = {
-            "run_dir": str(run_dir),
-            "edges": edges,
-            "graphs": graphs,
-            "cpu_cores": os.cpu_count(),
-            "machine": platform.platform(),
-            "timings": [asdict(q) for q in timings],
-        }
-        Path(json_out).parent.mkdir(parents=True, exist_ok=True)
-        Path(json_out).write_text(json.dumps(record, indent=2) + "\n")
+        _write_record(
+            json_out,
+            {"run_dir": str(run_dir), "edges": edges, "graphs": graphs},
+            [asdict(q) for q in timings],
+        )
     if any(q.seconds >= limit_s for q in timings):
         sys.exit(1)
 
@@ -397,14 +400,10 @@ def bench_aggregate_cmd(run_dirs, min_share, memory_limit, json_out, goal) -> No
     )
     console.print(t)
     if json_out:
-        record = {
-            "min_share": min_share,
-            "memory_limit": memory_limit,
-            "cpu_cores": os.cpu_count(),
-            "machine": platform.platform(),
-            "timings": [asdict(a) for a in timings],
-        }
-        Path(json_out).parent.mkdir(parents=True, exist_ok=True)
-        Path(json_out).write_text(json.dumps(record, indent=2) + "\n")
+        _write_record(
+            json_out,
+            {"min_share": min_share, "memory_limit": memory_limit},
+            [asdict(a) for a in timings],
+        )
     if any(a.graphs_per_hour < goal for a in timings):
         sys.exit(1)

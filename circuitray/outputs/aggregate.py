@@ -140,6 +140,16 @@ def consensus_key(row: dict, prefix: str = "") -> tuple:
     return tuple(row[f"{prefix}{k}"] for k in names)
 
 
+def consensus_tokens(nodes: list[dict]) -> dict[int, str]:
+    """Each position from the end of the prompt's token: the kept token node there with
+    the highest share (the first of equals)."""
+    best: dict[int, tuple[str, float]] = {}
+    for n in nodes:
+        if n["node_type"] == "token" and n["share"] > best.get(n["pos_from_end"], ("", -1.0))[1]:
+            best[n["pos_from_end"]] = (n["token"] or "", n["share"])
+    return {pos: token for pos, (token, _) in best.items()}
+
+
 def _labels(runs: list[str], keys: set[tuple[int, int]]) -> dict[tuple[int, int], str]:
     """Labels of (layer, feature) from the runs' feature tables (the first that has
     one), through the ``features`` view."""
@@ -172,12 +182,8 @@ def _group_graph(
     length = 1 - min((n["at_pos_from_end"] for n in nodes), default=0)
     last = length - 1
     tokens = [""] * length
-    best: dict[int, float] = {}
-    for n in nodes:
-        if n["node_type"] == "token":
-            pos = last + n["pos_from_end"]
-            if n["share"] > best.get(pos, -1.0):
-                best[pos], tokens[pos] = n["share"], n["token"] or ""
+    for pos_from_end, token in consensus_tokens(nodes).items():
+        tokens[last + pos_from_end] = token
     # circuit-tracer's influence is cumulative (smaller is more important).
     ranked = sorted(
         (n for n in nodes if n["node_type"] != "logit"), key=lambda n: -(n["influence"] or 0.0)

@@ -247,6 +247,28 @@ def _node_name(r) -> str:
     return f"tok {tok}" if r.node_type == "token" else f"logit {tok}"
 
 
+# How the circuit drawings mark each kind of node, and box a node's name.
+MARKER = {"feature": "o", "supernode": "h", "error": "s", "token": "^", "logit": "D"}
+COLOR = {
+    "feature": "tab:purple",
+    "supernode": "tab:brown",
+    "error": "tab:gray",
+    "token": "tab:green",
+    "logit": "tab:orange",
+}
+LABEL_BOX = {"boxstyle": "round,pad=0.2", "fc": "white", "ec": "0.7", "alpha": 0.85}
+
+
+def _finish_circuit(fig, ax, title: str) -> None:
+    """A circuit drawing's layer axis, title, legend and margins."""
+    ax.set_ylabel("layer")
+    ax.set_title(_plain(title), fontsize=9)
+    ax.legend(fontsize=6, loc="lower right")
+    ax.autoscale()
+    ax.margins(x=0.12, y=0.08)
+    fig.tight_layout()
+
+
 def _circuit(nodes, edges, paths, title: str, n_edges: int, dpi: int) -> str:
     """One graph's drawing: its strongest edges faint, its strongest token -> target
     paths (the ``paths`` query) bold with every node on them named (features with
@@ -286,19 +308,12 @@ def _circuit(nodes, edges, paths, title: str, n_edges: int, dpi: int) -> str:
                 zorder=2,
             )
         )
-    marker = {"feature": "o", "error": "s", "token": "^", "logit": "D"}
-    color = {
-        "feature": "tab:purple",
-        "error": "tab:gray",
-        "token": "tab:green",
-        "logit": "tab:orange",
-    }
     shown = used | set(on_path)
-    for kind in marker:
+    for kind in MARKER:
         pts = [(x, y) for nid, (x, y, k) in pos.items() if k == kind and nid in shown]
         if pts:
             xs, ys = zip(*pts, strict=True)
-            ax.scatter(xs, ys, marker=marker[kind], c=color[kind], s=30, label=kind, zorder=3)
+            ax.scatter(xs, ys, marker=MARKER[kind], c=COLOR[kind], s=30, label=kind, zorder=3)
     for i, nid in enumerate(on_path):
         x, y, kind = pos[nid]
         if kind == "token":
@@ -310,16 +325,11 @@ def _circuit(nodes, edges, paths, title: str, n_edges: int, dpi: int) -> str:
             textcoords="offset points",
             fontsize=7,
             zorder=4,
-            bbox={"boxstyle": "round,pad=0.2", "fc": "white", "ec": "0.7", "alpha": 0.85},
+            bbox=LABEL_BOX,
         )
     tokens = nodes[nodes.node_type == "token"].sort_values("pos")
     ax.set_xticks(list(tokens.pos), [_plain(t) for t in tokens.token], rotation=45, fontsize=8)
-    ax.set_ylabel("layer")
-    ax.set_title(_plain(title), fontsize=9)
-    ax.legend(fontsize=6, loc="lower right")
-    ax.autoscale()
-    ax.margins(x=0.12, y=0.08)
-    fig.tight_layout()
+    _finish_circuit(fig, ax, title)
     listed = "".join(
         f'<li>{html.escape(r.label)} <span class="strength">(strength {r.strength:.3g})</span></li>'
         for r in paths.itertuples()
@@ -338,6 +348,7 @@ def _consensus(nodes, edges, title: str, n_edges: int, dpi: int) -> str:
     from matplotlib.collections import LineCollection
 
     from circuitray.outputs.aggregate import consensus_key as key
+    from circuitray.outputs.aggregate import consensus_tokens
 
     top_layer = max([int(n["at_layer"]) for n in nodes if n["node_type"] != "logit"] or [0])
 
@@ -360,23 +371,15 @@ def _consensus(nodes, edges, title: str, n_edges: int, dpi: int) -> str:
                 alpha=0.35,
             )
         )
-    marker = {"feature": "o", "supernode": "h", "error": "s", "token": "^", "logit": "D"}
-    color = {
-        "feature": "tab:purple",
-        "supernode": "tab:brown",
-        "error": "tab:gray",
-        "token": "tab:green",
-        "logit": "tab:orange",
-    }
-    for kind in marker:
+    for kind in MARKER:
         group = [n for n in nodes if n["node_type"] == kind]
         if group:
             ax.scatter(
                 [where[key(n)][0] for n in group],
                 [where[key(n)][1] for n in group],
                 s=[12 + 60 * n["share"] for n in group],
-                marker=marker[kind],
-                c=color[kind],
+                marker=MARKER[kind],
+                c=COLOR[kind],
                 label=kind,
                 zorder=3,
             )
@@ -393,20 +396,12 @@ def _consensus(nodes, edges, title: str, n_edges: int, dpi: int) -> str:
             textcoords="offset points",
             fontsize=7,
             zorder=4,
-            bbox={"boxstyle": "round,pad=0.2", "fc": "white", "ec": "0.7", "alpha": 0.85},
+            bbox=LABEL_BOX,
         )
-    tokens = {}
-    for n in nodes:
-        if n["node_type"] == "token" and n["share"] > tokens.get(n["pos_from_end"], ("", -1))[1]:
-            tokens[n["pos_from_end"]] = (n["token"] or "", n["share"])
-    ax.set_xticks(list(tokens), [_plain(t) for t, _ in tokens.values()], rotation=45, fontsize=8)
+    tokens = consensus_tokens(nodes)
+    ax.set_xticks(list(tokens), [_plain(t) for t in tokens.values()], rotation=45, fontsize=8)
     ax.set_xlabel("position from the end of the prompt (most common token)")
-    ax.set_ylabel("layer")
-    ax.set_title(_plain(title), fontsize=9)
-    ax.legend(fontsize=6, loc="lower right")
-    ax.autoscale()
-    ax.margins(x=0.12, y=0.08)
-    fig.tight_layout()
+    _finish_circuit(fig, ax, title)
     return _png(fig)
 
 

@@ -197,8 +197,9 @@ TORCH_FREE = [
 
 def test_driver_and_reader_commands_import_no_torch():
     """Their modules load without torch (the CLI answers --help in a fraction of a
-    second, and a driver process holds no torch): torch, transformers and
-    circuit-tracer come with the actors' code, imported where a model is loaded."""
+    second, and a driver process holds no torch), nor do the actors' classes a driver
+    wraps with ray.remote: torch, transformers and circuit-tracer are imported in the
+    actor, where a model is loaded."""
     import subprocess
     import sys
 
@@ -207,6 +208,8 @@ def test_driver_and_reader_commands_import_no_torch():
         "for name in sys.argv[1:]:\n"
         "    sys.argv = ['circuitray', name, '--help']\n"
         "    try:\n        main()\n    except SystemExit as e:\n        assert not e.code, name\n"
+        # What a driver imports to wrap its actors' classes with ray.remote.
+        "from circuitray.jobs.workers import AttributionWorker, InterventionWorker\n"
         "print([m for m in ('torch', 'transformers', 'circuit_tracer') if m in sys.modules])"
     )
     p = subprocess.run(

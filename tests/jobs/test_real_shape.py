@@ -21,6 +21,7 @@ import pytest
 import torch
 from conftest import SYNTHETIC_GEMMA
 
+import circuitray.graph.attribute as attribution
 import circuitray.jobs.workers as workers
 from circuitray import ModelSpec, RunConfig, generate_ws2, run, write_prompts
 
@@ -53,9 +54,9 @@ def test_scaled_gemma_graph_matches_circuit_tracer(synthetic_gemma, tmp_path, mo
     )  # fmt: skip
     assert worker.load_error is None, worker.load_error
     graphs = []  # the unpruned Graph attribute_prompt flattens, for the oracle
-    real = workers.attribute_prompt
+    real = attribution.attribute_prompt  # what the worker imports when it processes
     monkeypatch.setattr(
-        workers, "attribute_prompt", lambda *a, **k: real(*a, on_graph=graphs.append, **k)
+        attribution, "attribute_prompt", lambda *a, **k: real(*a, on_graph=graphs.append, **k)
     )
     (summary,) = worker.process("part-0-0-000000000000", [(0, prompt)])
     assert summary["status"] == "ok", summary

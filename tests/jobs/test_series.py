@@ -85,11 +85,22 @@ def test_a_rerun_computes_nothing_and_another_manifest_is_refused(manifest, seri
         run_series(SeriesConfig(manifest=str(other), out=str(out), per_type=2))
 
 
-def test_a_two_step_series_reports_first_and_last(manifest, tmp_path):
+def test_a_two_step_series_reports_first_and_last(manifest, series, tmp_path):
+    import shutil
+
     from circuitray.outputs.report import build_report
 
+    # The first and last steps of the module's series, copied: what is already there
+    # is kept, so the two-step series attributes nothing again.
+    done, _ = series
     out = tmp_path / "two"
-    run_series(SeriesConfig(manifest=str(manifest), out=str(out), per_type=1, steps=[0, 6]))
+    listed = json.loads((done / "series.json").read_text())["runs"]
+    for r in listed:
+        if r["step"] in (0, 6):
+            shutil.copytree(done / r["run"], out / r["run"])
+    two = run_series(SeriesConfig(manifest=str(manifest), out=str(out), per_type=2, steps=[0, 6]))
+    assert sorted(two.runs) == [0, 6]
+    assert all(r.computed == 0 and r.skipped == 6 for r in two.runs.values())
     build_report([str(out)], str(tmp_path / "r.html"))
     html = (tmp_path / "r.html").read_text()
     assert "Trajectory over fine-tuning" in html and "step-000006" in html

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from circuitray.errors import CircuitrayError
 from circuitray.models.registry import circuitray_home
 from circuitray.organism import OrganismConfig, build_organism
 from circuitray.organism.build import reusable_report
@@ -49,19 +50,32 @@ def test_an_unchanged_build_is_reused_and_an_edited_one_rebuilt(tmp_path, monkey
     assert reusable_report(replace(config, tuned_lr=config.tuned_lr / 2)) is None
 
 
-@pytest.mark.parametrize(
-    ("text", "message"),
-    [
-        ("tuned_stepz: 3\n", "unknown organism config field(s): tuned_stepz"),
-        ("tuned_lr: fast\n", "tuned_lr: expected a number, got 'fast'"),
-        ("tuned_check_every: 0\n", "tuned_check_every must be >= 1, got 0"),
-        ("transcoders: null\n", "transcoders: expected a mapping, got None"),
-        ("- a list\n", "expected a mapping of config fields"),
-    ],
-)
-def test_cli_config_file_errors_are_one_line(tmp_path, cli, text, message):
+CONFIG_FILE_ERRORS = [
+    ("tuned_stepz: 3\n", "unknown organism config field(s): tuned_stepz"),
+    ("tuned_lr: fast\n", "tuned_lr: expected a number, got 'fast'"),
+    ("tuned_check_every: 0\n", "tuned_check_every must be >= 1, got 0"),
+    ("transcoders: null\n", "transcoders: expected a mapping, got None"),
+    ("- a list\n", "expected a mapping of config fields"),
+]
+
+
+@pytest.mark.parametrize(("text", "message"), CONFIG_FILE_ERRORS)
+def test_config_file_errors_name_the_file_and_the_field(tmp_path, text, message):
+    """What ``organism build --config`` reads the file with (the CLI's one line)."""
+    from circuitray.cli.models import organism_config
+
     bad = tmp_path / "bad.yaml"
     bad.write_text(text)
+    with pytest.raises(CircuitrayError) as e:
+        organism_config(str(bad), seed=None, threads=None)
+    assert str(e.value) == f"{bad}: {message}"
+
+
+def test_cli_config_file_errors_are_one_line(tmp_path, cli):
+    """The command as a process, on the first of them (a process loads torch: about 5
+    CPU-seconds each): the message above as one line, exit 2, nothing built."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(CONFIG_FILE_ERRORS[0][0])
     proc = subprocess.run(
         [*cli, "organism", "build", "--config", str(bad)],
         capture_output=True,
@@ -70,7 +84,7 @@ def test_cli_config_file_errors_are_one_line(tmp_path, cli, text, message):
         timeout=120,
     )
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == [f"error: {bad}: {message}"]
+    assert proc.stderr.strip().splitlines() == [f"error: {bad}: {CONFIG_FILE_ERRORS[0][1]}"]
     assert not (tmp_path / "home").exists()  # refused before anything was built
 
 

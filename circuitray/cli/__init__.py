@@ -7,7 +7,8 @@ can fix (:class:`CircuitrayError`) print one line to stderr and exit 2; no trace
 
 One module per command group: ``prompts`` (ws2), ``jobs`` (run, intervene, pipeline,
 compact, trace), ``query`` (query, sql, compare), ``outputs`` (report, export, serve),
-``models`` (model, organism), ``features`` (features build, import), ``finetune``
+``models`` (model, organism; ``model_builds``: the random-weight builders, loaded
+only when one runs), ``features`` (features build, import), ``finetune``
 (finetune, series), ``bench``; ``output`` holds the table and progress output they
 share. Command modules are imported only when their command runs
 (:class:`LazyGroup`), so ``circuitray query`` and ``circuitray --help`` never load
@@ -128,25 +129,34 @@ COMMANDS = {
 
 
 class LazyGroup(click.Group):
-    """A click group whose subcommands are imported on first use (:data:`COMMANDS`)."""
+    """A click group whose subcommands are imported on first use: ``lazy`` maps a
+    command's name to ``("module:attribute", its help's first paragraph)``
+    (:data:`COMMANDS` for ``circuitray`` itself; a group of its own may pass others)."""
+
+    def __init__(self, *args, lazy: dict[str, tuple[str, str]] | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.lazy = COMMANDS if lazy is None else lazy
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted({*super().list_commands(ctx), *COMMANDS})
+        return sorted({*super().list_commands(ctx), *self.lazy})
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        if cmd_name in COMMANDS and cmd_name not in self.commands:
-            module, attr = COMMANDS[cmd_name][0].split(":")
+        if cmd_name in self.lazy and cmd_name not in self.commands:
+            module, attr = self.lazy[cmd_name][0].split(":")
             self.add_command(getattr(importlib.import_module(module), attr), cmd_name)
         return super().get_command(ctx, cmd_name)
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        """The command list from :data:`COMMANDS`' summaries: no command is imported."""
-        limit = formatter.width - 6 - max(len(name) for name in COMMANDS)
+        """The command list from the lazy commands' summaries: none is imported."""
+        names = self.list_commands(ctx)
+        if not names:
+            return
+        limit = formatter.width - 6 - max(len(name) for name in names)
         rows = []
-        for name in self.list_commands(ctx):
-            if name in COMMANDS and name not in self.commands:
+        for name in names:
+            if name in self.lazy and name not in self.commands:
                 rows.append(
-                    (name, click.Command(name, help=COMMANDS[name][1]).get_short_help_str(limit))
+                    (name, click.Command(name, help=self.lazy[name][1]).get_short_help_str(limit))
                 )
             else:
                 command = self.get_command(ctx, name)

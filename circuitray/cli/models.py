@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 from rich.table import Table
 
+from circuitray.cli import LazyGroup
 from circuitray.cli.options import config_option
 from circuitray.cli.output import (
     console,
@@ -16,57 +17,27 @@ from circuitray.cli.output import (
 from circuitray.errors import CircuitrayError
 from circuitray.models.loading import ModelSpec
 from circuitray.models.real import REAL_MODELS, build_real
-from circuitray.models.synthetic import SHAPES, build_synthetic
-from circuitray.models.tiny import build_tiny
 from circuitray.organism.matrix import MatrixConfig
 
+# The commands that build the project's random-weight models take their options from
+# the builders' signatures, whose modules import torch: they load when they run, so
+# ``circuitray model warm``, ``model build-real`` and ``organism ...`` start without
+# torch (their errors and --help in a fraction of a second, not 5-6 CPU-seconds).
+MODEL_BUILDS = {
+    "build-tiny": (
+        "circuitray.cli.model_builds:build_tiny_cmd",
+        "Build the random-weight tiny Gemma-2 model and its transcoders (seconds).",
+    ),
+    "build-synthetic": (
+        "circuitray.cli.model_builds:build_synthetic_cmd",
+        "Build a random-weight model of a real model's shape, with its transcoders.",
+    ),
+}
 
-@click.group("model")
+
+@click.group("model", cls=LazyGroup, lazy=MODEL_BUILDS)
 def model_group() -> None:
     """Build and inspect models."""
-
-
-@model_group.command("build-tiny")
-@config_option(build_tiny, "seed", type=int)
-@config_option(
-    build_tiny, "force", is_flag=True, help="Rebuild even if the saved build is up to date."
-)
-def build_tiny_cmd(seed: int, force: bool) -> None:
-    """Build the random-weight tiny Gemma-2 model and its transcoders (seconds)."""
-    paths = build_tiny(seed=seed, force=force)
-    err_console.print(f"tiny model: {paths['model']}\ntranscoders: {paths['transcoders']}")
-
-
-@model_group.command("build-synthetic")
-@config_option(build_synthetic, "like", type=click.Choice(sorted(SHAPES)))
-@config_option(build_synthetic, "scale", type=float)
-@config_option(build_synthetic, "seed", type=int)
-@config_option(build_synthetic, "calibration_prompts", type=int)
-@config_option(
-    build_synthetic, "force", is_flag=True, help="Rebuild even if the saved build is up to date."
-)
-def build_synthetic_cmd(like: str, scale: float, seed: int, calibration_prompts: int, force: bool):
-    """Build a random-weight model of a real model's shape, with its transcoders.
-
-    The full shape (--scale 1) of gemma-2-2b is 2.6B parameters plus 26 x 16k
-    transcoder features (about 18 GB on disk in float32): build it on a GPU node.
-    """
-    import json
-
-    from circuitray.models.registry import synthetic_model_name
-
-    paths = build_synthetic(
-        like=like, scale=scale, seed=seed, calibration_prompts=calibration_prompts, force=force
-    )
-    manifest = json.loads((paths["model"] / "synthetic.json").read_text())
-    err_console.print(
-        f"model {synthetic_model_name(like, scale)}: {paths['model']}\n"
-        f"transcoders: {paths['transcoders']}\n"
-        "cross-layer transcoders: "
-        f"{paths.get('cross_layer_transcoders', 'not built (too large)')}\n"
-        f"L0 per token: {manifest['l0_measured_per_token']} measured, "
-        f"{manifest['l0_target_per_token']} targeted"
-    )
 
 
 @model_group.command("build-real")

@@ -10,6 +10,7 @@ import click.testing
 import pytest
 
 from circuitray.cli import COMMANDS, cli
+from circuitray.cli.models import MODEL_BUILDS
 from circuitray.cli.options import ConfigOption, config_option, config_values, field_default
 from circuitray.graph.config import AttributionConfig, PruneConfig
 from circuitray.jobs.attribution_job import RunConfig
@@ -151,7 +152,8 @@ def test_an_option_cannot_repeat_a_default():
 
 
 def test_help_summaries_match_the_commands():
-    for name, (_, summary) in COMMANDS.items():
+    lazy = {**COMMANDS, **{f"model {k}": v for k, v in MODEL_BUILDS.items()}}
+    for name, (_, summary) in lazy.items():
         first = " ".join((COMMANDS_BY_PATH[name].help or "").split("\n\n")[0].split())
         assert first == summary, name
 
@@ -192,6 +194,13 @@ TORCH_FREE = [
     "import-graphs",
     "ws2",
     "bench",
+    # The model groups and the commands of theirs that load or build no model here.
+    "model",
+    "model warm",
+    "model build-real",
+    "organism",
+    "organism build",
+    "organism matrix",
 ]
 
 
@@ -206,7 +215,7 @@ def test_driver_and_reader_commands_import_no_torch():
     code = (
         "import sys\nfrom circuitray.cli import main\n"
         "for name in sys.argv[1:]:\n"
-        "    sys.argv = ['circuitray', name, '--help']\n"
+        "    sys.argv = ['circuitray', *name.split(), '--help']\n"
         "    try:\n        main()\n    except SystemExit as e:\n        assert not e.code, name\n"
         # What a driver imports to wrap its actors' classes with ray.remote.
         "from circuitray.jobs.workers import AttributionWorker, InterventionWorker\n"

@@ -98,9 +98,10 @@ TEST_WORKERS ?= 2
 test:  ## the CI suite (~16.5 min on 2 Intel cores, over its 12 min goal; long variants: make test-long)
 	$(BIN)/python -m pytest -q tests -n $(TEST_WORKERS) --durations=25
 
-# Every long variant (pytest marker `long`); figures in the README's Tests section.
-test-long:  ## the long variants: 200 chaos rounds, the organism on portable kernels, ... (~90 min)
-	$(BIN)/python -m pytest -q tests -m long --durations=0
+# Every long variant (pytest marker `long`), in TEST_WORKERS processes: the chaos soak
+# in one, the others beside it; figures in the README's Tests section.
+test-long:  ## the long variants: 200 chaos rounds, the organism on portable kernels, ... (~75 min)
+	$(BIN)/python -m pytest -q tests -m long -n $(TEST_WORKERS) --durations=0
 
 format:
 	$(BIN)/ruff format circuitray tests pipelines scripts

@@ -155,6 +155,13 @@ def scheduling_scopes(root: Path) -> dict[str, str]:
 # idles: xdist's own order (most tests first) left the longest single-test scopes
 # for last. A wrong or missing figure costs minutes, never a result.
 SLOW_TESTS = {
+    # make test-long's variants (alone on 2 Intel cores): the chaos soak first, so the
+    # other worker runs the rest beside it.
+    "tests/jobs/test_chaos.py::test_chaos_kill_and_resume[long]": 4000,
+    "tests/organism/test_learning_pipeline.py::"
+    "test_learning_dynamics_pipeline_on_the_organism[long]": 600,
+    "tests/organism/test_build.py::test_the_recipe_passes_on_portable_kernels": 490,
+    "tests/jobs/test_real_shape.py::test_scaled_gemma_run_matches_circuit_tracer": 155,
     "tests/finetune/test_ray_train.py::test_killed_driver_resumes_from_last_checkpoint": 116,
     "tests/jobs/test_real_shape.py::test_scaled_gemma_graph_matches_circuit_tracer": 60,
     "tests/jobs/test_chaos.py::test_chaos_kill_and_resume[ci]": 85,
@@ -176,7 +183,7 @@ SLOW_TESTS = {
     "tests/bench/test_query_processes.py::test_view_sql_makes_the_views_connect_makes": 25,
     "tests/storage/test_s3.py::test_run_to_s3_exactly_once_and_queryable": 23,
     "tests/models/test_warm.py::test_warm_every_node_of_a_cluster": 23,
-    "tests/jobs/test_series.py::test_a_two_step_series_reports_first_and_last": 23,
+    "tests/jobs/test_series.py::test_a_two_step_series_reports_first_and_last": 9,
     "tests/jobs/test_multinode.py::test_one_actor_per_gpu_node": 23,
     "tests/jobs/test_multinode.py::test_losing_a_node_mid_run": 23,
     "tests/jobs/test_fault_tolerance.py::test_killed_actor_process_is_restarted": 23,

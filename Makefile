@@ -95,7 +95,7 @@ bench:  ## circuitray vs a plain loop: overhead, scaling, flattening, storage, m
 
 # CI runs `make test`: the suite without its long variants, in TEST_WORKERS processes.
 TEST_WORKERS ?= 2
-test:  ## the CI suite (~16.5 min on 2 Intel cores, over its 12 min goal; long variants: make test-long)
+test:  ## the CI suite (~14.5 min on 2 Intel cores, over its 12 min goal; long variants: make test-long)
 	$(BIN)/python -m pytest -q tests -n $(TEST_WORKERS) --durations=25
 
 # Every long variant (pytest marker `long`), in TEST_WORKERS processes: the chaos soak

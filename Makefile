@@ -99,8 +99,8 @@ test:  ## the CI suite (~14.5 min on 2 Intel cores, over its 12 min goal; long v
 	$(BIN)/python -m pytest -q tests -n $(TEST_WORKERS) --durations=25
 
 # Every long variant (pytest marker `long`), in TEST_WORKERS processes: the chaos soak
-# in one, the others beside it; figures in the README's Tests section.
-test-long:  ## the long variants: 200 chaos rounds, the organism on portable kernels, ... (~75 min)
+# in one, the organism's two in the other; figures in the README's Tests section.
+test-long:  ## the long variants: 200 chaos rounds, the organism on portable kernels, ... (~80 min)
 	$(BIN)/python -m pytest -q tests -m long -n $(TEST_WORKERS) --durations=0
 
 format:

@@ -155,8 +155,9 @@ def scheduling_scopes(root: Path) -> dict[str, str]:
 # idles: xdist's own order (most tests first) left the longest single-test scopes
 # for last. A wrong or missing figure costs minutes, never a result.
 SLOW_TESTS = {
-    # make test-long's variants (alone on 2 Intel cores): the chaos soak first, so the
-    # other worker runs the rest beside it.
+    # make test-long's variants (alone on 2 Intel cores): the chaos soak first, the
+    # organism's two beside it (xdist then hands the soak's worker the real-shape one
+    # too, which runs after the soak: about 3 min more than the soak alone).
     "tests/jobs/test_chaos.py::test_chaos_kill_and_resume[long]": 4000,
     "tests/organism/test_learning_pipeline.py::"
     "test_learning_dynamics_pipeline_on_the_organism[long]": 600,

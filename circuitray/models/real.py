@@ -82,6 +82,12 @@ class RealModel:
             ``files`` unused): :mod:`circuitray.models.gguf`.
         hooks: circuit-tracer's transcoder hooks for the architecture.
         d_transcoder: Features per layer of its transcoders.
+        cross_layer: Whether a cross-layer transcoder is fitted too (its ridge fit
+            solves one system over every layer's features: 18 x 2,048 of them for
+            Gemma-3-270m would need a 37k x 37k Gram matrix per target layer).
+        unit_scale: Train each layer's transcoder on its inputs and outputs divided by
+            their RMS, the scales folded back into the weights
+            (:func:`train_at_unit_scale`).
     """
 
     name: str
@@ -91,6 +97,8 @@ class RealModel:
     gguf: GgufSource | None = None
     hooks: dict[str, str] = field(default_factory=lambda: dict(LLAMA_HOOKS))
     d_transcoder: int = 256
+    cross_layer: bool = True
+    unit_scale: bool = False
 
 
 REAL_MODELS: dict[str, RealModel] = {
@@ -136,6 +144,8 @@ REAL_MODELS: dict[str, RealModel] = {
             ),
             hooks=dict(GEMMA3_HOOKS),
             d_transcoder=2048,
+            cross_layer=False,
+            unit_scale=True,
         ),
     ]
 }
@@ -321,8 +331,9 @@ def build_real(
     paths = {
         "model": home / bundled.subdir,
         "transcoders": transcoder_cache_dir() / bundled.transcoders,
-        "cross_layer_transcoders": transcoder_cache_dir() / bundled.cross_layer_transcoders,
     }
+    if model.cross_layer:
+        paths["cross_layer_transcoders"] = transcoder_cache_dir() / bundled.cross_layer_transcoders
     report_path = home / "models" / f"{name}-report.json"
     stamp = home / "models" / f"{name}-build.json"
     train, heldout, corpus_info = corpus(config)
@@ -350,6 +361,24 @@ def build_real(
     tmp.replace(report_path)
     write_stamp(stamp, key, paths)
     return {**paths, "report": report_path}
+
+
+def train_at_unit_scale(x, y, *, config: TranscoderTrainingConfig, seed: int):
+    """``train_transcoder`` on ``x / rms(x)`` and ``y / rms(y)``, returned as the same
+    transcoder of the raw activations (encoder divided by rms(x), decoder and its bias
+    multiplied by rms(y); pre-activations and thresholds unchanged). Gemma-3-270m's MLP
+    inputs have an RMS of 0.3-1.3 and its outputs 11-230 across layers: at raw scale
+    one L1 weight kills every feature of its later layers (100 steps: held-out EV 0 and
+    99.9% dead features from layer 3 on)."""
+    from circuitray.models.artifacts import TranscoderWeights
+    from circuitray.organism.train_transcoders import train_transcoder
+
+    sx, sy = x.pow(2).mean().sqrt(), y.pow(2).mean().sqrt()
+    w = train_transcoder(x / sx, y / sy, config=config, seed=seed)
+    return TranscoderWeights(
+        W_enc=w.W_enc / sx, b_enc=w.b_enc, W_dec=w.W_dec * sy, b_dec=w.b_dec * sy,
+        threshold=w.threshold,
+    )  # fmt: skip
 
 
 def _build(model_info: RealModel, folder: Path, paths: dict[str, Path], train, heldout, config):
@@ -393,26 +422,31 @@ def _build(model_info: RealModel, folder: Path, paths: dict[str, Path], train, h
     torch.manual_seed(config.seed)
     t = time.perf_counter()
     x, y = record_mlp_io(model, tokenizer, train, input_hook=hooks["feature_input_hook"])
-    layers = {
-        i: train_transcoder(x[i], y[i], config=config.transcoders, seed=config.seed * 1000 + i)
-        for i in sorted(x)
-    }
-    timings["train_transcoders_s"] = time.perf_counter() - t
-    t = time.perf_counter()
-    clt = fit_cross_layer_transcoder(x, y, layers, ridge=config.clt_ridge)
-    timings["fit_cross_layer_transcoder_s"] = time.perf_counter() - t
     n_train_tokens = int(next(iter(x.values())).shape[0])
+    logger.info("%s: MLP inputs and outputs of %d tokens recorded", name, n_train_tokens)
+    layers = {}
+    fit = train_at_unit_scale if model_info.unit_scale else train_transcoder
+    for i in sorted(x):
+        layers[i] = fit(x[i], y[i], config=config.transcoders, seed=config.seed * 1000 + i)
+        logger.info("%s: layer %d's transcoder trained", name, i)
+    timings["train_transcoders_s"] = time.perf_counter() - t
+    clt = None
+    if model_info.cross_layer:
+        t = time.perf_counter()
+        clt = fit_cross_layer_transcoder(x, y, layers, ridge=config.clt_ridge)
+        timings["fit_cross_layer_transcoder_s"] = time.perf_counter() - t
     del x, y
     save_transcoder_set(
         layers, paths["transcoders"], scan=bundled.transcoders, model_name=name, **hooks
     )
-    save_cross_layer_transcoder(
-        clt,
-        paths["cross_layer_transcoders"],
-        scan=bundled.cross_layer_transcoders,
-        model_name=name,
-        **hooks,
-    )
+    if clt is not None:
+        save_cross_layer_transcoder(
+            clt,
+            paths["cross_layer_transcoders"],
+            scan=bundled.cross_layer_transcoders,
+            model_name=name,
+            **hooks,
+        )
     xh, yh = record_mlp_io(model, tokenizer, heldout, input_hook=hooks["feature_input_hook"])
     return {
         "model": name,
@@ -422,7 +456,7 @@ def _build(model_info: RealModel, folder: Path, paths: dict[str, Path], train, h
         "tokens": {"train": n_train_tokens, "heldout": int(next(iter(xh.values())).shape[0])},
         "transcoders": {
             "per_layer": {str(i): metrics(w, xh[i], yh[i]) for i, w in layers.items()},
-            "cross_layer": clt_metrics(clt, xh, yh),
+            "cross_layer": None if clt is None else clt_metrics(clt, xh, yh),
             "d_transcoder": config.transcoders.d_transcoder,
         },
         "timings": timings,

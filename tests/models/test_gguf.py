@@ -175,3 +175,27 @@ def test_gemma_3_270m_tokenizer_and_completions(tmp_path):
     assert by_prompt["The opposite of hot is"]["rank"] == 1
     assert by_prompt["Question: What is the capital of France?\nAnswer:"]["rank"] == 1
     assert sum(r["rank"] <= 3 for r in rows) == len(rows)
+
+
+def test_transcoders_of_outputs_far_from_unit_scale_train_at_unit_scale():
+    """Gemma-3's MLP outputs have an RMS of 11-230 and its inputs 0.3-1.3: at raw scale
+    the L1 penalty dominates and features die; trained at unit scale and folded back,
+    the same budget explains most of the variance of the raw outputs."""
+    import torch
+
+    from circuitray.models.real import train_at_unit_scale
+    from circuitray.organism.train_transcoders import (
+        TranscoderTrainingConfig,
+        metrics,
+        train_transcoder,
+    )
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4000, 32, generator=g) * 0.4
+    y = torch.relu(x @ torch.randn(32, 64, generator=g)) @ torch.randn(64, 32, generator=g) * 60
+    config = TranscoderTrainingConfig(d_transcoder=128, steps=200, batch_size=512, l1=0.01)
+    raw = train_transcoder(x[:3000], y[:3000], config=config, seed=0)
+    scaled = train_at_unit_scale(x[:3000], y[:3000], config=config, seed=0)
+    ev_raw = metrics(raw, x[3000:], y[3000:])["explained_variance"]
+    ev_scaled = metrics(scaled, x[3000:], y[3000:])["explained_variance"]
+    assert ev_raw < 0.5 < 0.8 < ev_scaled, (ev_raw, ev_scaled)

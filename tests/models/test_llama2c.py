@@ -156,6 +156,10 @@ def test_the_transcoders_report(converted):
     for layer, m in per_layer.items():
         # Far from GemmaScope's, but they explain most of each MLP's output.
         assert m["explained_variance"] > 0.5 and 0 < m["l0"] < 100, (layer, m)
+    # known completions: the answer's own first token (not the lone "▁" that " time"
+    # alone tokenizes to), which a TinyStories model ranks first
+    once = {r["prompt"]: r for r in report["completions"]}["Once upon a"]
+    assert once["rank"] == 1 and once["p"] > 0.9, once
     weights = converted / "model.safetensors"
     before = weights.stat().st_mtime_ns
     build_real(name="stories260k")  # a second build is a no-op

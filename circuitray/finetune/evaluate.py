@@ -19,7 +19,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from circuitray.errors import CircuitrayError
 from circuitray.graph.attribute import target_token_id
-from circuitray.models.hooks import pad_with_bos, record_mlp_io
+from circuitray.models.hooks import INPUT_HOOKS, pad_with_bos, record_mlp_io
 from circuitray.prompts.ws2 import CONSTRAINTS
 
 logger = logging.getLogger(__name__)
@@ -112,13 +112,16 @@ def transcoder_fit(
     model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: list[str], transcoders
 ) -> dict[str, dict[str, float]] | None:
     """Per layer (as a string), how well ``transcoders`` reconstruct ``model``'s MLP
-    outputs on ``texts``; None for a model without Gemma-2's MLP norms."""
+    outputs on ``texts``, read at the transcoders' own input hook (Gemma-2's
+    ``ln2.hook_normalized``, Gemma-3's and Llama's ``mlp.hook_in``); None where
+    :func:`record_mlp_io` reads no such hook."""
     layers = getattr(getattr(model, "model", None), "layers", None)
-    if not layers or not hasattr(layers[0], "pre_feedforward_layernorm"):
-        logger.warning("transcoder fit: only Gemma-2 hook points are read; skipped")
+    input_hook = getattr(transcoders, "feature_input_hook", None)
+    if not layers or input_hook not in INPUT_HOOKS:
+        logger.warning("transcoder fit: no MLP hooks at %s to read; skipped", input_hook)
         return None
     device = next(model.parameters()).device
-    x, y = record_mlp_io(model, tokenizer, texts)
+    x, y = record_mlp_io(model, tokenizer, texts, input_hook=input_hook)
     tc_device = next(transcoders.parameters()).device
     if hasattr(transcoders, "transcoders"):  # a per-layer TranscoderSet
         recon = {i: transcoders[i](x[i].to(tc_device)).to(device) for i in x}

@@ -36,6 +36,10 @@ def pad_with_bos(
     return ids, [len(s) for s in seqs]
 
 
+# circuit-tracer's names of the transcoder inputs record_mlp_io reads.
+INPUT_HOOKS = ("ln2.hook_normalized", "mlp.hook_in")
+
+
 @torch.no_grad()
 def record_mlp_io(
     model: PreTrainedModel,
@@ -55,8 +59,8 @@ def record_mlp_io(
     Texts are right-padded into batches (:func:`pad_with_bos`) and padded
     positions are dropped.
     """
-    if input_hook not in ("ln2.hook_normalized", "mlp.hook_in"):
-        raise ValueError(f"input_hook {input_hook!r}: 'ln2.hook_normalized' or 'mlp.hook_in'")
+    if input_hook not in INPUT_HOOKS:
+        raise ValueError(f"input_hook {input_hook!r}: one of {', '.join(INPUT_HOOKS)}")
     layers = model.model.layers
     inputs: dict[int, list[torch.Tensor]] = {i: [] for i in range(len(layers))}
     outputs: dict[int, list[torch.Tensor]] = {i: [] for i in range(len(layers))}

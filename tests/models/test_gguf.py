@@ -238,6 +238,44 @@ def test_a_tensor_mapped_wrong_is_named(tmp_path):
     assert wrong[2].endswith("differs from GGUF output_norm.weight (max 1)")
 
 
+def test_fine_tuning_reads_gemma_3_transcoders_at_mlp_hook_in(tmp_path):
+    """``transcoder_fit`` (what every fine-tune checkpoint records) feeds a Gemma-3
+    set at its own input hook, the pre-MLP norm's output (weight applied), not
+    Gemma-2's ``ln2.hook_normalized``."""
+    import torch
+    from circuit_tracer.transcoder import SingleLayerTranscoder, TranscoderSet
+    from circuit_tracer.transcoder.activation_functions import JumpReLU
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from circuitray.finetune.evaluate import transcoder_fit
+    from circuitray.models.hooks import record_mlp_io
+
+    write_vocabulary(tmp_path / "m.gguf", model=True)
+    convert_gguf(tmp_path / "m.gguf", tmp_path / "hf")
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32).eval()
+    tok = AutoTokenizer.from_pretrained(tmp_path / "hf")
+    g = torch.Generator().manual_seed(0)
+    layers = {}
+    for i in range(2):
+        tc = SingleLayerTranscoder(64, 128, JumpReLU(0.0), i, dtype=torch.float32)
+        with torch.no_grad():
+            for p in tc.parameters():
+                p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+        layers[i] = tc
+    sets = TranscoderSet(
+        layers, feature_input_hook="mlp.hook_in", feature_output_hook="hook_mlp_out"
+    )
+    fit = transcoder_fit(model, tok, TEXTS, sets)
+    x, y = record_mlp_io(model, tok, TEXTS, input_hook="mlp.hook_in")
+    assert fit is not None
+    for i in range(2):
+        with torch.no_grad():
+            resid = y[i] - layers[i](x[i])
+        var = (y[i] - y[i].mean(0)).pow(2).sum(-1).mean()
+        ev = float(1 - (resid - resid.mean(0)).pow(2).sum(-1).mean() / var)
+        assert fit[str(i)]["explained_variance"] == pytest.approx(ev, rel=1e-5), i
+
+
 def test_a_converter_given_another_format_is_refused(tmp_path):
     bad = tmp_path / "model.bin"
     bad.write_bytes(b"\x00\x01llama2.c checkpoint")

@@ -166,6 +166,24 @@ def test_the_transcoders_report(converted):
     assert weights.stat().st_mtime_ns == before
 
 
+def test_fine_tuning_reads_the_transcoders_at_their_own_hook(converted, hf):
+    """What every fine-tune checkpoint records (``transcoder_fit``), on a Llama: the
+    transcoders as circuit-tracer loads them, fed at their own hook (``mlp.hook_in``),
+    fit the held-out texts exactly as the build measured."""
+    from circuitray.finetune.evaluate import load_transcoders, transcoder_fit
+    from circuitray.models.real import RealBuildConfig, corpus
+    from circuitray.models.registry import transcoder_cache_dir
+
+    report = json.loads((converted.parent / "stories260k-report.json").read_text())
+    _, heldout, _ = corpus(RealBuildConfig())
+    sets = load_transcoders("circuitray/stories260k", cache_dir=str(transcoder_cache_dir()))
+    fit = transcoder_fit(*hf, heldout, sets)
+    assert fit is not None and sorted(fit) == [str(i) for i in range(5)]
+    for layer, built in report["transcoders"]["per_layer"].items():
+        ev = fit[layer]["explained_variance"]
+        assert ev == pytest.approx(built["explained_variance"], abs=1e-4), (layer, ev, built)
+
+
 def test_a_run_of_20_ws2_prompts_is_circuit_tracers_graph(converted, tmp_path):
     from circuit_tracer import attribute
     from circuit_tracer.graph import prune_graph

@@ -464,6 +464,22 @@ def seed_organism(
 
 
 @pytest.fixture(scope="session")
+def stories260k(circuitray_home) -> Path:
+    """stories260K's folder as ``make setup`` builds it (seeded from the set-up's home,
+    reused through its key; built here otherwise); skipped only where this project's
+    shared files are absent."""
+    from circuitray.errors import CircuitrayError
+    from circuitray.models.real import REAL_MODELS, build_real, find_source
+
+    try:
+        find_source(REAL_MODELS["stories260k"])
+    except CircuitrayError as e:
+        pytest.skip(str(e))
+    seed_organism(circuitray_home, files=STORIES260K_FILES)
+    return build_real(name="stories260k")["model"]
+
+
+@pytest.fixture(scope="session")
 def organism_report(circuitray_home):
     """The WS2 organism as ``make setup`` builds it: ``circuitray organism build
     --json`` in a fresh process into the test home. Seeded with the organism the

@@ -1,8 +1,11 @@
-"""The gemma-2-2b shape on this machine: per-graph time, peak memory, flatten share.
+"""The gemma-2-2b shape, and the real models, on this machine: per-graph time, peak
+memory, flatten share.
 
 1. Build (or reuse) the synthetic gemma-2-2b-shaped model at ``scale``
    (:func:`circuitray.models.synthetic.build_synthetic`: 26 layers, GemmaScope-like
-   L0, so graphs have the real model's N of 5-15k nodes).
+   L0, so graphs have the real model's N of 5-15k nodes). The real-model section
+   (:func:`real_models_bench`) takes each real model ``circuitray model build-real``
+   has built instead (stories260K, Gemma-3-270m) and skips, saying so, the others.
 2. In a fresh Python process (so its peak RSS is this work's alone), load it through
    :func:`circuitray.models.loading.load_replacement_model` and run circuitray's
    per-prompt path (:func:`circuitray.graph.attribute.attribute_prompt`: attribute,
@@ -20,7 +23,7 @@ import subprocess
 import sys
 from typing import Any
 
-__all__ = ["real_shape_bench"]
+__all__ = ["real_models_bench", "real_shape_bench"]
 
 # Four to eight words: N of about 5-15k nodes on the 26-layer model.
 PROMPT_WORDS = (4, 8)
@@ -71,6 +74,7 @@ def _child(model: str, n_prompts: int) -> dict[str, Any]:
         )
     return {
         "model": model,
+        "n_layers": m.cfg.n_layers,
         "torch_threads": torch.get_num_threads(),
         "load_s": load_s,
         "graphs": graphs,
@@ -78,13 +82,9 @@ def _child(model: str, n_prompts: int) -> dict[str, Any]:
     }
 
 
-def real_shape_bench(*, scale: float = 0.0625, n_prompts: int = 3) -> dict[str, Any]:
-    """Steps 1-3; the section ``circuitray bench suite`` records as ``real_shape``."""
-    from circuitray.models.registry import synthetic_model_name
-    from circuitray.models.synthetic import build_synthetic
-
-    build_synthetic(like="gemma-2-2b", scale=scale)
-    model = synthetic_model_name("gemma-2-2b", scale)
+def measure_in_child(model: str, *, n_prompts: int) -> dict[str, Any]:
+    """Steps 2-3 for one model: its graphs, measured in a fresh process, and their
+    summary."""
     code = (
         "import json, sys; from circuitray.bench.real_shape import _child; "
         f"print(json.dumps(_child({model!r}, {n_prompts})))"
@@ -94,7 +94,7 @@ def real_shape_bench(*, scale: float = 0.0625, n_prompts: int = 3) -> dict[str, 
     )
     if p.returncode != 0:
         tail = (p.stderr.strip().splitlines() or ["no output"])[-1]
-        raise RuntimeError(f"real-shape bench child failed: {tail}")
+        raise RuntimeError(f"{model}: bench child failed: {tail}")
     out = json.loads(p.stdout.strip().splitlines()[-1])
     g = out["graphs"]
     out["summary"] = {
@@ -103,4 +103,29 @@ def real_shape_bench(*, scale: float = 0.0625, n_prompts: int = 3) -> dict[str, 
         "per_graph_s_mean": sum(x["total_s"] for x in g) / len(g),
         "flatten_share_mean": sum(x["flatten_s"] for x in g) / sum(x["attribute_s"] for x in g),
     }
+    return out
+
+
+def real_shape_bench(*, scale: float = 0.0625, n_prompts: int = 3) -> dict[str, Any]:
+    """Steps 1-3; the section ``circuitray bench suite`` records as ``real_shape``."""
+    from circuitray.models.registry import synthetic_model_name
+    from circuitray.models.synthetic import build_synthetic
+
+    build_synthetic(like="gemma-2-2b", scale=scale)
+    return measure_in_child(synthetic_model_name("gemma-2-2b", scale), n_prompts=n_prompts)
+
+
+def real_models_bench(*, names: tuple[str, ...] | None = None, n_prompts: int = 3) -> dict:
+    """Steps 2-3 for each real model (default: every one ``build-real`` knows) that is
+    built; the section ``circuitray bench suite`` records as ``real_models``: by name,
+    its figures or ``{"skipped": why}``."""
+    from circuitray.models.real import REAL_MODELS
+    from circuitray.models.registry import BUNDLED, circuitray_home
+
+    out: dict[str, dict] = {}
+    for name in names or tuple(REAL_MODELS):
+        if not (circuitray_home() / BUNDLED[name].subdir / "config.json").exists():
+            out[name] = {"skipped": f"not built (circuitray model build-real --name {name})"}
+            continue
+        out[name] = measure_in_child(name, n_prompts=n_prompts)
     return out

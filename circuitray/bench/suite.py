@@ -10,7 +10,8 @@ side, on this machine.
    pruning against circuit-tracer's ``prune_graph``), unless ``pruning`` is off, and
    the real-shape figures of :mod:`circuitray.bench.real_shape` (the 26-layer
    gemma-2-2b-shaped model at 1/16 width: per-graph time, peak RSS, flatten share),
-   unless ``real_shape`` is off.
+   unless ``real_shape`` is off, and the same figures for each real model that is
+   built (stories260K, Gemma-3-270m), unless ``real_models`` is off.
 4. Write the results, with a description of the machine
    (:func:`circuitray.bench.environment.machine_info`) and the commit, to
    ``bench/results/bench-<UTC time>.json`` and ``bench/results/latest.json``.
@@ -95,6 +96,7 @@ def run_suite(
     *,
     pruning: bool = True,
     real_shape: bool = True,
+    real_models: bool = True,
     quick: bool = False,
     results_dir: Path = RESULTS_DIR,
     work_dir: Path | None = None,
@@ -126,6 +128,14 @@ def run_suite(
             result["section_s"]["real_shape"] = time.perf_counter() - t_shape
         else:
             result["real_shape"] = {"skipped": "--no-real-shape"}
+        t_real = time.perf_counter()
+        if real_models:
+            from circuitray.bench.real_shape import real_models_bench
+
+            result["real_models"] = real_models_bench(n_prompts=1 if quick else 3)
+            result["section_s"]["real_models"] = time.perf_counter() - t_real
+        else:
+            result["real_models"] = {"skipped": "--no-real-models"}
     finally:
         if work_dir is None:
             shutil.rmtree(root, ignore_errors=True)
@@ -306,9 +316,10 @@ def _figures_table(result: dict) -> Table:
 
 
 def print_real_shape(section: dict, *, console: Console) -> None:
-    """One row per graph of the real-shape section, and the process's peak RSS."""
+    """One row per graph of a real-shape or real-model section, and the process's peak
+    RSS."""
     table = Table(
-        title=f"real shape: {section['model']} (26 layers), torch threads "
+        title=f"{section['model']} ({section.get('n_layers', 26)} layers), torch threads "
         f"{section['torch_threads']}, peak RSS {section['peak_rss_mb']:.0f} MiB"
     )
     for col in ("prompt", "tokens", "N", "kept nodes", "kept edges", "attribute s", "flatten s"):
@@ -332,7 +343,7 @@ def print_real_shape(section: dict, *, console: Console) -> None:
 
 def print_suite(record: dict, *, console: Console) -> None:
     """The figures table, the storage line, the pruning comparison and the real-shape
-    figures of a record."""
+    and real-model figures of a record."""
     console.print(_figures_table(record))
     st = record["storage"]
     console.print(f"storage: {st['n_edges']} edges, {st['table_bytes']} bytes by table")
@@ -346,3 +357,12 @@ def print_suite(record: dict, *, console: Console) -> None:
         console.print(f"[dim]real-shape figures skipped: {shape['skipped']}[/]")
     else:
         print_real_shape(shape, console=console)
+    real = record.get("real_models") or {"skipped": "not in this record"}
+    if "skipped" in real:
+        console.print(f"[dim]real-model figures skipped: {real['skipped']}[/]")
+        return
+    for name, section in real.items():
+        if "skipped" in section:
+            console.print(f"[dim]{name}: {section['skipped']}[/]")
+        else:
+            print_real_shape(section, console=console)

@@ -231,6 +231,12 @@ def bench_processes_cmd(run_dir, json_out, **fields) -> None:
     help="Run the 26-layer gemma-2-2b-shaped figures (circuitray.bench.real_shape).",
 )
 @click.option(
+    "--real-models/--no-real-models",
+    default=True,
+    show_default=True,
+    help="The same figures for each real model built (stories260k, gemma-3-270m).",
+)
+@click.option(
     "--results-dir",
     type=click.Path(file_okay=False, path_type=Path),
     default=RESULTS_DIR,
@@ -243,7 +249,16 @@ def bench_processes_cmd(run_dir, json_out, **fields) -> None:
     help="Where runs are written (kept); default: a temporary folder, removed at the end.",
 )
 def suite_cmd(
-    quick, n_prompts, batch_size, repeats, pruning, real_shape, results_dir, work_dir, **fields
+    quick,
+    n_prompts,
+    batch_size,
+    repeats,
+    pruning,
+    real_shape,
+    real_models,
+    results_dir,
+    work_dir,
+    **fields,
 ):
     """make bench: circuitray against a plain loop; print a table, write JSON results."""
     from circuitray.bench.suite import print_suite, run_suite, suite_config
@@ -258,6 +273,7 @@ def suite_cmd(
         config,
         pruning=pruning,
         real_shape=real_shape,
+        real_models=real_models,
         quick=quick,
         results_dir=results_dir,
         work_dir=work_dir,

@@ -140,6 +140,7 @@ def test_suite_quick_writes_every_figure(tmp_path):
         "4",
         "--no-pruning",
         "--no-real-shape",
+        "--no-real-models",
         "--results-dir",
         results,
     )
@@ -163,6 +164,7 @@ def test_suite_quick_writes_every_figure(tmp_path):
     assert {"cpu_count", "platform", "torch", "device"} <= set(out["machine"])
     assert out["pruning"] == {"skipped": "--no-pruning"}
     assert out["real_shape"] == {"skipped": "--no-real-shape"}
+    assert out["real_models"] == {"skipped": "--no-real-models"}
     for section in ("overhead", "scaling", "flatten", "storage", "memory"):
         assert section in out
     for text in ("overhead ratio", "flatten + write", "bytes per edge", "peak RSS"):

@@ -23,3 +23,27 @@ def test_real_shape_section_measures_and_prints(synthetic_gemma):
     print_real_shape(section, console=Console(file=buf, width=200))
     text = buf.getvalue()
     assert "synthetic-gemma-2-2b-s0.0625" in text and g["prompt_id"] in text
+
+
+def test_real_model_section_measures_each_built_model(stories260k):
+    from circuitray.bench.real_shape import real_models_bench
+
+    section = real_models_bench(names=("stories260k",), n_prompts=1)
+    stories = section["stories260k"]
+    (g,) = stories["graphs"]
+    assert stories["model"] == "stories260k" and stories["n_layers"] == 5
+    assert g["n_nodes"] > g["kept_nodes"] > 0 and g["kept_edges"] > 0
+    assert g["attribute_s"] > 0 and stories["peak_rss_mb"] > 0
+    buf = io.StringIO()
+    print_real_shape(stories, console=Console(file=buf, width=200))
+    assert "stories260k (5 layers)" in buf.getvalue()
+
+
+def test_real_models_not_built_are_skipped_and_say_how_to_build(tmp_path, monkeypatch):
+    from circuitray.bench.real_shape import real_models_bench
+
+    monkeypatch.setenv("CIRCUITRAY_HOME", str(tmp_path))  # an empty home
+    assert real_models_bench(n_prompts=1) == {
+        "stories260k": {"skipped": "not built (circuitray model build-real --name stories260k)"},
+        "gemma-3-270m": {"skipped": "not built (circuitray model build-real --name gemma-3-270m)"},
+    }

@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow.compute as pc
 import pytest
 import torch
-from conftest import STORIES260K_FILES, assert_one_line_error, circuitray, seed_organism
+from conftest import assert_one_line_error, circuitray
 
 from circuitray.errors import CircuitrayError
 from circuitray.models.llama2c import (
@@ -41,10 +41,9 @@ def source() -> Path:
 
 
 @pytest.fixture(scope="module")
-def converted(source, circuitray_home) -> Path:
+def converted(source, stories260k) -> Path:
     """The build ``make setup`` made, reused through its key (built here otherwise)."""
-    seed_organism(circuitray_home, files=STORIES260K_FILES)
-    return build_real(name="stories260k")["model"]
+    return stories260k
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ BENCH_RUN ?= $(CIRCUITRAY_HOME)/bench/synthetic-$(BENCH_EDGES)
 DYNAMICS_DIR ?= $(CIRCUITRAY_HOME)/runs/ws2-dynamics
 REAL_DIR ?= $(CIRCUITRAY_HOME)/runs/gemma-3-270m
 
-.PHONY: setup install models browser report run dynamics real test test-long format lint typecheck check-ci clean bench-queries bench bench-aggregate bench-scale organism-matrix
+.PHONY: setup install models browser report run dynamics real real-study test test-long format lint typecheck check-ci check-llamacpp clean bench-queries bench bench-aggregate bench-scale organism-matrix
 
 setup: install models browser  ## venv, project, offline models, headless chromium
 
@@ -74,6 +74,24 @@ real: install  ## Gemma-3-270m from PyPI (~6 min on 2 cores), then 30 WS2 prompt
 	$(BIN)/circuitray ws2 --n 30 --seed $(SEED) --out $(REAL_DIR)/prompts.parquet
 	$(BIN)/circuitray run $(REAL_DIR)/prompts.parquet --model gemma-3-270m --target answer --out $(REAL_DIR)/run
 	$(BIN)/circuitray query constraint_stats $(REAL_DIR)/run
+
+real-study: install  ## the WS2 study on Gemma-3-270m: LoRA fine-tune, graphs of the answer at every checkpoint, convergence, report (~30 min)
+	$(BIN)/circuitray model build-real --name gemma-3-270m
+	$(BIN)/circuitray pipeline run pipelines/ws2_gemma_3_270m.yaml --out-root $(REAL_DIR)/study --actors $(ACTORS)
+
+# llama.cpp itself, on the same GGUF, as an independent implementation: built from its
+# source distribution into a venv of its own (circuitray does not depend on it).
+LLAMACPP_VENV ?= .venv-llamacpp
+GEMMA_GGUF = $(CIRCUITRAY_HOME)/downloads/gemma-3-270m/gemma-3-270m-q4_k_m.gguf
+check-llamacpp: install  ## outside CI: Gemma-3-270m's logits against llama.cpp on its GGUF (~15 min the first time: builds llama.cpp)
+	test -x $(LLAMACPP_VENV)/bin/python || $(PY) -m venv $(LLAMACPP_VENV)
+	$(LLAMACPP_VENV)/bin/python -c "import llama_cpp" 2>/dev/null || \
+	    CMAKE_ARGS="-DGGML_NATIVE=OFF -DLLAMA_CURL=OFF" \
+	    $(LLAMACPP_VENV)/bin/pip install -q --no-binary llama-cpp-python llama-cpp-python==0.3.36
+	$(BIN)/circuitray model build-real --name gemma-3-270m
+	$(BIN)/python scripts/check_llamacpp.py --gguf $(GEMMA_GGUF) \
+	    --hf $(CIRCUITRAY_HOME)/models/gemma-3-270m --llama-python $(LLAMACPP_VENV)/bin/python \
+	    --out bench/results/gemma-3-270m-llamacpp.json
 
 dynamics:  ## organism checkpoints -> one run per checkpoint (60 held-out prompts) -> curves, convergence, report
 	$(BIN)/circuitray pipeline run pipelines/ws2_learning_dynamics.yaml --out-root $(DYNAMICS_DIR) --actors $(ACTORS)

@@ -27,8 +27,21 @@ def features_group() -> None:
     help="A UTF-8 text file, one context per line (default for bundled models: WS2 "
     "prompts with their answers plus the organism's filler).",
 )
-@click.option("--n-prompts", default=400, show_default=True, type=click.IntRange(min=0))
-@click.option("--n-filler", default=400, show_default=True, type=click.IntRange(min=0))
+@click.option(
+    "--n-prompts",
+    default=400,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="WS2 prompts of the organism corpus (the project's models; a real model's "
+    "default corpus is its transcoders' own).",
+)
+@click.option(
+    "--n-filler",
+    default=400,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Filler sentences of the organism corpus.",
+)
 @click.option("--top-k", default=8, show_default=True, type=click.IntRange(min=1))
 @click.option("--force", is_flag=True, help="Replace a table that holds imported labels.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
@@ -36,17 +49,15 @@ def build_cmd(
     model, transcoders, transcoder_cache_dir, corpus, n_prompts, n_filler, top_k, force, as_json
 ):
     """Build the feature table of a transcoder set from its top-activating contexts."""
-    from circuitray.features.build import build_features, organism_corpus, read_corpus
-    from circuitray.models.registry import bundled_model
+    from circuitray.features.build import build_features, default_corpus, read_corpus
 
     spec = ModelSpec(
         model=model, transcoders=transcoders, transcoder_cache_dir=transcoder_cache_dir
     )
     if corpus:
         texts, name = read_corpus(corpus), str(corpus)
-    elif bundled_model(model) is not None:
-        texts = organism_corpus(n_prompts=n_prompts, n_filler=n_filler)
-        name = f"the WS2 organism corpus ({n_prompts} prompts, {n_filler} filler)"
+    elif found := default_corpus(model, n_prompts=n_prompts, n_filler=n_filler):
+        texts, name = found
     else:
         raise CircuitrayError(f"model {model!r}: not a bundled model; give --corpus TEXT_FILE")
     status = console.status("building the feature table") if not as_json else None

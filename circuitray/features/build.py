@@ -46,7 +46,13 @@ from circuitray.models.loading import ModelSpec, load_replacement_model
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["build_features", "feature_activations", "organism_corpus", "read_corpus"]
+__all__ = [
+    "build_features",
+    "default_corpus",
+    "feature_activations",
+    "organism_corpus",
+    "read_corpus",
+]
 
 LABEL_TOKENS = 3
 
@@ -60,6 +66,24 @@ def organism_corpus(*, n_prompts: int = 400, n_filler: int = 400, seed: int = 0)
     rng = random.Random(seed)
     prompts = [completed(r) for r in generate_ws2(n=n_prompts, seed=seed)]
     return prompts + [filler_sentence(rng) for _ in range(n_filler)]
+
+
+def default_corpus(model: str, *, n_prompts: int, n_filler: int) -> tuple[list[str], str] | None:
+    """The contexts a bundled model's table is built from unless a corpus is given, and
+    their description: a real pretrained model's (``circuitray model build-real``)
+    transcoder corpus, real prose and WS2 sentences, every text; the organism corpus
+    (:func:`organism_corpus`) for the project's other models; None for any other."""
+    from circuitray.models.registry import bundled_model
+
+    if bundled_model(model) is None:
+        return None
+    from circuitray.models.real import REAL_MODELS, RealBuildConfig, corpus
+
+    if model in REAL_MODELS:
+        train, heldout, info = corpus(RealBuildConfig())
+        return train + heldout, f"{model}'s transcoder corpus ({info['source']})"
+    texts = organism_corpus(n_prompts=n_prompts, n_filler=n_filler)
+    return texts, f"the WS2 organism corpus ({n_prompts} prompts, {n_filler} filler)"
 
 
 def read_corpus(path: str | Path) -> list[str]:
@@ -255,6 +279,7 @@ def build_features(
         "transcoders": transcoders,
         "features": table.num_rows,
         "labelled": sum(1 for v in rows["label"] if v),
+        "corpus": corpus_name,
         "contexts": len(texts),
         "tokens": n_tokens,
         "seconds": round(time.perf_counter() - started, 2),

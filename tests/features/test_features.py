@@ -16,7 +16,7 @@ import torch
 from conftest import assert_refused, circuitray
 from safetensors.torch import load_file
 
-from circuitray.features.build import organism_corpus
+from circuitray.features.build import default_corpus, organism_corpus
 from circuitray.features.labels import LabelFileError, import_labels
 from circuitray.features.store import features_path, read_features
 from circuitray.models.registry import circuitray_home, transcoder_cache_dir
@@ -278,3 +278,16 @@ def test_a_torn_feature_table_leaves_the_other_views_working(ray_run, tmp_path, 
     n = run_sql([str(ray_run.out)], "SELECT count(*) AS n FROM graphs").to_pylist()[0]["n"]
     assert n > 0
     assert run_sql([str(ray_run.out)], "SELECT * FROM features").num_rows == 0
+
+
+def test_a_real_models_table_defaults_to_its_transcoders_corpus():
+    """Real prose for a pretrained model (what its transcoders were trained on), the
+    organism corpus for the project's own models, nothing for a folder."""
+    from circuitray.models.real import RealBuildConfig, corpus
+
+    train, heldout, _ = corpus(RealBuildConfig())
+    texts, name = default_corpus("gemma-3-270m", n_prompts=4, n_filler=4)
+    assert texts == train + heldout and name.startswith("gemma-3-270m's transcoder corpus")
+    texts, name = default_corpus("organism-tuned", n_prompts=4, n_filler=4)
+    assert texts == organism_corpus(n_prompts=4, n_filler=4) and "organism" in name
+    assert default_corpus("/models/mine", n_prompts=4, n_filler=4) is None

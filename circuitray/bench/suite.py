@@ -356,7 +356,8 @@ def print_suite(record: dict, *, console: Console) -> None:
         return
     for name, section in real.items():
         section: dict[str, Any]
-        if "skipped" in section:
-            console.print(f"[dim]{name}: {section['skipped']}[/]")
+        if "skipped" in section or "error" in section:
+            why = section.get("skipped") or f"[red]{section['error']}[/]"
+            console.print(f"[dim]{name}:[/] {why}")
         else:
             print_real_shape(section, console=console)

@@ -24,8 +24,9 @@ def features_group() -> None:
 @click.option(
     "--corpus",
     type=click.Path(dir_okay=False),
-    help="A UTF-8 text file, one context per line (default for bundled models: WS2 "
-    "prompts with their answers plus the organism's filler).",
+    help="A UTF-8 text file, one context per line (default: a real model's transcoder "
+    "corpus; for the project's other models, WS2 prompts with their answers plus the "
+    "organism's filler).",
 )
 @click.option(
     "--n-prompts",

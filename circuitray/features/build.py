@@ -4,9 +4,11 @@ The activations are the ones the graphs are made of: the same ReplacementModel a
 transcoders (:func:`circuitray.models.loading.load_replacement_model`), through
 circuit-tracer's own ``get_activations``:
 
-1. The corpus is a list of texts: for the bundled organism the WS2 constraint prompts
-   completed with their answers plus the filler it was trained on
-   (:func:`organism_corpus`), for any model the lines of a user's text file.
+1. The corpus is a list of texts: for a real pretrained model its transcoders' own
+   corpus (real prose and WS2 sentences, :func:`default_corpus`), for the project's
+   other models the WS2 constraint prompts completed with their answers plus the
+   filler the organism was trained on (:func:`organism_corpus`), for any model the
+   lines of a user's text file.
 2. Each text is tokenized as attribution tokenizes a prompt (``ensure_tokenized``: a
    BOS first) and run once; the transcoder activations come back as
    ``[layers, positions, features]``. Position 0 (the BOS, which attribution leaves

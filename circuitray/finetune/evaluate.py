@@ -5,8 +5,10 @@
    the mean probability of the target over the whole vocabulary is reported too.
 2. Transcoder fit per layer (:func:`transcoder_fit`): the base model's transcoders
    applied to this checkpoint's MLP inputs, scored against its MLP outputs
-   (normalised MSE and explained variance), read at circuit-tracer's Gemma-2 hook
-   points (:func:`circuitray.models.hooks.record_mlp_io`). Per-layer sets and
+   (normalised MSE and explained variance), read at the set's own input hook
+   (``feature_input_hook``: Gemma-2's ``ln2.hook_normalized``, Gemma-3's and Llama's
+   ``mlp.hook_in``; :func:`circuitray.models.hooks.record_mlp_io`); a set read
+   elsewhere (``hook_resid_mid``) is skipped with a warning. Per-layer sets and
    cross-layer transcoders are both loaded through circuit-tracer's own loader.
 """
 

@@ -276,6 +276,17 @@ def test_fine_tuning_reads_gemma_3_transcoders_at_mlp_hook_in(tmp_path):
         assert fit[str(i)]["explained_variance"] == pytest.approx(ev, rel=1e-5), i
 
 
+def test_a_gguf_without_a_vocabulary_is_one_line_naming_it(tmp_path):
+    from gguf import GGUFWriter
+
+    w = GGUFWriter(str(tmp_path / "bare.gguf"), "gemma3")
+    for step in (w.write_header_to_file, w.write_kv_data_to_file, w.write_tensors_to_file):
+        step()
+    w.close()
+    with pytest.raises(CircuitrayError, match=r"bare\.gguf: GGUF has no tokenizer\.ggml\.model"):
+        write_tokenizer(read_gguf(tmp_path / "bare.gguf"), tmp_path / "tok")
+
+
 def test_a_converter_given_another_format_is_refused(tmp_path):
     bad = tmp_path / "model.bin"
     bad.write_bytes(b"\x00\x01llama2.c checkpoint")

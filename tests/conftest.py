@@ -50,7 +50,7 @@ CLI = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "circuitray
 
 
 def circuitray(
-    *args, cwd: Path | None = None, env: dict[str, str] | None = None
+    *args, cwd: Path | None = None, env: dict[str, str] | None = None, timeout: float = 120
 ) -> subprocess.CompletedProcess:
     # os.environ carries CIRCUITRAY_HOME (set by the session fixture).
     return subprocess.run(
@@ -59,7 +59,7 @@ def circuitray(
         text=True,
         cwd=cwd,
         env=env if env is not None else dict(os.environ),
-        timeout=120,
+        timeout=timeout,
     )
 
 

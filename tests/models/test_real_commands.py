@@ -47,7 +47,12 @@ def test_every_command_on_a_real_model(name, circuitray_home, tmp_path):
 
     write_prompts(chosen, prompts)
     common = ("--model", name)
-    _ok(circuitray("run", prompts, *common, "--target", "answer", "--out", run, "--actors", "1"))
+    _ok(
+        circuitray(
+            "run", prompts, *common, "--target", "answer", "--out", run, "--actors", "1",
+            timeout=900,
+        )
+    )  # fmt: skip
     graphs = pq.read_table(run / "graphs").to_pylist()
     assert len(graphs) == len(chosen) and {g["status"] for g in graphs} == {"ok"}
 
@@ -67,9 +72,14 @@ def test_every_command_on_a_real_model(name, circuitray_home, tmp_path):
     _ok(circuitray("export", run, "--graph", str(graphs[0]["graph_id"]), "--out", tmp_path / "v"))
     assert any((tmp_path / "v").rglob("*.json"))
     iv = tmp_path / "iv"
-    _ok(circuitray("intervene", run, "--out", iv, "--features", "top:2", "--actors", "1"))
+    _ok(
+        circuitray(
+            "intervene", run, "--out", iv, "--features", "top:2", "--actors", "1", timeout=900
+        )
+    )
     assert pq.read_table(iv / "results").num_rows >= len(chosen)
-    features = json.loads(_ok(circuitray("features", "build", *common, "--json")))
+    # Gemma-3-270m's table: 36,864 features over 34k tokens, about 11 min on 2 cores.
+    features = json.loads(_ok(circuitray("features", "build", *common, "--json", timeout=1800)))
     assert features["labelled"] > 0 and "transcoder corpus" in features["corpus"], features
 
     ft, series = tmp_path / "ft", tmp_path / "series"
@@ -77,7 +87,7 @@ def test_every_command_on_a_real_model(name, circuitray_home, tmp_path):
         circuitray(
             "finetune", "--base", name, "--method", "lora", "--steps", "4",
             "--checkpoints", "2", "--batch-size", "4", "--max-len", "24",
-            "--eval-per-type", "4", "--out", ft,
+            "--eval-per-type", "4", "--out", ft, timeout=900,
         )
     )  # fmt: skip
     manifest = json.loads((ft / "finetune.json").read_text())
@@ -86,7 +96,7 @@ def test_every_command_on_a_real_model(name, circuitray_home, tmp_path):
     _ok(
         circuitray(
             "series", ft / "finetune.json", "--out", series, "--per-type", "1",
-            "--actors", "1", "--target", "answer",
+            "--actors", "1", "--target", "answer", timeout=900,
         )
     )  # fmt: skip
     curves = json.loads(_ok(circuitray("query", "learning_curves", series, "--format", "json")))

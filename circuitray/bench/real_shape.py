@@ -123,17 +123,21 @@ def real_models_bench(*, names: tuple[str, ...] | None = None, n_prompts: int = 
     built, model and transcoders; the section ``circuitray bench suite`` records as
     ``real_models``: by name, its figures, ``{"skipped": why}``, or ``{"error": ...}``
     when its measurement failed (the other sections are kept)."""
+    from circuitray.errors import ModelLoadError
+    from circuitray.models.loading import ModelSpec, check_model_available
     from circuitray.models.real import REAL_MODELS
-    from circuitray.models.registry import BUNDLED, circuitray_home, transcoder_cache_dir
+    from circuitray.models.registry import BUNDLED, transcoder_cache_dir
 
     out: dict[str, dict] = {}
     for name in names or tuple(REAL_MODELS):
         model = BUNDLED[name]
-        built = (circuitray_home() / model.subdir / "config.json").exists() and (
-            transcoder_cache_dir() / model.transcoders
-        ).is_dir()
-        if not built:
-            out[name] = {"skipped": f"not built (circuitray model build-real --name {name})"}
+        try:
+            check_model_available(ModelSpec(model=name))  # what a run checks first
+        except ModelLoadError as e:
+            out[name] = {"skipped": str(e)}
+            continue
+        if not (transcoder_cache_dir() / model.transcoders).is_dir():  # a build cut short
+            out[name] = {"skipped": f"{name}: no transcoders; run `{model.build_command}`"}
             continue
         try:
             out[name] = measure_in_child(name, n_prompts=n_prompts)

@@ -45,13 +45,21 @@ def test_real_models_not_built_are_skipped_and_say_how_to_build(tmp_path, monkey
     monkeypatch.setenv("CIRCUITRAY_HOME", str(tmp_path))  # an empty home
     monkeypatch.delenv("CIRCUIT_TRACER_CACHE_DIR", raising=False)
     assert real_models_bench(n_prompts=1) == {
-        "stories260k": {"skipped": "not built (circuitray model build-real --name stories260k)"},
-        "gemma-3-270m": {"skipped": "not built (circuitray model build-real --name gemma-3-270m)"},
+        name: {
+            "skipped": f"bundled model {name!r} not built at {tmp_path / 'models' / name}; "
+            f"run `circuitray model build-real --name {name}`"
+        }
+        for name in ("stories260k", "gemma-3-270m")
     }
     # A build cut short after its model folder, before its transcoders: still skipped.
     (tmp_path / "models" / "gemma-3-270m").mkdir(parents=True)
     (tmp_path / "models" / "gemma-3-270m" / "config.json").write_text("{}")
-    assert "skipped" in real_models_bench(names=("gemma-3-270m",))["gemma-3-270m"]
+    assert real_models_bench(names=("gemma-3-270m",)) == {
+        "gemma-3-270m": {
+            "skipped": "gemma-3-270m: no transcoders; "
+            "run `circuitray model build-real --name gemma-3-270m`"
+        }
+    }
     # One whose measurement fails is an error of its own, not the end of the suite.
     (tmp_path / "transcoders" / "circuitray" / "gemma-3-270m").mkdir(parents=True)
     (failed,) = real_models_bench(names=("gemma-3-270m",)).values()

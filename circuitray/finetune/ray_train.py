@@ -170,7 +170,7 @@ def finetune_on_ray(
     """
     from circuitray.finetune.data import load_data
     from circuitray.finetune.manifest import read_manifest
-    from circuitray.jobs.dispatch import forwarded_env, ray_address
+    from circuitray.jobs.dispatch import forwarded_env, ray_address, start_local_ray
     from circuitray.models.loading import ModelSpec, check_model_available
 
     if workers < 1:
@@ -219,8 +219,8 @@ def finetune_on_ray(
             }
             if ray_address(address):
                 ray.init(address=ray_address(address), **kwargs)
-            else:  # a new local Ray, never a stray cluster left on this machine
-                ray.init(address="local", num_cpus=max(os.cpu_count() or 1, workers), **kwargs)
+            else:
+                start_local_ray(num_cpus=max(os.cpu_count() or 1, workers), **kwargs)
         try:
             trainer = TorchTrainer(
                 _train_loop,

@@ -156,10 +156,39 @@ def init_ray(placement: Placement):
         # Logical CPUs are scheduling slots, not cores: leave room for every actor
         # (and Ray's own tasks) even when there are more actors than cores.
         ncpu = os.cpu_count() or 1
-        # address="local": always a new local Ray, never a stray cluster left on this machine.
-        ray.init(address="local", num_cpus=max(ncpu, (placement.actors or 1) + 1), **kwargs)
-        _LOCAL_RAY.append(ray.get_runtime_context().gcs_address)
+        start_local_ray(num_cpus=max(ncpu, (placement.actors or 1) + 1), **kwargs)
     return ray
+
+
+class _NotTheTokenNotice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(TOKEN_AUTH_NOTICE)
+
+
+# What Ray logs, as a warning, each time ``ray.init`` starts a cluster while
+# ``RAY_AUTH_MODE`` is unset: it then turns token authentication on by itself.
+TOKEN_AUTH_NOTICE = "Token authentication is enabled for this Ray cluster."
+
+
+def start_local_ray(*, num_cpus: int, **kwargs) -> None:
+    """Start a new local Ray for this process (``address="local"``: never a stray
+    cluster left on this machine) and remember it as one :func:`init_ray` started.
+
+    Ray's own default stands (token authentication, unless ``RAY_AUTH_MODE`` says
+    otherwise), without the warning Ray logs about it at every start: on a Ray that
+    circuitray starts, lives in this process and ends with it, the warning tells the
+    user nothing they can act on. A cluster the user joins or starts keeps Ray's
+    messages."""
+    import ray
+
+    quiet = _NotTheTokenNotice()
+    ray_logger = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    ray_logger.addFilter(quiet)
+    try:
+        ray.init(address="local", num_cpus=num_cpus, **kwargs)
+    finally:
+        ray_logger.removeFilter(quiet)
+    _LOCAL_RAY.append(ray.get_runtime_context().gcs_address)
 
 
 def actor_options(placement: Placement, resources: dict) -> tuple[int, dict, int | None]:

@@ -22,6 +22,16 @@ Subpackages follow the data path: :mod:`circuitray.prompts` -> :mod:`circuitray.
 :mod:`circuitray.schema` holds every table's schema. Graphs made elsewhere (circuit-tracer's
 and Neuronpedia's graph JSON) enter the same storage through :mod:`circuitray.ingest`.
 
+Import layers, lowest first (a module imports only from its own subpackage and the
+layers below it, in functions too; ``tests/test_layers.py`` checks every import)::
+
+    errors, schema, machine, cluster < prompts < storage < graph < models < finetune
+    < organism < features < query, ingest < outputs < jobs < bench < cli
+
+The data path runs the other way where a stage drives those after it: :mod:`circuitray.jobs`
+starts Ray actors that attribute (:mod:`~circuitray.graph`), store and query, so it sits
+above them; :mod:`circuitray.cluster` is how every Ray job starts or joins Ray.
+
 Names are imported on first use (PEP 562), so ``import circuitray.graph.flatten`` on a
 GPU box without Ray or DuckDB, or ``circuitray query`` without torch, load only what
 they need.

@@ -3,6 +3,8 @@
 - :mod:`~circuitray.finetune.config`: :class:`FinetuneConfig`, every hyper-parameter.
 - :mod:`~circuitray.finetune.schedule`: log-spaced checkpoint steps.
 - :mod:`~circuitray.finetune.data`: training texts and held-out prompts, checksummed.
+- :mod:`~circuitray.finetune.train_lm`: the training loop itself (deterministic causal-LM
+  training with checkpoints on a schedule), also the organism's base and tuned stages.
 - :mod:`~circuitray.finetune.lora`: LoRA adapters (peft) and merged checkpoints.
 - :mod:`~circuitray.finetune.evaluate`: per-checkpoint held-out accuracy, target
   probability and how well the base transcoders still reconstruct each MLP output.

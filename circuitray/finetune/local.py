@@ -6,7 +6,7 @@
 2. With ``method: lora``, wrap the model in peft adapters (:mod:`circuitray.finetune.lora`).
 3. Evaluate the base as checkpoint 0 (:mod:`circuitray.finetune.evaluate`); its path
    is the base model's own folder, nothing is copied.
-4. Train with :func:`circuitray.organism.train_lm.train_lm` (AdamW, warm-up then
+4. Train with :func:`circuitray.finetune.train_lm.train_lm` (AdamW, warm-up then
    cosine, a seeded batch generator); at every step of the schedule
    (:mod:`circuitray.finetune.schedule`) and at the last step, save the weights
    (adapters merged) as an HF folder ``step-NNNNNN`` with the tokenizer, evaluate
@@ -35,9 +35,9 @@ from circuitray.finetune.evaluate import constraint_accuracy, load_transcoders, 
 from circuitray.finetune.lora import add_lora, merged_copy
 from circuitray.finetune.manifest import FORMAT, MANIFEST, read_manifest, write_manifest
 from circuitray.finetune.schedule import checkpoint_steps
+from circuitray.finetune.train_lm import TrainingLog, train_lm
 from circuitray.models.artifacts import save_hf_model
 from circuitray.models.loading import ModelSpec, check_model_available
-from circuitray.organism.train_lm import TrainingLog, train_lm
 
 logger = logging.getLogger(__name__)
 

@@ -168,9 +168,9 @@ def finetune_on_ray(
             a later call with the same ``storage_path`` and ``name`` resumes it.
         max_failures: Worker-group failures retried from the last checkpoint.
     """
+    from circuitray.cluster import connect, forwarded_env
     from circuitray.finetune.data import load_data
     from circuitray.finetune.manifest import read_manifest
-    from circuitray.jobs.dispatch import forwarded_env, ray_address, start_local_ray
     from circuitray.models.loading import ModelSpec, check_model_available
 
     if workers < 1:
@@ -208,19 +208,8 @@ def finetune_on_ray(
         tmp = owner.with_name(f"{OWNER}.tmp")
         tmp.write_text(token + "\n")
         os.replace(tmp, owner)
+        started = connect(address, local_cpus=max(os.cpu_count() or 1, workers))
         env = forwarded_env()
-        started = not ray.is_initialized()
-        if started:
-            kwargs: dict = {
-                "include_dashboard": False,
-                "log_to_driver": os.environ.get("CIRCUITRAY_RAY_LOGS") == "1",
-                "runtime_env": {"env_vars": env} if env else None,
-                "logging_level": logger.getEffectiveLevel(),
-            }
-            if ray_address(address):
-                ray.init(address=ray_address(address), **kwargs)
-            else:
-                start_local_ray(num_cpus=max(os.cpu_count() or 1, workers), **kwargs)
         try:
             trainer = TorchTrainer(
                 _train_loop,
@@ -271,8 +260,8 @@ def _train_loop(loop_config: dict) -> None:
     )
     from circuitray.finetune.lora import merged_copy
     from circuitray.finetune.schedule import checkpoint_steps
+    from circuitray.finetune.train_lm import TrainingLog, train_lm
     from circuitray.models.artifacts import save_hf_model
-    from circuitray.organism.train_lm import TrainingLog, train_lm
 
     config = _config_from(loop_config["config"])
     refs = loop_config["refs"]

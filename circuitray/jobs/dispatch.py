@@ -1,7 +1,7 @@
 """Dispatching a job's prompts to Ray actors: placement, batches, retries, restarts.
 
-1. Start or join Ray (:func:`init_ray`), forwarding the model-home, hub and
-   object-store variables of :data:`FORWARDED_ENV` to the actors.
+1. Start or join Ray (:func:`init_ray`, through :mod:`circuitray.cluster`, which
+   forwards the model-home, hub and object-store variables to the actors).
 2. Create K actors (:func:`actor_options`): ``num_gpus`` each when the cluster has
    GPUs, else CPU actors with ``cpus / K`` torch threads each. Actors no node can hold
    are refused at once on the local Ray (:func:`check_fits`), not waited for, and any
@@ -24,6 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from circuitray.cluster import connect, started_local_ray
 from circuitray.errors import CircuitrayError
 
 if TYPE_CHECKING:
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["FORWARDED_ENV", "Placement", "Progress", "dispatch", "forwarded_env", "init_ray"]
+__all__ = ["Placement", "Progress", "dispatch", "init_ray"]
 
 Progress = Callable[[int, int, "dict | None"], None]
 """``on_progress(done, total, summary)``: once before work starts (summary None), then
@@ -92,103 +93,15 @@ class Placement:
                 raise CircuitrayError(f"--{name.replace('_', '-')} {value}: must be {need}")
 
 
-# Environment the actors need to see what the driver sees: model homes, hub and
-# object-store credentials and endpoints.
-FORWARDED_ENV = (
-    "CIRCUITRAY_HOME",
-    "CIRCUIT_TRACER_CACHE_DIR",
-    "HF_HOME",
-    "HF_TOKEN",
-    "HF_HUB_OFFLINE",
-    "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY",
-    "AWS_SESSION_TOKEN",
-    "AWS_DEFAULT_REGION",
-    "AWS_REGION",
-    "AWS_ENDPOINT_URL",
-    "GOOGLE_APPLICATION_CREDENTIALS",
-)
-
-
-def forwarded_env() -> dict[str, str]:
-    """The variables of FORWARDED_ENV set here, for the actors' runtime_env."""
-    return {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
-
-
-_LOCAL_RAY: list[str] = []  # the GCS address of the local Ray init_ray started
-
-
-def ray_address(address: str | None) -> str | None:
-    """The Ray cluster to join: ``address``, else ``$RAY_ADDRESS`` (Ray's own variable:
-    ``ray.init`` reads it, ``ray job submit`` sets it for its entrypoint), else None
-    (start a local Ray, as ``local`` asks too)."""
-    address = address or os.environ.get("RAY_ADDRESS") or None
-    return None if address == "local" else address
-
-
-def started_local_ray() -> bool:
-    """Whether the Ray this process is connected to is a local one that
-    :func:`init_ray` started (it cannot grow), not one joined or started by the caller."""
-    import ray
-
-    return ray.is_initialized() and ray.get_runtime_context().gcs_address in _LOCAL_RAY
-
-
 def init_ray(placement: Placement):
+    """Connect to the Ray ``placement`` names, or start a local one with a logical CPU
+    for every actor and one more (:func:`circuitray.cluster.connect`); the ray module."""
     import ray
 
-    if ray.is_initialized():
-        return ray
-    env = forwarded_env()
-    kwargs: dict = {
-        "include_dashboard": False,
-        "log_to_driver": os.environ.get("CIRCUITRAY_RAY_LOGS") == "1",
-        "runtime_env": {"env_vars": env} if env else None,
-        # ray.init sets Ray's logger to this level (importing ray resets it to INFO):
-        # follow circuitray's own, so Ray is as quiet as the caller asked (the CLI
-        # unless -v) and a one-line error stays one line.
-        "logging_level": logger.getEffectiveLevel(),
-    }
-    address = ray_address(placement.address)
-    if address:
-        ray.init(address=address, **kwargs)
-    else:
-        # Logical CPUs are scheduling slots, not cores: leave room for every actor
-        # (and Ray's own tasks) even when there are more actors than cores.
-        ncpu = os.cpu_count() or 1
-        start_local_ray(num_cpus=max(ncpu, (placement.actors or 1) + 1), **kwargs)
+    # Logical CPUs are scheduling slots, not cores: leave room for every actor (and
+    # Ray's own tasks) even when there are more actors than cores.
+    connect(placement.address, local_cpus=max(os.cpu_count() or 1, (placement.actors or 1) + 1))
     return ray
-
-
-class _NotTheTokenNotice(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith(TOKEN_AUTH_NOTICE)
-
-
-# What Ray logs, as a warning, each time ``ray.init`` starts a cluster while
-# ``RAY_AUTH_MODE`` is unset: it then turns token authentication on by itself.
-TOKEN_AUTH_NOTICE = "Token authentication is enabled for this Ray cluster."
-
-
-def start_local_ray(*, num_cpus: int, **kwargs) -> None:
-    """Start a new local Ray for this process (``address="local"``: never a stray
-    cluster left on this machine) and remember it as one :func:`init_ray` started.
-
-    Ray's own default stands (token authentication, unless ``RAY_AUTH_MODE`` says
-    otherwise), without the warning Ray logs about it at every start: on a Ray that
-    circuitray starts, lives in this process and ends with it, the warning tells the
-    user nothing they can act on. A cluster the user joins or starts keeps Ray's
-    messages."""
-    import ray
-
-    quiet = _NotTheTokenNotice()
-    ray_logger = logging.getLogger("ray._private.authentication.authentication_token_setup")
-    ray_logger.addFilter(quiet)
-    try:
-        ray.init(address="local", num_cpus=num_cpus, **kwargs)
-    finally:
-        ray_logger.removeFilter(quiet)
-    _LOCAL_RAY.append(ray.get_runtime_context().gcs_address)
 
 
 def actor_options(placement: Placement, resources: dict) -> tuple[int, dict, int | None]:

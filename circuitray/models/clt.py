@@ -159,7 +159,7 @@ def clt_metrics(
 ) -> dict[str, dict[str, float]]:
     """Per layer (as a string key): nMSE and explained variance of the CLT's output.
 
-    The keys are those of :func:`circuitray.organism.train_transcoders.metrics`; L0,
+    The keys are those of :func:`circuitray.models.train_transcoders.metrics`; L0,
     its fraction and dead features count the layer's own features (whose encoder is
     the per-layer one), ``l0_writing`` every feature that writes to the layer.
     """

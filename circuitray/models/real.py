@@ -54,7 +54,7 @@ from circuitray.models.stamp import build_key, is_current, write_stamp
 from circuitray.prompts.files import file_sha256
 
 if TYPE_CHECKING:
-    from circuitray.organism.train_transcoders import TranscoderTrainingConfig
+    from circuitray.models.train_transcoders import TranscoderTrainingConfig
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ BUILD_MODULES = (
     "circuitray.models.hooks",
     "circuitray.models.clt",
     "circuitray.models.artifacts",
-    "circuitray.organism.train_transcoders",
+    "circuitray.models.train_transcoders",
     "circuitray.prompts.ws2",
 )
 LLAMA_HOOKS = {"feature_input_hook": "mlp.hook_in", "feature_output_hook": "mlp.hook_out"}
@@ -207,7 +207,7 @@ def known_completions(model, tokenizer, name: str) -> list[dict]:
 
 
 def _default_transcoders() -> TranscoderTrainingConfig:
-    from circuitray.organism.train_transcoders import TranscoderTrainingConfig
+    from circuitray.models.train_transcoders import TranscoderTrainingConfig
 
     # 4x d_model features, a stronger L1 than the organism's: held-out explained
     # variance 0.75-0.92 per layer at L0 about 23 (December 2026, 2 cores: 22 s; 800
@@ -401,7 +401,7 @@ def train_at_unit_scale(x, y, *, config: TranscoderTrainingConfig, seed: int):
     one L1 weight kills every feature of its later layers (100 steps: held-out EV 0 and
     99.9% dead features from layer 3 on)."""
     from circuitray.models.artifacts import TranscoderWeights
-    from circuitray.organism.train_transcoders import train_transcoder
+    from circuitray.models.train_transcoders import train_transcoder
 
     sx, sy = x.pow(2).mean().sqrt(), y.pow(2).mean().sqrt()
     w = train_transcoder(x / sx, y / sy, config=config, seed=seed)
@@ -420,7 +420,7 @@ def _build(model_info: RealModel, folder: Path, paths: dict[str, Path], train, h
     from circuitray.models.clt import clt_metrics, fit_cross_layer_transcoder
     from circuitray.models.hooks import record_mlp_io
     from circuitray.models.llama2c import convert_llama2c
-    from circuitray.organism.train_transcoders import metrics, train_transcoder
+    from circuitray.models.train_transcoders import metrics, train_transcoder
 
     timings: dict[str, float] = {}
     t = time.perf_counter()

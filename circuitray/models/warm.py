@@ -122,7 +122,7 @@ def warm_cluster(spec: ModelSpec, *, address: str) -> list[dict]:
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    from circuitray.jobs.dispatch import forwarded_env
+    from circuitray.cluster import forwarded_env
 
     if not ray.is_initialized():
         env = forwarded_env()

@@ -1,12 +1,13 @@
 """The WS2 model organism: a tiny Gemma-2 trained here that really learns the constraints.
 
 - :mod:`~circuitray.organism.corpus`: base-stage filler text and constraint sentences.
-- :mod:`~circuitray.organism.train_lm`: deterministic causal-LM training on CPU.
-- :mod:`~circuitray.organism.train_transcoders`: per-layer transcoders on MLP I/O.
 - :mod:`~circuitray.organism.evaluate`: the evaluation report.
 - :mod:`~circuitray.organism.build`: the whole build (``circuitray organism build``).
 - :mod:`~circuitray.organism.matrix`: the robustness matrix over CPU kernels, threads
   and seeds (``circuitray organism matrix``); it imports no torch itself.
+
+Its training loop is every fine-tune's (:mod:`~circuitray.finetune.train_lm`), its
+transcoders are trained as every built model's (:mod:`~circuitray.models.train_transcoders`).
 """
 
 from __future__ import annotations

@@ -51,6 +51,7 @@ from circuitray.finetune.local import train_with_checkpoints
 from circuitray.finetune.manifest import FORMAT as MANIFEST_FORMAT
 from circuitray.finetune.manifest import read_manifest
 from circuitray.finetune.schedule import geometric_steps
+from circuitray.finetune.train_lm import train_lm
 from circuitray.models.artifacts import (
     save_cross_layer_transcoder,
     save_hf_model,
@@ -62,17 +63,16 @@ from circuitray.models.registry import BUNDLED, circuitray_home, transcoder_cach
 from circuitray.models.stamp import build_key, tree_sha256, unchanged
 from circuitray.models.tiny import tiny_gemma2_config
 from circuitray.models.tokenizer import build_tokenizer
+from circuitray.models.train_transcoders import (
+    TranscoderTrainingConfig,
+    metrics,
+    train_transcoder,
+)
 from circuitray.organism.corpus import constraint_rows, filler_sentence
 from circuitray.organism.evaluate import (
     acceptance,
     constraint_accuracy,
     graph_scores,
-)
-from circuitray.organism.train_lm import train_lm
-from circuitray.organism.train_transcoders import (
-    TranscoderTrainingConfig,
-    metrics,
-    train_transcoder,
 )
 from circuitray.prompts.ws2 import VOCABULARY, generate_ws2
 
@@ -218,6 +218,7 @@ BUILD_MODULES = (
     "circuitray.finetune.lora",
     "circuitray.finetune.manifest",
     "circuitray.finetune.schedule",
+    "circuitray.finetune.train_lm",
     "circuitray.models.artifacts",
     "circuitray.models.clt",
     "circuitray.models.hooks",
@@ -225,6 +226,7 @@ BUILD_MODULES = (
     "circuitray.models.registry",
     "circuitray.models.tiny",
     "circuitray.models.tokenizer",
+    "circuitray.models.train_transcoders",
     "circuitray.prompts.ws2",
 )
 

@@ -78,8 +78,8 @@ def test_a_resumed_training_equals_an_uninterrupted_one(circuitray_home):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from circuitray.finetune.data import completed
+    from circuitray.finetune.train_lm import train_lm
     from circuitray.models.registry import resolve_model
-    from circuitray.organism.train_lm import train_lm
     from circuitray.prompts.ws2 import generate_ws2
 
     path, _ = resolve_model("tiny")

@@ -333,7 +333,7 @@ def test_transcoders_of_outputs_far_from_unit_scale_train_at_unit_scale():
     import torch
 
     from circuitray.models.real import train_at_unit_scale
-    from circuitray.organism.train_transcoders import (
+    from circuitray.models.train_transcoders import (
         TranscoderTrainingConfig,
         metrics,
         train_transcoder,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from circuitray.models.artifacts import TranscoderWeights
-from circuitray.organism.train_transcoders import (
+from circuitray.models.train_transcoders import (
     TranscoderTrainingConfig,
     _to_jumprelu,
     metrics,

@@ -1,4 +1,5 @@
-"""The organism's LM training schedules: fixed-length cosine, and until-learned."""
+"""The training loop of every fine-tune (``finetune.train_lm``) on the organism's
+schedules: fixed-length cosine, and until-learned."""
 
 from __future__ import annotations
 
@@ -8,11 +9,11 @@ import pytest
 import torch
 from transformers import Gemma2ForCausalLM
 
+from circuitray.finetune.train_lm import train_lm
 from circuitray.models.tiny import tiny_gemma2_config
 from circuitray.models.tokenizer import build_tokenizer
 from circuitray.organism.corpus import constraint_rows, constraint_sentences
 from circuitray.organism.evaluate import constraint_accuracy
-from circuitray.organism.train_lm import train_lm
 from circuitray.prompts.ws2 import VOCABULARY
 
 TOK = build_tokenizer(VOCABULARY)

@@ -1,4 +1,5 @@
-"""Deterministic causal-LM training of the tiny Gemma-2 on CPU.
+"""Deterministic causal-LM training: the loop of every fine-tune (full or LoRA, one
+device or Ray Train) and of the organism's two stages.
 
 1. Tokenise every sentence with BOS first (as circuit-tracer's ``attribute`` does)
    and right-pad to a fixed length; padding is masked out of the loss.

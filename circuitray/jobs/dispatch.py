@@ -181,6 +181,173 @@ class _BatchQueue:
         self.again.append(batch)
 
 
+@dataclass(frozen=True)
+class _Batch:
+    """In flight: a batch sent to actor ``actor``."""
+
+    actor: int
+    name: str
+    items: list[tuple[int, dict]]
+
+
+@dataclass(frozen=True)
+class _Probe:
+    """In flight: asking actor ``actor`` (its process died) whether Ray restarted it."""
+
+    actor: int
+
+
+class _Dispatcher:
+    """Steps 3 and 4 of the module docstring over started actors, one rule a method.
+
+    State: ``inflight`` (Ray ref -> :class:`_Batch` or :class:`_Probe`), each actor's
+    ``load`` (batches in flight) and ``healthy`` flag (False from its death until a
+    probe says it is back), each batch's failed ``attempts``, and since when no actor
+    has been healthy (``all_down_since``).
+    """
+
+    PER_ACTOR = 2  # batches in flight per actor: one running, one queued, no idle gap
+
+    def __init__(
+        self,
+        ray,
+        actors: list,
+        placement: Placement,
+        queue: _BatchQueue,
+        *,
+        result: JobResult,
+        n_done: int,
+        total: int,
+        on_progress: Progress | None,
+        on_failed: Callable[[str, list[tuple[int, dict]], str], list[dict]],
+        check: Callable[[], None] | None,
+    ):
+        self.ray, self.actors, self.placement, self.queue = ray, actors, placement, queue
+        self.result, self.n_done, self.total = result, n_done, total
+        self.on_progress, self.on_failed, self.check = on_progress, on_failed, check
+        self.inflight: dict[object, _Batch | _Probe] = {}
+        self.load = [0] * len(actors)
+        self.healthy = [True] * len(actors)
+        self.attempts: dict[str, int] = {}
+        self.all_down_since: float | None = None
+
+    def run(self) -> None:
+        """Until every batch is back or written as error rows."""
+        self.feed()
+        while self.queue or any(isinstance(w, _Batch) for w in self.inflight.values()):
+            if not self.inflight:  # every actor is gone for good
+                self.fail_queued("worker failed: no live workers left")
+                return
+            ready, _ = self.ray.wait(list(self.inflight), num_returns=1, timeout=10.0)
+            if self.check is not None:
+                self.check()
+            if self.waited_too_long_for_a_restart():
+                self.requeue_inflight()
+                continue
+            if not ready:
+                continue
+            ref = ready[0]
+            work = self.inflight.pop(ref)
+            if isinstance(work, _Probe):
+                self.probe_answered(ref, work)
+            else:
+                self.batch_answered(ref, work)
+            self.feed()
+
+    def feed(self) -> None:
+        """Give queued batches to live actors with spare capacity, least loaded first."""
+        while self.queue:
+            free = [
+                i
+                for i in range(len(self.actors))
+                if self.healthy[i] and self.load[i] < self.PER_ACTOR
+            ]
+            if not free:
+                return
+            i = min(free, key=lambda j: self.load[j])
+            name, items = self.queue.popleft()
+            self.inflight[self.actors[i].process.remote(name, items)] = _Batch(i, name, items)
+            self.load[i] += 1
+
+    def report(self, summaries: list[dict]) -> None:
+        for s in summaries:
+            self.n_done += 1
+            self.result.computed += 1
+            if self.on_progress:
+                self.on_progress(self.n_done, self.total, s)
+
+    def retry_or_fail(self, name: str, items: list[tuple[int, dict]], msg: str) -> None:
+        """A failed batch goes back to the front of the queue, or, out of tries, is
+        written as error rows."""
+        self.attempts[name] = self.attempts.get(name, 0) + 1
+        if self.attempts[name] < self.placement.max_attempts:
+            logger.warning(
+                "batch %s failed (attempt %d), retrying: %s", name, self.attempts[name], msg
+            )
+            self.result.retried_batches += 1
+            self.queue.appendleft((name, items))
+        else:
+            self.report(self.on_failed(name, items, f"worker failed: {msg}"))
+
+    def fail_queued(self, msg: str) -> None:
+        while self.queue:
+            name, items = self.queue.popleft()
+            self.report(self.on_failed(name, items, msg))
+
+    def waited_too_long_for_a_restart(self) -> bool:
+        """Whether no actor has been healthy for ``restart_timeout_s``."""
+        if any(self.healthy):
+            self.all_down_since = None
+            return False
+        self.all_down_since = self.all_down_since or time.monotonic()
+        if time.monotonic() - self.all_down_since <= self.placement.restart_timeout_s:
+            return False
+        logger.error("no worker came back within %ss", self.placement.restart_timeout_s)
+        return True
+
+    def requeue_inflight(self) -> None:
+        """Give up on what is in flight: its batches back in the queue (then written as
+        error rows, no actor being left)."""
+        for work in self.inflight.values():
+            if isinstance(work, _Batch):
+                self.queue.append((work.name, work.items))
+        self.inflight.clear()
+
+    def probe_answered(self, ref, probe: _Probe) -> None:
+        """A probe resolves once Ray has restarted the actor (and it reloaded its model)."""
+        from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
+
+        i = probe.actor
+        try:
+            self.ray.get(ref)
+            self.healthy[i] = True
+            logger.info("worker %d is back", i)
+        except ActorUnavailableError:
+            # Still restarting (the probe reached it mid-restart): ask again. The
+            # restart_timeout_s check bounds the wait when none comes back.
+            time.sleep(0.2)
+            self.inflight[self.actors[i].info.remote()] = _Probe(i)
+        except (RayActorError, RayTaskError) as e:
+            logger.warning("worker %d is gone for good: %s", i, _first_line(e))
+
+    def batch_answered(self, ref, batch: _Batch) -> None:
+        from ray.exceptions import RayActorError, RayTaskError
+
+        i = batch.actor
+        self.load[i] -= 1
+        try:
+            self.report(self.ray.get(ref))
+        except RayActorError as e:
+            # The process died (killed, out of memory, node lost); Ray restarts it up to
+            # max_restarts times. Stop feeding it until a probe says it is back.
+            if self.healthy[i]:
+                self.healthy[i] = False
+                self.inflight[self.actors[i].info.remote()] = _Probe(i)
+            self.retry_or_fail(batch.name, batch.items, _first_line(e))
+        except RayTaskError as e:
+            self.retry_or_fail(batch.name, batch.items, _first_line(e))
+
+
 def dispatch(
     placement: Placement,
     items: Sequence[tuple[int, dict]],
@@ -208,7 +375,7 @@ def dispatch(
     """
     t0 = time.perf_counter()
     ray = init_ray(placement)
-    from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
+    from ray.exceptions import RayTaskError
 
     n_actors, opts, threads = actor_options(placement, ray.cluster_resources())
     n_actors = min(n_actors, max(1, -(-len(items) // placement.batch_size)))
@@ -232,98 +399,18 @@ def dispatch(
         logger.info("%d workers ready in %.1fs: %s", n_actors, result.ray_start_s, result.workers)
 
         t_ready = time.perf_counter()
-        queue = _BatchQueue(items, placement.batch_size, session)
-        attempts: dict[str, int] = {}
-        # ref -> ("batch", actor, part name, chunk) or ("probe", actor, None, None)
-        inflight: dict = {}
-        load = [0] * n_actors
-        healthy = [True] * n_actors
-        per_actor = 2  # one running, one queued: no idle gap between batches
-        all_down_since: float | None = None
-
-        def feed() -> None:
-            """Give queued batches to live actors with spare capacity, least loaded first."""
-            while queue:
-                free = [i for i in range(n_actors) if healthy[i] and load[i] < per_actor]
-                if not free:
-                    return
-                i = min(free, key=lambda j: load[j])
-                name, chunk = queue.popleft()
-                inflight[actors[i].process.remote(name, chunk)] = ("batch", i, name, chunk)
-                load[i] += 1
-
-        def report(summaries: list[dict]) -> None:
-            nonlocal n_done
-            for s in summaries:
-                n_done += 1
-                result.computed += 1
-                if on_progress:
-                    on_progress(n_done, total, s)
-
-        def retry_or_fail(name: str, chunk: list, msg: str) -> None:
-            attempts[name] = attempts.get(name, 0) + 1
-            if attempts[name] < placement.max_attempts:
-                logger.warning(
-                    "batch %s failed (attempt %d), retrying: %s", name, attempts[name], msg
-                )
-                result.retried_batches += 1
-                queue.appendleft((name, chunk))
-            else:
-                report(on_failed(name, chunk, f"worker failed: {msg}"))
-
-        feed()
-        while any(kind == "batch" for kind, *_ in inflight.values()) or queue:
-            if not inflight:  # every actor is gone for good
-                while queue:
-                    name, chunk = queue.popleft()
-                    report(on_failed(name, chunk, "worker failed: no live workers left"))
-                break
-            ready, _ = ray.wait(list(inflight), num_returns=1, timeout=10.0)
-            if check is not None:
-                check()
-            if not any(healthy):
-                all_down_since = all_down_since or time.monotonic()
-                if time.monotonic() - all_down_since > placement.restart_timeout_s:
-                    logger.error("no worker came back within %ss", placement.restart_timeout_s)
-                    for kind, _, name, chunk in inflight.values():
-                        if kind == "batch":
-                            queue.append((name, chunk))
-                    inflight.clear()
-                    continue
-            else:
-                all_down_since = None
-            if not ready:
-                continue
-            ref = ready[0]
-            kind, i, name, chunk = inflight.pop(ref)
-            if kind == "probe":
-                # Resolves once Ray has restarted the actor (and it reloaded its model).
-                try:
-                    ray.get(ref)
-                    healthy[i] = True
-                    logger.info("worker %d is back", i)
-                except ActorUnavailableError:
-                    # Still restarting (the probe reached it mid-restart): ask again. The
-                    # restart_timeout_s check above bounds the wait when none comes back.
-                    time.sleep(0.2)
-                    inflight[actors[i].info.remote()] = ("probe", i, None, None)
-                except (RayActorError, RayTaskError) as e:
-                    logger.warning("worker %d is gone for good: %s", i, _first_line(e))
-                feed()
-                continue
-            load[i] -= 1
-            try:
-                report(ray.get(ref))
-            except RayActorError as e:
-                # The process died (killed, out of memory, node lost); Ray restarts it up to
-                # max_restarts times. Stop feeding it until a probe says it is back.
-                if healthy[i]:
-                    healthy[i] = False
-                    inflight[actors[i].info.remote()] = ("probe", i, None, None)
-                retry_or_fail(name, chunk, _first_line(e))
-            except RayTaskError as e:
-                retry_or_fail(name, chunk, _first_line(e))
-            feed()
+        _Dispatcher(
+            ray,
+            actors,
+            placement,
+            _BatchQueue(items, placement.batch_size, session),
+            result=result,
+            n_done=n_done,
+            total=total,
+            on_progress=on_progress,
+            on_failed=on_failed,
+            check=check,
+        ).run()
         result.dispatch_s = time.perf_counter() - t_ready
     finally:  # also when starting fails or check() stops the run: no actor is left running
         for a in actors:

@@ -169,6 +169,7 @@ class AttributionJob(Job):
     """``circuitray run``: attribute every prompt of a prompt file (module docstring)."""
 
     holds = "a run"
+    store: RunStore
 
     def __init__(self, config: RunConfig):
         self.config = config

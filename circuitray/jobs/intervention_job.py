@@ -194,6 +194,7 @@ class InterventionJob(Job):
     """``circuitray intervene``: the plan on every selected ok graph (module docstring)."""
 
     holds = "interventions"
+    store: InterventionStore
     FINGERPRINT_KEYS = ("source_run", "source_prompts_sha256", "plan", "selection")
 
     def __init__(self, config: InterventionConfig):
@@ -248,11 +249,9 @@ class InterventionJob(Job):
         return {key: meta.get(key) for key in self.FINGERPRINT_KEYS}
 
     def drop_errors(self) -> int:
-        assert isinstance(self.store, InterventionStore)
         return len(self.store.drop_graphs_with_errors())
 
     def pending(self) -> tuple[list[tuple[int, dict]], int]:
-        assert isinstance(self.store, InterventionStore)
         done = self.store.done_graph_ids()
         items = [(g["graph_id"], g) for g in self.selected if g["graph_id"] not in done]
         return items, len(self.selected)

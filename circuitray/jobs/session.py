@@ -4,14 +4,14 @@ A :class:`Job` says what its folder holds and how to compute it; :meth:`Job.exec
 does the rest, the same way for every job:
 
 1. Refuse a folder of another kind, then take its driver lock
-   (:meth:`RunStore.acquire_lock`), which a second driver cannot get.
+   (:meth:`PartStore.acquire_lock`), which a second driver cannot get.
 2. If the folder already holds a job: refuse it when its fingerprint
    (:meth:`Job.fingerprint`, the recorded parameters that decide results) differs.
    A folder with parts but no meta file is refused: nothing records what made them.
-3. Start a session (:meth:`RunStore.start_session`): fence the folder (seal the whole
+3. Start a session (:meth:`PartStore.start_session`): fence the folder (seal the whole
    parts of earlier sessions; a worker of an older session that writes later is never
    seen), then record the new session id in the meta file. Only then remove crash
-   leftovers (:meth:`RunStore.clean`) and, with ``retry_errors``, drop the error rows
+   leftovers (:meth:`PartStore.clean`) and, with ``retry_errors``, drop the error rows
    so those prompts count as pending (:meth:`Job.drop_errors`).
 4. Dispatch the pending items (:meth:`Job.pending`: not in any committed part) to the
    job's actors (:func:`circuitray.jobs.dispatch.dispatch`); a batch out of tries is
@@ -39,7 +39,7 @@ import pyarrow as pa
 
 from circuitray.errors import RunDirError
 from circuitray.jobs.dispatch import Placement, Progress, dispatch
-from circuitray.storage.run_store import RunStore
+from circuitray.storage.run_store import PartStore
 
 logger = logging.getLogger(__name__)
 
@@ -126,7 +126,7 @@ class Job(ABC):
 
     def __init__(
         self,
-        store: RunStore,
+        store: PartStore,
         *,
         placement: Placement,
         retry_errors: bool = False,

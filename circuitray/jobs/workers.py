@@ -33,7 +33,7 @@ import pyarrow as pa
 from circuitray.errors import StaleSessionError
 from circuitray.models.loading import ModelSpec, load_replacement_model
 from circuitray.schema import EDGE_SCHEMA, GRAPH_SCHEMA, NODE_SCHEMA, RESULT_SCHEMA, SUMMARY_FIELDS
-from circuitray.storage.run_store import InterventionStore, RunStore
+from circuitray.storage.run_store import InterventionStore, PartStore, RunStore
 
 if TYPE_CHECKING:
     from circuitray.graph.config import AttributionConfig, PruneConfig
@@ -50,7 +50,7 @@ class ModelWorker:
     in-process.
     """
 
-    store_cls: type[RunStore] = RunStore
+    store_cls: type[PartStore] = RunStore
 
     def __init__(
         self,

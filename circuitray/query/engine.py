@@ -55,7 +55,7 @@ from circuitray.errors import CircuitrayError, RunDirError
 from circuitray.features.store import FEATURE_SCHEMA, run_features_path, run_transcoders
 from circuitray.query.supernodes import SUPERNODE_SCHEMA, read_supernodes
 from circuitray.schema import EDGE_SCHEMA, GRAPH_SCHEMA, NODE_SCHEMA, RESULT_SCHEMA
-from circuitray.storage.run_store import InterventionStore, RunStore
+from circuitray.storage.run_store import InterventionStore, PartStore, RunStore
 
 __all__ = [
     "NamedQuery",
@@ -255,7 +255,7 @@ class _OpenRun:
     """One folder the views read: its store, view name, series and step."""
 
     path: str
-    store: RunStore
+    store: PartStore
     name: str
     series: str | None
     step: int | None
@@ -263,10 +263,10 @@ class _OpenRun:
     features: tuple[str | None, Path | None] | None = None
 
 
-def _run_step(store: RunStore) -> int | None:
+def _run_step(store: PartStore) -> int | None:
     step = store.read_meta().get("step")
     if step is not None and (not isinstance(step, int) or isinstance(step, bool)):
-        raise RunDirError(f"{store.run_json}: step {step!r} is not an integer")
+        raise RunDirError(f"{store.meta_path}: step {step!r} is not an integer")
     return step
 
 

@@ -78,7 +78,7 @@ if TYPE_CHECKING:  # imported where used: pyarrow.dataset loads pandas (~0.3 s)
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["InterventionStore", "RunStore"]
+__all__ = ["InterventionStore", "PartStore", "RunStore"]
 
 RUN_FORMAT = "circuitray-run/1"  # run.json's "format": computed and imported runs alike
 PENDING = ".pending"
@@ -189,19 +189,20 @@ def _fsync(path: str) -> None:
         os.close(fd)
 
 
-class RunStore:
-    """Reads and writes one run folder (see module docstring for the protocol).
-
-    Subclasses reuse the protocol for other folders of parts: ``tables`` lists the
-    tables in write order (the last is the commit point) and ``meta_file`` names the
-    folder's JSON description.
+class PartStore:
+    """One folder of Parquet parts under the module docstring's protocol: file access
+    (local or object store), lock or lease, the fence, parts, reads, clean-up, repair
+    and compaction. Its two kinds, :class:`RunStore` and :class:`InterventionStore`,
+    say what the folder holds: ``tables`` in write order (the last is the commit
+    point), ``sort_keys``, ``meta_file`` (the folder's JSON description), and how a
+    part's rows are counted (:meth:`expected_rows`, :meth:`_graph_index`).
     """
 
-    tables: tuple[str, ...] = ("edges", "nodes", "graphs")
-    sort_keys: dict[str, list[tuple[str, str]]] = SORT_KEYS
-    meta_file = "run.json"
-    kind = "circuitray run folder"
-    count_columns = ["n_kept_nodes", "n_kept_edges"]  # what expected_rows reads
+    tables: tuple[str, ...] = ()
+    sort_keys: dict[str, list[tuple[str, str]]] = {}
+    meta_file = ""
+    kind = ""
+    count_columns: list[str] = []  # commit-table columns expected_rows reads
 
     def __init__(self, root: str | Path):
         text = str(root)
@@ -325,7 +326,8 @@ class RunStore:
         return self.tables[-1]
 
     @property
-    def run_json(self) -> Path | str:
+    def meta_path(self) -> Path | str:
+        """The folder's JSON description (``run.json``, ``intervention.json``)."""
         if isinstance(self.root, Path):
             return self.root / self.meta_file
         return f"{self.root}/{self.meta_file}"
@@ -339,7 +341,7 @@ class RunStore:
         try:
             return json.loads(self._read_text(self._path(self.meta_file)))
         except json.JSONDecodeError as e:
-            raise RunDirError(f"{self.run_json}: corrupt {self.meta_file} ({e.msg})") from None
+            raise RunDirError(f"{self.meta_path}: corrupt {self.meta_file} ({e.msg})") from None
 
     def write_meta(self, meta: dict) -> None:
         text = json.dumps(meta, indent=2, sort_keys=False, default=str) + "\n"
@@ -683,12 +685,8 @@ class RunStore:
 
     def expected_rows(self, commit: pa.Table) -> dict[str, int]:
         """Rows the other tables' files of a part must hold, from its commit-table
-        columns :attr:`count_columns`: every kept node and edge of its graphs (error
-        rows keep none)."""
-        return {
-            "nodes": int(pc.sum(commit["n_kept_nodes"]).as_py() or 0),
-            "edges": int(pc.sum(commit["n_kept_edges"]).as_py() or 0),
-        }
+        columns :attr:`count_columns` (none: the commit table holds every row)."""
+        return {}
 
     def repair(self) -> dict[str, tuple[str, str]]:
         """Move every part with an unreadable or missing file out of the folder's tables
@@ -816,17 +814,9 @@ class RunStore:
                 yield rows.sort_by(self.sort_keys[table])
 
     def _graph_index(self) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int, str]]]:
-        """Sorted graph ids, the rows each holds in the largest table (edges), and each
-        committed part's (lowest, highest graph id, name): one read of the commit table."""
-        ids, sizes, spans = [], [], []
-        for f in self.part_files(self.commit_table):
-            t = self._read_part(f, ["graph_id", "n_kept_edges"])
-            if t.num_rows:
-                gid = t["graph_id"].to_numpy()
-                spans.append((int(gid.min()), int(gid.max()), _stem(f)))
-                ids.append(gid)
-                sizes.append(t["n_kept_edges"].fill_null(0).to_numpy())
-        return _by_graph(ids, sizes, spans)
+        """Sorted graph ids, the rows each holds in the largest table, and each committed
+        part's (lowest, highest graph id, name), for :meth:`compact`."""
+        raise NotImplementedError
 
     def _put_parquet_stream(self, path: str, schema: pa.Schema, tables: Iterator[pa.Table]):
         """:meth:`_put_parquet` of the tables one after another (one file, same options)."""
@@ -858,6 +848,43 @@ class RunStore:
             for stem in log["old"]:
                 self._delete(self._path(table, f"{stem}.parquet"))
         self._delete(self._path("compaction.json"))
+
+
+class RunStore(PartStore):
+    """A run folder: ``run.json`` and the tables ``edges/``, ``nodes/``, ``graphs/``
+    (the commit point), whose rows count each part's nodes and edges."""
+
+    tables = ("edges", "nodes", "graphs")
+    sort_keys = SORT_KEYS
+    meta_file = "run.json"
+    kind = "circuitray run folder"
+    count_columns = ["n_kept_nodes", "n_kept_edges"]
+
+    @property
+    def run_json(self) -> Path | str:
+        return self.meta_path
+
+    def expected_rows(self, commit: pa.Table) -> dict[str, int]:
+        """Rows the other tables' files of a part must hold, from its commit-table
+        columns :attr:`count_columns`: every kept node and edge of its graphs (error
+        rows keep none)."""
+        return {
+            "nodes": int(pc.sum(commit["n_kept_nodes"]).as_py() or 0),
+            "edges": int(pc.sum(commit["n_kept_edges"]).as_py() or 0),
+        }
+
+    def _graph_index(self) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int, str]]]:
+        """Sorted graph ids, the rows each holds in the largest table (edges), and each
+        committed part's (lowest, highest graph id, name): one read of the commit table."""
+        ids, sizes, spans = [], [], []
+        for f in self.part_files(self.commit_table):
+            t = self._read_part(f, ["graph_id", "n_kept_edges"])
+            if t.num_rows:
+                gid = t["graph_id"].to_numpy()
+                spans.append((int(gid.min()), int(gid.max()), _stem(f)))
+                ids.append(gid)
+                sizes.append(t["n_kept_edges"].fill_null(0).to_numpy())
+        return _by_graph(ids, sizes, spans)
 
     def read_graphs(self, columns: list[str] | None = None) -> pa.Table:
         t = self.read_table("graphs", columns)
@@ -907,7 +934,7 @@ class RunStore:
         return dropped
 
 
-class InterventionStore(RunStore):
+class InterventionStore(PartStore):
     """An intervention folder: ``intervention.json`` plus one table, ``results/``, with
     the run folder's protocol (atomic parts, orphan cleanup, locking, compaction).
 

@@ -10,7 +10,7 @@ import pytest
 
 from circuitray.errors import RunDirError
 from circuitray.schema import EDGE_SCHEMA, GRAPH_SCHEMA, NODE_SCHEMA
-from circuitray.storage.run_store import RunStore
+from circuitray.storage.run_store import InterventionStore, RunStore
 
 
 def _graphs(ids: list[int], status: list[str] | None = None) -> pa.Table:
@@ -326,3 +326,17 @@ def test_a_folder_whose_schema_grew_reads_as_one_table(tmp_path):
     t = only_old.read_graphs(["graph_id", "target_mode"])
     assert t.column_names == ["graph_id", "target_mode"]
     assert t["target_mode"].to_pylist() == [None, None]
+
+
+def test_an_intervention_folder_has_none_of_a_run_folders_graph_reads(tmp_path):
+    """InterventionStore was a RunStore: on an intervention folder read_graphs() looked
+    for a graphs/ table it never has and returned an empty table, not an error, and
+    run_json named intervention.json. The two kinds are siblings of PartStore now."""
+    from circuitray.storage.run_store import PartStore
+
+    for name in ("read_graphs", "graph_ids", "graph_status", "drop_error_rows", "run_json"):
+        assert not hasattr(InterventionStore, name), name
+    assert not isinstance(InterventionStore(tmp_path), RunStore)
+    assert isinstance(InterventionStore(tmp_path), PartStore)
+    assert InterventionStore(tmp_path).meta_path == tmp_path / "intervention.json"
+    assert RunStore(tmp_path).run_json == RunStore(tmp_path).meta_path == tmp_path / "run.json"

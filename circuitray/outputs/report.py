@@ -598,8 +598,7 @@ TRAJECTORY_SQL = """
 WITH g AS (
     SELECT g.run, r.series, g.step, g.graph_id, g.prompt_id,
            coalesce(g.constraint_type, '(none)') AS constraint_type,
-           CASE WHEN g.target_token IS NULL THEN NULL
-                WHEN g.top_token = g.target_token THEN 1.0 ELSE 0.0 END AS top1,
+           top1(g.top_token, g.target_token) AS top1,
            g.n_kept_nodes
     FROM graphs g JOIN runs r USING (run)
     WHERE g.status = 'ok' AND g.step IS NOT NULL AND r.series IS NOT NULL

@@ -37,8 +37,7 @@ __all__ = ["METRICS", "CompareConfig", "compare_groups", "compare_runs"]
 # Per-graph metric -> SQL over graphs g joined with the per-graph error share e.
 METRICS = {
     "target_prob": "g.target_prob",
-    "top1": "CASE WHEN g.target_token IS NULL THEN NULL "
-    "ELSE (g.top_token = g.target_token)::DOUBLE END",
+    "top1": "top1(g.top_token, g.target_token)",
     "replacement_score": "g.replacement_score",
     "completeness_score": "g.completeness_score",
     "n_kept_nodes": "g.n_kept_nodes",

@@ -16,8 +16,11 @@
    ``features`` holds, per run, the feature table (labels, activation statistics, top
    examples) of the transcoder set its run.json records, for joins on (run, layer,
    feature). ``supernodes`` (layer, feature, name) is empty unless a grouping file is
-   given (:mod:`circuitray.query.supernodes`). For local folders the views are plain SQL
-   (:func:`view_sql`), which any DuckDB process can run to get the same views.
+   given (:mod:`circuitray.query.supernodes`). Metrics that several queries, the
+   comparison and the report compute are macros defined once beside the views
+   (:data:`METRIC_MACROS`: ``top1(top_token, target_token)``, a graph's top-1 accuracy).
+   For local folders the views are plain SQL (:func:`view_sql`), which any DuckDB
+   process can run to get the same views.
 2. Named queries are the ``*.sql`` files of the query folder: ``sql/`` beside this
    module (package data, so a wheel has them; ``queries/`` in a checkout links here),
    or ``$CIRCUITRAY_QUERIES_DIR``. A header of ``--`` comments says
@@ -76,6 +79,15 @@ SCHEMAS = {
     "edges": EDGE_SCHEMA,
     "interventions": RESULT_SCHEMA,
 }
+# Metrics every query, comparison and report section computes the same way, defined
+# once as DuckDB macros beside the views (view_sql prints them too).
+METRIC_MACROS = (
+    # Top-1 accuracy of one graph: 1 when the model's top token is the prompt's target,
+    # 0 when not, NULL when the prompt has no target (left out of a mean).
+    "CREATE MACRO top1(top_token, target_token) AS "
+    "CASE WHEN target_token IS NULL THEN NULL "
+    "WHEN top_token = target_token THEN 1.0 ELSE 0.0 END",
+)
 FOLDER_TABLE = {"interventions": "results"}
 # Views whose schema gained columns after folders were written (graphs: precision_*),
 # read by column name so that old and new folders (and parts) share the view.
@@ -413,8 +425,9 @@ def _view_statements(
         for i, run in enumerate(runs)
     )
     statements = [
+        *METRIC_MACROS,
         f"CREATE VIEW runs AS SELECT * FROM (VALUES {rows}) "
-        "AS _runs(run, position, path, step, series)"
+        "AS _runs(run, position, path, step, series)",
     ]
     for table, schema in SCHEMAS.items():
         selects = []

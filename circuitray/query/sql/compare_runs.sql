@@ -22,10 +22,8 @@ pairs AS (
            c.n_kept_nodes - b.n_kept_nodes AS d_nodes,
            c.n_kept_edges - b.n_kept_edges AS d_edges,
            c.target_prob - b.target_prob AS d_target_prob,
-           CASE WHEN b.target_token IS NULL THEN NULL
-                WHEN b.top_token = b.target_token THEN 1.0 ELSE 0.0 END AS top1_b,
-           CASE WHEN c.target_token IS NULL THEN NULL
-                WHEN c.top_token = c.target_token THEN 1.0 ELSE 0.0 END AS top1_c
+           top1(b.top_token, b.target_token) AS top1_b,
+           top1(c.top_token, c.target_token) AS top1_c
     FROM base b JOIN cand c USING (prompt_id)
 ),
 feats AS (

@@ -40,8 +40,7 @@ SELECT
     round(avg(completeness_score), 3) AS mean_completeness,
     round(avg(coalesce(error_weight_share, 0)), 3) AS error_weight_share,
     round(avg(coalesce(layers_spanned, 0)), 2) AS mean_layers_spanned,
-    round(avg(CASE WHEN target_token IS NULL THEN NULL
-                   WHEN top_token = target_token THEN 1.0 ELSE 0.0 END), 3) AS top1_accuracy,
+    round(avg(top1(top_token, target_token)), 3) AS top1_accuracy,
     round(avg(target_prob), 3) AS mean_target_prob
 FROM ok
 LEFT JOIN error_share USING (run, graph_id)

@@ -45,8 +45,7 @@ per_prompt AS (
     SELECT coalesce(r.series, '(none)') AS series,
            coalesce(g.constraint_type, '(none)') AS constraint_type, g.prompt_id, g.step,
            avg(CASE c.metric
-                   WHEN 'accuracy' THEN CASE WHEN g.target_token IS NULL THEN NULL
-                                             ELSE (g.top_token = g.target_token)::DOUBLE END
+                   WHEN 'accuracy' THEN top1(g.top_token, g.target_token)
                    WHEN 'target_prob' THEN g.target_prob::DOUBLE
                    WHEN 'replacement' THEN g.replacement_score::DOUBLE
                END) AS value

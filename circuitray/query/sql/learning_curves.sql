@@ -20,8 +20,7 @@
 WITH ok AS (
     SELECT g.run, g.graph_id, coalesce(r.series, '(none)') AS series, g.step,
            coalesce(g.constraint_type, '(none)') AS constraint_type,
-           CASE WHEN g.target_token IS NULL THEN NULL
-                WHEN g.top_token = g.target_token THEN 1.0 ELSE 0.0 END AS top1,
+           top1(g.top_token, g.target_token) AS top1,
            g.target_prob, g.replacement_score, g.completeness_score,
            g.n_kept_nodes, g.n_kept_edges, g.n_kept_features
     FROM graphs g JOIN runs r USING (run)

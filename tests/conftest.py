@@ -164,7 +164,7 @@ SLOW_TESTS = {
     "tests/organism/test_build.py::test_the_recipe_passes_on_portable_kernels": 490,
     "tests/jobs/test_real_shape.py::test_scaled_gemma_run_matches_circuit_tracer": 155,
     "tests/models/test_gguf.py::test_gemma_3_270m_tokenizer_and_completions": 70,
-    "tests/models/test_real_commands.py::test_every_command_on_a_real_model[gemma": 600,
+    "tests/models/test_real_commands.py::test_every_command_on_a_real_model[gemma": 2400,
     "tests/models/test_real_commands.py::test_every_command_on_a_real_model[stories": 150,
     "tests/finetune/test_ray_train.py::test_killed_driver_resumes_from_last_checkpoint": 116,
     "tests/jobs/test_real_shape.py::test_scaled_gemma_graph_matches_circuit_tracer": 60,

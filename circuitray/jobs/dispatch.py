@@ -128,7 +128,8 @@ def check_fits(
     for Ray to schedule them. ``nodes``: ``ray.nodes()``. A joined cluster may grow
     (autoscaling), so there it is a warning (and ``start_timeout_s`` bounds the wait);
     the local Ray this process started cannot, so there it is an error. ``local``:
-    whether the Ray is one :func:`init_ray` started (default: no address given)."""
+    whether the Ray is one this process started (:func:`circuitray.cluster.start_local_ray`;
+    default: no address given)."""
     local = placement.address is None if local is None else local
     alive = [n.get("Resources", {}) for n in nodes if n.get("Alive")]
     for key, resource, flag in (

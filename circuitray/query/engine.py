@@ -80,7 +80,7 @@ SCHEMAS = {
     "interventions": RESULT_SCHEMA,
 }
 # Metrics every query, comparison and report section computes the same way, defined
-# once as DuckDB macros beside the views (view_sql prints them too).
+# once as DuckDB macros created before the views (view_sql returns them too).
 METRIC_MACROS = (
     # Top-1 accuracy of one graph: 1 when the model's top token is the prompt's target,
     # 0 when not, NULL when the prompt has no target (left out of a mean).

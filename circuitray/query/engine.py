@@ -86,7 +86,7 @@ METRIC_MACROS = (
     # 0 when not, NULL when the prompt has no target (left out of a mean).
     "CREATE MACRO top1(top_token, target_token) AS "
     "CASE WHEN target_token IS NULL THEN NULL "
-    "WHEN top_token = target_token THEN 1.0 ELSE 0.0 END",
+    "WHEN top_token = target_token THEN 1.0::DOUBLE ELSE 0.0::DOUBLE END",
 )
 FOLDER_TABLE = {"interventions": "results"}
 # Views whose schema gained columns after folders were written (graphs: precision_*),

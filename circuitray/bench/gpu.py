@@ -391,6 +391,7 @@ def _prune_run(method: str, graph, where: str) -> dict:
     from circuitray.graph.prune import prune_graph_exact
 
     out: dict[str, Any] = {"method": method, "on": where}
+    base = 0
     if where == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.synchronize()

@@ -44,6 +44,7 @@ class ConfigOption(click.Option):
 def field_default(owner: Any, name: str) -> Any:
     """The default of dataclass field ``name`` of ``owner``, or of parameter ``name`` of
     the function ``owner``. Raises KeyError for a field that has none."""
+    label = owner.__name__
     if dataclasses.is_dataclass(owner):
         for f in dataclasses.fields(owner):
             if f.name == name:
@@ -51,8 +52,8 @@ def field_default(owner: Any, name: str) -> Any:
                     return f.default
                 if f.default_factory is not dataclasses.MISSING:
                     return f.default_factory()
-                raise KeyError(f"{owner.__name__}.{name} has no default")
-        raise KeyError(f"{owner.__name__} has no field {name!r}")
+                raise KeyError(f"{label}.{name} has no default")
+        raise KeyError(f"{label} has no field {name!r}")
     param = inspect.signature(owner).parameters[name]
     if param.default is inspect.Parameter.empty:
         raise KeyError(f"{owner.__name__}({name}) has no default")

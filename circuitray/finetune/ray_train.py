@@ -198,7 +198,13 @@ def finetune_on_ray(
     ray_train = {"workers": workers, "storage_path": storage, "name": name}
 
     import ray
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import (
+        CheckpointConfig,
+        FailureConfig,
+        RunConfig,
+        ScalingConfig,
+        TrainingFailedError,
+    )
     from ray.train.torch import TorchTrainer
 
     with _locked(out):
@@ -234,7 +240,7 @@ def finetune_on_ray(
             shutil.rmtree(out / STAGING, ignore_errors=True)
             try:
                 trainer.fit()
-            except ray.train.TrainingFailedError as e:
+            except TrainingFailedError as e:
                 raise CircuitrayError(f"fine-tune on Ray failed: {_failure_line(e)}") from None
             finally:
                 shutil.rmtree(out / STAGING, ignore_errors=True)

@@ -26,7 +26,6 @@ import time
 from dataclasses import asdict, dataclass, replace
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 from circuitray.errors import CircuitrayError, RunDirError
@@ -156,7 +155,7 @@ def _n_layers(store: RunStore) -> int:
     logits = nodes.to_table(columns=["layer"], filter=ds.field("node_type") == "logit")
     if logits.num_rows == 0:
         raise RunDirError(f"{store.root}: the run has no logit nodes")
-    return int(pc.max(logits["layer"]).as_py())
+    return max(logits["layer"].to_pylist())
 
 
 def build_plan(config: InterventionConfig, source: RunStore) -> InterventionPlan:

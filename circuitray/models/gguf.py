@@ -30,6 +30,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import logging
 import shutil
@@ -38,6 +39,7 @@ import sys
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from circuitray.errors import CircuitrayError
 from circuitray.prompts.files import file_sha256
@@ -234,7 +236,8 @@ def _field(reader, key: str):
 def sentencepiece_model(reader) -> bytes:
     """Step 4: the serialized SentencePiece BPE model of a GGUF's ``llama``-style
     (SentencePiece) vocabulary."""
-    from sentencepiece import sentencepiece_model_pb2 as pb
+    # Generated protobuf classes: pyright cannot see their attributes.
+    pb: Any = importlib.import_module("sentencepiece.sentencepiece_model_pb2")
 
     if (kind := _field(reader, "tokenizer.ggml.model")) != "llama":
         raise CircuitrayError(

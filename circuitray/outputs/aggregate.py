@@ -31,6 +31,7 @@ import logging
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -38,6 +39,9 @@ import pyarrow.parquet as pq
 from circuitray.errors import CircuitrayError
 from circuitray.outputs.export import _finite, _write_atomic
 from circuitray.outputs.viewer import SLUG
+
+if TYPE_CHECKING:
+    from circuit_tracer.frontend.graph_models import Model
 
 logger = logging.getLogger(__name__)
 
@@ -174,7 +178,7 @@ def _labels(runs: list[str], keys: set[tuple[int, int]]) -> dict[tuple[int, int]
 
 def _group_graph(
     nodes: list[dict], edges: list[dict], labels: dict, *, slug: str, prompt: str
-) -> tuple[object, dict[tuple, str]]:
+) -> tuple[Model, dict[tuple, str]]:
     """circuit-tracer's frontend ``Model`` of one group's consensus circuit, and each
     node key's node id in it (module docstring, steps 3-4)."""
     from circuit_tracer.frontend.graph_models import Metadata, Model, Node, QParams

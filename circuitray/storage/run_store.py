@@ -869,8 +869,8 @@ class RunStore(PartStore):
         columns :attr:`count_columns`: every kept node and edge of its graphs (error
         rows keep none)."""
         return {
-            "nodes": int(pc.sum(commit["n_kept_nodes"]).as_py() or 0),
-            "edges": int(pc.sum(commit["n_kept_edges"]).as_py() or 0),
+            "nodes": sum(n or 0 for n in commit["n_kept_nodes"].to_pylist()),
+            "edges": sum(n or 0 for n in commit["n_kept_edges"].to_pylist()),
         }
 
     def _graph_index(self) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int, str]]]:
@@ -917,11 +917,12 @@ class RunStore(PartStore):
         dropped: list[int] = []
         for f in self.part_files("graphs"):
             t = self._read_part(f)
-            is_error = pc.equal(t["status"], "error")
-            if not (pc.sum(is_error).as_py() or 0):
+            is_error = pc.field("status") == "error"
+            errors = t.filter(is_error)["graph_id"].to_pylist()
+            if not errors:
                 continue
-            dropped += t.filter(is_error)["graph_id"].to_pylist()
-            keep = t.filter(pc.invert(is_error))
+            dropped += errors
+            keep = t.filter(~is_error)
             stem = _stem(f)
             if keep.num_rows == 0:
                 # Unseal, remove the commit point, then the (empty) orphan parts.
@@ -969,11 +970,11 @@ class InterventionStore(PartStore):
         dropped: list[int] = []
         for f in self.part_files("results"):
             t = self._read_part(f)
-            bad = t.filter(pc.equal(t["status"], "error"))["graph_id"].unique()
+            bad = t.filter(pc.field("status") == "error")["graph_id"].unique()
             if len(bad) == 0:
                 continue
             dropped += bad.to_pylist()
-            keep = t.filter(pc.invert(pc.is_in(t["graph_id"], value_set=bad)))
+            keep = t.filter(~pc.field("graph_id").isin(bad))
             if keep.num_rows == 0:
                 self._unseal([_stem(f)])
                 self._delete(f)

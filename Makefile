@@ -101,21 +101,21 @@ dynamics:  ## organism checkpoints -> one run per checkpoint (60 held-out prompt
 bench-queries:  ## query/sql processes vs bare DuckDB on RUN_DIR; every named query on 100M synthetic edges (~3 min)
 	$(BIN)/circuitray bench processes $(RUN_DIR) --json-out bench/results/query-processes.json
 	$(BIN)/circuitray bench make-edges --edges $(BENCH_EDGES) --out $(BENCH_RUN)
-	$(BIN)/circuitray bench queries $(BENCH_RUN) --json-out bench/results/queries.json
+	$(BIN)/python -m benchmarks queries $(BENCH_RUN) --json-out bench/results/queries.json
 
 # Consensus circuits (circuitray aggregate) on 10M and 100M synthetic edges, each in a
 # fresh process: graphs per hour (goal 1,000,000) and peak memory under DuckDB's limit.
 bench-aggregate:  ## circuitray aggregate on 10M and 100M synthetic edges: graphs/hour, peak memory (~3 min)
 	$(BIN)/circuitray bench make-edges --edges 10000000 --out $(CIRCUITRAY_HOME)/bench/synthetic-10000000
 	$(BIN)/circuitray bench make-edges --edges $(BENCH_EDGES) --out $(BENCH_RUN)
-	$(BIN)/circuitray bench aggregate $(CIRCUITRAY_HOME)/bench/synthetic-10000000 $(BENCH_RUN) \
+	$(BIN)/python -m benchmarks aggregate $(CIRCUITRAY_HOME)/bench/synthetic-10000000 $(BENCH_RUN) \
 	    --memory-limit 1GB --json-out bench/results/aggregate.json
 
 bench-scale:  ## driver and store cost per prompt at 10^3..10^6 prompts, synthetic workers, + S3 (~10 min)
 	$(BIN)/circuitray bench scale
 
 bench:  ## circuitray vs a plain loop: overhead, scaling, flattening, storage, memory; aggregation (<13 min)
-	$(BIN)/circuitray bench suite
+	$(BIN)/python -m benchmarks suite
 	$(MAKE) bench-aggregate
 
 # CI runs `make test`: the suite without its long variants, in TEST_WORKERS processes.
@@ -129,12 +129,12 @@ test-long:  ## the long variants: 200 chaos rounds, the organism on portable ker
 	$(BIN)/python -m pytest -q tests -m long -n $(TEST_WORKERS) --durations=0
 
 format:
-	$(BIN)/ruff format circuitray tests pipelines scripts
-	$(BIN)/ruff check --fix circuitray tests pipelines scripts
+	$(BIN)/ruff format circuitray benchmarks tests pipelines scripts
+	$(BIN)/ruff check --fix circuitray benchmarks tests pipelines scripts
 
 lint:
-	$(BIN)/ruff check circuitray tests pipelines scripts
-	$(BIN)/ruff format --check circuitray tests pipelines scripts
+	$(BIN)/ruff check circuitray benchmarks tests pipelines scripts
+	$(BIN)/ruff format --check circuitray benchmarks tests pipelines scripts
 
 typecheck:
 	$(BIN)/pyright

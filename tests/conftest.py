@@ -43,8 +43,11 @@ TORCH_BEFORE_CONFTEST = "torch" in sys.modules
 import pytest  # noqa: E402 (after OMP_WAIT_POLICY)
 import torch  # noqa: E402
 
+from circuitray.bench import SyntheticSpec, make_synthetic_run  # noqa: E402
+
 N_RAY_PROMPTS = 24
 
+REPO = Path(__file__).resolve().parents[1]
 _SCRIPT = Path(sys.executable).parent / "circuitray"
 CLI = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "circuitray.cli"]
 
@@ -59,6 +62,18 @@ def circuitray(
         text=True,
         cwd=cwd,
         env=env if env is not None else dict(os.environ),
+        timeout=timeout,
+    )
+
+
+def benchmarks(*args, timeout: float = 600) -> subprocess.CompletedProcess:
+    """``python -m benchmarks ARGS`` from the checkout, as ``make bench*`` runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "benchmarks", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=dict(os.environ),
         timeout=timeout,
     )
 
@@ -170,16 +185,16 @@ SLOW_TESTS = {
     "tests/jobs/test_real_shape.py::test_scaled_gemma_graph_matches_circuit_tracer": 60,
     "tests/jobs/test_chaos.py::test_chaos_kill_and_resume[ci]": 85,
     "tests/jobs/test_job_submit.py::test_ray_job_submit_runs_the_readme_pipeline": 68,
-    "tests/bench/test_attribution_bench.py::test_suite_quick_writes_every_figure": 48,
+    "tests/benchmarks/test_attribution.py::test_suite_quick_writes_every_figure": 48,
     "tests/jobs/test_fault_tolerance.py::test_killed_driver_resumes_without_recomputing": 31,
     "tests/organism/test_learning_pipeline.py::test_learning_dynamics_pipeline_on_the_organ": 54,
     "tests/graph/test_interventions.py::test_graph_top_features_beat_random_ones": 46,
     "tests/features/test_features.py::test_labels_in_queries_sql_and_export": 48,
     "tests/bench/test_gpu_bench.py::test_gpu_bench_falls_back_to_the_bundled_model": 46,
-    "tests/bench/test_aggregate_bench.py::test_bench_aggregate_times_a_synthetic_run": 11,
+    "tests/benchmarks/test_aggregate.py::test_bench_aggregate_times_a_synthetic_run": 11,
     "tests/jobs/test_pipeline_file.py::test_local_pipeline_runs_queries_compares_and_resu": 43,
     "tests/jobs/test_intervention_job.py::test_killed_actor_mid_intervention_then_resume": 38,
-    "tests/bench/test_real_shape_bench.py::test_real_shape_section_measures_and_prints": 44,
+    "tests/benchmarks/test_real_shape.py::test_real_shape_section_measures_and_prints": 44,
     "tests/jobs/test_trace.py::test_trace_prints_where_the_graph_is_and_serves_it": 44,
     "tests/organism/test_matrix.py::test_micro_cells_are_built_in_fresh_processes": 40,
     "tests/jobs/test_intervention_job.py::test_cli_prints_effects_and_json": 27,
@@ -196,7 +211,7 @@ SLOW_TESTS = {
     "tests/cli/test_cli.py::test_run_prints_why_prompts_failed": 21,
     "tests/models/test_clt.py::test_cli_run_with_cross_layer_transcoders": 20,
     "tests/jobs/test_intervention_job.py::test_every_prompt_and_intervention_exactly_once": 20,
-    "tests/bench/test_attribution_bench.py::test_circuitray_run_timings_and_rss": 20,
+    "tests/benchmarks/test_attribution.py::test_circuitray_run_timings_and_rss": 20,
     "tests/test_readme.py::test_the_first_cli_examples_work_from_a_fresh_folder": 19,
     "tests/models/test_llama2c.py::test_a_run_of_20_ws2_prompts_is_circuit_tracers_graph": 35,
 }
@@ -539,8 +554,20 @@ def organism_runs(organism_report, tmp_path_factory) -> OrganismRuns:
     return OrganismRuns(base=out / "base", tuned=out / "tuned", stdout=proc.stdout)
 
 
+# A small synthetic run folder (circuitray.bench.synthetic) in the real schema: the
+# synthetic-run tests and the query-timing benchmark's read it.
+SYNTHETIC_SPEC = SyntheticSpec(edges=20_011, edges_per_graph=500, nodes_per_graph=120, n_layers=6)
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory) -> tuple[Path, dict]:
+    """(run folder, counts) of :data:`SYNTHETIC_SPEC`, written once per test module."""
+    out = tmp_path_factory.mktemp("synthetic") / "syn"
+    return out, make_synthetic_run(str(out), SYNTHETIC_SPEC)
+
+
 # The 26-layer gemma-2-2b-shaped model at 1/16 width (circuitray.models.synthetic),
-# built once per session (as `circuitray bench suite` builds it).
+# built once per session (as `python -m benchmarks suite` builds it).
 SYNTHETIC_GEMMA = "synthetic-gemma-2-2b-s0.0625"
 
 

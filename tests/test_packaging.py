@@ -72,6 +72,25 @@ def installed(tmp_path_factory) -> Path:
     }
     assert "circuitray/outputs/static/vendor/d3-7.9.0.min.js" in static
     assert static <= set(names), static - set(names)
+    # The development benchmarks (benchmarks/) stay in the checkout; the wheel carries
+    # the ones a user runs on their own machine (circuitray bench gpu, processes, scale,
+    # make-edges) and nothing else of them.
+    assert not [n for n in names if n.startswith("benchmarks/")]
+    bench = {
+        n.removeprefix("circuitray/bench/")
+        for n in names
+        if n.startswith("circuitray/bench/") and n.endswith(".py")
+    }
+    assert bench == {
+        "__init__.py",
+        "environment.py",
+        "gpu.py",
+        "gpu_report.py",
+        "processes.py",
+        "scale.py",
+        "scale_worker.py",
+        "synthetic.py",
+    }, bench
     target = root / "site"
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target)]

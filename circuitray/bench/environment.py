@@ -1,7 +1,7 @@
 """Where a benchmark ran and how much memory it took: the helpers every benchmark shares.
 
 1. :func:`git_commit` is the checkout's short commit (None outside a git checkout).
-2. :func:`machine_info` describes the machine for ``circuitray bench suite`` (CPU
+2. :func:`machine_info` describes the machine for ``python -m benchmarks suite`` (CPU
    model, torch's CPU capability, device, load average); :func:`gpu_environment`
    describes it for ``circuitray bench gpu`` (GPU name and memory, CUDA and cuDNN).
    Both take the common part from :func:`host_info` and the package versions from
@@ -29,6 +29,7 @@ from typing import Any
 from circuitray.machine import cpu_model, package_versions
 
 __all__ = [
+    "RESULTS_DIR",
     "SUITE_PACKAGES",
     "GPU_PACKAGES",
     "RssPeak",
@@ -41,6 +42,9 @@ __all__ = [
     "proc_status_kb",
     "rss_bytes",
 ]
+
+# The checkout's bench/results (gitignored), wherever the command runs from.
+RESULTS_DIR = Path(__file__).resolve().parents[2] / "bench" / "results"
 
 # Distributions whose versions each benchmark records.
 SUITE_PACKAGES = ("circuitray", "circuit-tracer", "torch", "ray", "pyarrow")
@@ -81,7 +85,7 @@ def host_info() -> dict[str, Any]:
 
 
 def machine_info() -> dict[str, Any]:
-    """Where ``circuitray bench suite`` ran: CPUs, platform, versions, device, load."""
+    """Where ``python -m benchmarks suite`` ran: CPUs, platform, versions, device, load."""
     import torch
 
     cuda = torch.cuda.is_available()

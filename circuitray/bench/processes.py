@@ -50,6 +50,7 @@ __all__ = [
     "BARE_PROCESS",
     "ProcessBenchConfig",
     "circuitray_command",
+    "run_counts",
     "time_query_processes",
 ]
 
@@ -156,7 +157,6 @@ def time_query_processes(
 ) -> dict[str, Any]:
     """Steps 1-4 of the module docstring on ``run_dir``; a JSON-ready record with, per
     command, each side's argv and timings, the ratio, the goal and whether it is met."""
-    from circuitray.bench.queries import run_counts
     from circuitray.query.engine import query_statements, view_sql
     from circuitray.storage.run_store import RunStore
 
@@ -238,3 +238,16 @@ def time_query_processes(
         "ratios": {name: v["ratio"] for name, v in results.items()},
         "goals_met": all(v["met"] for v in results.values()),
     }
+
+
+def run_counts(run_dir: str) -> tuple[int, int]:
+    """(graphs, edges) of the run folder ``run_dir``, as its views count them."""
+    from circuitray.query.engine import connect
+
+    con = connect([run_dir])
+    try:
+        counts = con.execute("SELECT count(*), (SELECT count(*) FROM edges) FROM graphs").fetchone()
+    finally:
+        con.close()
+    graphs, edges = counts or (0, 0)
+    return int(graphs), int(edges)

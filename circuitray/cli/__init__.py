@@ -104,7 +104,7 @@ COMMANDS = {
     ),
     "bench": (
         "circuitray.cli.bench:bench_group",
-        "Benchmarks: make bench (suite), GPU, synthetic runs at scale, query timings.",
+        "Benchmarks for your machine: GPU graphs/hour, query processes, scale, synthetic runs.",
     ),
     "finetune": (
         "circuitray.cli.finetune:finetune_cmd",
@@ -174,13 +174,14 @@ def cli(verbose: bool) -> None:
     _setup_logging(verbose)
 
 
-def main() -> None:
-    """Console entry point: one-line errors for user mistakes, exit code 2."""
+def main(group: click.Group | None = None) -> None:
+    """Console entry point of ``group`` (circuitray's own command by default): one-line
+    errors for user mistakes, exit code 2."""
     # Quiet before click resolves the command: resolving imports its module (torch,
     # transformers) ahead of the group callback.
     _setup_logging(verbose="-v" in sys.argv[1:2] or "--verbose" in sys.argv[1:2])
     try:
-        cli.main(standalone_mode=False)
+        (group or cli).main(standalone_mode=False)
     except click.exceptions.Abort:
         err_console.print("aborted")
         sys.exit(130)

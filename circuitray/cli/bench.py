@@ -1,14 +1,16 @@
-"""``circuitray bench``: every benchmark, as a thin layer over :mod:`circuitray.bench`.
+"""``circuitray bench``: the benchmarks a user runs on their own machine or cluster, as a
+thin layer over :mod:`circuitray.bench`.
 
-- ``suite``: ``make bench``, circuitray against a plain loop (:mod:`circuitray.bench.suite`);
 - ``gpu``: graphs per hour on one GPU (:mod:`circuitray.bench.gpu`);
-- ``make-edges`` and ``queries``: ``make bench-queries``, a synthetic run at scale and
-  every named query timed on it (:mod:`circuitray.bench.synthetic`, ``.queries``);
-- ``processes``: ``circuitray query`` / ``sql`` as whole processes next to a bare DuckDB
-  process (:mod:`circuitray.bench.processes`);
+- ``processes``: ``circuitray query`` / ``sql`` on a run folder as whole processes next
+  to a bare DuckDB process (:mod:`circuitray.bench.processes`);
 - ``scale``: the driver's and the store's cost per prompt from 10^3 to 10^6 prompts,
-  synthetic workers, no model (:mod:`circuitray.bench.scale`).
+  synthetic workers, no model (:mod:`circuitray.bench.scale`);
+- ``make-edges``: a synthetic run folder at any size, in the real schema
+  (:mod:`circuitray.bench.synthetic`).
 
+The development suites (``make bench``, ``make bench-queries``, ``make bench-aggregate``)
+live outside the package, in the checkout's ``benchmarks/`` (``python -m benchmarks``).
 Options take their defaults and help from the benchmark configs
 (:func:`circuitray.cli.options.config_option`); torch loads inside the commands that
 attribute, never with this module.
@@ -18,8 +20,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -28,15 +28,13 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from circuitray.bench.attribution import AttributionBenchConfig
+from circuitray.bench.environment import RESULTS_DIR
 from circuitray.bench.gpu import GpuBenchConfig
 from circuitray.bench.processes import ProcessBenchConfig
-from circuitray.bench.suite import RESULTS_DIR
 from circuitray.bench.synthetic import SyntheticSpec
 from circuitray.cli.options import config_option, config_values
 from circuitray.cli.output import console
 from circuitray.errors import CircuitrayError
-from circuitray.outputs.aggregate import AggregateConfig
 
 
 class IntList(click.ParamType):
@@ -56,27 +54,21 @@ class IntList(click.ParamType):
         return out
 
 
-def _bench_logging() -> None:
-    """Benchmark progress (INFO of circuitray.bench) through the CLI's log handler."""
-    logging.getLogger("circuitray.bench").setLevel(logging.INFO)
+def bench_logging(*names: str) -> None:
+    """Benchmark progress (INFO of circuitray.bench and ``names``) through the CLI's log
+    handler."""
+    for name in ("circuitray.bench", *names):
+        logging.getLogger(name).setLevel(logging.INFO)
 
 
-def _wide_console() -> Console:
+def wide_console() -> Console:
     # Piped to a file or CI log, rich would wrap at 80 columns; the tables need more.
     return Console(width=None if sys.stdout.isatty() else 160)
 
 
-def _write_record(json_out: str, head: dict, timings: list[dict]) -> None:
-    """A timing benchmark's JSON: what it measured (``head``), the machine, the timings."""
-    record = {**head, "cpu_cores": os.cpu_count(), "machine": platform.platform()}
-    record["timings"] = timings
-    Path(json_out).parent.mkdir(parents=True, exist_ok=True)
-    Path(json_out).write_text(json.dumps(record, indent=2) + "\n")
-
-
 @click.group("bench")
 def bench_group() -> None:
-    """Benchmarks: make bench (suite), GPU, synthetic runs at scale, query timings."""
+    """Benchmarks for your machine: GPU graphs/hour, query processes, scale, synthetic runs."""
 
 
 @bench_group.command("make-edges")
@@ -110,40 +102,6 @@ def make_edges_cmd(out, **fields) -> None:
     )
 
 
-@bench_group.command("queries")
-@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
-@click.option("--query", "names", multiple=True, help="Only these (repeatable; 'compare').")
-@click.option("--json-out", type=click.Path(dir_okay=False), default=None)
-@click.option("--limit-s", type=float, default=10.0, show_default=True, help="Goal per query.")
-def bench_queries_cmd(run_dir, names, json_out, limit_s) -> None:
-    """Time every named query and circuitray compare on RUN_DIR."""
-    from dataclasses import asdict
-
-    from circuitray.bench.queries import run_counts, time_queries
-
-    graphs, edges = run_counts(run_dir)
-    timings = time_queries(run_dir, names=list(names) or None)
-    t = Table("query", "runs", "rows", "seconds", f"< {limit_s:g} s", show_edge=False)
-    for q in timings:
-        t.add_row(
-            q.name,
-            str(q.runs),
-            str(q.rows),
-            f"{q.seconds:.2f}",
-            "yes" if q.seconds < limit_s else "NO",
-        )
-    console.print(f"{run_dir}: {edges:,} edges, {graphs:,} graphs; {os.cpu_count()} CPU cores")
-    console.print(t)
-    if json_out:
-        _write_record(
-            json_out,
-            {"run_dir": str(run_dir), "edges": edges, "graphs": graphs},
-            [asdict(q) for q in timings],
-        )
-    if any(q.seconds >= limit_s for q in timings):
-        sys.exit(1)
-
-
 @bench_group.command("processes")
 @click.argument("run_dir", type=click.Path())
 @config_option(ProcessBenchConfig, "query")
@@ -161,7 +119,7 @@ def bench_processes_cmd(run_dir, json_out, **fields) -> None:
     process running the same statements; exits 2 when RUN_DIR is not a run folder."""
     from circuitray.bench.processes import time_query_processes
 
-    _bench_logging()
+    bench_logging()
     config = ProcessBenchConfig(**config_values(ProcessBenchConfig, fields))
     record = time_query_processes(run_dir, config=config)
     t = Table(
@@ -193,97 +151,6 @@ def bench_processes_cmd(run_dir, json_out, **fields) -> None:
         console.print(f"results: {json_out}")
 
 
-@bench_group.command("suite")
-@config_option(AttributionBenchConfig, "model")
-@click.option("--prompts", "n_prompts", type=click.IntRange(min=1), help="Prompts per run [48].")
-@click.option(
-    "--quick", is_flag=True, help="8 prompts in batches of 2, 1 round, 2 flatten prompts."
-)
-@click.option("--batch-size", type=click.IntRange(min=1), help="Prompts per batch and file [8].")
-@click.option("--repeats", type=click.IntRange(min=1), help="Rounds of plain + circuitray [2].")
-@config_option(
-    AttributionBenchConfig,
-    "actor_counts",
-    "--actors",
-    "actor_counts",
-    type=IntList(),
-    help="Actor counts for scaling.",
-)
-@config_option(
-    AttributionBenchConfig,
-    "torch_threads",
-    "--threads",
-    "torch_threads",
-    type=click.IntRange(min=0),
-    help="Torch threads per actor and plain loop; 0: circuitray's own placement.",
-)
-@config_option(AttributionBenchConfig, "seed", type=int, help="Seed of the WS2 prompts.")
-@click.option(
-    "--pruning/--no-pruning",
-    default=True,
-    show_default=True,
-    help="Run the pruning comparison (circuitray.bench.pruning).",
-)
-@click.option(
-    "--real-shape/--no-real-shape",
-    default=True,
-    show_default=True,
-    help="Run the 26-layer gemma-2-2b-shaped figures (circuitray.bench.real_shape).",
-)
-@click.option(
-    "--real-models/--no-real-models",
-    default=True,
-    show_default=True,
-    help="The same figures for each real model built (stories260k, gemma-3-270m).",
-)
-@click.option(
-    "--results-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=RESULTS_DIR,
-    show_default=True,
-)
-@click.option(
-    "--work-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="Where runs are written (kept); default: a temporary folder, removed at the end.",
-)
-def suite_cmd(
-    quick,
-    n_prompts,
-    batch_size,
-    repeats,
-    pruning,
-    real_shape,
-    real_models,
-    results_dir,
-    work_dir,
-    **fields,
-):
-    """make bench: circuitray against a plain loop; print a table, write JSON results."""
-    from circuitray.bench.suite import print_suite, run_suite, suite_config
-
-    _bench_logging()
-    values = config_values(AttributionBenchConfig, fields)
-    values["torch_threads"] = values["torch_threads"] or None  # 0: circuitray's placement
-    config = suite_config(
-        quick=quick, n_prompts=n_prompts, batch_size=batch_size, repeats=repeats, **values
-    )
-    done = run_suite(
-        config,
-        pruning=pruning,
-        real_shape=real_shape,
-        real_models=real_models,
-        quick=quick,
-        results_dir=results_dir,
-        work_dir=work_dir,
-    )
-    out = _wide_console()
-    print_suite(done.record, console=out)
-    sections = ", ".join(f"{k} {v:.0f}s" for k, v in done.record["section_s"].items())
-    out.print(f"total wall time {done.record['wall_s']:.0f}s ({sections}); results: {done.path}")
-
-
 @bench_group.command("gpu")
 @config_option(GpuBenchConfig, "device", type=click.Choice(["auto", "cuda", "cpu"]))
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="JSON results.")
@@ -313,16 +180,19 @@ def suite_cmd(
 )
 def gpu_cmd(out, md_out, render, **fields) -> None:
     """Attribution graphs per hour on one device (see circuitray.bench.gpu)."""
-    from circuitray.bench import gpu
+    from circuitray.bench import gpu, gpu_report
 
     if render:
-        gpu.print_report(gpu.render(render, md_out=md_out))
+        gpu_report.print_report(gpu_report.render(render, md_out=md_out))
         return
     if not out:
         raise click.UsageError("--out is required (the JSON results file)")
-    _bench_logging()
+    bench_logging()
     config = GpuBenchConfig(**config_values(GpuBenchConfig, fields))
-    gpu.print_report(gpu.run_gpu_bench(config, out=out, md_out=md_out))
+    report = gpu.run_gpu_bench(config, out=out)
+    if md_out:
+        gpu_report.write_markdown(report, md_out)
+    gpu_report.print_report(report)
 
 
 @bench_group.command("scale")
@@ -368,7 +238,7 @@ def scale_cmd(sizes, batch_sizes, s3, s3_size, actors, out, keep, json_out) -> N
 
     from circuitray.bench import scale
 
-    _bench_logging()
+    bench_logging()
     record = scale.run_scale_bench(
         sizes=sizes or scale.SIZES,
         batch_sizes=batch_sizes,
@@ -381,45 +251,5 @@ def scale_cmd(sizes, batch_sizes, s3, s3_size, actors, out, keep, json_out) -> N
     path = json_out or RESULTS_DIR / f"scale-{datetime.now(UTC).strftime('%Y-%m-%d')}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record, indent=2, default=str) + "\n")
-    scale.print_scale(record, console=_wide_console())
+    scale.print_scale(record, console=wide_console())
     console.print(f"total wall time {record['wall_s']:.0f}s; results: {path}")
-
-
-@bench_group.command("aggregate")
-@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
-@config_option(AggregateConfig, "min_share", type=click.FloatRange(0.0, 1.0))
-@config_option(AggregateConfig, "memory_limit")
-@click.option("--json-out", type=click.Path(dir_okay=False), default=None)
-@click.option(
-    "--goal", type=float, default=1e6, show_default=True, help="Graphs per hour, each run."
-)
-def bench_aggregate_cmd(run_dirs, min_share, memory_limit, json_out, goal) -> None:
-    """circuitray aggregate on each RUN_DIR in a fresh process: graphs per hour, peak memory."""
-    from dataclasses import asdict
-
-    from circuitray.bench.aggregate import time_aggregate
-
-    timings = [time_aggregate(r, min_share=min_share, memory_limit=memory_limit) for r in run_dirs]
-    t = Table(
-        "run", "graphs", "edges", "seconds", "graphs/hour", "peak MiB", f">= {goal:,.0f}/h",
-        show_edge=False,
-    )  # fmt: skip
-    for a in timings:
-        t.add_row(
-            Path(a.run_dir).name, f"{a.graphs:,}", f"{a.edges:,}", f"{a.seconds:.1f}",
-            f"{a.graphs_per_hour:,.0f}", f"{a.peak_rss_mb:,.0f}",
-            "yes" if a.graphs_per_hour >= goal else "NO",
-        )  # fmt: skip
-    console.print(
-        f"circuitray aggregate --min-share {min_share:g} --memory-limit {memory_limit}; "
-        f"{os.cpu_count()} CPU cores"
-    )
-    console.print(t)
-    if json_out:
-        _write_record(
-            json_out,
-            {"min_share": min_share, "memory_limit": memory_limit},
-            [asdict(a) for a in timings],
-        )
-    if any(a.graphs_per_hour < goal for a in timings):
-        sys.exit(1)

@@ -1,29 +1,18 @@
 """Synthetic run folders: the real schema, exact sizes, transcoder-graph structure, and
-the ``circuitray bench`` commands over them."""
+``circuitray bench make-edges``."""
 
 from __future__ import annotations
 
-import json
-
 import pyarrow.parquet as pq
 import pytest
+from conftest import SYNTHETIC_SPEC as SPEC
 from conftest import assert_one_line_error, circuitray
 
-from circuitray.bench import SyntheticSpec, make_synthetic_run, time_queries
-from circuitray.bench.queries import timed_queries
+from circuitray.bench import SyntheticSpec, make_synthetic_run
 from circuitray.errors import CircuitrayError
 from circuitray.prompts.ws2 import CONSTRAINTS
-from circuitray.query.engine import list_queries, run_query, run_sql
+from circuitray.query.engine import run_sql
 from circuitray.schema import EDGE_SCHEMA, GRAPH_SCHEMA, NODE_SCHEMA
-
-SPEC = SyntheticSpec(edges=20_011, edges_per_graph=500, nodes_per_graph=120, n_layers=6)
-
-
-@pytest.fixture(scope="module")
-def synthetic(tmp_path_factory):
-    out = tmp_path_factory.mktemp("synthetic") / "syn"
-    counts = make_synthetic_run(str(out), SPEC)
-    return out, counts
 
 
 def _table(out, name):
@@ -103,27 +92,7 @@ def test_impossible_density_is_refused(tmp_path):
     assert not (tmp_path / "x").exists()
 
 
-def test_time_queries_covers_the_library(synthetic):
-    out, _ = synthetic
-    timings = time_queries(str(out))
-    names = [t.name for t in timings]
-    run_queries = [q.name for q in list_queries() if q.name != "intervention_effects"]
-    series_only = {"learning_curves", "convergence", "feature_dynamics"}
-    assert [q.name for q in timed_queries()] == [q for q in run_queries if q not in series_only]
-    assert names == [q for q in run_queries if q not in series_only] + [
-        "compare:runs",
-        "compare:groups",
-    ]
-    # Random synthetic edges rarely recur across graphs: at the consensus queries'
-    # default share (0.5) no edge is shared; every edge is at share 0.
-    sparse = {"consensus_edges", "consensus_diff"}
-    assert all(t.seconds > 0 and (t.rows > 0 or t.name in sparse) for t in timings), timings
-    for name in sparse:
-        assert run_query(name, [str(out)], params={"min_share": "0"}).num_rows > 0, name
-    assert {t.name: t.runs for t in timings}["compare_runs"] == 2
-
-
-def test_bench_cli(tmp_path):
+def test_make_edges_cli(tmp_path):
     out = tmp_path / "cli"
     args = ["bench", "make-edges", "--edges", 3000, "--edges-per-graph", 300, "--out", out]
     p = circuitray(*args)
@@ -132,14 +101,3 @@ def test_bench_cli(tmp_path):
     p = circuitray(*args)  # the same spec again: nothing to do
     assert p.returncode == 0 and "already holds" in p.stdout, p.stdout
     assert_one_line_error(circuitray(*args[:-1], tmp_path / "cli", "--seed", 3), "already a run")
-    record = tmp_path / "results" / "queries.json"
-    p = circuitray("bench", "queries", out, "--json-out", record)
-    assert p.returncode == 0, p.stderr
-    data = json.loads(record.read_text())
-    assert data["edges"] == 3000 and data["cpu_cores"] >= 1
-    run_queries = {q.name for q in timed_queries()}
-    assert "constraint_stats" in run_queries and "learning_curves" not in run_queries
-    assert {t["name"] for t in data["timings"]} >= run_queries
-    # A goal no query can meet fails the benchmark.
-    p = circuitray("bench", "queries", out, "--query", "paths", "--limit-s", "0")
-    assert p.returncode == 1 and "NO" in p.stdout

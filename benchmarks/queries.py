@@ -18,7 +18,7 @@ import re
 import time
 from dataclasses import dataclass
 
-__all__ = ["QueryTiming", "run_counts", "time_queries", "timed_queries"]
+__all__ = ["QueryTiming", "time_queries", "timed_queries"]
 
 PAIRED_QUERIES = {"compare_runs"}
 INTERVENTIONS_VIEW = re.compile(r"\binterventions\b", re.I)
@@ -75,16 +75,3 @@ def time_queries(run_dir: str, *, names: list[str] | None = None) -> list[QueryT
         table = compare_groups(run_dir, config=config)
         timings.append(QueryTiming("compare:groups", 1, time.perf_counter() - t0, table.num_rows))
     return timings
-
-
-def run_counts(run_dir: str) -> tuple[int, int]:
-    """(graphs, edges) of the run folder ``run_dir``, as its views count them."""
-    from circuitray.query.engine import connect
-
-    con = connect([run_dir])
-    try:
-        counts = con.execute("SELECT count(*), (SELECT count(*) FROM edges) FROM graphs").fetchone()
-    finally:
-        con.close()
-    graphs, edges = counts or (0, 0)
-    return int(graphs), int(edges)

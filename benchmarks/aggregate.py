@@ -51,8 +51,7 @@ def time_aggregate(
     """Aggregate ``run_dir`` in a fresh process and time it (module docstring)."""
     import json
 
-    from circuitray.bench.processes import circuitray_command
-    from circuitray.bench.queries import run_counts
+    from circuitray.bench.processes import circuitray_command, run_counts
 
     graphs, edges = run_counts(run_dir)
     with tempfile.TemporaryDirectory(prefix="circuitray-bench-aggregate-") as out:

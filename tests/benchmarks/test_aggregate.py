@@ -1,11 +1,12 @@
-"""``circuitray bench aggregate``: circuitray aggregate in a fresh process on a small
-synthetic run, its graphs per hour and its own peak memory, the goal checked."""
+"""``python -m benchmarks aggregate`` (``make bench-aggregate``): circuitray aggregate in
+a fresh process on a small synthetic run, its graphs per hour and its own peak memory,
+the goal checked."""
 
 from __future__ import annotations
 
 import json
 
-from conftest import circuitray
+from conftest import benchmarks, circuitray
 
 
 def test_bench_aggregate_times_a_synthetic_run(tmp_path):
@@ -14,7 +15,7 @@ def test_bench_aggregate_times_a_synthetic_run(tmp_path):
     assert p.returncode == 0, p.stderr
     out = tmp_path / "aggregate.json"
     # A goal no run meets: the figures are written, the table says NO, the exit is 1.
-    p = circuitray("bench", "aggregate", run, "--json-out", out, "--goal", "1e15")
+    p = benchmarks("aggregate", run, "--json-out", out, "--goal", "1e15")
     assert p.returncode == 1 and "NO" in p.stdout, (p.returncode, p.stdout, p.stderr)
     record = json.loads(out.read_text())
     (timing,) = record["timings"]

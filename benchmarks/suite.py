@@ -1,14 +1,14 @@
-"""``make bench`` (``circuitray bench suite``): circuitray against a plain loop, side by
+"""``make bench`` (``python -m benchmarks suite``): circuitray against a plain loop, side by
 side, on this machine.
 
 1. Build the :class:`AttributionBenchConfig` (:func:`suite_config`): 48 WS2 prompts
    in batches of 8, 2 rounds, 16 flatten prompts; ``quick`` (:data:`QUICK`) makes it
    8 prompts in batches of 2, 1 round, 2 flatten prompts.
-2. Run every measurement of :mod:`circuitray.bench.attribution` (overhead, scaling,
+2. Run every measurement of :mod:`benchmarks.attribution` (overhead, scaling,
    flattening, storage, memory) in a work folder (a temporary one unless given).
-3. Run the pruning comparison of :mod:`circuitray.bench.pruning` (circuitray's exact
+3. Run the pruning comparison of :mod:`benchmarks.pruning` (circuitray's exact
    pruning against circuit-tracer's ``prune_graph``), unless ``pruning`` is off, and
-   the real-shape figures of :mod:`circuitray.bench.real_shape` (the 26-layer
+   the real-shape figures of :mod:`benchmarks.real_shape` (the 26-layer
    gemma-2-2b-shaped model at 1/16 width: per-graph time, peak RSS, flatten share),
    unless ``real_shape`` is off, and the same figures for each real model that is
    built (stories260K, Gemma-3-270m), unless ``real_models`` is off.
@@ -38,8 +38,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from circuitray.bench.attribution import AttributionBenchConfig
-from circuitray.bench.environment import git_commit
+from benchmarks.attribution import AttributionBenchConfig
+from circuitray.bench.environment import RESULTS_DIR, git_commit
 
 __all__ = [
     "QUICK",
@@ -50,9 +50,6 @@ __all__ = [
     "run_suite",
     "suite_config",
 ]
-
-# The checkout's bench/results (gitignored), wherever the command runs from.
-RESULTS_DIR = Path(__file__).resolve().parents[2] / "bench" / "results"
 
 
 @dataclass
@@ -104,9 +101,9 @@ def run_suite(
     """Steps 2-4 of the module docstring; ``quick`` also shrinks the pruning graphs.
     ``work_dir`` keeps the runs there; by default they go to a temporary folder that
     is removed at the end."""
-    from circuitray.bench.attribution import run_attribution_bench
+    from benchmarks.attribution import run_attribution_bench
+    from benchmarks.pruning import compare_pruning
     from circuitray.bench.environment import machine_info
-    from circuitray.bench.pruning import compare_pruning
 
     started = datetime.now(UTC)
     t0 = time.perf_counter()
@@ -114,7 +111,7 @@ def run_suite(
     root = work_dir or Path(tempfile.mkdtemp(prefix="circuitray-bench-"))
     try:
         result = run_attribution_bench(config, root / "attribution")
-        from circuitray.bench.real_shape import real_models_bench, real_shape_bench
+        from benchmarks.real_shape import real_models_bench, real_shape_bench
 
         n = 1 if quick else 3
         sections = (

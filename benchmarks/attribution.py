@@ -52,7 +52,7 @@ size and torch thread count:
    Local runs on Linux only.
 
 torch, circuit-tracer and the model loaders are imported by the functions that use
-them, so the configs (and ``circuitray bench``'s options built from them) load without.
+them, so the configs (and ``python -m benchmarks``' options built from them) load without.
 """
 
 from __future__ import annotations

@@ -89,7 +89,7 @@ def measure_in_child(model: str, *, n_prompts: int) -> dict[str, Any]:
     """Steps 2-3 for one model: its graphs, measured in a fresh process, and their
     summary."""
     code = (
-        "import json, sys; from circuitray.bench.real_shape import _child; "
+        "import json, sys; from benchmarks.real_shape import _child; "
         f"print(json.dumps(_child({model!r}, {n_prompts})))"
     )
     p = subprocess.run(
@@ -110,7 +110,7 @@ def measure_in_child(model: str, *, n_prompts: int) -> dict[str, Any]:
 
 
 def real_shape_bench(*, scale: float = 0.0625, n_prompts: int = 3) -> dict[str, Any]:
-    """Steps 1-3; the section ``circuitray bench suite`` records as ``real_shape``."""
+    """Steps 1-3; the section ``python -m benchmarks suite`` records as ``real_shape``."""
     from circuitray.models.registry import synthetic_model_name
     from circuitray.models.synthetic import build_synthetic
 
@@ -120,7 +120,7 @@ def real_shape_bench(*, scale: float = 0.0625, n_prompts: int = 3) -> dict[str, 
 
 def real_models_bench(*, names: tuple[str, ...] | None = None, n_prompts: int = 3) -> dict:
     """Steps 2-3 for each real model (default: every one ``build-real`` knows) that is
-    built, model and transcoders; the section ``circuitray bench suite`` records as
+    built, model and transcoders; the section ``python -m benchmarks suite`` records as
     ``real_models``: by name, its figures, ``{"skipped": why}``, or ``{"error": ...}``
     when its measurement failed (the other sections are kept)."""
     from circuitray.errors import ModelLoadError

@@ -10,10 +10,16 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from bench_command import bench
+from conftest import benchmarks
 
-from circuitray.bench import Workload, bytes_per_edge, circuitray_run, flatten_rate, plain_loop
-from circuitray.bench.attribution import GOALS
+from benchmarks.attribution import (
+    GOALS,
+    Workload,
+    bytes_per_edge,
+    circuitray_run,
+    flatten_rate,
+    plain_loop,
+)
 from circuitray.prompts.files import write_prompts
 from circuitray.prompts.ws2 import generate_ws2
 
@@ -131,7 +137,7 @@ def test_flatten_rate(prompts, tmp_path):
 
 def test_suite_quick_writes_every_figure(tmp_path):
     results = tmp_path / "results"
-    proc = bench(
+    proc = benchmarks(
         "suite",
         "--quick",
         "--model",

@@ -7,8 +7,8 @@ import io
 
 from rich.console import Console
 
-from circuitray.bench.real_shape import real_shape_bench
-from circuitray.bench.suite import print_real_shape
+from benchmarks.real_shape import real_shape_bench
+from benchmarks.suite import print_real_shape
 
 
 def test_real_shape_section_measures_and_prints(synthetic_gemma):
@@ -26,7 +26,7 @@ def test_real_shape_section_measures_and_prints(synthetic_gemma):
 
 
 def test_real_model_section_measures_each_built_model(stories260k):
-    from circuitray.bench.real_shape import real_models_bench
+    from benchmarks.real_shape import real_models_bench
 
     section = real_models_bench(names=("stories260k",), n_prompts=1)
     stories = section["stories260k"]
@@ -40,7 +40,7 @@ def test_real_model_section_measures_each_built_model(stories260k):
 
 
 def test_real_models_not_built_are_skipped_and_say_how_to_build(tmp_path, monkeypatch):
-    from circuitray.bench.real_shape import real_models_bench
+    from benchmarks.real_shape import real_models_bench
 
     monkeypatch.setenv("CIRCUITRAY_HOME", str(tmp_path))  # an empty home
     monkeypatch.delenv("CIRCUIT_TRACER_CACHE_DIR", raising=False)

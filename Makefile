@@ -124,7 +124,7 @@ test:  ## the CI suite (~14.5 min on 2 Intel cores, over its 12 min goal; long v
 	$(BIN)/python -m pytest -q tests -n $(TEST_WORKERS) --durations=25
 
 # Every long variant (pytest marker `long`), in TEST_WORKERS processes: the chaos soak
-# in one, the organism's two in the other; figures in the README's Tests section.
+# in one, the organism's two in the other; figures in docs/testing.md.
 test-long:  ## the long variants: 200 chaos rounds, the organism on portable kernels, ... (~65 min)
 	$(BIN)/python -m pytest -q tests -m long -n $(TEST_WORKERS) --durations=0
 

@@ -153,7 +153,7 @@ REAL_MODELS: dict[str, RealModel] = {
             ),
             hooks=dict(GEMMA3_HOOKS),
             d_transcoder=2048,
-            # 100 steps: 313 s of a 6.6-minute build on 2 cores (README).
+            # 100 steps: 313 s of a 6.6-minute build on 2 cores (docs/models.md).
             transcoder_steps=100,
             cross_layer=False,
             unit_scale=True,

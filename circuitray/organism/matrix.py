@@ -179,7 +179,7 @@ def run_matrix(config: MatrixConfig, *, on_cell: Callable[[dict], None] | None =
 
 
 def matrix_markdown(result: dict) -> str:
-    """The matrix as a Markdown table (what the README records)."""
+    """The matrix as a Markdown table (what docs/models.md records)."""
     types = sorted({t for r in result["cells"] for t in r.get("tuned", {})})
     short = {t: "".join(w[0] for w in t.split("_")) for t in types}
     head = ["kernels", "threads", "seed"]

@@ -4,8 +4,9 @@ A head (`ray start --head`, with the dashboard's job server) and one worker node
 (`ray start --address`) run as separate processes, each on its own ports (two nodes on
 one machine must not share the dashboard agent's ports). Both run with ``--block`` as
 children of this test, so stopping them stops exactly this cluster and never another
-Ray on the machine (``ray stop`` would kill every Ray here). The job is the README's
-command with only the cluster address, the output root and the prompt count filled in.
+Ray on the machine (``ray stop`` would kill every Ray here). The job is the command
+docs/clusters.md prints, with only the cluster address, the output root and the prompt
+count filled in.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
+CLUSTER_DOC = REPO / "docs" / "clusters.md"
 README_JOB = re.compile(r"^ray job submit --working-dir \. .*$", re.M)
 
 
@@ -41,11 +43,11 @@ def _free_ports(n: int) -> list[int]:
 
 
 def _readme_job_command() -> list[str]:
-    """The README's `ray job submit` command (backslash continuations joined)."""
-    text = (REPO / "README.md").read_text().replace("\\\n", " ")
+    """docs/clusters.md's `ray job submit` command (backslash continuations joined)."""
+    text = CLUSTER_DOC.read_text().replace("\\\n", " ")
     commands = [" ".join(m.split()) for m in README_JOB.findall(text)]
     pipeline = [c for c in commands if "circuitray pipeline run" in c]
-    assert pipeline, "README has no `ray job submit ... circuitray pipeline run` command"
+    assert pipeline, "docs/clusters.md has no `ray job submit ... circuitray pipeline run` command"
     return shlex.split(pipeline[0])
 
 
@@ -156,7 +158,7 @@ def cluster(organism_report, tmp_path):
 def test_ray_job_submit_runs_the_readme_pipeline(cluster, tmp_path):
     out_root = tmp_path / "ws2"
     argv = _readme_job_command()
-    # The README's command, with this cluster's address and a local output root.
+    # docs/clusters.md's command, with this cluster's address and a local output root.
     assert argv[:3] == ["ray", "job", "submit"]
     entry = argv.index("--")
     submit_opts, job = argv[3:entry], argv[entry + 1 :]

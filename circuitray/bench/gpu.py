@@ -343,8 +343,15 @@ def bench_cell(
         "n_tokens": sorted({int(r["n_tokens"]) for r in rows if r["n_tokens"] is not None}),
         "peak_gpu_mb": _mb(torch.cuda.max_memory_allocated()) if device == "cuda" else None,
     }
-    if not ok:
-        return out
+    if ok:
+        out.update(_cell_figures(ok, n_layers=n_layers))
+    return out
+
+
+def _cell_figures(ok: list[dict], *, n_layers: int) -> dict[str, Any]:
+    """A cell's figures from its successful rows: wall time per graph (mean, median,
+    range) and graphs per hour, the medians of the stage times and graph sizes (N, the
+    unpruned graph's nodes), and each prompt's own figures."""
 
     def med(key: str) -> float:
         return float(statistics.median(float(r[key]) for r in ok))
@@ -354,7 +361,7 @@ def bench_cell(
         int(r["n_selected_features"]) + (n_layers + 1) * int(r["n_tokens"]) + int(r["n_logits"])
         for r in ok
     ]
-    out.update(
+    return dict(
         s_per_graph=round(statistics.mean(walls), 3),
         s_per_graph_median=round(statistics.median(walls), 3),
         s_per_graph_min=round(min(walls), 3),
@@ -379,7 +386,6 @@ def bench_cell(
             for r in ok
         ],
     )
-    return out
 
 
 def _prune_run(method: str, graph, where: str) -> dict:
@@ -471,36 +477,21 @@ def prune_comparison(model, prompt: dict, *, device: str, batch_size: int) -> di
     return out
 
 
-def bench_model(
-    info: dict, *, args: dict, device: str, res: dict, save: Callable[[], None]
-) -> None:
-    """Sweep, the (length x setting) grid and the pruning comparison for one model,
-    filled into ``res``; ``save()`` writes the report so far after each step."""
-    import torch
-
-    from circuitray.graph.attribute import context_length
-
-    model = info["object"]
-    n_layers = info["n_layers"]
-    bundled = info["bundled"]
-    ctx = context_length(model)
-    lengths = [L for L in args["lengths"] if ctx is None or ctx >= L]
-    skipped = [L for L in args["lengths"] if L not in lengths]
-    res.update(context_length=ctx, lengths=lengths, results=[])
-    if skipped:
-        res["lengths_skipped"] = f"{skipped}: longer than the model's context of {ctx}"
-        logger.warning("%s: lengths %s exceed its context of %s", info["model"], skipped, ctx)
-    if not lengths:
-        return
-    longest = max(lengths)
-    n_p, n_w = args["prompts"], args["warmup"]
-    prompts = {L: make_prompts(model, n_p + n_w, L, args["seed"]) for L in lengths}
-    res["prompts"] = {
-        str(L): [{"prompt": p["prompt"], "n_tokens": p["n_tokens"]} for p in ps]
-        for L, ps in prompts.items()
-    }
-
+def _tuned_setting(
+    model,
+    info: dict,
+    *,
+    args: dict,
+    device: str,
+    prompt: dict,
+    longest: int,
+    res: dict,
+    save: Callable[[], None],
+) -> dict:
+    """Step 4: the tuned ``attribute()`` setting, as given or swept on ``prompt`` (the
+    first of the ``longest`` length), the sweep recorded in ``res``."""
     defaults = attribute_defaults()
+    bundled = info["bundled"]
     cap = None if bundled else args["tuned_max_feature_nodes"]
     tuned = {
         "batch_size": args["tuned_batch_size"],
@@ -520,7 +511,7 @@ def bench_model(
         logger.info("%s: sweeping batch_size %s at %d tokens", info["model"], sizes, longest)
         sw = sweep(
             model,
-            prompts[longest][0]["prompt"],
+            prompt["prompt"],
             device,
             batch_sizes=sizes,
             update_intervals=intervals,
@@ -533,6 +524,48 @@ def bench_model(
             tuned["update_interval"] = sw["best"]["update_interval"]
     if tuned["batch_size"] is None:
         tuned["batch_size"] = 2 * defaults["batch_size"] if device == "cuda" else 128
+    return tuned
+
+
+def bench_model(
+    info: dict, *, args: dict, device: str, res: dict, save: Callable[[], None]
+) -> None:
+    """Sweep, the (length x setting) grid and the pruning comparison for one model,
+    filled into ``res``; ``save()`` writes the report so far after each step."""
+    import torch
+
+    from circuitray.graph.attribute import context_length
+
+    model = info["object"]
+    n_layers = info["n_layers"]
+    ctx = context_length(model)
+    lengths = [L for L in args["lengths"] if ctx is None or ctx >= L]
+    skipped = [L for L in args["lengths"] if L not in lengths]
+    res.update(context_length=ctx, lengths=lengths, results=[])
+    if skipped:
+        res["lengths_skipped"] = f"{skipped}: longer than the model's context of {ctx}"
+        logger.warning("%s: lengths %s exceed its context of %s", info["model"], skipped, ctx)
+    if not lengths:
+        return
+    longest = max(lengths)
+    n_p, n_w = args["prompts"], args["warmup"]
+    prompts = {L: make_prompts(model, n_p + n_w, L, args["seed"]) for L in lengths}
+    res["prompts"] = {
+        str(L): [{"prompt": p["prompt"], "n_tokens": p["n_tokens"]} for p in ps]
+        for L, ps in prompts.items()
+    }
+
+    defaults = attribute_defaults()
+    tuned = _tuned_setting(
+        model,
+        info,
+        args=args,
+        device=device,
+        prompt=prompts[longest][0],
+        longest=longest,
+        res=res,
+        save=save,
+    )
     settings = {
         "circuit-tracer defaults": {
             "batch_size": defaults["batch_size"],
@@ -555,13 +588,10 @@ def bench_model(
                 max_tokens=max(args["lengths"]) + 8,
             )
             cell.update(length=L, setting=name, **setting)
+            figures = ("s_per_graph", "graphs_per_hour", "N", "n_kept_edges", "peak_gpu_mb")
             logger.info(
                 "  -> %s s/graph, %s graphs/h, N=%s, kept edges %s, peak GPU %s MB %s",
-                cell.get("s_per_graph"),
-                cell.get("graphs_per_hour"),
-                cell.get("N"),
-                cell.get("n_kept_edges"),
-                cell.get("peak_gpu_mb"),
+                *(cell.get(k) for k in figures),
                 cell["errors"] or "",
             )
             res["results"].append(cell)
@@ -648,24 +678,21 @@ class GpuBenchConfig:
         }
 
 
-def run_gpu_bench(config: GpuBenchConfig, *, out: Path) -> dict:
-    """Steps 1-7 of the module docstring; returns the report written to ``out``."""
-    t_start = time.perf_counter()
-    hub = probe_hub()  # 1. before huggingface_hub is imported
-    logger.info("hub: %s", hub)
-
+def _resolve_device(device: str) -> str:
+    """``auto`` as ``cuda`` where torch sees a GPU, else ``cpu``; ``cuda`` without one is
+    an error a user can fix."""
     import torch
 
-    device = config.device
     if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        return "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
         raise CircuitrayError("--device cuda: torch sees no GPU")
-    args = config.resolved(device)
-    env = gpu_environment(device)
-    logger.info("device %s, GPU %s, torch %s", device, env["gpu_name"], env["torch"])
+    return device
 
-    # 2. The main model, else (or also) the bundled one; 3-6 for each, one at a time.
+
+def _load_main(config: GpuBenchConfig, *, hub: dict, device: str) -> tuple[dict, str]:
+    """Step 2 for the main model: its load record (why not, when it did not load) and
+    the note the summary starts with."""
     from circuitray.models.registry import bundled_model
 
     main_dtype = config.dtype or ("bfloat16" if device == "cuda" else "float32")
@@ -691,6 +718,26 @@ def run_gpu_bench(config: GpuBenchConfig, *, out: Path) -> dict:
         if main_info["loaded"]
         else f"{config.main_model} NOT available ({main_info['error']})"
     )
+    return main_info, main_note
+
+
+def run_gpu_bench(config: GpuBenchConfig, *, out: Path) -> dict:
+    """Steps 1-7 of the module docstring; returns the report written to ``out``."""
+    t_start = time.perf_counter()
+    hub = probe_hub()  # 1. before huggingface_hub is imported
+    logger.info("hub: %s", hub)
+
+    import torch
+
+    device = _resolve_device(config.device)
+    args = config.resolved(device)
+    env = gpu_environment(device)
+    logger.info("device %s, GPU %s, torch %s", device, env["gpu_name"], env["torch"])
+
+    # 2. The main model, else (or also) the bundled one; 3-6 for each, one at a time.
+    from circuitray.models.registry import bundled_model
+
+    main_info, main_note = _load_main(config, hub=hub, device=device)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {

@@ -152,6 +152,27 @@ def _spread(seconds: list[float]) -> dict[str, Any]:
     }
 
 
+def _time_rounds(
+    commands: list[_Command], *, config: ProcessBenchConfig
+) -> tuple[dict[str, dict[str, list[float]]], list[float]]:
+    """Step 4: ``repeats`` rounds, each the floor process then, per command, circuitray
+    ("c") and the bare process ("b") in alternating order; their wall times."""
+    times: dict[str, dict[str, list[float]]] = {c.name: {"c": [], "b": []} for c in commands}
+    floor: list[float] = []
+    bare_argv = [sys.executable, "-c", BARE_PROCESS]
+    for r in range(config.repeats):
+        logger.info("round %d/%d", r + 1, config.repeats)
+        floor.append(
+            _run([sys.executable, "-c", FLOOR_PROCESS], stdin=None, timeout_s=config.timeout_s)[0]
+        )
+        for c in commands:
+            sides = [("c", c.argv, None), ("b", bare_argv, c.spec)]
+            order = sides if r % 2 == 0 else sides[::-1]
+            for side, argv, stdin in order:
+                times[c.name][side].append(_run(argv, stdin=stdin, timeout_s=config.timeout_s)[0])
+    return times, floor
+
+
 def time_query_processes(
     run_dir: str | Path, *, config: ProcessBenchConfig | None = None
 ) -> dict[str, Any]:
@@ -187,20 +208,8 @@ def time_query_processes(
         logger.info("%s: checking both answers (untimed)", c.name)
         answers[c.name] = c.check(timeout_s=config.timeout_s)
 
-    times: dict[str, dict[str, list[float]]] = {c.name: {"c": [], "b": []} for c in commands}
-    floor: list[float] = []
+    times, floor = _time_rounds(commands, config=config)
     bare_argv = [sys.executable, "-c", BARE_PROCESS]
-    for r in range(config.repeats):
-        logger.info("round %d/%d", r + 1, config.repeats)
-        floor.append(
-            _run([sys.executable, "-c", FLOOR_PROCESS], stdin=None, timeout_s=config.timeout_s)[0]
-        )
-        for c in commands:
-            sides = [("c", c.argv, None), ("b", bare_argv, c.spec)]
-            order = sides if r % 2 == 0 else sides[::-1]
-            for side, argv, stdin in order:
-                times[c.name][side].append(_run(argv, stdin=stdin, timeout_s=config.timeout_s)[0])
-
     graphs, edges = run_counts(run)
     results = {}
     for c in commands:

@@ -482,6 +482,21 @@ def _goals(rows: list[dict]) -> dict[str, dict]:
     }
 
 
+def _size_batches(
+    sizes: tuple[int, ...], batch_sizes: tuple[int, ...] | None
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The sizes in increasing order with their batch sizes (given, one per size, or
+    :func:`batch_size_for`); wrong counts or sizes are errors a user can fix."""
+    if batch_sizes is not None and len(batch_sizes) != len(sizes):
+        raise CircuitrayError(
+            f"--batch-sizes: {len(batch_sizes)} batch sizes for {len(sizes)} sizes"
+        )
+    if len(set(sizes)) != len(sizes) or min(sizes) < 1:
+        raise CircuitrayError(f"--sizes {sizes}: give distinct prompt counts of 1 or more")
+    pairs = sorted(zip(sizes, batch_sizes or [batch_size_for(n) for n in sizes], strict=True))
+    return tuple(n for n, _ in pairs), tuple(b for _, b in pairs)
+
+
 def run_scale_bench(
     *,
     sizes: tuple[int, ...] = SIZES,
@@ -505,14 +520,7 @@ def run_scale_bench(
     from circuitray.models.registry import circuitray_home
 
     shape = shape or GraphShape()
-    if batch_sizes is not None and len(batch_sizes) != len(sizes):
-        raise CircuitrayError(
-            f"--batch-sizes: {len(batch_sizes)} batch sizes for {len(sizes)} sizes"
-        )
-    if len(set(sizes)) != len(sizes) or min(sizes) < 1:
-        raise CircuitrayError(f"--sizes {sizes}: give distinct prompt counts of 1 or more")
-    pairs = sorted(zip(sizes, batch_sizes or [batch_size_for(n) for n in sizes], strict=True))
-    sizes, batches = tuple(n for n, _ in pairs), tuple(b for _, b in pairs)
+    sizes, batches = _size_batches(sizes, batch_sizes)
     root = Path(out) if out is not None else Path(circuitray_home()) / "bench" / "scale"
     root.mkdir(parents=True, exist_ok=True)
     model = placeholder_model(root)
@@ -538,12 +546,11 @@ def run_scale_bench(
         finally:
             if not keep:
                 shutil.rmtree(run_dir, ignore_errors=True)
+        figures = ("dispatch_us_per_prompt", "driver_rss_mb", "resume_s")
         logger.info(
             "scale: %d prompts: dispatch %.1f us/prompt, driver %.0f MiB, resume %.2f s",
             n,
-            rec["dispatch_us_per_prompt"],
-            rec["driver_rss_mb"],
-            rec["resume_s"],
+            *(rec[k] for k in figures),
         )
         rows.append(rec)
     ns = [r["n"] for r in rows]

@@ -34,6 +34,7 @@ from circuitray.storage.run_store import RunStore
 logger = logging.getLogger(__name__)
 
 CONSTRAINT_TYPES = list(CONSTRAINTS)
+_NAMES = np.array(NODE_TYPES, dtype=object)
 
 __all__ = ["SyntheticSpec", "make_synthetic_run"]
 
@@ -83,16 +84,28 @@ def _type_pools(spec: SyntheticSpec, rng: np.random.Generator) -> list[np.ndarra
     return pools
 
 
-def _graph_tables(
-    spec: SyntheticSpec,
-    rng: np.random.Generator,
-    *,
-    graph_id: int,
-    n_edges: int,
-    n_nodes: int,
-    type_index: int,
-    pool: np.ndarray,
-) -> tuple[pa.Table, pa.Table, dict]:
+@dataclass
+class _Nodes:
+    """One synthetic graph's kept nodes, in circuit-tracer's order (features
+    layer-major, errors, tokens, logits), as parallel arrays."""
+
+    node_type: np.ndarray  # index into NODE_TYPES
+    layer: np.ndarray
+    pos: np.ndarray
+    node_id: np.ndarray
+    feature: np.ndarray  # feature index of the first n_feat nodes
+    n_feat: int
+    n_err: int
+    n_sel: int  # selected features of the unpruned graph the ids are numbered in
+
+    def __len__(self) -> int:
+        return len(self.node_id)
+
+
+def _draw_nodes(
+    spec: SyntheticSpec, rng: np.random.Generator, *, n_nodes: int, pool: np.ndarray
+) -> _Nodes:
+    """Steps 1-2 of the module docstring for the nodes of one graph."""
     n_tok, n_log, n_layers = spec.n_tokens, spec.n_logits, spec.n_layers
     inner = max(n_nodes - n_tok - n_log, 4)
     n_err = max(1, int(inner * spec.error_share))
@@ -110,16 +123,11 @@ def _graph_tables(
     # Errors: distinct (layer, pos) cells; circuit-tracer numbers them layer*n_pos + pos.
     cells = np.sort(rng.choice(n_layers * n_tok, size=n_err, replace=False))
     e_layer, e_pos = cells // n_tok, cells % n_tok
-
     node_type = np.concatenate(
         [np.zeros(n_feat), np.ones(n_err), np.full(n_tok, 2), np.full(n_log, 3)]
     ).astype(np.int8)
-    layer = np.concatenate([f_layer, e_layer, np.full(n_tok, -1), np.full(n_log, n_layers)]).astype(
-        np.int16
-    )
-    pos = np.concatenate([f_pos, e_pos, np.arange(n_tok), np.full(n_log, n_tok - 1)]).astype(
-        np.int16
-    )
+    layer = np.concatenate([f_layer, e_layer, np.full(n_tok, -1), np.full(n_log, n_layers)])
+    pos = np.concatenate([f_pos, e_pos, np.arange(n_tok), np.full(n_log, n_tok - 1)])
     # Ids as in the unpruned graph: selected features first, then every (layer, pos)
     # error cell, tokens, logits; kept features get sparse ids below the error block.
     n_sel = 4 * n_feat
@@ -131,31 +139,50 @@ def _graph_tables(
             n_sel + n_layers * n_tok + n_tok + np.arange(n_log),
         ]
     ).astype(np.int32)
-    n_nodes = len(node_id)
+    return _Nodes(
+        node_type=node_type,
+        layer=layer.astype(np.int16),
+        pos=pos.astype(np.int16),
+        node_id=node_id,
+        feature=f_index,
+        n_feat=n_feat,
+        n_err=n_err,
+        n_sel=n_sel,
+    )
 
-    # Edges: dst is any non-token node; src any node of a strictly lower layer.
+
+def _draw_edges(
+    rng: np.random.Generator, nodes: _Nodes, *, n_edges: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Step 2's edges and step 3's weights: (dst index, src index, weight), sorted by
+    (dst, src) id. dst is any non-token node; src any node of a strictly lower layer."""
+    n_nodes, layer = len(nodes), nodes.layer
     by_layer = np.argsort(layer, kind="stable")
     below = np.searchsorted(layer[by_layer], layer, side="left")  # nodes under each layer
-    dst_candidates = np.flatnonzero(node_type != 2)
-    want = n_edges
+    dst_candidates = np.flatnonzero(nodes.node_type != 2)
     dst_idx = np.zeros(0, np.int64)
     src_idx = np.zeros(0, np.int64)
-    while len(dst_idx) < want:
-        d = rng.choice(dst_candidates, size=2 * want)
+    while len(dst_idx) < n_edges:
+        d = rng.choice(dst_candidates, size=2 * n_edges)
         d = d[below[d] > 0]
         s = by_layer[(rng.random(len(d)) * below[d]).astype(np.int64)]
         pair = np.unique(np.concatenate([dst_idx * n_nodes + src_idx, d * n_nodes + s]))
-        pair = rng.permutation(pair)[:want]
+        pair = rng.permutation(pair)[:n_edges]
         dst_idx, src_idx = pair // n_nodes, pair % n_nodes
-    order = np.lexsort((node_id[src_idx], node_id[dst_idx]))
-    dst_idx, src_idx = dst_idx[order], src_idx[order]
-    weight = rng.lognormal(-3.0, 1.5, size=want) * np.where(rng.random(want) < 0.8, 1, -1)
+    order = np.lexsort((nodes.node_id[src_idx], nodes.node_id[dst_idx]))
+    weight = rng.lognormal(-3.0, 1.5, size=n_edges) * np.where(rng.random(n_edges) < 0.8, 1, -1)
+    return dst_idx[order], src_idx[order], weight
 
-    names = np.array(NODE_TYPES, dtype=object)
-    is_feat = node_type == 0
-    feature = np.concatenate([f_index, np.full(n_nodes - n_feat, -1)]).astype(np.int32)
+
+def _node_table(
+    spec: SyntheticSpec, rng: np.random.Generator, nodes: _Nodes, *, graph_id: int
+) -> tuple[pa.Table, np.ndarray]:
+    """Step 3 for the nodes: their table, and the logits' probabilities (descending)."""
+    n_nodes, n_feat, n_log = len(nodes), nodes.n_feat, spec.n_logits
+    is_feat = nodes.node_type == 0
+    feature = np.concatenate([nodes.feature, np.full(n_nodes - n_feat, -1)]).astype(np.int32)
     token_id = np.concatenate(
-        [np.full(n_feat + n_err, -1), rng.integers(2, 200, size=n_tok + n_log)]
+        [np.full(n_feat + nodes.n_err, -1), rng.integers(2, 200, size=spec.n_tokens + n_log)]
     ).astype(np.int32)
     has_token = token_id >= 0
     logit_prob = np.full(n_nodes, np.nan, np.float32)
@@ -166,13 +193,13 @@ def _graph_tables(
     order = np.argsort(-influence, kind="stable")
     cumulative = np.empty(n_nodes, np.float32)
     cumulative[order] = np.cumsum(influence[order]) / influence.sum()
-    nodes = pa.table(
+    table = pa.table(
         {
             "graph_id": pa.array(np.full(n_nodes, graph_id, np.int32)),
-            "node_id": pa.array(node_id),
-            "node_type": pa.array(names[node_type].tolist(), pa.string()),
-            "layer": pa.array(layer),
-            "pos": pa.array(pos),
+            "node_id": pa.array(nodes.node_id),
+            "node_type": pa.array(_NAMES[nodes.node_type].tolist(), pa.string()),
+            "layer": pa.array(nodes.layer),
+            "pos": pa.array(nodes.pos),
             "feature": pa.array(feature, mask=~is_feat),
             "activation": pa.array(rng.lognormal(0, 1, n_nodes).astype(np.float32), mask=~is_feat),
             "influence": pa.array(influence),
@@ -183,20 +210,45 @@ def _graph_tables(
         },
         schema=NODE_SCHEMA,
     )
-    edges = pa.table(
+    return table, probs
+
+
+def _edge_table(
+    nodes: _Nodes, *, graph_id: int, dst: np.ndarray, src: np.ndarray, weight: np.ndarray
+) -> pa.Table:
+    """The edges drawn by :func:`_draw_edges` as a table of the edge schema."""
+    return pa.table(
         {
-            "graph_id": pa.array(np.full(want, graph_id, np.int32)),
-            "dst": pa.array(node_id[dst_idx]),
-            "src": pa.array(node_id[src_idx]),
+            "graph_id": pa.array(np.full(len(dst), graph_id, np.int32)),
+            "dst": pa.array(nodes.node_id[dst]),
+            "src": pa.array(nodes.node_id[src]),
             "weight": pa.array(weight.astype(np.float32)),
-            "src_layer": pa.array(layer[src_idx]),
-            "dst_layer": pa.array(layer[dst_idx]),
-            "src_type": pa.array(names[node_type[src_idx]].tolist(), pa.string()),
-            "dst_type": pa.array(names[node_type[dst_idx]].tolist(), pa.string()),
+            "src_layer": pa.array(nodes.layer[src]),
+            "dst_layer": pa.array(nodes.layer[dst]),
+            "src_type": pa.array(_NAMES[nodes.node_type[src]].tolist(), pa.string()),
+            "dst_type": pa.array(_NAMES[nodes.node_type[dst]].tolist(), pa.string()),
         },
         schema=EDGE_SCHEMA,
     )
-    target = token_text[n_nodes - n_log]
+
+
+def _graph_tables(
+    spec: SyntheticSpec,
+    rng: np.random.Generator,
+    *,
+    graph_id: int,
+    n_edges: int,
+    n_nodes: int,
+    type_index: int,
+    pool: np.ndarray,
+) -> tuple[pa.Table, pa.Table, dict]:
+    """Steps 1-3 for one graph: its nodes and edges tables and its graphs row (the
+    random draws in a fixed order, so the same spec writes the same tables)."""
+    nodes = _draw_nodes(spec, rng, n_nodes=n_nodes, pool=pool)
+    dst, src, weight = _draw_edges(rng, nodes, n_edges=n_edges)
+    node_table, probs = _node_table(spec, rng, nodes, graph_id=graph_id)
+    edges = _edge_table(nodes, graph_id=graph_id, dst=dst, src=src, weight=weight)
+    target = node_table["token"][len(nodes) - spec.n_logits].as_py()
     replacement = float(rng.beta(8, 3))
     row = {
         "graph_id": graph_id,
@@ -205,14 +257,14 @@ def _graph_tables(
         "prompt": f"synthetic prompt {graph_id}",
         "target": target,
         "status": "ok",
-        "n_tokens": n_tok,
-        "n_active_features": 10 * n_sel,
-        "n_selected_features": n_sel,
-        "n_kept_features": n_feat,
-        "n_kept_error_nodes": n_err,
-        "n_kept_nodes": n_nodes,
-        "n_kept_edges": want,
-        "n_logits": n_log,
+        "n_tokens": spec.n_tokens,
+        "n_active_features": 10 * nodes.n_sel,
+        "n_selected_features": nodes.n_sel,
+        "n_kept_features": nodes.n_feat,
+        "n_kept_error_nodes": nodes.n_err,
+        "n_kept_nodes": len(nodes),
+        "n_kept_edges": n_edges,
+        "n_logits": spec.n_logits,
         "replacement_score": replacement,
         "completeness_score": min(1.0, replacement + 0.1),
         "top_token": target,
@@ -222,7 +274,7 @@ def _graph_tables(
         "target_rank": 0,
         "worker": "synthetic",
     }
-    return nodes, edges, row
+    return node_table, edges, row
 
 
 def make_synthetic_run(out: str, spec: SyntheticSpec | None = None) -> dict:

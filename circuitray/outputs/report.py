@@ -35,6 +35,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -363,9 +364,10 @@ def _consensus(nodes, edges, title: str, n_edges: int, dpi: int) -> str:
     fig, ax = plt.subplots(figsize=(8.5, 5.2), dpi=dpi)
     if kept:
         wmax = max(abs(e["sum_weight"] / e["n_graphs"]) for e in kept) or 1.0
+        segments: list[Any] = [[where[key(e, "src_")], where[key(e, "dst_")]] for e in kept]
         ax.add_collection(
             LineCollection(
-                [[where[key(e, "src_")], where[key(e, "dst_")]] for e in kept],
+                segments,
                 linewidths=[0.3 + 3 * abs(e["sum_weight"] / e["n_graphs"]) / wmax for e in kept],
                 colors=["tab:blue" if e["sum_weight"] > 0 else "tab:red" for e in kept],
                 alpha=0.35,

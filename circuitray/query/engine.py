@@ -218,14 +218,13 @@ def read_series(series_dir: str) -> list[tuple[int, str]] | None:
     a circuitray series (not JSON, another format, a run that is not a folder name,
     a step listed twice) is refused in one line."""
     probe = RunStore(series_dir)  # its filesystem: local or object storage
-    path = probe._path(SERIES_FILE)
-    if not probe._exists(path):
+    path = probe.files.path(SERIES_FILE)
+    if not probe.files.exists(path):
         return None
     where = _child(series_dir, SERIES_FILE)
-    if probe.local:
-        probe._refuse_link(path)
+    probe.files.refuse_link(path)  # a no-op on object storage (no links)
     try:
-        meta = json.loads(probe._read_text(path))
+        meta = json.loads(probe.files.read_text(path))
     except json.JSONDecodeError as e:
         raise RunDirError(f"{where}: corrupt {SERIES_FILE} ({e.msg})") from None
     except UnicodeDecodeError:
@@ -307,7 +306,9 @@ def _open_stores(run_dirs: list[str]) -> list[_OpenRun]:
                     )
                 member = RunStore(path)
                 if not member.exists():
-                    missing = "is missing" if not member._exists(member.base) else "has no run.json"
+                    missing = (
+                        "is missing" if not member.files.exists(member.base) else "has no run.json"
+                    )
                     raise RunDirError(
                         f"series {_folder_name(r)} ({r}): step {step}'s run folder "
                         f"{folder} {missing}"

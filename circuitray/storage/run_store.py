@@ -44,16 +44,17 @@ readers also take anything else ``pyarrow.fs`` reaches (``gs://``), writers do n
 atomic (an object appears whole or not at all), so parts are written in place
 instead of renamed, and the driver lock is a lease object kept by S3 conditional writes
 (:mod:`circuitray.storage.lease`): a driver that loses it writes nothing more.
+
+Those differences (an atomic put, ``fsync``, symbolic links, the lock) live in one file
+layer, :mod:`circuitray.storage.files` (:class:`~circuitray.storage.files.LocalFiles`,
+:class:`~circuitray.storage.files.ObjectFiles`), which a store holds as
+:attr:`PartStore.files`: the protocol code here is the same for both.
 """
 
 from __future__ import annotations
 
-import contextlib
-import errno
-import fcntl
 import json
 import logging
-import os
 import re
 import time
 import uuid
@@ -69,12 +70,11 @@ import pyarrow.parquet as pq
 
 from circuitray.errors import RunDirError
 from circuitray.schema import RESULT_SORT_KEYS, SCHEMAS, SORT_KEYS
+from circuitray.storage.files import Files, Lock, open_files
 from circuitray.storage.lease import LEASE_S
 
 if TYPE_CHECKING:  # imported where used: pyarrow.dataset loads pandas (~0.3 s)
     import pyarrow.dataset as ds
-
-    from circuitray.storage.lease import Lease
 
 logger = logging.getLogger(__name__)
 
@@ -167,35 +167,14 @@ def _overlapping(
         yield [s[2] for s in active]
 
 
-def _one_put_per_file(uri: str) -> str:
-    """An ``s3://`` URI with ``allow_delayed_open=true`` unless it says otherwise: then
-    pyarrow writes an object smaller than its upload part size with one PUT, instead
-    of a multipart upload (create, part, complete: three requests per part file)."""
-    if not uri.startswith("s3://") or "allow_delayed_open=" in uri:
-        return uri
-    return f"{uri}{'&' if '?' in uri else '?'}allow_delayed_open=true"
-
-
-def _fsync(path: str) -> None:
-    """Flush a local file's or folder's data and metadata to disk. Some filesystems
-    (FUSE mounts, CIFS) cannot fsync a folder (EINVAL): there only files are flushed."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    except OSError as e:
-        if not (e.errno in (errno.EINVAL, errno.ENOTSUP) and os.path.isdir(path)):
-            raise
-    finally:
-        os.close(fd)
-
-
 class PartStore:
-    """One folder of Parquet parts under the module docstring's protocol: file access
-    (local or object store), lock or lease, the fence, parts, reads, clean-up, repair
-    and compaction. Its two kinds, :class:`RunStore` and :class:`InterventionStore`,
-    say what the folder holds: ``tables`` in write order (the last is the commit
-    point), ``sort_keys``, ``meta_file`` (the folder's JSON description), and how a
-    part's rows are counted (:meth:`expected_rows`, :meth:`_graph_index`).
+    """One folder of Parquet parts under the module docstring's protocol: the lock, the
+    fence, parts, reads, clean-up, repair and compaction, over its file layer
+    :attr:`files` (a local disk or an object store). Its two kinds, :class:`RunStore`
+    and :class:`InterventionStore`, say what the folder holds: ``tables`` in write
+    order (the last is the commit point), ``sort_keys``, ``meta_file`` (the folder's
+    JSON description), and how a part's rows are counted (:meth:`expected_rows`,
+    :meth:`_graph_index`).
     """
 
     tables: tuple[str, ...] = ()
@@ -205,100 +184,65 @@ class PartStore:
     count_columns: list[str] = []  # commit-table columns expected_rows reads
 
     def __init__(self, root: str | Path):
-        text = str(root)
-        self.local = "://" not in text
-        if self.local:
-            self.root: Path | str = Path(text)
-            self.fs: pafs.FileSystem = pafs.LocalFileSystem()
-            self.base = str(Path(text).expanduser().resolve())
-        else:
-            self.root = text.rstrip("/")
-            try:
-                self.fs, self.base = pafs.FileSystem.from_uri(_one_put_per_file(text))
-            except (pa.ArrowInvalid, OSError) as e:
-                raise RunDirError(f"{text}: cannot open storage: {e}") from None
-            self.base = self.base.rstrip("/")
-        self._lock_fd: int | None = None
-        self._lease: Lease | None = None
+        self.files: Files = open_files(root, self.kind)
+        self._lock: Lock | None = None
         self.lease_s = LEASE_S  # object stores: how long the driver lease lasts
         self.session: str | None = None  # the session this store started (fence)
 
     @property
+    def root(self) -> Path | str:
+        """The folder as given (a :class:`~pathlib.Path` locally), for messages."""
+        return self.files.root
+
+    @property
+    def fs(self) -> pafs.FileSystem:
+        """The folder's ``pyarrow.fs`` filesystem; its paths come from :meth:`_path`."""
+        return self.files.fs
+
+    @property
+    def base(self) -> str:
+        """The folder's path on :attr:`fs`."""
+        return self.files.base
+
+    @property
+    def local(self) -> bool:
+        """Whether the folder is on the local disk (not an object store)."""
+        return self.files.local
+
+    @property
     def uri(self) -> str:
         """What another process (a worker) passes to RunStore to open the same folder."""
-        return self.base if self.local else str(self.root)
+        return self.files.uri
 
-    # -- file primitives ------------------------------------------------------------
+    # -- file primitives (the file layer: :mod:`circuitray.storage.files`) -----------
     def _path(self, *parts: str) -> str:
-        return "/".join([self.base, *parts])
-
-    def _exists(self, path: str) -> bool:
-        return self.fs.get_file_info(path).type != pafs.FileType.NotFound
-
-    def _names(self, directory: str) -> list[str]:
-        sel = pafs.FileSelector(directory, allow_not_found=True)
-        names = sorted(
-            i.base_name for i in self.fs.get_file_info(sel) if i.type == pafs.FileType.File
-        )
-        if self.local:
-            for name in names:
-                self._refuse_link(f"{directory}/{name}")
-        return names
-
-    def _refuse_link(self, path: str) -> None:
-        """A symbolic link inside a local folder could make a read, write or delete
-        reach outside it: refuse the folder."""
-        if os.path.islink(path):
-            raise RunDirError(
-                f"{path}: is a symbolic link; circuitray reads and writes only the files "
-                f"of the {self.kind} itself (replace the link by the file or folder)"
-            )
+        return self.files.path(*parts)
 
     def check_confined(self) -> None:
         """Refuse a local folder whose own entries (meta file, lock, compaction log,
         table folders) are symbolic links; a no-op on object stores (no links)."""
-        if not self.local:
-            return
         entries = (self.meta_file, ".lock", "compaction.json", MANIFEST, "quarantine")
         for entry in (*entries, *self.tables):
-            self._refuse_link(self._path(entry))
+            self.files.refuse_link(self._path(entry))
         for table in self.tables:
-            self._refuse_link(self._path("quarantine", table))
+            self.files.refuse_link(self._path("quarantine", table))
 
     def _read_json(self, path: str, what: str):
         """A JSON file the folder's protocol writes (manifest, compaction log), or None
         when there is none; refused in one line if it is a link or not JSON."""
-        if self.local:
-            self._refuse_link(path)
+        self.files.refuse_link(path)
         try:
-            return json.loads(self._read_text(path))
+            return json.loads(self.files.read_text(path))
         except FileNotFoundError:
             return None
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise RunDirError(f"{path}: not a circuitray {what} (not JSON)") from None
 
-    def _read_text(self, path: str) -> str:
-        with self.fs.open_input_stream(path) as f:
-            return f.read().decode()
-
-    def _delete(self, path: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            self.fs.delete_file(path)
-
     def _put(self, path: str, write) -> None:
-        """Make ``path`` appear whole: temp file + rename locally, one PUT remotely."""
-        directory = path.rsplit("/", 1)[0]
-        if self.local:
-            self.fs.create_dir(directory, recursive=True)
-            name = path.rsplit("/", 1)[1]
-            tmp = f"{directory}/.{name}.{uuid.uuid4().hex}.tmp"
-            write(tmp)
-            _fsync(tmp)  # the data is on disk before the name says it is there
-            os.replace(tmp, path)
-            _fsync(directory)  # and the rename itself survives a power loss
-        else:
-            self.check_lease()  # a driver that lost its lease writes nothing more
-            write(path)
+        """Make ``path`` appear whole (:meth:`Files.put`: temp file + rename locally,
+        one PUT remotely); a driver that lost its lease writes nothing more."""
+        self.check_lease()
+        self.files.put(path, write)
 
     def _put_text(self, path: str, text: str) -> None:
         def write(p: str) -> None:
@@ -328,18 +272,16 @@ class PartStore:
     @property
     def meta_path(self) -> Path | str:
         """The folder's JSON description (``run.json``, ``intervention.json``)."""
-        if isinstance(self.root, Path):
-            return self.root / self.meta_file
-        return f"{self.root}/{self.meta_file}"
+        return self.files.child(self.meta_file)
 
     def exists(self) -> bool:
-        return self._exists(self._path(self.meta_file))
+        return self.files.exists(self._path(self.meta_file))
 
     def read_meta(self) -> dict:
         if not self.exists():
             raise RunDirError(f"{self.root}: not a {self.kind} (no {self.meta_file})")
         try:
-            return json.loads(self._read_text(self._path(self.meta_file)))
+            return json.loads(self.files.read_text(self._path(self.meta_file)))
         except json.JSONDecodeError as e:
             raise RunDirError(f"{self.meta_path}: corrupt {self.meta_file} ({e.msg})") from None
 
@@ -356,27 +298,8 @@ class PartStore:
         renewed every ``lease_s / 4`` s; a lease not renewed for ``lease_s`` (a killed
         driver) can be taken over, and a driver whose lease was taken stops writing.
         """
-        if not self.local:
-            return self._acquire_lease()
-        Path(self.base).mkdir(parents=True, exist_ok=True)
         self.check_confined()
-        # O_NOFOLLOW: a link put there after the check is refused too, never truncated.
-        try:
-            fd = os.open(self._path(".lock"), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
-        except OSError as e:
-            raise RunDirError(
-                f"{self._path('.lock')}: cannot open the lock ({e.strerror})"
-            ) from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise RunDirError(
-                f"{self.root}: another circuitray driver is using this run folder"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self._lock_fd = fd
+        self._lock = self.files.lock(self.lease_s)
 
     def start_session(self, meta: dict) -> str:
         """Fence the folder for a new driver session (:meth:`fence`), then mark
@@ -414,11 +337,9 @@ class PartStore:
         the head of the manifest is read, where :meth:`fence` writes the session; a
         manifest laid out otherwise is read and validated whole."""
         path = self._path(MANIFEST)
-        if self.local:
-            self._refuse_link(path)
+        self.files.refuse_link(path)
         try:
-            with self.fs.open_input_stream(path) as f:
-                head = f.read(MANIFEST_HEAD_BYTES).decode(errors="replace")
+            head = self.files.read_head(path, MANIFEST_HEAD_BYTES)
         except FileNotFoundError:
             return None
         match = MANIFEST_HEAD.match(head)
@@ -479,45 +400,28 @@ class PartStore:
         opened as an intervention folder, or the reverse): they share lock and
         compaction files."""
         for other in (RunStore, InterventionStore):
-            if other.meta_file != self.meta_file and self._exists(self._path(other.meta_file)):
+            if other.meta_file != self.meta_file and self.files.exists(self._path(other.meta_file)):
                 name = "a run" if other is RunStore else "an intervention"
                 raise RunDirError(f"{self.root}: is {name} folder; give a new --out folder")
-
-    def _acquire_lease(self) -> None:
-        scheme = str(self.root).split("://", 1)[0]
-        if scheme != "s3":
-            raise RunDirError(
-                f"{self.root}: circuitray locks object-store folders on s3:// only (S3 "
-                "conditional writes); write to an s3:// or local folder"
-            )
-        from circuitray.storage.lease import Lease
-
-        lease = Lease(str(self.root), self.base, lease_s=self.lease_s)
-        lease.acquire()
-        self._lease = lease
 
     def check_lease(self) -> None:
         """Raise :class:`circuitray.storage.lease.LeaseLostError` when this store held
         an object-store lease and lost it (a no-op otherwise)."""
-        if self._lease is not None:
-            self._lease.check()
+        if self._lock is not None:
+            self._lock.check()
 
     @property
     def locked(self) -> bool:
-        return self._lock_fd is not None or self._lease is not None
+        return self._lock is not None
 
     def release_lock(self) -> None:
-        if self._lock_fd is not None:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
-            os.close(self._lock_fd)
-            self._lock_fd = None
-        if self._lease is not None:
-            self._lease.release()  # removes the lease only while it is still ours
-            self._lease = None
+        if self._lock is not None:
+            self._lock.release()  # a lease is removed only while it is still ours
+            self._lock = None
 
     # -- parts ------------------------------------------------------------------
     def table_dir(self, table: str) -> Path | str:
-        return self.root / table if isinstance(self.root, Path) else f"{self.root}/{table}"
+        return self.files.child(table)
 
     def write_part(self, name: str, tables: dict[str, pa.Table]) -> None:
         """Write one part of every table, the commit table (graphs) last."""
@@ -550,7 +454,7 @@ class PartStore:
         return any(
             n.endswith((".parquet", PENDING))
             for t in self.tables
-            for n in self._names(self._path(t))
+            for n in self.files.names(self._path(t))
         )
 
     def committed_parts(self) -> list[str]:
@@ -558,7 +462,7 @@ class PartStore:
         (protocol step 3a), with a committed compaction's log applied."""
         parts = {
             n.removesuffix(".parquet")
-            for n in self._names(self._path(self.commit_table))
+            for n in self.files.names(self._path(self.commit_table))
             if n.endswith(".parquet") and not n.startswith(".")
         }
         m = self._manifest()
@@ -578,7 +482,7 @@ class PartStore:
     def part_files(self, table: str) -> list[str]:
         """Committed part files of ``table`` (orphans of a crash excluded), as paths
         of :attr:`fs`."""
-        names = set(self._names(self._path(table)))
+        names = set(self.files.names(self._path(table)))
         files = []
         for stem in self.committed_parts():
             if f"{stem}.parquet" in names:
@@ -654,7 +558,7 @@ class PartStore:
         nodes or edges file whose row count differs from what its graphs rows count.
         stem -> (that file, why)."""
         bad: dict[str, tuple[str, str]] = {}
-        names = {t: set(self._names(self._path(t))) for t in self.tables}
+        names = {t: set(self.files.names(self._path(t))) for t in self.tables}
         for stem in self.committed_parts() if stems is None else stems:
             expected: dict[str, int] = {}
             for table in self.tables[::-1]:  # the commit table first: it says the counts
@@ -704,7 +608,7 @@ class PartStore:
                 for table in self.tables[::-1]:  # the commit point first
                     for name in (f"{stem}.parquet", f"{stem}.parquet{PENDING}"):
                         src = self._path(table, name)
-                        if self._exists(src):
+                        if self.files.exists(src):
                             dst = self._path("quarantine", table, name)
                             self.fs.create_dir(dst.rsplit("/", 1)[0], recursive=True)
                             self.fs.move(src, dst)
@@ -730,10 +634,10 @@ class PartStore:
         committed = set(self.committed_parts())
         removed = 0
         for table in self.tables:
-            for n in self._names(self._path(table)):
+            for n in self.files.names(self._path(table)):
                 orphan = n.endswith(".parquet") and n.removesuffix(".parquet") not in committed
                 if n.endswith((".tmp", PENDING)) or orphan:
-                    self._delete(self._path(table, n))
+                    self.files.delete(self._path(table, n))
                     removed += 1
         return removed
 
@@ -838,16 +742,15 @@ class PartStore:
         for table in commit_first:
             for stem in log["new"]:
                 pending = self._path(table, f"{stem}.parquet{PENDING}")
-                if self._exists(pending):
+                if self.files.exists(pending):
                     self.fs.move(pending, self._path(table, f"{stem}.parquet"))
-            if self.local and self._exists(self._path(table)):
-                _fsync(self._path(table))
+            self.files.sync_dir(self._path(table))
         self._unseal(log["old"])  # the log already hides them from readers
         # Old commit parts first: once gone, their other tables' parts are orphans anyway.
         for table in commit_first:
             for stem in log["old"]:
-                self._delete(self._path(table, f"{stem}.parquet"))
-        self._delete(self._path("compaction.json"))
+                self.files.delete(self._path(table, f"{stem}.parquet"))
+        self.files.delete(self._path("compaction.json"))
 
 
 class RunStore(PartStore):
@@ -927,9 +830,9 @@ class RunStore(PartStore):
             if keep.num_rows == 0:
                 # Unseal, remove the commit point, then the (empty) orphan parts.
                 self._unseal([stem])
-                self._delete(f)
+                self.files.delete(f)
                 for table in ("nodes", "edges"):
-                    self._delete(self._path(table, f"{stem}.parquet"))
+                    self.files.delete(self._path(table, f"{stem}.parquet"))
             else:
                 self._put_parquet(f, keep)
         return dropped
@@ -977,7 +880,7 @@ class InterventionStore(PartStore):
             keep = t.filter(~pc.field("graph_id").isin(bad))
             if keep.num_rows == 0:
                 self._unseal([_stem(f)])
-                self._delete(f)
+                self.files.delete(f)
             else:
                 self._put_parquet(f, keep)
         return dropped

@@ -60,7 +60,7 @@ def test_drivers_racing_for_a_free_folder_never_both_win(s3):  # noqa: F811
         won = _race(stores)
         assert sum(won) == 1, won
         winner = stores[won.index(True)]
-        assert _lock(uri)["holder"] == winner._lease.holder
+        assert _lock(uri)["holder"] == winner._lock.holder
         winner.release_lock()
         assert _lock(uri) is None
 
@@ -105,7 +105,7 @@ def test_a_frozen_driver_loses_its_lease_stops_and_leaves_the_new_one(s3, tmp_pa
         time.sleep(4.0)  # longer than its lease
         second.acquire_lock()  # takes over the expired lease
         holder = _lock(uri)["holder"]
-        assert holder == second._lease.holder
+        assert holder == second._lock.holder
         second.write_meta({"status": "running", "by": "second"})
         first.send_signal(signal.SIGCONT)
         out, _ = first.communicate(timeout=30)
@@ -128,7 +128,7 @@ def test_a_lease_that_cannot_be_renewed_is_lost_and_stops_writes(s3):  # noqa: F
     store = RunStore(f"{s3}/unreachable")
     store.lease_s = 1.5
     store.acquire_lock()
-    lease = store._lease
+    lease = store._lock
     # The store becomes unreachable for this driver: its client points at a closed port.
     from circuitray.storage.lease import s3_client
 

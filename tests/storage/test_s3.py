@@ -61,7 +61,9 @@ def test_run_to_s3_exactly_once_and_queryable(s3, tmp_path):
     # Compacted at the end of the run: one object per table, nothing left over.
     for table in ("graphs", "nodes", "edges"):
         assert len(store.part_files(table)) == 1
-        assert [n for n in store._names(store._path(table)) if not n.endswith(".parquet")] == []
+        assert [
+            n for n in store.files.names(store._path(table)) if not n.endswith(".parquet")
+        ] == []
 
     stats = run_query("constraint_stats", [out]).to_pylist()
     assert sum(r["graphs"] for r in stats) == 16

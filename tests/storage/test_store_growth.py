@@ -160,13 +160,13 @@ def test_compaction_opens_each_part_a_bounded_number_of_times(tmp_path):
         store.write_part(f"part-{ids[0]:07d}-{ids[-1]:07d}", _part(ids))
     before = {t: store.read_table(t).sort_by(SORT_KEYS[t]) for t in store.tables}
     handler = _CountingHandler()
-    store.fs = pafs.PyFileSystem(handler)
+    store.files.fs = pafs.PyFileSystem(handler)
     stats = store.compact(rows_per_file=10)  # 200 graphs of one edge: 20 files of 10
     assert stats == {"parts_before": n_parts, "parts_after": 20}
     opened = len([p for p in handler.opened if "/part-" in p])
     # (+ 1 a table: the schema every slice is read with, from the first part)
     assert opened <= n_parts * (3 + 1 + 3 * 2) + 3, opened / n_parts
-    store.fs = pafs.LocalFileSystem()
+    store.files.fs = pafs.LocalFileSystem()
     for t in store.tables:
         after = store.read_table(t)
         assert after.equals(before[t]), t  # every row, in sorted order

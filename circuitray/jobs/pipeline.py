@@ -378,6 +378,50 @@ def _write_table(root: str, name: str, table: pa.Table) -> str:
     return uri
 
 
+def _prompt_file(pipeline: Pipeline, out_root: str, *, n: int | None, seed: int | None) -> str:
+    """The prompt file the pipeline's runs read: its ``file``, or its ws2 set (``n`` and
+    ``seed`` override the pipeline's) written once next to the runs ("" without runs)."""
+    remote = "://" in out_root
+    if not pipeline.runs:
+        return ""
+    if "file" in pipeline.prompts:
+        return str(pipeline.prompts["file"])
+    ws2 = dict(pipeline.prompts["ws2"] or {})
+    ws2.update({k: v for k, v in {"n": n, "seed": seed}.items() if v is not None})
+    local_root = circuitray_home() / "pipelines" / pipeline.name if remote else Path(out_root)
+    prompts_path = local_root / f"prompts-n{ws2.get('n')}-s{ws2.get('seed', 0)}.parquet"
+    if not prompts_path.exists():
+        try:
+            rows = generate_ws2(**ws2)
+        except TypeError as e:
+            raise CircuitrayError(f"{pipeline.path}: prompts.ws2: {e}") from None
+        write_prompts(rows, prompts_path)
+    return str(prompts_path)
+
+
+def _query_tables(pipeline: Pipeline, dirs: dict[str, str]) -> dict[str, pa.Table]:
+    """The pipeline's named queries and comparisons over its run folders ``dirs``, by
+    label."""
+    tables: dict[str, pa.Table] = {}
+    for q in pipeline.queries:
+        names = q.get("runs") or pipeline.names()
+        params = {k: str(v) for k, v in (q.get("params") or {}).items()}
+        label = q.get("label") or f"{q['name']}-{'-'.join(names)}"
+        tables[label] = run_query(q["name"], [dirs[n] for n in names], params=params)
+    for c in pipeline.compare:
+        opts = {k: v for k, v in c.items() if k in {f.name for f in fields(CompareConfig)}}
+        if "metrics" in opts:
+            opts["metrics"] = tuple(opts["metrics"])
+        config = CompareConfig(**opts)
+        if "run" in c:
+            label = c.get("label") or f"compare-{c['run']}-by-{config.by}"
+            tables[label] = compare_groups(dirs[c["run"]], config=config)
+        else:
+            label = c.get("label") or f"compare-{c['baseline']}-vs-{c['candidate']}"
+            tables[label] = compare_runs(dirs[c["baseline"]], dirs[c["candidate"]], config=config)
+    return tables
+
+
 def run_pipeline(
     pipeline: Pipeline,
     *,
@@ -393,23 +437,7 @@ def run_pipeline(
     remote = "://" in out_root
     if remote and (pipeline.finetune or pipeline.series):
         raise CircuitrayError(f"{pipeline.path}: finetune and series steps write local folders")
-    prompts = ""
-    if not pipeline.runs:
-        pass
-    elif "file" in pipeline.prompts:
-        prompts = str(pipeline.prompts["file"])
-    else:
-        ws2 = dict(pipeline.prompts["ws2"] or {})
-        ws2.update({k: v for k, v in {"n": n, "seed": seed}.items() if v is not None})
-        local_root = circuitray_home() / "pipelines" / pipeline.name if remote else Path(out_root)
-        prompts_path = local_root / f"prompts-n{ws2.get('n')}-s{ws2.get('seed', 0)}.parquet"
-        if not prompts_path.exists():
-            try:
-                rows = generate_ws2(**ws2)
-            except TypeError as e:
-                raise CircuitrayError(f"{pipeline.path}: prompts.ws2: {e}") from None
-            write_prompts(rows, prompts_path)
-        prompts = str(prompts_path)
+    prompts = _prompt_file(pipeline, out_root, n=n, seed=seed)
 
     results: dict[str, RunResult] = {}
     dirs: dict[str, str] = {}
@@ -446,22 +474,7 @@ def run_pipeline(
         logger.info("pipeline %s: interventions %s -> %s", pipeline.name, step["name"], out)
         intervene(config, on_progress=on_progress)
         tables[f"intervention_effects-{step['name']}"] = run_query("intervention_effects", [out])
-    for q in pipeline.queries:
-        names = q.get("runs") or pipeline.names()
-        params = {k: str(v) for k, v in (q.get("params") or {}).items()}
-        label = q.get("label") or f"{q['name']}-{'-'.join(names)}"
-        tables[label] = run_query(q["name"], [dirs[n] for n in names], params=params)
-    for c in pipeline.compare:
-        opts = {k: v for k, v in c.items() if k in {f.name for f in fields(CompareConfig)}}
-        if "metrics" in opts:
-            opts["metrics"] = tuple(opts["metrics"])
-        config = CompareConfig(**opts)
-        if "run" in c:
-            label = c.get("label") or f"compare-{c['run']}-by-{config.by}"
-            tables[label] = compare_groups(dirs[c["run"]], config=config)
-        else:
-            label = c.get("label") or f"compare-{c['baseline']}-vs-{c['candidate']}"
-            tables[label] = compare_runs(dirs[c["baseline"]], dirs[c["candidate"]], config=config)
+    tables.update(_query_tables(pipeline, dirs))
     for label, table in tables.items():
         _write_table(out_root, label, table)
     if pipeline.report is not None:

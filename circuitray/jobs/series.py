@@ -171,23 +171,9 @@ def _write_json(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
-def run_series(config: SeriesConfig, *, on_progress: Progress | None = None) -> SeriesResult:
-    """Run every chosen checkpoint of ``config.manifest`` into ``config.out`` (module
-    docstring). ``on_progress`` is passed to each run."""
-    file = manifest_file(config.manifest)
-    manifest = read_manifest(file)
-    checkpoints = manifest["checkpoints"]
-    if config.steps is not None:
-        known = {c["step"] for c in checkpoints}
-        missing = sorted(set(config.steps) - known)
-        if missing:
-            raise CircuitrayError(
-                f"{file}: no checkpoint at step {missing[0]} (steps: {sorted(known)})"
-            )
-        checkpoints = [c for c in checkpoints if c["step"] in set(config.steps)]
-    transcoders = config.transcoders or manifest.get("transcoders")
-    if not transcoders:
-        raise CircuitrayError(f"{file}: names no transcoders; give --transcoders")
+def _checkpoint_paths(file: Path, checkpoints: list[dict]) -> dict[int, str]:
+    """Each checkpoint's model, by step: a hub id as given, else its HF folder (which
+    must exist)."""
     paths: dict[int, str] = {}
     for c in checkpoints:
         if c.get("hub"):  # the base, by hub id: loaded as any hub model
@@ -197,7 +183,13 @@ def run_series(config: SeriesConfig, *, on_progress: Progress | None = None) -> 
         if not (path / "config.json").exists():
             raise CircuitrayError(f"{file}: checkpoint step {c['step']}: no HF folder at {path}")
         paths[c["step"]] = str(path)
-    out = Path(config.out)
+    return paths
+
+
+def _series_prompts(config: SeriesConfig, manifest: dict, file: Path, out: Path) -> Path:
+    """The prompt file every step's run reads: ``config.prompts``, or the manifest's
+    held-out prompts written once as ``out/prompts.parquet`` (a rerun with other
+    prompts is refused)."""
     if config.prompts is not None:
         prompts = Path(config.prompts)
         if not prompts.is_file():
@@ -216,6 +208,29 @@ def run_series(config: SeriesConfig, *, on_progress: Progress | None = None) -> 
                 "use a new folder"
             )
         os.replace(fresh, prompts)
+    return prompts
+
+
+def run_series(config: SeriesConfig, *, on_progress: Progress | None = None) -> SeriesResult:
+    """Run every chosen checkpoint of ``config.manifest`` into ``config.out`` (module
+    docstring). ``on_progress`` is passed to each run."""
+    file = manifest_file(config.manifest)
+    manifest = read_manifest(file)
+    checkpoints = manifest["checkpoints"]
+    if config.steps is not None:
+        known = {c["step"] for c in checkpoints}
+        missing = sorted(set(config.steps) - known)
+        if missing:
+            raise CircuitrayError(
+                f"{file}: no checkpoint at step {missing[0]} (steps: {sorted(known)})"
+            )
+        checkpoints = [c for c in checkpoints if c["step"] in set(config.steps)]
+    transcoders = config.transcoders or manifest.get("transcoders")
+    if not transcoders:
+        raise CircuitrayError(f"{file}: names no transcoders; give --transcoders")
+    paths = _checkpoint_paths(file, checkpoints)
+    out = Path(config.out)
+    prompts = _series_prompts(config, manifest, file, out)
     meta = _series_meta(config, manifest, prompts)
     # Runs are listed once they exist, so a series stopped half-way is readable, and a
     # rerun over some steps keeps the others.

@@ -41,7 +41,7 @@ from circuitray.outputs.export import _finite, _write_atomic
 from circuitray.outputs.viewer import SLUG
 
 if TYPE_CHECKING:
-    from circuit_tracer.frontend.graph_models import Model
+    from circuit_tracer.frontend.graph_models import Model, Node
 
 logger = logging.getLogger(__name__)
 
@@ -176,19 +176,10 @@ def _labels(runs: list[str], keys: set[tuple[int, int]]) -> dict[tuple[int, int]
     return {(layer, feature): label for layer, feature, label in rows}
 
 
-def _group_graph(
-    nodes: list[dict], edges: list[dict], labels: dict, *, slug: str, prompt: str
-) -> tuple[Model, dict[tuple, str]]:
-    """circuit-tracer's frontend ``Model`` of one group's consensus circuit, and each
-    node key's node id in it (module docstring, steps 3-4)."""
-    from circuit_tracer.frontend.graph_models import Metadata, Model, Node, QParams
-
-    length = 1 - min((n["at_pos_from_end"] for n in nodes), default=0)
-    last = length - 1
-    tokens = [""] * length
-    for pos_from_end, token in consensus_tokens(nodes).items():
-        tokens[last + pos_from_end] = token
-    # circuit-tracer's influence is cumulative (smaller is more important).
+def _cumulative_influence(nodes: list[dict]) -> dict[tuple, float]:
+    """Each non-logit node's cumulative influence share, as circuit-tracer's viewer
+    reads it (smaller is more important): the running sum of the mean influences in
+    descending order over their total."""
     ranked = sorted(
         (n for n in nodes if n["node_type"] != "logit"), key=lambda n: -(n["influence"] or 0.0)
     )
@@ -197,6 +188,69 @@ def _group_graph(
     for n in ranked:
         running += max(n["influence"] or 0.0, 0.0)
         cumulative[consensus_key(n)] = min(running / total, 1.0)
+    return cumulative
+
+
+def _viewer_node(
+    n: dict,
+    *,
+    last: int,
+    influence: float,
+    label: str | None,
+    supernode_index: int,
+    is_target: bool,
+    n_layers: int,
+) -> Node:
+    """The viewer ``Node`` of one consensus node ``n`` (its kind's constructor; a
+    feature's or supernode's label carries the share of graphs that hold it)."""
+    from circuit_tracer.frontend.graph_models import Node
+
+    kind, pos = n["node_type"], last + n["at_pos_from_end"]
+    share = f"[{n['share']:.0%}]"
+    if kind == "feature":
+        node = Node.feature_node(
+            n["layer"], pos, n["feature"], influence=influence, activation=n["mean_activation"]
+        )
+        node.clerp = f"{share} {label}" if label else share
+        return node
+    if kind == "supernode":
+        return Node(
+            node_id=f"{n['at_layer']}_S{supernode_index}_{pos}",
+            feature=-1,
+            layer=str(n["at_layer"]),
+            ctx_idx=pos,
+            feature_type="cross layer transcoder",
+            influence=influence,
+            activation=n["mean_activation"],
+            clerp=f"{share} supernode {n['supernode']}",
+        )
+    if kind == "error":
+        return Node.error_node(n["layer"], pos, influence=influence)
+    if kind == "token":
+        return Node.token_node(pos, n["token_id"] or 0, influence=influence)
+    return Node.logit_node(
+        pos=last,
+        vocab_idx=n["token_id"] or 0,
+        token=n["token"] or "",
+        target_logit=is_target,
+        token_prob=n["mean_logit_prob"] or 0.0,
+        num_layers=n_layers,
+    )
+
+
+def _group_graph(
+    nodes: list[dict], edges: list[dict], labels: dict, *, slug: str, prompt: str
+) -> tuple[Model, dict[tuple, str]]:
+    """circuit-tracer's frontend ``Model`` of one group's consensus circuit, and each
+    node key's node id in it (module docstring, steps 3-4)."""
+    from circuit_tracer.frontend.graph_models import Metadata, Model, QParams
+
+    length = 1 - min((n["at_pos_from_end"] for n in nodes), default=0)
+    last = length - 1
+    tokens = [""] * length
+    for pos_from_end, token in consensus_tokens(nodes).items():
+        tokens[last + pos_from_end] = token
+    cumulative = _cumulative_influence(nodes)
     logits = [n for n in nodes if n["node_type"] == "logit"]
     n_layers = max((n["at_layer"] for n in logits), default=0)
     target = max(logits, key=lambda n: n["share"] * (n["mean_logit_prob"] or 0.0), default=None)
@@ -207,44 +261,18 @@ def _group_graph(
     # Features first: an error node's id "0_<layer>_<pos>" can equal a layer-0
     # feature's "<layer>_<feature>_<pos>"; the feature keeps the id the viewer parses.
     for n in sorted(nodes, key=lambda n: n["node_type"] != "feature"):
-        kind, key = n["node_type"], consensus_key(n)
-        pos = last + n["at_pos_from_end"]
-        share = f"[{n['share']:.0%}]"
-        if kind == "feature":
-            node = Node.feature_node(
-                n["layer"],
-                pos,
-                n["feature"],
-                influence=cumulative[key],
-                activation=n["mean_activation"],
-            )
-            label = labels.get((n["layer"], n["feature"]))
-            node.clerp = f"{share} {label}" if label else share
-        elif kind == "supernode":
+        key = consensus_key(n)
+        if n["node_type"] == "supernode":
             supernode_index += 1
-            node = Node(
-                node_id=f"{n['at_layer']}_S{supernode_index}_{pos}",
-                feature=-1,
-                layer=str(n["at_layer"]),
-                ctx_idx=pos,
-                feature_type="cross layer transcoder",
-                influence=cumulative[key],
-                activation=n["mean_activation"],
-                clerp=f"{share} supernode {n['supernode']}",
-            )
-        elif kind == "error":
-            node = Node.error_node(n["layer"], pos, influence=cumulative[key])
-        elif kind == "token":
-            node = Node.token_node(pos, n["token_id"] or 0, influence=cumulative[key])
-        else:
-            node = Node.logit_node(
-                pos=last,
-                vocab_idx=n["token_id"] or 0,
-                token=n["token"] or "",
-                target_logit=n is target,
-                token_prob=n["mean_logit_prob"] or 0.0,
-                num_layers=n_layers,
-            )
+        node = _viewer_node(
+            n,
+            last=last,
+            influence=cumulative.get(key, 0.0),
+            label=labels.get((n["layer"], n["feature"])) if n["node_type"] == "feature" else None,
+            supernode_index=supernode_index,
+            is_target=n is target,
+            n_layers=n_layers,
+        )
         if node.node_id in taken:  # circuit-tracer's error and feature ids can clash
             node.node_id = node.jsNodeId = f"{node.node_id}_{len(out_nodes)}"
         taken.add(node.node_id)

@@ -56,14 +56,22 @@ import shutil
 import tempfile
 import time
 import uuid
-from dataclasses import asdict, replace
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from circuitray.errors import CircuitrayError, RunDirError
 from circuitray.finetune.config import FinetuneConfig
 from circuitray.finetune.manifest import MANIFEST, write_manifest
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from circuitray.finetune.data import TrainingData
+    from circuitray.finetune.train_lm import TrainingLog
 
 logger = logging.getLogger(__name__)
 
@@ -168,15 +176,61 @@ def finetune_on_ray(
             a later call with the same ``storage_path`` and ``name`` resumes it.
         max_failures: Worker-group failures retried from the last checkpoint.
     """
-    from circuitray.cluster import connect, forwarded_env
-    from circuitray.finetune.data import load_data
+    from circuitray.cluster import connect
     from circuitray.finetune.manifest import read_manifest
-    from circuitray.models.loading import ModelSpec, check_model_available
 
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     if max_failures < 0:
         raise ValueError(f"max_failures must be >= 0, got {max_failures}")
+    job = _resolve(config, workers=workers, use_gpu=use_gpu, storage_path=storage_path, name=name)
+
+    import ray
+    import ray.train.torch  # Ray Train's modules load before Ray starts
+
+    with _locked(job.out):
+        _check_same_finetune(job.out, job.config, job.ray_train)  # under the lock: no race
+        token = _take_over(job.out)
+        started = connect(address, local_cpus=max(os.cpu_count() or 1, workers))
+        try:
+            _fit(job, token, use_gpu=use_gpu, max_failures=max_failures)
+        finally:
+            if started:
+                ray.shutdown()
+    return read_manifest(job.out)
+
+
+@dataclass(frozen=True)
+class _Job:
+    """What the driver resolved (module docstring, step 1).
+
+    Attributes:
+        config: The fine-tune, its ``out`` made absolute.
+        out: That folder.
+        refs: The base model's and transcoders' references (``ModelSpec.resolved``).
+        ray_train: The Ray Train run (``workers``, ``storage_path``, ``name``), as the
+            manifest records it.
+    """
+
+    config: FinetuneConfig
+    out: Path
+    refs: dict
+    ray_train: dict
+
+
+def _resolve(
+    config: FinetuneConfig,
+    *,
+    workers: int,
+    use_gpu: bool,
+    storage_path: str | None,
+    name: str | None,
+) -> _Job:
+    """Step 1 before the lock: check the device, resolve the base and transcoders and
+    read the data once, so a bad reference fails in one line before Ray starts."""
+    from circuitray.finetune.data import load_data
+    from circuitray.models.loading import ModelSpec, check_model_available
+
     wanted_device = "cuda" if use_gpu else "cpu"
     if config.device is not None and config.device != wanted_device:
         raise CircuitrayError(
@@ -194,10 +248,23 @@ def finetune_on_ray(
     storage = storage_path or str(out / ".ray_train")
     if not _is_uri(storage):
         storage = str(Path(storage).expanduser().resolve())
-    name = name or DEFAULT_NAME
-    ray_train = {"workers": workers, "storage_path": storage, "name": name}
+    ray_train = {"workers": workers, "storage_path": storage, "name": name or DEFAULT_NAME}
+    return _Job(config=config, out=out, refs=refs, ray_train=ray_train)
 
-    import ray
+
+def _take_over(out: Path) -> str:
+    """Write a fresh fence token to ``<out>/.ray_train.owner`` (atomically); the token."""
+    token = uuid.uuid4().hex
+    owner = out / OWNER
+    tmp = owner.with_name(f"{OWNER}.tmp")
+    tmp.write_text(token + "\n")
+    os.replace(tmp, owner)
+    return token
+
+
+def _fit(job: _Job, token: str, *, use_gpu: bool, max_failures: int) -> None:
+    """Run the Ray Train job (steps 2-4) to its end, with ``out``'s staging folder
+    emptied before and after."""
     from ray.train import (
         CheckpointConfig,
         FailureConfig,
@@ -207,47 +274,36 @@ def finetune_on_ray(
     )
     from ray.train.torch import TorchTrainer
 
-    with _locked(out):
-        _check_same_finetune(out, config, ray_train)  # under the lock: no race
-        token = uuid.uuid4().hex
-        owner = out / OWNER
-        tmp = owner.with_name(f"{OWNER}.tmp")
-        tmp.write_text(token + "\n")
-        os.replace(tmp, owner)
-        started = connect(address, local_cpus=max(os.cpu_count() or 1, workers))
-        env = forwarded_env()
-        try:
-            trainer = TorchTrainer(
-                _train_loop,
-                train_loop_config={
-                    "config": _jsonable(config),
-                    "refs": refs,
-                    "token": token,
-                    "ray_train": ray_train,
-                },
-                scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu),
-                run_config=RunConfig(
-                    name=name,
-                    storage_path=storage,
-                    failure_config=FailureConfig(max_failures=max_failures),
-                    # The last checkpoint is all a resume needs.
-                    checkpoint_config=CheckpointConfig(num_to_keep=1),
-                    worker_runtime_env={"env_vars": env} if env else None,
-                ),
-            )
-            # What killed workers of earlier drivers left staged (this driver holds
-            # the lock and the fence: they write nothing more).
-            shutil.rmtree(out / STAGING, ignore_errors=True)
-            try:
-                trainer.fit()
-            except TrainingFailedError as e:
-                raise CircuitrayError(f"fine-tune on Ray failed: {_failure_line(e)}") from None
-            finally:
-                shutil.rmtree(out / STAGING, ignore_errors=True)
-        finally:
-            if started:
-                ray.shutdown()
-    return read_manifest(out)
+    from circuitray.cluster import forwarded_env
+
+    env = forwarded_env()
+    trainer = TorchTrainer(
+        _train_loop,
+        train_loop_config={
+            "config": _jsonable(job.config),
+            "refs": job.refs,
+            "token": token,
+            "ray_train": job.ray_train,
+        },
+        scaling_config=ScalingConfig(num_workers=job.ray_train["workers"], use_gpu=use_gpu),
+        run_config=RunConfig(
+            name=job.ray_train["name"],
+            storage_path=job.ray_train["storage_path"],
+            failure_config=FailureConfig(max_failures=max_failures),
+            # The last checkpoint is all a resume needs.
+            checkpoint_config=CheckpointConfig(num_to_keep=1),
+            worker_runtime_env={"env_vars": env} if env else None,
+        ),
+    )
+    # What killed workers of earlier drivers left staged (this driver holds the lock
+    # and the fence: they write nothing more).
+    shutil.rmtree(job.out / STAGING, ignore_errors=True)
+    try:
+        trainer.fit()
+    except TrainingFailedError as e:
+        raise CircuitrayError(f"fine-tune on Ray failed: {_failure_line(e)}") from None
+    finally:
+        shutil.rmtree(job.out / STAGING, ignore_errors=True)
 
 
 def _train_loop(loop_config: dict) -> None:
@@ -256,156 +312,45 @@ def _train_loop(loop_config: dict) -> None:
     import ray.train.torch
 
     from circuitray.finetune.data import load_data
-    from circuitray.finetune.evaluate import load_transcoders
-    from circuitray.finetune.local import (
-        base_reference,
-        checkpoint_entry,
-        checkpoint_name,
-        load_trainable,
-        manifest_header,
-    )
-    from circuitray.finetune.lora import merged_copy
+    from circuitray.finetune.local import load_trainable
     from circuitray.finetune.schedule import checkpoint_steps
-    from circuitray.finetune.train_lm import TrainingLog, train_lm
-    from circuitray.models.artifacts import save_hf_model
+    from circuitray.finetune.train_lm import train_lm
 
     config = _config_from(loop_config["config"])
-    refs = loop_config["refs"]
-    out = Path(config.out)
     ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    rank = ctx.get_world_rank()
     if config.threads:
         torch.set_num_threads(config.threads)
     device = ray.train.torch.get_device()
-    lora = config.method == "lora"
-
     data = load_data(config)
     # On the CPU: prepare_model moves it to the worker's device below.
-    model, tokenizer = load_trainable(config, refs["model_path"])
-
+    model, tokenizer = load_trainable(config, loop_config["refs"]["model_path"])
     resume: dict | None = None
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
-            resume = _load_checkpoint(model, Path(d), rank=rank, lora=lora)
+            resume = _load_checkpoint(model, Path(d), rank=rank, lora=config.method == "lora")
     wrapped = ray.train.torch.prepare_model(model)  # moves ``model`` to ``device`` in place
-
-    def fence() -> None:
-        try:
-            current = (out / OWNER).read_text().strip()
-        except FileNotFoundError:
-            current = None
-        if current != loop_config["token"]:
-            raise RunDirError(f"{out}: another fine-tune driver took over this folder")
-
     steps = checkpoint_steps(
         steps=config.steps,
         k=config.checkpoints,
         first=config.first_checkpoint,
         spacing=config.spacing,
     )
-    wanted = set(steps)
-    examples_per_step = config.batch_size * world
-    manifest: dict = {}
-    transcoders = None
+    worker = _Worker(
+        loop_config=loop_config,
+        config=config,
+        rank=rank,
+        world=ctx.get_world_size(),
+        device=device,
+        model=model,
+        tokenizer=tokenizer,
+        data=data,
+        wanted=set(steps),
+        last_loss_at=resume["step"] if resume is not None else 0,
+    )
     if rank == 0:
-        transcoders = load_transcoders(
-            refs["transcoders"], cache_dir=refs["transcoder_cache_dir"], device=str(device)
-        )
-        if resume is None:
-            manifest = {
-                **manifest_header(loop_config["config"], refs, data, str(device)),
-                "ray_train": loop_config["ray_train"],
-                "resumed_from": [],
-                "checkpoints": [],
-            }
-        else:
-            try:
-                manifest = json.loads((out / MANIFEST).read_text())
-            except (OSError, ValueError) as e:
-                raise RunDirError(
-                    f"{out / MANIFEST}: cannot resume the Ray Train run "
-                    f"({str(e).splitlines()[0]}); remove {loop_config['ray_train']['storage_path']}"
-                    " to start over"
-                ) from None
-            at = resume["step"]
-            manifest["checkpoints"] = [c for c in manifest["checkpoints"] if c["step"] <= at]
-            manifest["resumed_from"] = [*manifest.get("resumed_from", []), at]
-            manifest["ray_train"] = loop_config["ray_train"]
-            fence()
-            write_manifest(out, manifest)
-            logger.info("resuming the fine-tune from step %d", at)
-
-    def record(step: int, path: str, train_loss: float | None, t: float, merged) -> None:
-        manifest["checkpoints"].append(
-            checkpoint_entry(
-                step,
-                path,
-                examples_seen=step * examples_per_step,
-                train_loss=train_loss,
-                merged=merged,
-                tokenizer=tokenizer,
-                heldout_rows=data.heldout_rows,
-                transcoders=transcoders,
-                started=t,
-            )
-        )
-        fence()
-        write_manifest(out, manifest)
-
-    if rank == 0 and resume is None and 0 in wanted:
-        base = base_reference(refs["model_path"])
-        t = time.perf_counter()
-        record(0, base, None, t, merged_copy(model))
-        if not Path(base).exists():  # a hub id: no folder to point at
-            manifest["checkpoints"][0]["hub"] = True
-            write_manifest(out, manifest)
-
-    last_loss_at = resume["step"] if resume is not None else 0
-
-    def mean_loss(losses: list[float]) -> float | None:
-        """The mean of every worker's mean loss over ``losses``' steps."""
-        if not losses:
-            return None
-        mean = torch.tensor([sum(losses) / len(losses)], dtype=torch.float64, device=device)
-        if world > 1:
-            torch.distributed.all_reduce(mean)
-            mean /= world
-        return float(mean.item())
-
-    def on_step(step: int, log: TrainingLog, state) -> None:
-        nonlocal last_loss_at
-        if step not in wanted:
-            return
-        t = time.perf_counter()
-        train_loss = mean_loss(log.losses[last_loss_at:step])
-        last_loss_at = step
-        s = state()
-        # Inside the run folder, never the machine's temp folder: a worker killed
-        # between here and the report leaves it there, and the next driver removes it.
-        # A folder of its own, as a killed driver's workers may still be staging.
-        (out / STAGING).mkdir(exist_ok=True)
-        d = Path(tempfile.mkdtemp(dir=out / STAGING, prefix=f"rank-{rank}-"))
-        try:
-            if rank == 0:
-                fence()
-                name = checkpoint_name(step)
-                merged = merged_copy(model)
-                save_hf_model(merged, tokenizer, out / name)
-                record(step, name, train_loss, t, merged)
-                del merged
-                torch.save(_weights(model, lora=lora), d / "weights.pt")
-                trainer = {k: v for k, v in s.items() if k not in ("generator", "log")}
-                torch.save({**trainer, "config": loop_config["config"]}, d / "trainer.pt")
-            torch.save({"generator": s["generator"], "log": s["log"]}, d / f"rank-{rank}.pt")
-            ray.train.report(
-                {"step": step, "train_loss": train_loss},
-                checkpoint=ray.train.Checkpoint.from_directory(str(d)),
-                checkpoint_dir_name=checkpoint_name(step),
-            )
-        finally:
-            shutil.rmtree(d, ignore_errors=True)
-
+        worker.open_manifest(resume)
     train_lm(
         wrapped,  # type: ignore[arg-type]  # DDP forwards the HF call and its output
         tokenizer,
@@ -417,9 +362,178 @@ def _train_loop(loop_config: dict) -> None:
         max_len=config.max_len,
         weight_decay=config.weight_decay,
         warmup=config.warmup,
-        on_step=on_step,
+        on_step=worker.on_step,
         resume=resume,
     )
+
+
+@dataclass
+class _Worker:
+    """What one Ray Train worker's checkpoint steps need (steps 3-4); rank 0 alone
+    holds the transcoders and the manifest.
+
+    Attributes:
+        loop_config: What the driver passed (``config`` as JSON, ``refs``, the fence
+            ``token``, ``ray_train``).
+        wanted: The checkpoint steps.
+        last_loss_at: The step up to which losses went into a checkpoint's mean.
+    """
+
+    loop_config: dict
+    config: FinetuneConfig
+    rank: int
+    world: int
+    device: torch.device
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    data: TrainingData
+    wanted: set[int]
+    last_loss_at: int
+    transcoders: Any = None
+    manifest: dict = field(default_factory=dict)
+
+    @property
+    def out(self) -> Path:
+        return Path(self.config.out)
+
+    def fence(self) -> None:
+        """Stop if another driver has taken ``out`` over (module docstring)."""
+        try:
+            current = (self.out / OWNER).read_text().strip()
+        except FileNotFoundError:
+            current = None
+        if current != self.loop_config["token"]:
+            raise RunDirError(f"{self.out}: another fine-tune driver took over this folder")
+
+    def open_manifest(self, resume: dict | None) -> None:
+        """Rank 0: load the transcoders; start the manifest (with step 0 when it is a
+        checkpoint), or on resume keep its entries up to the resumed step (step 4)."""
+        from circuitray.finetune.evaluate import load_transcoders
+        from circuitray.finetune.local import manifest_header
+
+        refs = self.loop_config["refs"]
+        self.transcoders = load_transcoders(
+            refs["transcoders"], cache_dir=refs["transcoder_cache_dir"], device=str(self.device)
+        )
+        if resume is not None:
+            self._resume_manifest(resume["step"])
+            return
+        self.manifest = {
+            **manifest_header(self.loop_config["config"], refs, self.data, str(self.device)),
+            "ray_train": self.loop_config["ray_train"],
+            "resumed_from": [],
+            "checkpoints": [],
+        }
+        if 0 in self.wanted:
+            self._record_base()
+
+    def _resume_manifest(self, at: int) -> None:
+        out = self.out
+        try:
+            manifest = json.loads((out / MANIFEST).read_text())
+        except (OSError, ValueError) as e:
+            raise RunDirError(
+                f"{out / MANIFEST}: cannot resume the Ray Train run "
+                f"({str(e).splitlines()[0]}); remove "
+                f"{self.loop_config['ray_train']['storage_path']} to start over"
+            ) from None
+        manifest["checkpoints"] = [c for c in manifest["checkpoints"] if c["step"] <= at]
+        manifest["resumed_from"] = [*manifest.get("resumed_from", []), at]
+        manifest["ray_train"] = self.loop_config["ray_train"]
+        self.manifest = manifest
+        self.fence()
+        write_manifest(out, manifest)
+        logger.info("resuming the fine-tune from step %d", at)
+
+    def _record_base(self) -> None:
+        from circuitray.finetune.local import base_reference
+        from circuitray.finetune.lora import merged_copy
+
+        base = base_reference(self.loop_config["refs"]["model_path"])
+        t = time.perf_counter()
+        self.record(0, base, None, t, merged_copy(self.model))
+        if not Path(base).exists():  # a hub id: no folder to point at
+            self.manifest["checkpoints"][0]["hub"] = True
+            write_manifest(self.out, self.manifest)
+
+    def record(
+        self, step: int, path: str, train_loss: float | None, t: float, merged: PreTrainedModel
+    ) -> None:
+        """Rank 0: evaluate a checkpoint into the manifest and write it (fenced)."""
+        from circuitray.finetune.local import checkpoint_entry
+
+        self.manifest["checkpoints"].append(
+            checkpoint_entry(
+                step,
+                path,
+                examples_seen=step * self.config.batch_size * self.world,
+                train_loss=train_loss,
+                merged=merged,
+                tokenizer=self.tokenizer,
+                heldout_rows=self.data.heldout_rows,
+                transcoders=self.transcoders,
+                started=t,
+            )
+        )
+        self.fence()
+        write_manifest(self.out, self.manifest)
+
+    def mean_loss(self, losses: list[float]) -> float | None:
+        """The mean of every worker's mean loss over ``losses``' steps."""
+        if not losses:
+            return None
+        mean = torch.tensor([sum(losses) / len(losses)], dtype=torch.float64, device=self.device)
+        if self.world > 1:
+            torch.distributed.all_reduce(mean)
+            mean /= self.world
+        return float(mean.item())
+
+    def on_step(self, step: int, log: TrainingLog, state: Callable[[], dict]) -> None:
+        """``train_lm``'s callback: at a checkpoint step, step 3."""
+        import ray.train
+
+        from circuitray.finetune.local import checkpoint_name
+
+        if step not in self.wanted:
+            return
+        t = time.perf_counter()
+        train_loss = self.mean_loss(log.losses[self.last_loss_at : step])
+        self.last_loss_at = step
+        s = state()
+        # Inside the run folder, never the machine's temp folder: a worker killed
+        # between here and the report leaves it there, and the next driver removes it.
+        # A folder of its own, as a killed driver's workers may still be staging.
+        (self.out / STAGING).mkdir(exist_ok=True)
+        d = Path(tempfile.mkdtemp(dir=self.out / STAGING, prefix=f"rank-{self.rank}-"))
+        try:
+            if self.rank == 0:
+                self._save(step, train_loss, t, s, d)
+            torch.save({"generator": s["generator"], "log": s["log"]}, d / f"rank-{self.rank}.pt")
+            ray.train.report(
+                {"step": step, "train_loss": train_loss},
+                checkpoint=ray.train.Checkpoint.from_directory(str(d)),
+                checkpoint_dir_name=checkpoint_name(step),
+            )
+        finally:
+            shutil.rmtree(d, ignore_errors=True)
+
+    def _save(self, step: int, train_loss: float | None, t: float, s: dict, d: Path) -> None:
+        """Rank 0 at a checkpoint: the merged HF folder, its manifest entry, and this
+        Ray checkpoint's ``weights.pt`` and ``trainer.pt`` staged in ``d``."""
+        from circuitray.finetune.local import checkpoint_name
+        from circuitray.finetune.lora import merged_copy
+        from circuitray.models.artifacts import save_hf_model
+
+        self.fence()
+        name = checkpoint_name(step)
+        merged = merged_copy(self.model)
+        save_hf_model(merged, self.tokenizer, self.out / name)
+        self.record(step, name, train_loss, t, merged)
+        del merged
+        lora = self.config.method == "lora"
+        torch.save(_weights(self.model, lora=lora), d / "weights.pt")
+        trainer = {k: v for k, v in s.items() if k not in ("generator", "log")}
+        torch.save({**trainer, "config": self.loop_config["config"]}, d / "trainer.pt")
 
 
 def _weights(model, *, lora: bool) -> dict[str, torch.Tensor]:

@@ -79,6 +79,83 @@ class TrainingLog:
         return sum(tail) / len(tail)
 
 
+@dataclass
+class _Position:
+    """Where a :func:`train_lm` call stands in its schedule (step 3's resumable state,
+    with the optimizer's, the batch generator's and the log)."""
+
+    step: int
+    total: int
+    # With ``until``: the step the decay starts (None while still learning).
+    anneal_from: int | None
+    streak: int = 0
+
+
+@dataclass(frozen=True)
+class _Schedule:
+    """Step 2's learning-rate schedule and when training stops (see :func:`train_lm`'s
+    arguments of the same names; ``steps`` is the fixed length or the cap)."""
+
+    lr: float
+    steps: int
+    warmup: int
+    until: Callable[[PreTrainedModel], bool] | None
+    check_every: int
+    patience: int
+    anneal_steps: int
+
+    def rate(self, pos: _Position) -> float:
+        """The learning rate of step ``pos.step``."""
+        return self.lr * self._factor(pos)
+
+    def _factor(self, pos: _Position) -> float:
+        step = pos.step
+        if step < self.warmup:
+            return (step + 1) / self.warmup
+        if pos.anneal_from is None:
+            return 1.0
+        start = self.warmup if self.until is None else pos.anneal_from
+        length = (pos.total - self.warmup) if self.until is None else self.anneal_steps
+        progress = min(1.0, (step - start) / max(1, length))
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+
+    def after_step(self, model: PreTrainedModel, pos: _Position, log: TrainingLog) -> None:
+        """With ``until``, while still learning: the check due at ``pos.step``, then
+        the cap; either may start the anneal (moving ``pos.total``)."""
+        if self.until is None or pos.anneal_from is not None:
+            return
+        step = pos.step
+        if step % self.check_every == 0:
+            model.eval()
+            with torch.no_grad():
+                ok = bool(self.until(model))
+            model.train()
+            log.checks.append((step, ok))
+            pos.streak = pos.streak + 1 if ok else 0
+            if pos.streak >= self.patience:
+                log.learned_at = step - (self.patience - 1) * self.check_every
+                pos.anneal_from, pos.total = step, step + self.anneal_steps
+                logger.info("learned at step %d; annealing %d steps", step, self.anneal_steps)
+        if pos.anneal_from is None and step >= self.steps - self.anneal_steps:
+            log.capped = True
+            pos.anneal_from, pos.total = step, self.steps
+            logger.warning("step cap %d reached before the criterion held", self.steps)
+
+
+@dataclass(frozen=True)
+class _Batches:
+    """Step 1's encoded texts and step 2's batch generator."""
+
+    ids: torch.Tensor
+    labels: torch.Tensor
+    gen: torch.Generator
+    batch_size: int
+
+    def draw(self) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = torch.randint(len(self.ids), (self.batch_size,), generator=self.gen)
+        return self.ids[idx], self.labels[idx]
+
+
 def train_lm(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -116,80 +193,89 @@ def train_lm(
     if until is not None and anneal_steps >= steps:
         raise ValueError("anneal_steps must be below the step cap")
     ids, labels = encode_batch(tokenizer, texts, max_len=max_len)
-    gen = torch.Generator().manual_seed(seed)
+    batches = _Batches(ids, labels, torch.Generator().manual_seed(seed), batch_size)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    warmup = max(1, steps // 20) if warmup is None else max(1, warmup)
+    schedule = _Schedule(
+        lr=lr,
+        steps=steps,
+        warmup=max(1, steps // 20) if warmup is None else max(1, warmup),
+        until=until,
+        check_every=check_every,
+        patience=patience,
+        anneal_steps=anneal_steps,
+    )
+    pos = _Position(step=0, total=steps, anneal_from=None if until is not None else 0)
     log = TrainingLog()
-    # With ``until``: the step the decay starts (None while still learning).
-    anneal_from: int | None = None if until is not None else 0
-    total = steps
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        if anneal_from is None:
-            return 1.0
-        start = warmup if until is None else anneal_from
-        length = (total - warmup) if until is None else anneal_steps
-        progress = min(1.0, (step - start) / max(1, length))
-        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
-
-    streak = 0
-    step = 0
     if resume is not None:
-        opt.load_state_dict(resume["optimizer"])
-        gen.set_state(resume["generator"])
-        step, streak, total = resume["step"], resume["streak"], resume["total"]
-        anneal_from = resume["anneal_from"]
-        log = TrainingLog(**resume["log"])
-        log.checks = [tuple(c) for c in log.checks]  # type: ignore[misc]
+        pos, log = _resumed(resume, opt, batches.gen)
 
     def state() -> dict:
-        return {
-            "step": step,
-            "streak": streak,
-            "total": total,
-            "anneal_from": anneal_from,
-            "optimizer": opt.state_dict(),
-            "generator": gen.get_state(),
-            "log": {k: copy.copy(v) for k, v in vars(log).items()},
-        }
+        return _state(pos, opt, batches.gen, log)
 
     model.train()
-    while step < total:
-        log.lrs.append(lr * factor(step))
-        for group in opt.param_groups:
-            group["lr"] = log.lrs[-1]
-        idx = torch.randint(len(texts), (batch_size,), generator=gen)
-        out = model(input_ids=ids[idx], labels=labels[idx])
-        opt.zero_grad(set_to_none=True)
-        out.loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        log.losses.append(out.loss.detach().item())
-        if log_every and step % log_every == 0:
-            logger.info("step %d/%d loss %.4f", step, total, log.losses[-1])
-        step += 1
-        if until is not None and anneal_from is None:
-            if step % check_every == 0:
-                model.eval()
-                with torch.no_grad():
-                    ok = bool(until(model))
-                model.train()
-                log.checks.append((step, ok))
-                streak = streak + 1 if ok else 0
-                if streak >= patience:
-                    log.learned_at = step - (patience - 1) * check_every
-                    anneal_from, total = step, step + anneal_steps
-                    logger.info("learned at step %d; annealing %d steps", step, anneal_steps)
-            if anneal_from is None and step >= steps - anneal_steps:
-                log.capped = True
-                anneal_from, total = step, steps
-                logger.warning("step cap %d reached before the criterion held", steps)
-        log.steps = step
+    while pos.step < pos.total:
+        _one_step(model, opt, batches, lr=schedule.rate(pos), log=log)
+        if log_every and pos.step % log_every == 0:
+            logger.info("step %d/%d loss %.4f", pos.step, pos.total, log.losses[-1])
+        pos.step += 1
+        schedule.after_step(model, pos, log)
+        log.steps = pos.step
         if on_step is not None:
-            on_step(step, log, state)
+            on_step(pos.step, log, state)
             model.train()
-    log.steps = step
+    log.steps = pos.step
     model.eval()
     return log
+
+
+def _one_step(
+    model: PreTrainedModel,
+    opt: torch.optim.Optimizer,
+    batches: _Batches,
+    *,
+    lr: float,
+    log: TrainingLog,
+) -> None:
+    """One optimizer step at rate ``lr`` on a drawn batch (step 2), logged."""
+    log.lrs.append(lr)
+    for group in opt.param_groups:
+        group["lr"] = log.lrs[-1]
+    input_ids, labels = batches.draw()
+    out = model(input_ids=input_ids, labels=labels)
+    opt.zero_grad(set_to_none=True)
+    out.loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    log.losses.append(out.loss.detach().item())
+
+
+def _state(
+    pos: _Position, opt: torch.optim.Optimizer, gen: torch.Generator, log: TrainingLog
+) -> dict:
+    """Step 3's resumable state, as ``resume=`` takes it back."""
+    return {
+        "step": pos.step,
+        "streak": pos.streak,
+        "total": pos.total,
+        "anneal_from": pos.anneal_from,
+        "optimizer": opt.state_dict(),
+        "generator": gen.get_state(),
+        "log": {k: copy.copy(v) for k, v in vars(log).items()},
+    }
+
+
+def _resumed(
+    resume: dict, opt: torch.optim.Optimizer, gen: torch.Generator
+) -> tuple[_Position, TrainingLog]:
+    """Restore ``opt`` and ``gen`` from a :func:`_state`; its position and log."""
+    opt.load_state_dict(resume["optimizer"])
+    gen.set_state(resume["generator"])
+    pos = _Position(
+        step=resume["step"],
+        total=resume["total"],
+        anneal_from=resume["anneal_from"],
+        streak=resume["streak"],
+    )
+    log = TrainingLog(**resume["log"])
+    log.checks = [tuple(c) for c in log.checks]  # type: ignore[misc]
+    return pos, log

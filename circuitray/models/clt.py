@@ -25,6 +25,7 @@ same encoders (up to the ridge); one ``(L * d_tc)^2`` solve per layer is the cos
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -79,11 +80,61 @@ def fit_cross_layer_transcoder(
     has_threshold = {w.threshold is not None for w in enc}
     if len(has_threshold) != 1:
         raise ValueError("encoders mix JumpReLU and ReLU layers")
+    stats = _centred(_moments(inputs, outputs, enc, chunk_size=chunk_size))
+    w_dec, b_dec = _solve(stats, d_tc=enc[0].W_enc.shape[0], ridge=ridge)
+    thresholds = [w.threshold for w in enc]
+    return CrossLayerTranscoderWeights(
+        W_enc=torch.stack([w.W_enc for w in enc]).float(),
+        b_enc=torch.stack([w.b_enc for w in enc]).float(),
+        W_dec=[w.float().contiguous() for w in w_dec],
+        b_dec=b_dec.float(),
+        threshold=None
+        if None in thresholds
+        else torch.stack([t for t in thresholds if t is not None]).float(),
+    )
+
+
+@dataclass(frozen=True)
+class _Moments:
+    """Step 2's sufficient statistics of the least-squares problems (float64), and
+    after step 3 the same centred (``centred``).
+
+    Attributes:
+        gram: (width, width) ``F^T F`` over all layers' codes (width = layers x d_tc).
+        code_sum: (width,) column sums of ``F``.
+        cross: (n_layers, width, d_model) ``F^T y_j`` per target layer ``j``.
+        y_sum: (n_layers, d_model) the sum of each ``y_j``.
+        n_tokens: Tokens summed over.
+    """
+
+    gram: torch.Tensor
+    code_sum: torch.Tensor
+    cross: torch.Tensor
+    y_sum: torch.Tensor
+    n_tokens: int
+    centred: bool = False
+
+    @property
+    def code_mean(self) -> torch.Tensor:
+        return self.code_sum / self.n_tokens
+
+    @property
+    def y_mean(self) -> torch.Tensor:
+        return self.y_sum / self.n_tokens
+
+
+def _moments(
+    inputs: Mapping[int, torch.Tensor],
+    outputs: Mapping[int, torch.Tensor],
+    enc: list[TranscoderWeights],
+    *,
+    chunk_size: int,
+) -> _Moments:
+    """Steps 1-2: encode ``chunk_size`` tokens at a time and accumulate the moments."""
+    n_layers = len(enc)
     d_tc, d_model = enc[0].W_enc.shape
     n_tokens = inputs[0].shape[0]
     width = n_layers * d_tc
-
-    # Step 2: sufficient statistics of the least-squares problems, in float64.
     gram = torch.zeros(width, width, dtype=torch.float64)
     code_sum = torch.zeros(width, dtype=torch.float64)
     cross = torch.zeros(n_layers, width, d_model, dtype=torch.float64)
@@ -103,34 +154,34 @@ def fit_cross_layer_transcoder(
             y = outputs[j][rows].double()
             cross[j] += codes.T @ y
             y_sum[j] += y.sum(0)
+    return _Moments(gram=gram, code_sum=code_sum, cross=cross, y_sum=y_sum, n_tokens=n_tokens)
 
-    # Step 3: centre.
-    code_mean = code_sum / n_tokens
-    y_mean = y_sum / n_tokens
-    gram -= n_tokens * torch.outer(code_mean, code_mean)
-    cross -= n_tokens * code_mean[None, :, None] * y_mean[:, None, :]
 
-    # Steps 4-5: one ridge solve per target layer, split by source layer.
+def _centred(m: _Moments) -> _Moments:
+    """Step 3: centre the Gram matrix and the cross terms (their tensors in place)."""
+    code_mean, y_mean = m.code_mean, m.y_mean
+    gram, cross = m.gram, m.cross
+    gram -= m.n_tokens * torch.outer(code_mean, code_mean)
+    cross -= m.n_tokens * code_mean[None, :, None] * y_mean[:, None, :]
+    return replace(m, gram=gram, cross=cross, centred=True)
+
+
+def _solve(m: _Moments, *, d_tc: int, ridge: float) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Steps 4-5: one ridge solve per target layer, split by source layer; (W_dec per
+    source layer, b_dec), in float64."""
+    assert m.centred
+    n_layers, _, d_model = m.cross.shape
+    code_mean, y_mean = m.code_mean, m.y_mean
     w_dec = [torch.zeros(d_tc, n_layers - i, d_model, dtype=torch.float64) for i in range(n_layers)]
     b_dec = torch.zeros(n_layers, d_model, dtype=torch.float64)
     for j in range(n_layers):
         k = (j + 1) * d_tc
-        lhs = gram[:k, :k] + ridge * torch.eye(k, dtype=torch.float64)
-        sol = torch.linalg.solve(lhs, cross[j, :k])
+        lhs = m.gram[:k, :k] + ridge * torch.eye(k, dtype=torch.float64)
+        sol = torch.linalg.solve(lhs, m.cross[j, :k])
         b_dec[j] = y_mean[j] - code_mean[:k] @ sol
         for i in range(j + 1):
             w_dec[i][:, j - i] = sol[i * d_tc : (i + 1) * d_tc]
-
-    thresholds = [w.threshold for w in enc]
-    return CrossLayerTranscoderWeights(
-        W_enc=torch.stack([w.W_enc for w in enc]).float(),
-        b_enc=torch.stack([w.b_enc for w in enc]).float(),
-        W_dec=[w.float().contiguous() for w in w_dec],
-        b_dec=b_dec.float(),
-        threshold=None
-        if None in thresholds
-        else torch.stack([t for t in thresholds if t is not None]).float(),
-    )
+    return w_dec, b_dec
 
 
 def reconstruct(

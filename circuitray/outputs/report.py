@@ -1,25 +1,30 @@
 """A self-contained HTML report of one or more runs: plots with matplotlib, no network.
 
-1. Query the runs with the named-query library and the compare API: graph-level
-   distributions (kept nodes and edges, replacement and completeness scores) per run
-   and constraint type, ``layer_profile``, ``top_features``, ``feature_overlap``, and
-   for two runs ``circuitray.compare_runs`` (baseline = first run).
-2. Pick a representative graph per run and type (the ok graph whose kept-edge count
-   is the type's median) and draw its strongest edges: token position on the x axis,
-   layer on the y axis (tokens at the bottom, logits on top), line width by |weight|,
-   colour by sign.
-3. With ``interventions`` (``circuitray intervene`` folders): the
-   ``intervention_effects`` query per SPEC and constraint type, drawn as the mean
-   target-logit change with its bootstrap CI (the query's numbers), a scatter of the
-   graphs' predicted change (total and direct) against the measured one over every ok
-   result row, with the query's Spearman correlations, and the table itself.
+1. Query the runs with the named-query library (every query the report runs is one
+   of it) and the compare API: the runs (``report_runs``), graph-level distributions
+   (``report_graphs``: kept nodes and edges, replacement and completeness scores) per
+   run and constraint type, ``constraint_stats``, ``layer_profile``, ``top_features``,
+   ``feature_overlap``, and for two runs ``circuitray.compare_runs`` (baseline = first
+   run).
+2. Pick a representative graph per run and type (``representative_graphs``: the ok
+   graph whose kept-edge count is the type's median) and draw its strongest edges
+   (``representative_nodes``, ``representative_edges``, its ``paths``): token position
+   on the x axis, layer on the y axis (tokens at the bottom, logits on top), line
+   width by |weight|, colour by sign.
+3. With ``interventions`` (``circuitray intervene`` folders, listed by
+   ``intervention_folders``): the ``intervention_effects`` query per SPEC and
+   constraint type, drawn as the mean target-logit change with its bootstrap CI (the
+   query's numbers), a scatter of the graphs' predicted change (total and direct)
+   against the measured one over every ok result row (``intervention_results``), with
+   the query's Spearman correlations, and the table itself.
 4. For a checkpoint series (runs with a ``step``: :mod:`circuitray.jobs.series`), a
    trajectory section: per constraint type and step, accuracy, kept nodes, layers
    spanned by kept features and the Jaccard of each graph's feature set to the same
-   prompt's graph at the series' last step, each a mean over graphs with a percentile
-   bootstrap band (prompts resampled, seeded), on a symmetric-log step axis; then the
-   ``convergence`` table. The per-run sections above show only each series' first and
-   last step, and the before/after comparison is first vs last step.
+   prompt's graph at the series' last step (the ``trajectory`` query's rows), each a
+   mean over graphs with a percentile bootstrap band (prompts resampled, seeded), on a
+   symmetric-log step axis; then the ``convergence`` table. The per-run sections above
+   show only each series' first and last step, and the before/after comparison is
+   first vs last step.
 5. Render every figure to PNG with matplotlib's Agg backend and inline it as a data
    URI; the page has no external asset, script or font. A small inline script marks
    the body with how many images decoded (``data-plots-drawn``) and any script errors,
@@ -37,12 +42,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import numpy as np
 import pyarrow as pa
 
 from circuitray.errors import CircuitrayError
 from circuitray.query.compare import CompareConfig, compare_runs
-from circuitray.query.engine import connect, query_statements, run_query
+from circuitray.query.engine import connect, get_query, query_statements, run_query
 from circuitray.storage.run_store import InterventionStore
 
 logger = logging.getLogger(__name__)
@@ -542,6 +548,8 @@ def _intervention_scatter(rows, effects, dpi: int) -> str:
 
 
 def _interventions_section(dirs: list[str], config: ReportConfig) -> list[str]:
+    """Step 3: the folders listed, the ``intervention_effects`` plot and table, and the
+    predicted-vs-measured scatter of the ``intervention_results`` rows."""
     effects = run_query(
         "intervention_effects",
         dirs,
@@ -549,30 +557,12 @@ def _interventions_section(dirs: list[str], config: ReportConfig) -> list[str]:
     )
     con = connect(dirs)
     try:
-        names = [r[0] for r in con.execute("SELECT run FROM runs ORDER BY position").fetchall()]
-        rows = con.sql(
-            "SELECT run, spec, predicted_total, predicted_direct, target_logit_change "
-            "FROM interventions WHERE status = 'ok'"
-        ).df()
-        errors = dict(
-            con.sql(
-                "SELECT run, count(*) FROM interventions WHERE status <> 'ok' GROUP BY run"
-            ).fetchall()
-        )
+        queries = _Queries(con)
+        folders = queries.df("intervention_folders")
+        rows = queries.df("intervention_results")
     finally:
         con.close()
-    items = []
-    for name, d in zip(names, dirs, strict=True):
-        meta = InterventionStore(d).read_meta()
-        plan = meta.get("plan") or {}
-        specs = ", ".join(s.get("text", "?") for s in plan.get("specs") or [])
-        items.append(
-            f"<li>{html.escape(name)}: {html.escape(d)} (source run "
-            f"{html.escape(str(meta.get('source_run')))}; SPECs {html.escape(specs)}; scale "
-            f"{html.escape(str(plan.get('scale')))}; constrained layers "
-            f"{html.escape(str(plan.get('constrained_layers')))}; "
-            f"{html.escape(str(meta.get('status')))}; {int(errors.get(name, 0))} error rows)</li>"
-        )
+    items = [_intervention_item(f.run, f.path, int(f.error_rows)) for f in folders.itertuples()]
     out = ["<h2>Interventions</h2>", "<ul>" + "".join(items) + "</ul>"]
     if effects.num_rows == 0:
         return [*out, "<p>no ok intervention results</p>"]
@@ -587,53 +577,26 @@ def _interventions_section(dirs: list[str], config: ReportConfig) -> list[str]:
     ]
 
 
+def _intervention_item(name: str, path: str, errors: int) -> str:
+    """One intervention folder in the list: what its intervention.json says of it."""
+    meta = InterventionStore(path).read_meta()
+    plan = meta.get("plan") or {}
+    specs = ", ".join(s.get("text", "?") for s in plan.get("specs") or [])
+    return (
+        f"<li>{html.escape(name)}: {html.escape(path)} (source run "
+        f"{html.escape(str(meta.get('source_run')))}; SPECs {html.escape(specs)}; scale "
+        f"{html.escape(str(plan.get('scale')))}; constrained layers "
+        f"{html.escape(str(plan.get('constrained_layers')))}; "
+        f"{html.escape(str(meta.get('status')))}; {errors} error rows)</li>"
+    )
+
+
 TRAJECTORY = [
     ("top1", "accuracy (top-1 = target)"),
     ("n_kept_nodes", "kept nodes"),
     ("layers_spanned", "layers spanned by kept features"),
     ("jaccard_final", "Jaccard of feature set to the last step"),
 ]
-
-# Per ok graph of a series: step, type, the plotted metrics; Jaccard of its (layer,
-# feature) set to the same prompt's graph at the series' last step.
-TRAJECTORY_SQL = """
-WITH g AS (
-    SELECT g.run, r.series, g.step, g.graph_id, g.prompt_id,
-           coalesce(g.constraint_type, '(none)') AS constraint_type,
-           top1(g.top_token, g.target_token) AS top1,
-           g.n_kept_nodes
-    FROM graphs g JOIN runs r USING (run)
-    WHERE g.status = 'ok' AND g.step IS NOT NULL AND r.series IS NOT NULL
-),
-f AS (
-    SELECT DISTINCT g.series, g.step, g.prompt_id, n.layer, n.feature
-    FROM nodes n JOIN g USING (run, graph_id) WHERE n.node_type = 'feature'
-),
-last AS (SELECT series, max(step) AS step FROM runs WHERE series IS NOT NULL GROUP BY series),
-fl AS (SELECT f.* FROM f JOIN last USING (series, step)),
-sizes AS (SELECT series, step, prompt_id, count(*) AS n FROM f GROUP BY ALL),
-lsizes AS (SELECT series, prompt_id, count(*) AS n FROM fl GROUP BY ALL),
-shared AS (
-    SELECT f.series, f.step, f.prompt_id, count(*) AS n
-    FROM f JOIN fl USING (series, prompt_id, layer, feature) GROUP BY ALL
-),
-span AS (SELECT series, step, prompt_id, count(DISTINCT layer) AS layers_spanned
-         FROM f GROUP BY ALL)
-SELECT g.series, g.step, g.constraint_type, g.prompt_id, g.top1, g.n_kept_nodes,
-       coalesce(span.layers_spanned, 0) AS layers_spanned,
-       -- NULL where the prompt has no ok graph at the last step (nothing to compare).
-       CASE WHEN lp.prompt_id IS NOT NULL THEN
-           coalesce(shared.n, 0) / nullif(coalesce(sizes.n, 0) + coalesce(lsizes.n, 0)
-                                          - coalesce(shared.n, 0), 0) END AS jaccard_final
-FROM g
-LEFT JOIN span USING (series, step, prompt_id)
-LEFT JOIN sizes USING (series, step, prompt_id)
-LEFT JOIN lsizes USING (series, prompt_id)
-LEFT JOIN (SELECT series, prompt_id FROM g JOIN last USING (series, step)) lp
-    USING (series, prompt_id)
-LEFT JOIN shared USING (series, step, prompt_id)
-ORDER BY g.series, g.constraint_type, g.step, g.prompt_id
-"""
 
 
 def _band(values: np.ndarray, *, n_boot: int, rng: np.random.Generator) -> tuple:
@@ -681,8 +644,9 @@ def _trajectory_plot(bands, series: str, dpi: int) -> str:
     return _png(fig)
 
 
-def _trajectory_section(con, run_dirs: list[str], config: ReportConfig) -> list[str]:
-    rows = con.sql(TRAJECTORY_SQL).df()
+def _trajectory_section(rows, run_dirs: list[str], config: ReportConfig) -> list[str]:
+    """Step 4: the ``trajectory`` rows' bands per series, then ``convergence``; nothing
+    unless some series has two steps."""
     if rows.empty or rows["step"].nunique() < 2:
         return []
     bands = trajectory_bands(rows, n_boot=config.n_boot, seed=config.seed)
@@ -695,6 +659,24 @@ def _trajectory_section(con, run_dirs: list[str], config: ReportConfig) -> list[
     except CircuitrayError as e:
         sections.append(f"<p>{html.escape(str(e))}</p>")
     return sections
+
+
+class _Queries:
+    """Named queries on one open connection (:func:`connect`), as DataFrames (DuckDB's
+    own conversion, which keeps integer columns with NULLs integers); a table that a
+    query ``uses:`` is made once per connection."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
+        self.con = con
+        self.made: set[str] = set()
+
+    def df(self, name: str, params: dict[str, str] | None = None):
+        *setup, (sql, bound) = query_statements(name, params=params)
+        for used, (statement, values) in zip(get_query(name).uses, setup, strict=True):
+            if used not in self.made:
+                self.con.execute(statement, values)
+                self.made.add(used)
+        return self.con.sql(sql, params=bound).df()
 
 
 def build_report(
@@ -717,73 +699,81 @@ def build_report(
             raise CircuitrayError(
                 f"{d}: not a circuitray intervention folder (no intervention.json)"
             )
+    trajectory, run_dirs = _series(run_dirs, config)
     con = connect(run_dirs)
     try:
-        trajectory = _trajectory_section(con, run_dirs, config)
-        # A series shows only its first and last step in the per-run sections.
-        listed = con.execute(
-            "SELECT path, series IS NULL "
-            "OR step = min(step) OVER (PARTITION BY series) "
-            "OR step = max(step) OVER (PARTITION BY series) AS shown, series "
-            "FROM runs ORDER BY position"
-        ).fetchall()
-    finally:
-        con.close()
-    if any(series is not None for _, _, series in listed):
-        run_dirs = [path for path, shown, _ in listed if shown]
-    con = connect(run_dirs)
-    try:
-        runs = [r[0] for r in con.execute("SELECT run FROM runs ORDER BY position").fetchall()]
-        graphs = con.sql(
-            "SELECT run, graph_id, coalesce(constraint_type, '(none)') AS constraint_type, "
-            "n_kept_nodes, n_kept_edges, replacement_score, completeness_score "
-            "FROM graphs WHERE status = 'ok'"
-        ).df()
+        queries = _Queries(con)
+        runs = list(queries.df("report_runs")["run"])
+        graphs = queries.df("report_graphs")
         if graphs.empty:
             raise CircuitrayError("no ok graphs in " + ", ".join(run_dirs) + ": nothing to report")
-        # Representative graph per run and type: the one with the median kept-edge count.
-        reps = con.sql(
-            "SELECT run, constraint_type, graph_id, n_kept_edges FROM ("
-            "  SELECT run, coalesce(constraint_type, '(none)') AS constraint_type, graph_id,"
-            "    n_kept_edges, row_number() OVER (PARTITION BY run, constraint_type"
-            "      ORDER BY n_kept_edges, graph_id) AS k,"
-            "    count(*) OVER (PARTITION BY run, constraint_type) AS n"
-            "  FROM graphs WHERE status = 'ok') WHERE k = (n + 1) // 2"
-            " ORDER BY run, constraint_type"
-        ).df()
-        circuits = []
-        for r in reps.itertuples():
-            q = "FROM {} WHERE run = $run AND graph_id = $gid"
-            args = {"run": r.run, "gid": int(r.graph_id)}
-            nodes = con.execute(
-                "SELECT n.*, f.label AS feature_label FROM nodes n LEFT JOIN features f"
-                " ON f.run = n.run AND f.layer = n.layer AND f.feature = n.feature"
-                " AND n.node_type = 'feature' WHERE n.run = $run AND n.graph_id = $gid",
-                args,
-            ).df()
-            edges = con.execute(q.format("edges"), args).df()
-            one = {"graph_id": str(r.graph_id), "run": r.run, "top_k": "3", "max_graphs": "0"}
-            [(paths_sql, bound)] = query_statements("paths", params=one)
-            paths = con.execute(paths_sql, bound).df()
-            title = (
-                f"{r.run}: {r.constraint_type}, graph {r.graph_id} (median: {r.n_kept_edges} edges)"
-            )
-            circuits.append(_circuit(nodes, edges, paths, title, config.circuit_edges, config.dpi))
+        circuits = _circuits(queries, config)
     finally:
         con.close()
+    sections = [
+        *_run_sections(runs, run_dirs, graphs, config),
+        *_compare_section(runs, run_dirs, config),
+        *trajectory,
+        "<h2>Representative circuits (strongest edges; bold: the strongest paths to the "
+        "target, features with their labels)</h2>",
+        *circuits,
+        *_consensus_section(run_dirs, config),
+    ]
+    if interventions:
+        sections += _interventions_section(interventions, config)
+    return _write_page(sections, runs=runs, out=out, started=t0)
+
+
+def _series(run_dirs: list[str], config: ReportConfig) -> tuple[list[str], list[str]]:
+    """Step 4's trajectory section over every folder given, and the folders the per-run
+    sections show (``report_runs``: of a series only its first and last step)."""
+    con = connect(run_dirs)
+    try:
+        queries = _Queries(con)
+        trajectory = _trajectory_section(queries.df("trajectory"), run_dirs, config)
+        listed = queries.df("report_runs")
+    finally:
+        con.close()
+    if listed["series"].notna().any():
+        run_dirs = [r.path for r in listed.itertuples() if r.shown]
+    return trajectory, run_dirs
+
+
+def _circuits(queries: _Queries, config: ReportConfig) -> list[str]:
+    """Step 2: each ``representative_graphs`` graph drawn from its nodes and edges
+    (``representative_nodes`` / ``representative_edges``) and its strongest paths."""
+    reps = queries.df("representative_graphs")
+    nodes = queries.df("representative_nodes")
+    edges = queries.df("representative_edges")
+
+    def of(frame, r):
+        mine = (frame["run"] == r.run) & (frame["graph_id"] == r.graph_id)
+        return frame[mine].reset_index(drop=True)
+
+    circuits = []
+    for r in reps.itertuples():
+        one = {"graph_id": str(r.graph_id), "run": r.run, "top_k": "3", "max_graphs": "0"}
+        paths = queries.df("paths", one)
+        title = f"{r.run}: {r.constraint_type}, graph {r.graph_id} (median: {r.n_kept_edges} edges)"
+        circuits.append(
+            _circuit(of(nodes, r), of(edges, r), paths, title, config.circuit_edges, config.dpi)
+        )
+    return circuits
+
+
+def _run_sections(runs: list[str], run_dirs: list[str], graphs, config: ReportConfig) -> list[str]:
+    """Step 1's sections: the runs with ``constraint_stats``, the distributions,
+    ``layer_profile``, ``top_features`` and ``feature_overlap``."""
     profile = run_query("layer_profile", run_dirs).to_pandas()
     top = run_query("top_features", run_dirs, params={"top_k": str(config.top_k)}).to_pandas()
     overlap = run_query("feature_overlap", run_dirs).to_pandas()
     stats = run_query("constraint_stats", run_dirs)
-
-    sections = [
+    listed = "".join(
+        f"<li>{html.escape(r)}: {html.escape(d)}</li>" for r, d in zip(runs, run_dirs, strict=True)
+    )
+    return [
         "<h2>Runs</h2>",
-        "<ul>"
-        + "".join(
-            f"<li>{html.escape(r)}: {html.escape(d)}</li>"
-            for r, d in zip(runs, run_dirs, strict=True)
-        )
-        + "</ul>",
+        f"<ul>{listed}</ul>",
         _table_html(stats),
         "<h2>Distributions per constraint type</h2>",
         _distributions(graphs, runs, config.dpi),
@@ -794,27 +784,27 @@ def build_report(
         "<h2>Feature overlap (Jaccard of feature sets)</h2>",
         _overlap(overlap, config.dpi) if len(overlap) else "<p>no features</p>",
     ]
-    if len(run_dirs) >= 2:
-        cmp_config = CompareConfig(metrics=COMPARE_METRICS, n_boot=config.n_boot, seed=config.seed)
-        try:
-            diff = compare_runs(run_dirs[0], run_dirs[1], config=cmp_config)
-            sections += [
-                f"<h2>Before / after: {html.escape(runs[1])} - {html.escape(runs[0])}</h2>",
-                _compare_plot(diff.to_pandas(), config.dpi),
-                _table_html(diff, max_rows=200),
-            ]
-        except CircuitrayError as e:  # e.g. the runs share no prompt
-            sections += [f"<h2>Before / after</h2><p>{html.escape(str(e))}</p>"]
-    sections += trajectory
-    sections += [
-        "<h2>Representative circuits (strongest edges; bold: the strongest paths to the "
-        "target, features with their labels)</h2>",
-        *circuits,
-    ]
-    sections += _consensus_section(run_dirs, config)
-    if interventions:
-        sections += _interventions_section(interventions, config)
 
+
+def _compare_section(runs: list[str], run_dirs: list[str], config: ReportConfig) -> list[str]:
+    """Step 1's before/after comparison of the first two runs (nothing for one run)."""
+    if len(run_dirs) < 2:
+        return []
+    cmp_config = CompareConfig(metrics=COMPARE_METRICS, n_boot=config.n_boot, seed=config.seed)
+    try:
+        diff = compare_runs(run_dirs[0], run_dirs[1], config=cmp_config)
+    except CircuitrayError as e:  # e.g. the runs share no prompt
+        return [f"<h2>Before / after</h2><p>{html.escape(str(e))}</p>"]
+    return [
+        f"<h2>Before / after: {html.escape(runs[1])} - {html.escape(runs[0])}</h2>",
+        _compare_plot(diff.to_pandas(), config.dpi),
+        _table_html(diff, max_rows=200),
+    ]
+
+
+def _write_page(sections: list[str], *, runs: list[str], out: str, started: float) -> dict:
+    """Step 5: the page written whole (a temporary file renamed); path, bytes, plots,
+    seconds."""
     page = PAGE.format(
         title=html.escape("circuitray report: " + ", ".join(runs)), body="\n".join(sections)
     )
@@ -824,7 +814,7 @@ def build_report(
     tmp.write_text(page)
     tmp.replace(path)
     n_plots = page.count('class="plot"')
-    seconds = time.perf_counter() - t0
+    seconds = time.perf_counter() - started
     logger.info(
         "report %s: %d plots, %d bytes in %.1fs", path, n_plots, path.stat().st_size, seconds
     )

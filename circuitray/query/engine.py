@@ -18,7 +18,9 @@
    feature). ``supernodes`` (layer, feature, name) is empty unless a grouping file is
    given (:mod:`circuitray.query.supernodes`). Metrics that several queries, the
    comparison and the report compute are macros defined once beside the views
-   (:data:`METRIC_MACROS`: ``top1(top_token, target_token)``, a graph's top-1 accuracy).
+   (:data:`METRIC_MACROS`: ``top1(top_token, target_token)``, a graph's top-1 accuracy;
+   ``layers_spanned(layer, node_type)``, an aggregate over nodes rows: the distinct
+   layers of the kept features).
    For local folders the views are plain SQL (:func:`view_sql`), which any DuckDB
    process can run to get the same views.
 2. Named queries are the ``*.sql`` files of the query folder: ``sql/`` beside this
@@ -87,6 +89,11 @@ METRIC_MACROS = (
     "CREATE MACRO top1(top_token, target_token) AS "
     "CASE WHEN target_token IS NULL THEN NULL "
     "WHEN top_token = target_token THEN 1.0::DOUBLE ELSE 0.0::DOUBLE END",
+    # Layers spanned by kept features, an aggregate over a group of nodes rows (one
+    # graph's, or a prompt's at a step): how many distinct layers its feature nodes are
+    # in; 0 for a group without feature nodes.
+    "CREATE MACRO layers_spanned(layer, node_type) AS "
+    "count(DISTINCT layer) FILTER (WHERE node_type = 'feature')",
 )
 FOLDER_TABLE = {"interventions": "results"}
 # Views whose schema gained columns after folders were written (graphs: precision_*),

@@ -15,8 +15,9 @@ def test_time_queries_covers_the_library(synthetic):
     out, _ = synthetic
     timings = time_queries(str(out))
     names = [t.name for t in timings]
-    run_queries = [q.name for q in list_queries() if q.name != "intervention_effects"]
-    series_only = {"learning_curves", "convergence", "feature_dynamics"}
+    intervention_only = {"intervention_effects", "intervention_folders", "intervention_results"}
+    run_queries = [q.name for q in list_queries() if q.name not in intervention_only]
+    series_only = {"learning_curves", "convergence", "feature_dynamics", "trajectory"}
     assert [q.name for q in timed_queries()] == [q for q in run_queries if q not in series_only]
     assert names == [q for q in run_queries if q not in series_only] + [
         "compare:runs",

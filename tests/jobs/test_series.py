@@ -119,13 +119,14 @@ def test_cli_errors_are_one_line(manifest, tmp_path):
 def test_the_report_draws_the_trajectory_of_a_series(series, tmp_path):
     import pandas as pd
 
-    from circuitray.outputs.report import TRAJECTORY_SQL, build_report, trajectory_bands
-    from circuitray.query.engine import connect
+    from circuitray.outputs.report import build_report, trajectory_bands
+    from circuitray.query.engine import connect, query_statements
 
     out, _ = series
     con = connect([str(out)])
     try:
-        rows = con.sql(TRAJECTORY_SQL).df()
+        [(trajectory, _)] = query_statements("trajectory")  # the report's named query
+        rows = con.sql(trajectory).df()
         graphs = con.sql("SELECT * FROM graphs WHERE status = 'ok'").df()
     finally:
         con.close()

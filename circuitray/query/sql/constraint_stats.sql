@@ -15,9 +15,8 @@ error_share AS (
     GROUP BY run, graph_id
 ),
 span AS (
-    SELECT run, graph_id, count(DISTINCT layer) AS layers_spanned
+    SELECT run, graph_id, layers_spanned(layer, node_type) AS layers_spanned
     FROM nodes
-    WHERE node_type = 'feature'
     GROUP BY run, graph_id
 ),
 failed AS (

@@ -34,9 +34,8 @@ error_share AS (
     GROUP BY run, graph_id
 ),
 span AS (
-    SELECT run, graph_id, count(DISTINCT layer) AS layers_spanned
+    SELECT run, graph_id, layers_spanned(layer, node_type) AS layers_spanned
     FROM nodes SEMI JOIN ok USING (run, graph_id)
-    WHERE node_type = 'feature'
     GROUP BY run, graph_id
 ),
 strongest AS (

@@ -26,7 +26,7 @@ from benchmarks.attribution import AttributionBenchConfig
 from circuitray.bench.environment import RESULTS_DIR
 from circuitray.cli.bench import IntList, bench_logging, wide_console
 from circuitray.cli.options import config_option, config_values
-from circuitray.cli.output import console
+from circuitray.cli.printing import console
 from circuitray.outputs.aggregate import AggregateConfig
 
 

@@ -25,7 +25,7 @@ import warnings
 
 import click
 
-from circuitray.cli.output import err_console
+from circuitray.cli.printing import err_console
 from circuitray.errors import CircuitrayError
 
 

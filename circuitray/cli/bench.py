@@ -33,7 +33,7 @@ from circuitray.bench.gpu import GpuBenchConfig
 from circuitray.bench.processes import ProcessBenchConfig
 from circuitray.bench.synthetic import SyntheticSpec
 from circuitray.cli.options import config_option, config_values
-from circuitray.cli.output import console
+from circuitray.cli.printing import console
 from circuitray.errors import CircuitrayError
 
 

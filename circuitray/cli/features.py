@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from circuitray.cli.options import config_option
-from circuitray.cli.output import console, print_result
+from circuitray.cli.printing import console, print_result
 from circuitray.errors import CircuitrayError
 from circuitray.features.labels import import_labels
 from circuitray.features.store import features_path

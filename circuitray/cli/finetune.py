@@ -9,7 +9,7 @@ from __future__ import annotations
 import click
 
 from circuitray.cli.options import config_option, config_values, placement_options
-from circuitray.cli.output import RunProgress, console, print_table
+from circuitray.cli.printing import RunProgress, console, print_table
 from circuitray.finetune.config import FinetuneConfig
 from circuitray.graph.config import AttributionConfig, PruneConfig
 from circuitray.graph.targets import TARGET_MODES

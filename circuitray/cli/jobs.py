@@ -14,7 +14,7 @@ from dataclasses import asdict
 import click
 
 from circuitray.cli.options import config_option, config_values, placement_options
-from circuitray.cli.output import (
+from circuitray.cli.printing import (
     RunProgress,
     console,
     err_console,

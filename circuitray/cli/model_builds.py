@@ -7,7 +7,7 @@ from __future__ import annotations
 import click
 
 from circuitray.cli.options import config_option
-from circuitray.cli.output import err_console
+from circuitray.cli.printing import err_console
 from circuitray.models.synthetic import SHAPES, build_synthetic
 from circuitray.models.tiny import build_tiny
 

@@ -9,7 +9,7 @@ from rich.table import Table
 
 from circuitray.cli import LazyGroup
 from circuitray.cli.options import config_option
-from circuitray.cli.output import (
+from circuitray.cli.printing import (
     console,
     err_console,
     print_json,

@@ -8,7 +8,7 @@ import json
 import click
 
 from circuitray.cli.options import config_option
-from circuitray.cli.output import (
+from circuitray.cli.printing import (
     console,
     print_json,
     print_result,

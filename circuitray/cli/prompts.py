@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from circuitray.cli.options import config_option
-from circuitray.cli.output import (
+from circuitray.cli.printing import (
     err_console,
     print_json,
 )

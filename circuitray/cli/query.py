@@ -6,7 +6,7 @@ import click
 from rich.table import Table
 
 from circuitray.cli.options import config_option
-from circuitray.cli.output import (
+from circuitray.cli.printing import (
     console,
     parse_params,
     print_json,

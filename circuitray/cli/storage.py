@@ -7,7 +7,7 @@ from __future__ import annotations
 import click
 
 from circuitray.cli.options import config_option
-from circuitray.cli.output import err_console, print_json
+from circuitray.cli.printing import err_console, print_json
 from circuitray.ingest.importer import ImportConfig, import_graphs
 from circuitray.storage.run_store import InterventionStore, RunStore
 

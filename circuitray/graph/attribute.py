@@ -59,6 +59,32 @@ def target_token_id(tokenizer, target: str) -> int | None:
     return int(ids[0]) if ids else None
 
 
+def _check_length(model, tokens: torch.Tensor, *, max_tokens: int) -> None:
+    """A prompt longer than ``max_tokens`` or the model's context is a prompt-level
+    failure (ValueError)."""
+    if tokens.numel() > max_tokens:
+        raise ValueError(f"prompt has {tokens.numel()} tokens, more than max_tokens={max_tokens}")
+    context = context_length(model)
+    if context is not None and tokens.numel() > context:
+        raise ValueError(
+            f"prompt has {tokens.numel()} tokens, more than the model's context of {context}"
+        )
+
+
+def _next_token_columns(tokenizer, logits: torch.Tensor, *, target: str | None) -> dict:
+    """The graphs row's next-token columns: the top token and its probability, and the
+    target's token, probability and rank when the prompt names a target."""
+    probs = torch.softmax(logits, dim=-1)
+    top = int(probs.argmax())
+    columns: dict[str, Any] = {"top_token": tokenizer.decode([top]), "top_prob": float(probs[top])}
+    tid = target_token_id(tokenizer, target) if target else None
+    if tid is not None:
+        columns["target_token"] = tokenizer.decode([tid])
+        columns["target_prob"] = float(probs[tid])
+        columns["target_rank"] = int((probs > probs[tid]).sum())
+    return columns
+
+
 def attribute_prompt(
     model,
     prompt: dict,
@@ -83,15 +109,7 @@ def attribute_prompt(
     try:
         tokens = model.ensure_tokenized(prompt["prompt"])
         row["n_tokens"] = int(tokens.numel())
-        if tokens.numel() > attribution.max_tokens:
-            raise ValueError(
-                f"prompt has {tokens.numel()} tokens, more than max_tokens={attribution.max_tokens}"
-            )
-        context = context_length(model)
-        if context is not None and tokens.numel() > context:
-            raise ValueError(
-                f"prompt has {tokens.numel()} tokens, more than the model's context of {context}"
-            )
+        _check_length(model, tokens, max_tokens=attribution.max_tokens)
         logits = _next_token_logits(model, tokens)
         target = resolve_target(
             attribution.target,
@@ -107,16 +125,7 @@ def attribute_prompt(
         )
         row["attribute_s"] = time.perf_counter() - t0
 
-        probs = torch.softmax(logits, dim=-1)
-        top = int(probs.argmax())
-        row["top_token"] = model.tokenizer.decode([top])
-        row["top_prob"] = float(probs[top])
-        if row["target"]:
-            tid = target_token_id(model.tokenizer, row["target"])
-            if tid is not None:
-                row["target_token"] = model.tokenizer.decode([tid])
-                row["target_prob"] = float(probs[tid])
-                row["target_rank"] = int((probs > probs[tid]).sum())
+        row.update(_next_token_columns(model.tokenizer, logits, target=row["target"]))
 
         t0 = time.perf_counter()
         flat = flatten_graph(graph, graph_id=graph_id, prune=prune, tokenizer=model.tokenizer)

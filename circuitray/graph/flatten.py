@@ -122,6 +122,25 @@ def _kept_edges(nodes: torch.Tensor, block: torch.Tensor) -> tuple[np.ndarray, n
     return ids[rows], ids[cols]
 
 
+def _node_values(graph) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per node of the unpruned graph: the feature activation (NaN elsewhere), the token
+    or logit vocabulary id (-1 elsewhere) and the logit probability (NaN elsewhere)."""
+    n_nodes = graph.adjacency_matrix.shape[0]
+    n_logits, n_pos = len(graph.logit_targets), graph.n_pos
+    n_sel = len(graph.selected_features)
+    first_token = n_nodes - n_logits - n_pos
+    activation = np.full(n_nodes, np.nan, np.float32)
+    # activation_values covers every active feature; index it like active_features.
+    sel = graph.selected_features.cpu()
+    activation[:n_sel] = graph.activation_values.cpu()[sel].float().numpy()
+    token_id = np.full(n_nodes, -1, np.int32)
+    token_id[first_token : first_token + n_pos] = graph.input_tokens.cpu().numpy()
+    token_id[n_nodes - n_logits :] = [t.vocab_idx for t in graph.logit_targets]
+    logit_prob = np.full(n_nodes, np.nan, np.float32)
+    logit_prob[n_nodes - n_logits :] = graph.logit_probabilities.float().cpu().numpy()
+    return activation, token_id, logit_prob
+
+
 def flatten_graph(
     graph,
     *,
@@ -156,20 +175,7 @@ def flatten_graph(
     index = torch.from_numpy(np.stack([dst, src])).to(adj.device, torch.long)
     weights = adj[index[0], index[1]].float().cpu().numpy()
 
-    n_sel = len(graph.selected_features)
-    n_pos = graph.n_pos
-    first_token = n_nodes - n_logits - n_pos
-    tokens = graph.input_tokens.cpu().numpy()
-    activation = np.full(n_nodes, np.nan, np.float32)
-    # activation_values covers every active feature; index it like active_features.
-    sel = graph.selected_features.cpu()
-    activation[:n_sel] = graph.activation_values.cpu()[sel].float().numpy()
-    token_id = np.full(n_nodes, -1, np.int32)
-    token_id[first_token : first_token + n_pos] = tokens
-    token_id[n_nodes - n_logits :] = [t.vocab_idx for t in graph.logit_targets]
-    logit_prob = np.full(n_nodes, np.nan, np.float32)
-    logit_prob[n_nodes - n_logits :] = graph.logit_probabilities.float().cpu().numpy()
-
+    activation, token_id, logit_prob = _node_values(graph)
     is_feature = layout["type"][kept] == 0
     nodes = pa.table(
         {
@@ -204,7 +210,7 @@ def flatten_graph(
     kept_types = layout["type"][kept]
     summary = {
         "n_nodes_total": int(n_nodes),
-        "n_selected_features": int(n_sel),
+        "n_selected_features": len(graph.selected_features),
         "n_active_features": int(graph.active_features.shape[0]),
         "n_kept_features": int((kept_types == 0).sum()),
         "n_kept_error_nodes": int((kept_types == 1).sum()),

@@ -373,6 +373,40 @@ def _graph_scores(
     return replacement.item(), completeness.item()
 
 
+def _chunked_edge_block(
+    buf: torch.Tensor,
+    adjacency: torch.Tensor,
+    rows: torch.Tensor,
+    node_mask: torch.Tensor,
+    logit_weights: torch.Tensor,
+    edge_threshold: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Steps 2-3 for a large graph: the edge-score threshold and the K x K block's edge
+    mask of the kept nodes ``rows``, the pruned matrix normalized in place in ``buf``
+    (which then holds the sorted scores) and the block recomputed row chunk by chunk."""
+    n = adjacency.shape[0]
+    row_sums, sums, _ = _pruned_normalized_(buf, adjacency, rows, node_mask, whole=False)
+    pruned_influence = _influence(buf, logit_weights, _rows_with_inputs(n, rows, sums))
+    pruned_influence += logit_weights
+    score_threshold = _edge_threshold(buf, rows, pruned_influence, edge_threshold)
+    # The block's mask from recomputed scores (buf now holds the sorted scores):
+    # normalize_matrix's division by the row sums, on the same values.
+    edge_block = torch.empty((len(rows), len(rows)), dtype=torch.bool, device=buf.device)
+    for r0, r1, chunk in _row_chunks(rows):
+        block = torch.abs(adjacency[chunk][:, rows]).div_(row_sums[r0:r1])
+        torch.ge(block.mul_(pruned_influence[chunk, None]), score_threshold, out=edge_block[r0:r1])
+    return score_threshold, edge_block
+
+
+def _cumulative_scores(node_influence: torch.Tensor) -> torch.Tensor:
+    """prune_graph's cumulative scores: N values, its own operations."""
+    sorted_scores, sorted_indices = torch.sort(node_influence, descending=True)
+    cumulative = torch.cumsum(sorted_scores, dim=0) / torch.sum(sorted_scores)
+    cumulative_scores = torch.zeros_like(node_influence)
+    cumulative_scores[sorted_indices] = cumulative
+    return cumulative_scores
+
+
 def prune_masks(
     adjacency: torch.Tensor,
     logit_probabilities: torch.Tensor,
@@ -421,19 +455,10 @@ def prune_masks(
         score_threshold, edge_block = _dense_edge_block(
             adjacency, rows, node_mask, logit_weights, edge_threshold
         )
-    else:
-        row_sums, sums, _ = _pruned_normalized_(buf, adjacency, rows, node_mask, whole=False)
-        pruned_influence = _influence(buf, logit_weights, _rows_with_inputs(n, rows, sums))
-        pruned_influence += logit_weights
-        score_threshold = _edge_threshold(buf, rows, pruned_influence, edge_threshold)
-        # The block's mask from recomputed scores (buf now holds the sorted scores):
-        # normalize_matrix's division by the row sums, on the same values.
-        edge_block = torch.empty((len(rows), len(rows)), dtype=torch.bool, device=buf.device)
-        for r0, r1, chunk in _row_chunks(rows):
-            block = torch.abs(adjacency[chunk][:, rows]).div_(row_sums[r0:r1])
-            torch.ge(
-                block.mul_(pruned_influence[chunk, None]), score_threshold, out=edge_block[r0:r1]
-            )
+    else:  # large: in place in the work buffer, the block's mask in row chunks
+        score_threshold, edge_block = _chunked_edge_block(
+            buf, adjacency, rows, node_mask, logit_weights, edge_threshold
+        )
         del buf
     if score_threshold <= 0:
         # Every score reaches the threshold, zeros included: all N x N edges, pruned
@@ -452,16 +477,11 @@ def prune_masks(
     )
     node_mask[rows] = block_nodes
 
-    # prune_graph's cumulative scores: N values, its own operations.
-    sorted_scores, sorted_indices = torch.sort(node_influence, descending=True)
-    cumulative = torch.cumsum(sorted_scores, dim=0) / torch.sum(sorted_scores)
-    cumulative_scores = torch.zeros_like(node_influence)
-    cumulative_scores[sorted_indices] = cumulative
     return PruneOutput(
         node_mask=node_mask,
         edge_nodes=rows,
         edge_block=edge_block,
-        cumulative_scores=cumulative_scores,
+        cumulative_scores=_cumulative_scores(node_influence),
         node_influence=node_influence,
         replacement_score=graph_scores[0],
         completeness_score=graph_scores[1],

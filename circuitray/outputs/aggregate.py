@@ -298,6 +298,42 @@ def _group_graph(
     return Model(metadata=metadata, qParams=qparams, nodes=out_nodes, links=links), ids
 
 
+def _by_group(
+    tables: dict[str, pa.Table], *, top_k: int | None
+) -> tuple[dict[tuple, list[dict]], dict[tuple, list[dict]]]:
+    """The consensus nodes (the ``top_k`` most influential, if given) and edges of each
+    (run, group value)."""
+    nodes_by_group: dict[tuple, list[dict]] = {}
+    for row in tables["consensus_nodes"].to_pylist():
+        if top_k and row["influence_rank"] is not None and row["influence_rank"] > top_k:
+            continue
+        nodes_by_group.setdefault((row["run"], row["group_value"]), []).append(row)
+    edges_by_group: dict[tuple, list[dict]] = {}
+    for row in tables["consensus_edges"].to_pylist():
+        edges_by_group.setdefault((row["run"], row["group_value"]), []).append(row)
+    return nodes_by_group, edges_by_group
+
+
+def _write_tables(
+    out: Path, *, nodes: list[dict], edges: list[dict], tables: dict[str, pa.Table]
+) -> None:
+    """nodes.parquet and edges.parquet of every group: the consensus queries' columns
+    plus each group's slug and the viewer's node ids, each file written whole, then
+    renamed."""
+    for name, rows, like in (
+        ("nodes", nodes, tables["consensus_nodes"]),
+        ("edges", edges, tables["consensus_edges"]),
+    ):
+        extra = ["slug", "node_id"] if name == "nodes" else ["slug", "src", "dst"]
+        schema = like.schema
+        for column in extra:
+            schema = schema.append(pa.field(column, pa.string()))
+        table = pa.Table.from_pylist(rows, schema=schema)
+        tmp = out / f".{name}.parquet.tmp"
+        pq.write_table(table, tmp)
+        tmp.replace(out / f"{name}.parquet")
+
+
 def aggregate_circuits(config: AggregateConfig) -> AggregateResult:
     """Aggregate ``config.runs`` into ``config.out`` (module docstring)."""
     from circuit_tracer.frontend.utils import add_graph_metadata
@@ -311,18 +347,7 @@ def aggregate_circuits(config: AggregateConfig) -> AggregateResult:
         supernodes=config.supernodes,
         memory_limit=config.memory_limit,
     )
-    nodes_by_group: dict[tuple, list[dict]] = {}
-    for row in tables["consensus_nodes"].to_pylist():
-        if (
-            config.top_k
-            and row["influence_rank"] is not None
-            and row["influence_rank"] > config.top_k
-        ):
-            continue
-        nodes_by_group.setdefault((row["run"], row["group_value"]), []).append(row)
-    edges_by_group: dict[tuple, list[dict]] = {}
-    for row in tables["consensus_edges"].to_pylist():
-        edges_by_group.setdefault((row["run"], row["group_value"]), []).append(row)
+    nodes_by_group, edges_by_group = _by_group(tables, top_k=config.top_k)
     if not nodes_by_group:
         raise CircuitrayError(
             f"aggregate: no ok graphs in {', '.join(config.runs)} (or none at share "
@@ -377,18 +402,7 @@ def aggregate_circuits(config: AggregateConfig) -> AggregateResult:
                 "edges": len(edges),
             }
         )
-    for name, rows, like in (
-        ("nodes", node_rows, tables["consensus_nodes"]),
-        ("edges", edge_rows, tables["consensus_edges"]),
-    ):
-        extra = ["slug", "node_id"] if name == "nodes" else ["slug", "src", "dst"]
-        schema = like.schema
-        for column in extra:
-            schema = schema.append(pa.field(column, pa.string()))
-        table = pa.Table.from_pylist(rows, schema=schema)
-        tmp = out / f".{name}.parquet.tmp"
-        pq.write_table(table, tmp)
-        tmp.replace(out / f"{name}.parquet")
+    _write_tables(out, nodes=node_rows, edges=edge_rows, tables=tables)
     summary = {"format": FORMAT, "config": asdict(config), "groups": result.groups}
     _write_atomic(out / "aggregate.json", json.dumps(_finite(summary), indent=1))
     logger.info("aggregated %d groups into %s", len(result.groups), out)

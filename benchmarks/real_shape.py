@@ -2,7 +2,7 @@
 memory, flatten share.
 
 1. Build (or reuse) the synthetic gemma-2-2b-shaped model at ``scale``
-   (:func:`circuitray.models.synthetic.build_synthetic`: 26 layers, GemmaScope-like
+   (:func:`circuitray.models.builders.synthetic.build_synthetic`: 26 layers, GemmaScope-like
    L0, so graphs have the real model's N of 5-15k nodes). The real-model section
    (:func:`real_models_bench`) takes each real model ``circuitray model build-real``
    has built instead (stories260K, Gemma-3-270m) and skips, saying so, the others.
@@ -111,8 +111,8 @@ def measure_in_child(model: str, *, n_prompts: int) -> dict[str, Any]:
 
 def real_shape_bench(*, scale: float = 0.0625, n_prompts: int = 3) -> dict[str, Any]:
     """Steps 1-3; the section ``python -m benchmarks suite`` records as ``real_shape``."""
+    from circuitray.models.builders.synthetic import build_synthetic
     from circuitray.models.registry import synthetic_model_name
-    from circuitray.models.synthetic import build_synthetic
 
     build_synthetic(like="gemma-2-2b", scale=scale)
     return measure_in_child(synthetic_model_name("gemma-2-2b", scale), n_prompts=n_prompts)
@@ -124,8 +124,8 @@ def real_models_bench(*, names: tuple[str, ...] | None = None, n_prompts: int = 
     ``real_models``: by name, its figures, ``{"skipped": why}``, or ``{"error": ...}``
     when its measurement failed (the other sections are kept)."""
     from circuitray.errors import ModelLoadError
+    from circuitray.models.builders.real import REAL_MODELS
     from circuitray.models.loading import ModelSpec, check_model_available
-    from circuitray.models.real import REAL_MODELS
     from circuitray.models.registry import BUNDLED, transcoder_cache_dir
 
     out: dict[str, dict] = {}

@@ -42,7 +42,7 @@ np.savez(out, logits=np.stack(logits), ids=np.array(json.dumps(ids)))
 
 
 def _prompts() -> list[str]:
-    from circuitray.models.real import KNOWN_COMPLETIONS
+    from circuitray.models.builders.real import KNOWN_COMPLETIONS
     from circuitray.prompts.ws2 import generate_ws2
 
     known = [p for p, _ in KNOWN_COMPLETIONS["gemma-3-270m"]]

@@ -178,9 +178,9 @@ SLOW_TESTS = {
     "test_learning_dynamics_pipeline_on_the_organism[long]": 600,
     "tests/organism/test_build.py::test_the_recipe_passes_on_portable_kernels": 490,
     "tests/jobs/test_real_shape.py::test_scaled_gemma_run_matches_circuit_tracer": 155,
-    "tests/models/test_gguf.py::test_gemma_3_270m_tokenizer_and_completions": 70,
-    "tests/models/test_real_commands.py::test_every_command_on_a_real_model[gemma": 2400,
-    "tests/models/test_real_commands.py::test_every_command_on_a_real_model[stories": 150,
+    "tests/models/builders/test_gguf.py::test_gemma_3_270m_tokenizer_and_completions": 70,
+    "tests/models/builders/test_real_commands.py::test_every_command_on_a_real_model[gemma": 2400,
+    "tests/models/builders/test_real_commands.py::test_every_command_on_a_real_model[stories": 150,
     "tests/finetune/test_ray_train.py::test_killed_driver_resumes_from_last_checkpoint": 116,
     "tests/jobs/test_real_shape.py::test_scaled_gemma_graph_matches_circuit_tracer": 60,
     "tests/jobs/test_chaos.py::test_chaos_kill_and_resume[ci]": 85,
@@ -209,11 +209,11 @@ SLOW_TESTS = {
     "tests/jobs/test_series.py::test_every_checkpoint_is_a_run_of_the_same_prompts": 22,
     "tests/jobs/test_pipeline_file.py::test_pipeline_cli_json": 22,
     "tests/cli/test_cli.py::test_run_prints_why_prompts_failed": 21,
-    "tests/models/test_clt.py::test_cli_run_with_cross_layer_transcoders": 20,
+    "tests/models/builders/test_clt.py::test_cli_run_with_cross_layer_transcoders": 20,
     "tests/jobs/test_intervention_job.py::test_every_prompt_and_intervention_exactly_once": 20,
     "tests/benchmarks/test_attribution.py::test_circuitray_run_timings_and_rss": 20,
     "tests/test_readme.py::test_the_first_cli_examples_work_from_a_fresh_folder": 19,
-    "tests/models/test_llama2c.py::test_a_run_of_20_ws2_prompts_is_circuit_tracers_graph": 35,
+    "tests/models/builders/test_llama2c.py::test_a_run_of_20_ws2_prompts_is_circuit": 35,
 }
 
 
@@ -293,7 +293,7 @@ def circuitray_home(tmp_path_factory):
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
-    from circuitray.models.tiny import build_tiny
+    from circuitray.models.builders.tiny import build_tiny
 
     build_tiny(seed=0)
     yield home
@@ -458,7 +458,7 @@ GEMMA3_270M_FILES = (
     "models/gemma-3-270m",
     "transcoders/circuitray/gemma-3-270m",
 )
-# What `make setup` builds of llama2.c's stories260K (circuitray.models.real).
+# What `make setup` builds of llama2.c's stories260K (circuitray.models.builders.real).
 STORIES260K_FILES = (
     "models/stories260k-build.json",
     "models/stories260k-report.json",
@@ -493,7 +493,7 @@ def stories260k(circuitray_home) -> Path:
     reused through its key; built here otherwise); skipped only where this project's
     shared files are absent."""
     from circuitray.errors import CircuitrayError
-    from circuitray.models.real import REAL_MODELS, build_real, find_source
+    from circuitray.models.builders.real import REAL_MODELS, build_real, find_source
 
     try:
         find_source(REAL_MODELS["stories260k"])
@@ -566,14 +566,14 @@ def synthetic(tmp_path_factory) -> tuple[Path, dict]:
     return out, make_synthetic_run(str(out), SYNTHETIC_SPEC)
 
 
-# The 26-layer gemma-2-2b-shaped model at 1/16 width (circuitray.models.synthetic),
+# The 26-layer gemma-2-2b-shaped model at 1/16 width (circuitray.models.builders.synthetic),
 # built once per session (as `python -m benchmarks suite` builds it).
 SYNTHETIC_GEMMA = "synthetic-gemma-2-2b-s0.0625"
 
 
 @pytest.fixture(scope="session")
 def synthetic_gemma(circuitray_home) -> dict:
-    from circuitray.models.synthetic import build_synthetic
+    from circuitray.models.builders.synthetic import build_synthetic
 
     return build_synthetic(like="gemma-2-2b", scale=0.0625)
 

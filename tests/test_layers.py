@@ -94,3 +94,15 @@ def test_an_import_up_the_layers_is_found(tmp_path, monkeypatch):
     monkeypatch.setattr(sys.modules[__name__], "PACKAGE", fake)
     found = layering_violations([{"storage"}, {"jobs"}])
     assert len(found) == 1 and re.search(r"store\.py:2: storage imports circuitray\.jobs", found[0])
+
+
+def test_loading_models_imports_no_builder():
+    """Loading any model (``circuitray/models/*.py``) stands without the project's own
+    builders (``circuitray.models.builders``), as the ``models`` docstring says."""
+    problems = [
+        f"models/{path.name}:{line}: imports {module}"
+        for path in sorted((PACKAGE / "models").glob("*.py"))
+        for line, module in imports_of(path)
+        if module.startswith("circuitray.models.builders")
+    ]
+    assert problems == []

@@ -8,8 +8,8 @@ import click
 
 from circuitray.cli.options import config_option
 from circuitray.cli.printing import err_console
-from circuitray.models.synthetic import SHAPES, build_synthetic
-from circuitray.models.tiny import build_tiny
+from circuitray.models.builders.synthetic import SHAPES, build_synthetic
+from circuitray.models.builders.tiny import build_tiny
 
 
 @click.command("build-tiny")

@@ -15,8 +15,8 @@ from circuitray.cli.printing import (
     print_json,
 )
 from circuitray.errors import CircuitrayError
+from circuitray.models.builders.real import REAL_MODELS, build_real
 from circuitray.models.loading import ModelSpec
-from circuitray.models.real import REAL_MODELS, build_real
 from circuitray.organism.matrix import MatrixConfig
 
 # The commands that build the project's random-weight models take their options from

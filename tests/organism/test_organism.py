@@ -111,8 +111,8 @@ def test_lm_training_is_bit_identical_for_same_seed_and_threads():
     from transformers import Gemma2ForCausalLM
 
     from circuitray.finetune.train_lm import train_lm
-    from circuitray.models.tiny import tiny_gemma2_config
-    from circuitray.models.tokenizer import build_tokenizer
+    from circuitray.models.builders.tiny import tiny_gemma2_config
+    from circuitray.models.builders.tokenizer import build_tokenizer
     from circuitray.organism.corpus import constraint_sentences
     from circuitray.prompts.ws2 import VOCABULARY
 

@@ -19,14 +19,14 @@ import torch
 from conftest import assert_one_line_error, circuitray
 
 from circuitray.errors import CircuitrayError
-from circuitray.models.llama2c import (
+from circuitray.models.builders.llama2c import (
     encode_llama2c,
     forward_llama2c,
     read_checkpoint,
     read_tokenizer,
     to_hf_rotary,
 )
-from circuitray.models.real import REAL_MODELS, build_real, find_source
+from circuitray.models.builders.real import REAL_MODELS, build_real, find_source
 from circuitray.prompts.ws2 import generate_ws2
 
 MODEL = REAL_MODELS["stories260k"]
@@ -170,7 +170,7 @@ def test_fine_tuning_reads_the_transcoders_at_their_own_hook(converted, hf):
     transcoders as circuit-tracer loads them, fed at their own hook (``mlp.hook_in``),
     fit the held-out texts exactly as the build measured."""
     from circuitray.finetune.evaluate import load_transcoders, transcoder_fit
-    from circuitray.models.real import RealBuildConfig, corpus
+    from circuitray.models.builders.real import RealBuildConfig, corpus
     from circuitray.models.registry import transcoder_cache_dir
 
     report = json.loads((converted.parent / "stories260k-report.json").read_text())

@@ -15,7 +15,7 @@ import pytest
 from conftest import GEMMA3_270M_FILES, STORIES260K_FILES, circuitray, seed_organism
 
 from circuitray.errors import CircuitrayError
-from circuitray.models.real import REAL_MODELS, build_real, find_source
+from circuitray.models.builders.real import REAL_MODELS, build_real, find_source
 
 
 def _ok(p) -> str:

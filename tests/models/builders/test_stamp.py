@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from circuitray.models.stamp import build_key, is_current, tree_sha256, write_stamp
+from circuitray.models.builders.stamp import build_key, is_current, tree_sha256, write_stamp
 
 
 def test_tree_digest_sees_content_names_and_new_files(tmp_path):

@@ -11,8 +11,8 @@ import yaml
 from circuit_tracer import attribute
 from safetensors.torch import load_file
 
+from circuitray.models.builders.tiny import build_tiny
 from circuitray.models.loading import ModelSpec, load_replacement_model
-from circuitray.models.tiny import build_tiny
 from circuitray.prompts.ws2 import generate_ws2
 
 

@@ -3,7 +3,7 @@
 For each layer, independently:
 
 1. Inputs ``x`` are circuit-tracer's ``ln2.hook_normalized`` (normalised MLP input),
-   targets ``y`` its ``hook_mlp_out`` (see :mod:`circuitray.models.hooks`).
+   targets ``y`` its ``hook_mlp_out`` (see :mod:`circuitray.models.builders.hooks`).
 2. A ReLU transcoder ``f = relu(W_enc x + b_enc)``, ``y_hat = W_dec^T f + b_dec`` is
    trained with Adam on ``||y - y_hat||^2 / Var(y) + l1 * sum_i f_i ||W_dec_i||``
    (the decoder-norm-weighted L1 of the Anthropic and GemmaScope recipes).
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from circuitray.models.artifacts import TranscoderWeights
+from circuitray.models.builders.artifacts import TranscoderWeights
 
 logger = logging.getLogger(__name__)
 

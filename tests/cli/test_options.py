@@ -9,6 +9,7 @@ import click.core
 import click.testing
 import pytest
 
+from benchmarks.cli import benchmarks_group
 from circuitray.cli import COMMANDS, cli
 from circuitray.cli.models import MODEL_BUILDS
 from circuitray.cli.options import ConfigOption, config_option, config_values, field_default
@@ -18,6 +19,7 @@ from circuitray.jobs.dispatch import Placement
 from circuitray.jobs.intervention_job import InterventionConfig
 from circuitray.models.loading import ModelSpec
 from circuitray.organism.matrix import MatrixConfig
+from circuitray.outputs.aggregate import AggregateConfig
 from circuitray.outputs.report import ReportConfig
 from circuitray.query.compare import CompareConfig
 
@@ -35,6 +37,8 @@ def _commands(group: click.Group, prefix: str = "") -> dict[str, click.Command]:
 
 
 COMMANDS_BY_PATH = _commands(cli)
+# The development benchmarks' commands (python -m benchmarks) follow the same rules.
+COMMANDS_BY_PATH.update(_commands(benchmarks_group, "benchmarks "))
 
 # The configs each command fills: a plain option named like one of their fields must
 # have the field's default (the rule below catches options written by hand).
@@ -45,6 +49,7 @@ CONFIGS = {
     "report": (ReportConfig,),
     "model warm": (ModelSpec,),
     "organism matrix": (MatrixConfig,),
+    "benchmarks aggregate": (AggregateConfig,),
 }
 
 

@@ -285,7 +285,7 @@ def find_source(model: RealModel, source: str | Path | None = None) -> Path:
         candidates = [Path(source)]
     else:
         env = os.environ.get("CIRCUITRAY_SHARED_MODELS")
-        checkout = Path(__file__).resolve().parents[2]
+        checkout = Path(__file__).resolve().parents[3]  # circuitray/models/builders/real.py
         candidates = [Path(env) / model.folder] if env else []
         candidates.append(checkout.parent / "shared" / "models" / model.folder)
     for c in candidates:

@@ -40,6 +40,19 @@ def source() -> Path:
         pytest.skip(str(e))
 
 
+def test_the_default_source_is_next_to_the_checkout(monkeypatch):
+    """Without CIRCUITRAY_SHARED_MODELS the source is ``<checkout>/../shared/models``,
+    wherever the module lives in the package (the fixture above skips when it is
+    absent, so a wrong default would skip the whole file, not fail it)."""
+    monkeypatch.delenv("CIRCUITRAY_SHARED_MODELS", raising=False)
+    checkout = Path(__file__).resolve().parents[3]
+    expected = checkout.parent / "shared" / "models" / MODEL.folder
+    try:
+        assert find_source(MODEL) == expected
+    except CircuitrayError as e:
+        assert str(expected) in str(e), str(e)
+
+
 @pytest.fixture(scope="module")
 def converted(source, stories260k) -> Path:
     """The build ``make setup`` made, reused through its key (built here otherwise)."""

@@ -148,7 +148,8 @@ def test_query_list_json():
         (["organism", "build"], "--json"),
         (["report"], "--json"),
         (["export"], "--json"),
-        (["bench", "queries"], "--json-out"),
+        (["bench", "processes"], "--json-out"),
+        (["bench", "scale"], "--json-out"),
     ],
 )
 def test_machine_readable_output(command, flag):

@@ -48,7 +48,7 @@ import pyarrow as pa
 
 from circuitray.errors import CircuitrayError
 from circuitray.query.compare import CompareConfig, compare_runs
-from circuitray.query.engine import connect, get_query, query_statements, run_query
+from circuitray.query.engine import connect, named_relation, run_query
 from circuitray.storage.run_store import InterventionStore
 
 logger = logging.getLogger(__name__)
@@ -671,12 +671,7 @@ class _Queries:
         self.made: set[str] = set()
 
     def df(self, name: str, params: dict[str, str] | None = None):
-        *setup, (sql, bound) = query_statements(name, params=params)
-        for used, (statement, values) in zip(get_query(name).uses, setup, strict=True):
-            if used not in self.made:
-                self.con.execute(statement, values)
-                self.made.add(used)
-        return self.con.sql(sql, params=bound).df()
+        return named_relation(self.con, name, params=params, made=self.made).df()
 
 
 def build_report(

@@ -66,6 +66,7 @@ __all__ = [
     "NamedQuery",
     "connect",
     "list_queries",
+    "named_relation",
     "query_statements",
     "read_series",
     "run_queries",
@@ -591,6 +592,37 @@ def query_statements(
         con.close()
 
 
+def _relation(
+    con: duckdb.DuckDBPyConnection,
+    query: NamedQuery,
+    values: dict[str, object],
+    *,
+    made: set[str],
+) -> duckdb.DuckDBPyRelation:
+    """``query`` with bound ``values`` on ``con``, its ``uses:`` tables made first, each
+    once per connection (``made`` holds the names already made)."""
+    *setup, (sql, bound) = _query_statements(con, query, values)
+    for used, (statement, statement_params) in zip(query.uses, setup, strict=True):
+        if used not in made:
+            con.execute(statement, statement_params)
+            made.add(used)
+    return con.sql(sql, params=bound)
+
+
+def named_relation(
+    con: duckdb.DuckDBPyConnection,
+    name: str,
+    *,
+    params: dict[str, str] | None = None,
+    made: set[str],
+) -> duckdb.DuckDBPyRelation:
+    """The named query ``name`` on an open connection (:func:`connect`), as a DuckDB
+    relation (``.df()``, ``.to_arrow_table()``...): for a caller running several named
+    queries on one connection, each ``uses:`` table made once (``made``)."""
+    query = get_query(name)
+    return _relation(con, query, query.bind(params or {}), made=made)
+
+
 def run_query(
     name: str,
     run_dirs: list[str],
@@ -653,12 +685,7 @@ def run_queries(
             con.execute("SET preserve_insertion_order = false")
         for query in queries:
             values = query.bind({k: v for k, v in params.items() if k in query.params})
-            *setup, (sql, bound) = _query_statements(con, query, values)
-            for used, (statement, statement_params) in zip(query.uses, setup, strict=True):
-                if used not in done:
-                    con.execute(statement, statement_params)
-                    done.add(used)
-            out[query.name] = con.sql(sql, params=bound).to_arrow_table()
+            out[query.name] = _relation(con, query, values, made=done).to_arrow_table()
     except duckdb.Error as e:
         raise _query_error(f"queries {', '.join(names)}", e, runs) from None
     finally:
